@@ -1,0 +1,99 @@
+// Package backend defines the storage edge of sstatefs: a small, context-first
+// interface to an object store laid out as an SSTATE_DIR, the errors every
+// store maps its failures to, and decorators that wrap a store.
+//
+// Keys are slash-separated paths relative to the store's root (its prefix),
+// never starting with a slash, for example
+// "ab/cd/sstate:zlib:...:abcd..._populate_sysroot.tar.zst" or
+// ".sstatefs/index/snapshot.v1".
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Sentinel errors. Stores wrap them with the key they concern; callers test
+// them with errors.Is.
+var (
+	// ErrNotExist: the key does not exist in the store.
+	ErrNotExist = errors.New("object does not exist")
+	// ErrExist: Create found the key already present (first writer wins).
+	ErrExist = errors.New("object already exists")
+	// ErrReadOnly: the store does not accept writes (an HTTP mirror).
+	ErrReadOnly = errors.New("store is read-only")
+	// ErrNotSupported: the store cannot do this operation (listing an HTTP mirror).
+	ErrNotSupported = errors.New("operation not supported by this store")
+	// ErrInvalidKey: the key is empty, absolute or climbs out of the store.
+	ErrInvalidKey = errors.New("invalid object key")
+)
+
+// ObjectInfo describes one object in a store.
+type ObjectInfo struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+}
+
+// Store is an object store laid out as an SSTATE_DIR.
+//
+// Contract, shared by every implementation and checked by backend/storetest:
+//   - every method honours ctx (deadline and cancellation) and returns promptly
+//     once it is done;
+//   - a missing key is reported as an error wrapping ErrNotExist;
+//   - Open returns a reader the caller must close; it yields exactly the
+//     requested range, or fewer bytes followed by an error (never a short
+//     clean EOF inside the object);
+//   - Create writes the object whole or not at all (no reader ever sees a
+//     partial object) and never replaces an existing one: it returns ErrExist;
+//   - Put replaces the object atomically; it is for sstatefs's own metadata
+//     (index snapshots), never for sstate objects;
+//   - Delete of a missing key is not an error;
+//   - List visits keys in no particular order, including hidden metadata keys.
+type Store interface {
+	// Stat returns the object's size and modification time.
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
+	// Open reads length bytes from offset; length < 0 reads to the end.
+	Open(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
+	// List calls fn for every object whose key starts with prefix; an error
+	// returned by fn stops the listing and is returned.
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+	// Create stores size bytes from r under key unless key exists.
+	Create(ctx context.Context, key string, r io.Reader, size int64) error
+	// Put stores size bytes from r under key, atomically replacing it.
+	Put(ctx context.Context, key string, r io.Reader, size int64) error
+	// Delete removes key.
+	Delete(ctx context.Context, key string) error
+	// Location names the store for logs and messages; it never contains secrets.
+	Location() string
+}
+
+// Unwrapper is implemented by decorators so callers can reach the store they wrap.
+type Unwrapper interface {
+	Unwrap() Store
+}
+
+// CheckKey validates a key: relative, slash-separated, no "." or ".." or empty
+// elements, no NUL.
+func CheckKey(key string) error {
+	if key == "" || strings.HasPrefix(key, "/") || strings.ContainsRune(key, 0) {
+		return fmt.Errorf("%w: %q", ErrInvalidKey, key)
+	}
+	for _, el := range strings.Split(key, "/") {
+		if el == "" || el == "." || el == ".." {
+			return fmt.Errorf("%w: %q", ErrInvalidKey, key)
+		}
+	}
+	return nil
+}
+
+// MetaPrefix is the hidden prefix under which sstatefs keeps its own metadata
+// (index snapshots, journal segments) in a store, beside the objects.
+const MetaPrefix = ".sstatefs/"
+
+// IsMeta reports whether key lies under MetaPrefix.
+func IsMeta(key string) bool { return strings.HasPrefix(key, MetaPrefix) }

@@ -1,0 +1,384 @@
+// Package cache owns the local disk cache of object bytes: bounded in size,
+// evicted least recently used first, kept across restarts, and verified: an
+// entry is only ever served after its content matched the digest it is filed
+// under, so a reader never gets bytes that did not verify.
+//
+// Layout under Dir:
+//
+//	objects/<id[0:2]>/<id>   complete, verified entries
+//	tmp/                      downloads in progress (removed at start)
+//
+// An id is the object's SHA-256 in hex when the index knows it; objects of
+// stores without an index use an id derived from where they came from
+// (see IDFor) and are checked by size only.
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"golang.org/x/sync/singleflight"
+)
+
+// ErrCorrupt is wrapped by errors about content that did not verify.
+var ErrCorrupt = errors.New("content does not match its digest")
+
+// Options configure a Cache.
+type Options struct {
+	Dir      string
+	MaxBytes int64 // bound on the bytes of complete entries; 0 means unbounded
+	Logger   *slog.Logger
+	// FetchTimeout bounds one download, independent of the caller that
+	// started it (other callers may be waiting for the same object).
+	FetchTimeout time.Duration
+}
+
+// Stats are counters for status and metrics.
+type Stats struct {
+	Bytes, Entries                     int64
+	Hits, Misses, Evictions, Corrupted int64
+	FetchedBytes                       int64
+}
+
+// Cache is the disk cache. Safe for concurrent use.
+type Cache struct {
+	dir     string
+	max     int64
+	log     *slog.Logger
+	timeout time.Duration
+	group   singleflight.Group
+
+	mu       sync.Mutex                    // protects lru, bytes, verified
+	lru      *simplelru.LRU[string, int64] // id -> size, oldest first
+	bytes    int64                         // sum of sizes in lru
+	verified map[string]bool               // entries checked since this process started
+
+	hits, misses, evictions, corrupted, fetched atomic.Int64
+}
+
+// Open opens (creating if needed) the cache in opt.Dir, indexes what is
+// already there in order of last use and evicts down to the bound.
+func Open(opt Options) (*Cache, error) {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.FetchTimeout <= 0 {
+		opt.FetchTimeout = 10 * time.Minute
+	}
+	c := &Cache{dir: opt.Dir, max: opt.MaxBytes, log: opt.Logger, timeout: opt.FetchTimeout, verified: map[string]bool{}}
+	lru, err := simplelru.NewLRU[string, int64](1<<62, nil)
+	if err != nil {
+		return nil, err
+	}
+	c.lru = lru
+	if err := os.RemoveAll(filepath.Join(c.dir, "tmp")); err != nil {
+		return nil, fmt.Errorf("cache %s: %w", c.dir, err)
+	}
+	for _, d := range []string{"objects", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(c.dir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("cache %s: %w", c.dir, err)
+		}
+	}
+	type entry struct {
+		id   string
+		size int64
+		used time.Time
+	}
+	var entries []entry
+	root := filepath.Join(c.dir, "objects")
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		id := d.Name()
+		if filepath.Base(filepath.Dir(p)) != shard(id) {
+			return os.Remove(p) // not ours
+		}
+		entries = append(entries, entry{id, fi.Size(), fi.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache %s: %w", c.dir, err)
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].used.Before(entries[j].used) })
+	for _, e := range entries {
+		c.lru.Add(e.id, e.size)
+		c.bytes += e.size
+	}
+	c.mu.Lock()
+	c.evictLocked("")
+	c.mu.Unlock()
+	return c, nil
+}
+
+func shard(id string) string {
+	if len(id) < 2 {
+		return "__"
+	}
+	return id[:2]
+}
+
+func (c *Cache) path(id string) string {
+	return filepath.Join(c.dir, "objects", shard(id), id)
+}
+
+// IDFor returns the cache id of an object: its digest when known, otherwise
+// a name derived from its origin, size and mtime, so a changed object gets a
+// new entry.
+func IDFor(digest [32]byte, origin string, size int64, mtime time.Time) string {
+	if digest != ([32]byte{}) {
+		return hex.EncodeToString(digest[:])
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00%d", origin, size, mtime.UnixNano())
+	return "u" + hex.EncodeToString(h.Sum(nil))[:63]
+}
+
+// Object describes what to fetch and how to check it.
+type Object struct {
+	ID     string   // from IDFor
+	Size   int64    // expected size
+	SHA256 [32]byte // zero: check the size only
+	Name   string   // for messages: the object's key
+	// Fetch opens the object's bytes from the store.
+	Fetch func(ctx context.Context) (io.ReadCloser, error)
+}
+
+// Open returns a read-only file holding the object's verified content,
+// fetching it first if it is not cached. Concurrent calls for one object
+// share one download. The caller closes the file; eviction while it is open
+// does not disturb it.
+func (c *Cache) Open(ctx context.Context, obj Object) (*os.File, error) {
+	if !validID(obj.ID) {
+		return nil, fmt.Errorf("cache: invalid id %q for %s", obj.ID, obj.Name)
+	}
+	if f, err := c.openCached(obj); f != nil || err != nil {
+		return f, err
+	}
+	c.misses.Add(1)
+	ch := c.group.DoChan(obj.ID, func() (any, error) {
+		// Re-check: another download may have finished since.
+		if f, err := c.openCached(obj); f != nil || err != nil {
+			if f != nil {
+				f.Close()
+			}
+			return nil, err
+		}
+		// Detached from the caller: waiters share this download, and an
+		// interrupted caller must not fail the others. Bounded by c.timeout.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+		defer cancel()
+		return nil, c.fetch(dctx, obj)
+	})
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+	}
+	f, err := c.openCached(obj)
+	if f == nil && err == nil {
+		err = fmt.Errorf("%s: evicted right after download (cache too small?)", obj.Name)
+	}
+	return f, err
+}
+
+// Has reports whether the object is in the cache (verified or not).
+func (c *Cache) Has(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Contains(id)
+}
+
+// openCached returns the cached entry, verifying it once per process; a
+// corrupt entry is dropped and (nil, nil) returned so it is fetched again.
+func (c *Cache) openCached(obj Object) (*os.File, error) {
+	c.mu.Lock()
+	_, ok := c.lru.Get(obj.ID)
+	verified := c.verified[obj.ID]
+	c.mu.Unlock()
+	if !ok {
+		return nil, nil
+	}
+	p := c.path(obj.ID)
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		c.drop(obj.ID)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cache %s: %w", p, err)
+	}
+	if !verified {
+		if err := check(f, obj); err != nil {
+			f.Close()
+			c.corrupted.Add(1)
+			c.log.LogAttrs(context.Background(), slog.LevelWarn, "dropping corrupt cache entry",
+				slog.String("object", obj.Name), slog.String("error", err.Error()))
+			c.drop(obj.ID)
+			return nil, nil
+		}
+		c.mu.Lock()
+		c.verified[obj.ID] = true
+		c.mu.Unlock()
+	}
+	c.hits.Add(1)
+	now := time.Now()
+	_ = os.Chtimes(p, now, now) // last use, for LRU order after a restart
+	return f, nil
+}
+
+// check verifies size and digest of an entry read back from disk.
+func check(f *os.File, obj Object) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() != obj.Size {
+		return fmt.Errorf("%w: %d bytes, want %d", ErrCorrupt, fi.Size(), obj.Size)
+	}
+	if obj.SHA256 == ([32]byte{}) {
+		return nil
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, fi.Size())); err != nil {
+		return err
+	}
+	if [32]byte(h.Sum(nil)) != obj.SHA256 {
+		return fmt.Errorf("%w: sha256 %x, want %x", ErrCorrupt, h.Sum(nil), obj.SHA256)
+	}
+	return nil
+}
+
+func (c *Cache) drop(id string) {
+	c.mu.Lock()
+	if size, ok := c.lru.Peek(id); ok {
+		c.lru.Remove(id)
+		c.bytes -= size
+	}
+	delete(c.verified, id)
+	c.mu.Unlock()
+	os.Remove(c.path(id))
+}
+
+// fetch downloads obj into a temp file, verifying as it streams, and files
+// it under its id only when it matches.
+func (c *Cache) fetch(ctx context.Context, obj Object) error {
+	rc, err := obj.Fetch(ctx)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	tmp, err := os.CreateTemp(filepath.Join(c.dir, "tmp"), "fetch-*")
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	var h hash.Hash
+	w := io.Writer(tmp)
+	if obj.SHA256 != ([32]byte{}) {
+		h = sha256.New()
+		w = io.MultiWriter(tmp, h)
+	}
+	// Read one byte more than expected to notice an object that grew.
+	n, err := io.Copy(w, io.LimitReader(rc, obj.Size+1))
+	c.fetched.Add(n)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fetch %s: %w", obj.Name, err)
+	}
+	if n != obj.Size {
+		return fmt.Errorf("fetch %s: %w: got %d bytes, want %d", obj.Name, ErrCorrupt, n, obj.Size)
+	}
+	if h != nil && [32]byte(h.Sum(nil)) != obj.SHA256 {
+		c.corrupted.Add(1)
+		return fmt.Errorf("fetch %s: %w: sha256 %x, want %x", obj.Name, ErrCorrupt, h.Sum(nil), obj.SHA256)
+	}
+	final := c.path(obj.ID)
+	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), final); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	c.mu.Lock()
+	if old, ok := c.lru.Peek(obj.ID); ok {
+		c.bytes -= old
+	}
+	c.lru.Add(obj.ID, obj.Size)
+	c.bytes += obj.Size
+	c.verified[obj.ID] = true
+	c.evictLocked(obj.ID)
+	c.mu.Unlock()
+	return nil
+}
+
+// evictLocked removes least recently used entries until the bound holds,
+// sparing keep (the entry just added, which a caller is about to open).
+func (c *Cache) evictLocked(keep string) {
+	if c.max <= 0 {
+		return
+	}
+	for c.bytes > c.max && c.lru.Len() > 0 {
+		id, size, _ := c.lru.GetOldest()
+		if id == keep {
+			if c.lru.Len() == 1 {
+				return
+			}
+			c.lru.Get(keep) // move to front, evict the next oldest
+			continue
+		}
+		c.lru.Remove(id)
+		c.bytes -= size
+		delete(c.verified, id)
+		c.evictions.Add(1)
+		if err := os.Remove(c.path(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			c.log.Warn("cache eviction", "id", id, "error", err)
+		}
+	}
+}
+
+// Stats returns current counters.
+func (c *Cache) Stats() Stats {
+	c.mu.Lock()
+	s := Stats{Bytes: c.bytes, Entries: int64(c.lru.Len())}
+	c.mu.Unlock()
+	s.Hits, s.Misses = c.hits.Load(), c.misses.Load()
+	s.Evictions, s.Corrupted = c.evictions.Load(), c.corrupted.Load()
+	s.FetchedBytes = c.fetched.Load()
+	return s
+}
+
+// Dir is the cache directory.
+func (c *Cache) Dir() string { return c.dir }
+
+// validID guards against ids that would escape the cache directory.
+func validID(id string) bool {
+	return id != "" && !strings.ContainsAny(id, "/\x00") && id != "." && id != ".."
+}

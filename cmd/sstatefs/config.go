@@ -1,0 +1,455 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the whole configuration: defaults, then the TOML file, then
+// flags. Every key has a flag named <section>-<key> with dashes (for the
+// first [[store]]: store-<key>; its url is --store).
+type Config struct {
+	Stores []StoreConfig `toml:"store"`
+	Cache  CacheConfig   `toml:"cache"`
+	Index  IndexConfig   `toml:"index"`
+	Mount  MountConfig   `toml:"mount"`
+	Log    LogConfig     `toml:"log"`
+}
+
+// StoreConfig is one store; stores are listed in trust order.
+type StoreConfig struct {
+	URL             string   `toml:"url"`               // file:///dir, s3://bucket/prefix, https://host/path
+	Endpoint        string   `toml:"endpoint"`          // s3: custom endpoint of an S3-compatible server
+	Region          string   `toml:"region"`            // s3
+	PathStyle       bool     `toml:"path_style"`        // s3: path-style addressing
+	Profile         string   `toml:"profile"`           // s3: shared config profile
+	CABundle        string   `toml:"ca_bundle"`         // s3, https: extra CA certificates (PEM)
+	BearerTokenFile string   `toml:"bearer_token_file"` // https: file holding a bearer token
+	Netrc           string   `toml:"netrc"`             // https: netrc file for basic auth
+	Timeout         Duration `toml:"timeout"`           // deadline of every remote call
+	MaxConnections  int      `toml:"max_connections"`
+}
+
+// CacheConfig is the local disk cache.
+type CacheConfig struct {
+	Dir  string `toml:"dir"`
+	Size Size   `toml:"size"`
+}
+
+// IndexConfig is how the index is used.
+type IndexConfig struct {
+	RefreshInterval Duration `toml:"refresh_interval"`
+	MaxAge          Duration `toml:"max_age"`      // fresh while the last load is younger; 0: 3 x refresh_interval
+	NegativeTTL     Duration `toml:"negative_ttl"` // stores without a fresh index: how long an absent answer is kept
+}
+
+// MountConfig is the FUSE mount.
+type MountConfig struct {
+	AllowOther bool   `toml:"allow_other"`
+	Owner      string `toml:"owner"` // uid:gid of store objects; default: the mountpoint's owner
+	Debug      bool   `toml:"debug"` // log every FUSE request
+}
+
+// LogConfig is logging.
+type LogConfig struct {
+	Level string `toml:"level"` // debug, info, warn, error
+}
+
+// Duration is a time.Duration written as a string ("30s", "5m").
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (want e.g. \"30s\", \"5m\")", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Size is a byte count written with an optional unit ("20GiB", "500MB").
+type Size int64
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40},
+	{"B", 1},
+}
+
+func (s *Size) UnmarshalText(b []byte) error {
+	str := strings.TrimSpace(string(b))
+	mult := int64(1)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(str, u.suffix) {
+			str, mult = strings.TrimSpace(strings.TrimSuffix(str, u.suffix)), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(str, 64)
+	if err != nil || v < 0 {
+		return fmt.Errorf("invalid size %q (want e.g. \"20GiB\", \"500MB\")", b)
+	}
+	*s = Size(v * float64(mult))
+	return nil
+}
+
+func (s Size) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+func (s Size) String() string {
+	for _, u := range sizeUnits[:4] {
+		if int64(s) >= u.mult && int64(s)%u.mult == 0 && u.mult*1024 > int64(s) {
+			return fmt.Sprintf("%d%s", int64(s)/u.mult, u.suffix)
+		}
+	}
+	return strconv.FormatInt(int64(s), 10)
+}
+
+// DataDir is where the embedded default store lives.
+func DataDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "sstatefs")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "/var/lib/sstatefs"
+	}
+	return filepath.Join(home, ".local", "share", "sstatefs")
+}
+
+// CacheDir is the default cache directory.
+func CacheDir() string {
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "sstatefs")
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "sstatefs")
+	}
+	return "/var/cache/sstatefs"
+}
+
+// Defaults returns the configuration with no file and no flags: the
+// embedded default store under the user's data directory.
+func Defaults() Config {
+	return Config{
+		Stores: []StoreConfig{{URL: "file://" + filepath.Join(DataDir(), "store")}},
+		Cache:  CacheConfig{Dir: CacheDir(), Size: 20 << 30},
+		Index: IndexConfig{
+			RefreshInterval: Duration{time.Minute},
+			NegativeTTL:     Duration{time.Minute},
+		},
+		Log: LogConfig{Level: "info"},
+	}
+}
+
+// storeDefaults fills what a store entry left out.
+func storeDefaults(s *StoreConfig) {
+	if s.Timeout.Duration == 0 {
+		s.Timeout.Duration = 10 * time.Second
+	}
+	if s.MaxConnections == 0 {
+		s.MaxConnections = 64
+	}
+	if s.Region == "" && strings.HasPrefix(s.URL, "s3://") {
+		s.Region = os.Getenv("AWS_REGION")
+		if s.Region == "" {
+			s.Region = "us-east-1"
+		}
+	}
+}
+
+const systemConfig = "/etc/sstatefs/sstatefs.toml"
+
+// configPath picks the file: --config, else $SSTATEFS_CONFIG, else the
+// system file if it exists. explicit is false for the system file, whose
+// absence is not an error.
+func configPath(flagValue string) (path string, explicit bool) {
+	if flagValue != "" {
+		return flagValue, true
+	}
+	if env := os.Getenv("SSTATEFS_CONFIG"); env != "" {
+		return env, true
+	}
+	return systemConfig, false
+}
+
+// LoadFile decodes a TOML file strictly into cfg: unknown keys are errors,
+// and every problem is reported at once.
+func LoadFile(cfg *Config, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return decodeTOML(cfg, path, string(data))
+}
+
+func decodeTOML(cfg *Config, path, data string) error {
+	// A file that lists stores replaces the default store list.
+	var fileCfg Config
+	fileCfg.Cache, fileCfg.Index, fileCfg.Mount, fileCfg.Log = cfg.Cache, cfg.Index, cfg.Mount, cfg.Log
+	md, err := toml.Decode(data, &fileCfg)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	var errs []error
+	for _, k := range md.Undecoded() {
+		errs = append(errs, fmt.Errorf("config %s: unknown key %q", path, k.String()))
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if fileCfg.Stores == nil {
+		fileCfg.Stores = cfg.Stores
+	}
+	*cfg = fileCfg
+	return nil
+}
+
+// Validate reports every problem of the configuration at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if len(c.Stores) == 0 {
+		bad("no store configured: set --store or a [[store]] url")
+	}
+	for i, s := range c.Stores {
+		name := fmt.Sprintf("store %d (%s)", i+1, s.URL)
+		u, err := url.Parse(s.URL)
+		switch {
+		case s.URL == "":
+			bad("store %d: url is empty", i+1)
+			continue
+		case err != nil:
+			bad("%s: invalid url: %v", name, err)
+			continue
+		}
+		switch u.Scheme {
+		case "file":
+			if s.Endpoint != "" || s.BearerTokenFile != "" || s.Netrc != "" || s.PathStyle || s.Profile != "" {
+				bad("%s: endpoint, path_style, profile, bearer_token_file and netrc do not apply to file:// stores", name)
+			}
+		case "s3":
+			if u.Host == "" {
+				bad("%s: no bucket (want s3://bucket/prefix)", name)
+			}
+			if s.BearerTokenFile != "" || s.Netrc != "" {
+				bad("%s: bearer_token_file and netrc apply to https:// stores only (s3 uses the AWS credential chain)", name)
+			}
+			if s.Endpoint != "" {
+				if eu, err := url.Parse(s.Endpoint); err != nil || (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" {
+					bad("%s: endpoint %q is not an http(s) URL", name, s.Endpoint)
+				}
+			}
+		case "http", "https":
+			if u.Host == "" {
+				bad("%s: no host", name)
+			}
+			if s.Endpoint != "" || s.PathStyle || s.Profile != "" {
+				bad("%s: endpoint, path_style and profile apply to s3:// stores only", name)
+			}
+			if u.User != nil {
+				bad("%s: do not put credentials in the url; use netrc or bearer_token_file", redactURL(s.URL))
+			}
+		default:
+			bad("%s: unsupported scheme %q (want file, s3, http or https)", name, u.Scheme)
+		}
+		for _, f := range []struct{ key, path string }{{"ca_bundle", s.CABundle}, {"bearer_token_file", s.BearerTokenFile}, {"netrc", s.Netrc}} {
+			if f.path != "" {
+				if _, err := os.Stat(f.path); err != nil {
+					bad("%s: %s: %v", name, f.key, err)
+				}
+			}
+		}
+		if s.Timeout.Duration < 0 {
+			bad("%s: timeout must not be negative", name)
+		}
+		if s.MaxConnections < 0 {
+			bad("%s: max_connections must not be negative", name)
+		}
+	}
+	if c.Cache.Dir == "" {
+		bad("cache.dir is empty")
+	}
+	if c.Cache.Size < 0 {
+		bad("cache.size must not be negative")
+	}
+	if c.Index.RefreshInterval.Duration <= 0 {
+		bad("index.refresh_interval must be positive, got %v", c.Index.RefreshInterval)
+	}
+	if c.Index.MaxAge.Duration < 0 {
+		bad("index.max_age must not be negative")
+	}
+	if c.Index.NegativeTTL.Duration < 0 {
+		bad("index.negative_ttl must not be negative")
+	}
+	if c.Mount.Owner != "" {
+		if _, _, err := parseOwner(c.Mount.Owner); err != nil {
+			bad("mount.owner: %v", err)
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level %q: want debug, info, warn or error", c.Log.Level)
+	}
+	return errors.Join(errs...)
+}
+
+func parseOwner(s string) (uid, gid uint32, err error) {
+	u, g, ok := strings.Cut(s, ":")
+	if !ok {
+		return 0, 0, fmt.Errorf("%q: want uid:gid (numbers)", s)
+	}
+	uv, err1 := strconv.ParseUint(u, 10, 32)
+	gv, err2 := strconv.ParseUint(g, 10, 32)
+	if err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("%q: want uid:gid (numbers)", s)
+	}
+	return uint32(uv), uint32(gv), nil
+}
+
+// redactURL drops userinfo and query from a URL for messages.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable url)"
+	}
+	u.User = nil
+	u.RawQuery = ""
+	return u.String()
+}
+
+// configFlags binds every key to a flag. Flags are applied after the file:
+// only the flags actually given override it.
+type configFlags struct {
+	fs     *flag.FlagSet
+	config string
+	apply  []func(*Config) error
+}
+
+func newConfigFlags(fs *flag.FlagSet) *configFlags {
+	cf := &configFlags{fs: fs}
+	fs.StringVar(&cf.config, "config", "", "configuration file (default $SSTATEFS_CONFIG, else "+systemConfig+")")
+	str := func(name, usage string, set func(*Config, string)) {
+		var v string
+		fs.StringVar(&v, name, "", usage)
+		cf.apply = append(cf.apply, func(c *Config) error {
+			if isSet(fs, name) {
+				set(c, v)
+			}
+			return nil
+		})
+	}
+	boolean := func(name, usage string, set func(*Config, bool)) {
+		var v bool
+		fs.BoolVar(&v, name, false, usage)
+		cf.apply = append(cf.apply, func(c *Config) error {
+			if isSet(fs, name) {
+				set(c, v)
+			}
+			return nil
+		})
+	}
+	text := func(name, usage string, get func(*Config) interface{ UnmarshalText([]byte) error }) {
+		var v string
+		fs.StringVar(&v, name, "", usage)
+		cf.apply = append(cf.apply, func(c *Config) error {
+			if !isSet(fs, name) {
+				return nil
+			}
+			if err := get(c).UnmarshalText([]byte(v)); err != nil {
+				return fmt.Errorf("--%s: %w", name, err)
+			}
+			return nil
+		})
+	}
+	integer := func(name, usage string, set func(*Config, int)) {
+		var v int
+		fs.IntVar(&v, name, 0, usage)
+		cf.apply = append(cf.apply, func(c *Config) error {
+			if isSet(fs, name) {
+				set(c, v)
+			}
+			return nil
+		})
+	}
+	first := func(c *Config) *StoreConfig {
+		if len(c.Stores) == 0 {
+			c.Stores = []StoreConfig{{}}
+		}
+		return &c.Stores[0]
+	}
+	str("store", "URL of the (first) store: file:///dir, s3://bucket/prefix, https://host/path", func(c *Config, v string) {
+		// A store given on the command line replaces the configured list.
+		c.Stores = []StoreConfig{{URL: v}}
+	})
+	str("store-endpoint", "s3: endpoint URL of an S3-compatible server", func(c *Config, v string) { first(c).Endpoint = v })
+	str("store-region", "s3: region", func(c *Config, v string) { first(c).Region = v })
+	boolean("store-path-style", "s3: path-style addressing", func(c *Config, v bool) { first(c).PathStyle = v })
+	str("store-profile", "s3: shared config profile", func(c *Config, v string) { first(c).Profile = v })
+	str("store-ca-bundle", "PEM file of extra CA certificates", func(c *Config, v string) { first(c).CABundle = v })
+	str("store-bearer-token-file", "https: file holding a bearer token", func(c *Config, v string) { first(c).BearerTokenFile = v })
+	str("store-netrc", "https: netrc file for basic auth", func(c *Config, v string) { first(c).Netrc = v })
+	text("store-timeout", "deadline of every remote call (default 10s)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &first(c).Timeout })
+	integer("store-max-connections", "connections to the store (default 64)", func(c *Config, v int) { first(c).MaxConnections = v })
+	str("cache-dir", "local cache directory (default "+CacheDir()+")", func(c *Config, v string) { c.Cache.Dir = v })
+	text("cache-size", "bound of the disk cache, e.g. 20GiB", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Cache.Size })
+	text("index-refresh-interval", "how often the index is reloaded (default 1m)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.RefreshInterval })
+	text("index-max-age", "the index answers absent names while younger than this (default 3 x refresh interval)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.MaxAge })
+	text("index-negative-ttl", "stores without a fresh index: how long an absent answer is kept (default 1m)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.NegativeTTL })
+	boolean("mount-allow-other", "let other users (the build user) use the mount", func(c *Config, v bool) { c.Mount.AllowOther = v })
+	boolean("allow-other", "same as --mount-allow-other", func(c *Config, v bool) { c.Mount.AllowOther = v })
+	str("mount-owner", "uid:gid owning store objects (default: the mountpoint's owner)", func(c *Config, v string) { c.Mount.Owner = v })
+	boolean("mount-debug", "log every FUSE request", func(c *Config, v bool) { c.Mount.Debug = v })
+	boolean("debug", "debug logging, including every FUSE request", func(c *Config, v bool) { c.Mount.Debug = v; c.Log.Level = "debug" })
+	str("log-level", "debug, info, warn or error", func(c *Config, v string) { c.Log.Level = v })
+	return cf
+}
+
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			set = true
+		}
+	})
+	return set
+}
+
+// load builds the configuration: defaults, file, flags; then validates.
+func (cf *configFlags) load() (Config, error) {
+	cfg := Defaults()
+	path, explicit := configPath(cf.config)
+	if _, err := os.Stat(path); err == nil || explicit {
+		if err := LoadFile(&cfg, path); err != nil {
+			return cfg, err
+		}
+	}
+	var errs []error
+	for _, a := range cf.apply {
+		if err := a(&cfg); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for i := range cfg.Stores {
+		storeDefaults(&cfg.Stores[i])
+	}
+	if err := errors.Join(errs...); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/sstatefs/sstatefs/index"
+)
+
+func cmdIndex(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, "Usage: sstatefs index build|show [flags]\n")
+		return 2
+	}
+	switch args[0] {
+	case "build":
+		return cmdIndexBuild(args[1:])
+	case "show":
+		return cmdIndexShow(args[1:])
+	default:
+		fmt.Fprintf(os.Stderr, "sstatefs index: unknown command %q (want build or show)\n", args[0])
+		return 2
+	}
+}
+
+func cmdIndexBuild(args []string) int {
+	fset := flag.NewFlagSet("index build", flag.ContinueOnError)
+	cf := newConfigFlags(fset)
+	concurrency := fset.Int("concurrency", 8, "objects hashed in parallel")
+	full := fset.Bool("full", false, "hash every object again instead of reusing the digests of unchanged objects")
+	quiet := fset.Bool("quiet", false, "no progress bar")
+	fset.Usage = func() {
+		fmt.Fprintf(fset.Output(), "Usage: sstatefs index build [flags]\n\nScans the (first) store, hashes every object and writes the index into the store under .sstatefs/.\nDigests of objects unchanged since the previous index are reused.\n\nFlags:\n")
+		fset.PrintDefaults()
+	}
+	if err := fset.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs index build: %v\n", err)
+		return 2
+	}
+	if *concurrency < 1 {
+		fmt.Fprintf(os.Stderr, "sstatefs index build: --concurrency must be at least 1\n")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := indexBuild(ctx, cfg.Stores[0], *concurrency, *full, progressOut(*quiet), os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs index build: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// progressOut is where progress bars go: stderr when it is a terminal or
+// when asked for, nowhere with --quiet.
+func progressOut(quiet bool) io.Writer {
+	if quiet {
+		return io.Discard
+	}
+	return os.Stderr
+}
+
+func indexBuild(ctx context.Context, sc StoreConfig, concurrency int, full bool, progress, out io.Writer) error {
+	store, err := openStore(ctx, sc)
+	if err != nil {
+		return err
+	}
+	var prev *index.Index
+	if !full {
+		prev, err = index.Load(ctx, store)
+		if err != nil && !errors.Is(err, index.ErrNoIndex) {
+			fmt.Fprintf(progress, "previous index unusable, hashing everything: %v\n", err)
+			prev = nil
+		}
+	}
+	start := time.Now()
+	var bar *progressbar.ProgressBar
+	ix, err := index.Build(ctx, store, index.BuildOptions{
+		Concurrency: concurrency,
+		Previous:    prev,
+		Progress: func(done, total int, bytes int64) {
+			if bar == nil {
+				bar = progressbar.NewOptions(total,
+					progressbar.OptionSetWriter(progress),
+					progressbar.OptionSetDescription("hashing objects"),
+					progressbar.OptionShowCount(),
+					progressbar.OptionSetItsString("objects"),
+					progressbar.OptionShowIts(),
+					progressbar.OptionThrottle(200*time.Millisecond),
+					progressbar.OptionOnCompletion(func() { fmt.Fprintln(progress) }),
+				)
+			}
+			bar.Set(done)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if bar != nil {
+		bar.Finish()
+	}
+	if err := index.Save(ctx, store, ix); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "indexed %d objects (%s) of %s in %s\n", ix.Len(), humanBytes(ix.TotalSize()), store.Location(), time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func cmdIndexShow(args []string) int {
+	fset := flag.NewFlagSet("index show", flag.ContinueOnError)
+	cf := newConfigFlags(fset)
+	fset.Usage = func() {
+		fmt.Fprintf(fset.Output(), "Usage: sstatefs index show [flags]\n\nPrints a summary of the (first) store's index.\n\nFlags:\n")
+		fset.PrintDefaults()
+	}
+	if err := fset.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs index show: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := indexShow(ctx, cfg.Stores[0], os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs index show: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func indexShow(ctx context.Context, sc StoreConfig, out io.Writer) error {
+	store, err := openStore(ctx, sc)
+	if err != nil {
+		return err
+	}
+	ix, err := index.Load(ctx, store)
+	if err != nil {
+		if errors.Is(err, index.ErrNoIndex) {
+			return fmt.Errorf("%w: %s (create one with: sstatefs index build --store %s)", err, store.Location(), storeName(sc))
+		}
+		return err
+	}
+	s := index.Summarize(ix)
+	fmt.Fprintf(out, "store:    %s\n", store.Location())
+	fmt.Fprintf(out, "created:  %s (%s ago)\n", s.Created.UTC().Format(time.RFC3339), time.Since(s.Created).Round(time.Second))
+	fmt.Fprintf(out, "objects:  %d (%s)\n", s.Objects, humanBytes(s.Bytes))
+	fmt.Fprintf(out, "kinds:    %d packages, %d .siginfo, %d .sig\n", s.Packages, s.Siginfo, s.Sig)
+	printCounts(out, "by prefix", s.ByPrefix, map[string]string{"": "(top level)"})
+	printCounts(out, "by task", s.ByTask, nil)
+	return nil
+}
+
+func printCounts(out io.Writer, title string, m map[string]int, rename map[string]string) {
+	if len(m) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if m[keys[i]] != m[keys[j]] {
+			return m[keys[i]] > m[keys[j]]
+		}
+		return keys[i] < keys[j]
+	})
+	fmt.Fprintf(out, "%s:\n", title)
+	for _, k := range keys {
+		name := k
+		if r, ok := rename[k]; ok {
+			name = r
+		}
+		fmt.Fprintf(out, "  %-28s %d\n", name, m[k])
+	}
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

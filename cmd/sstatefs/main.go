@@ -1,0 +1,48 @@
+// Command sstatefs presents a remote object store (S3, an HTTP mirror or a
+// local directory) and its index as an ordinary SSTATE_DIR for bitbake.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `sstatefs presents a shared sstate store as an ordinary SSTATE_DIR.
+
+Usage:
+  sstatefs mount [flags] MOUNTPOINT     mount the store (foreground; Ctrl-C unmounts)
+  sstatefs index build [flags]          scan the store and write its index into it
+  sstatefs index show [flags]           print a summary of the store's index
+  sstatefs version                      print the version
+
+Run "sstatefs COMMAND -h" for the flags of a command.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "mount":
+		return cmdMount(args[1:])
+	case "index":
+		return cmdIndex(args[1:])
+	case "version", "--version":
+		fmt.Println("sstatefs", version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return 0
+	default:
+		fmt.Fprintf(os.Stderr, "sstatefs: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}

@@ -1,0 +1,323 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/cache"
+	sfs "github.com/sstatefs/sstatefs/fs"
+	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/view"
+)
+
+func cmdMount(args []string) int {
+	fset := flag.NewFlagSet("mount", flag.ContinueOnError)
+	cf := newConfigFlags(fset)
+	fset.Usage = func() {
+		fmt.Fprintf(fset.Output(), "Usage: sstatefs mount [flags] MOUNTPOINT\n\nMounts the store as an SSTATE_DIR and serves it in the foreground until SIGINT or SIGTERM.\n\nFlags:\n")
+		fset.PrintDefaults()
+	}
+	if err := fset.Parse(args); err != nil {
+		return 2
+	}
+	if fset.NArg() != 1 {
+		fset.Usage()
+		return 2
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs mount: %v\n", err)
+		return 2
+	}
+	log := newLogger(cfg.Log.Level)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	m, err := startMount(ctx, cfg, fset.Arg(0), log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs mount: %v\n", err)
+		return 1
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("signal received, unmounting", "mountpoint", m.mountpoint)
+	case <-m.done:
+		log.Info("unmounted from outside", "mountpoint", m.mountpoint)
+	}
+	if err := m.close(); err != nil {
+		log.Error("unmount", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// mounted is a running mount.
+type mounted struct {
+	mountpoint string
+	server     *fuse.Server
+	fs         *sfs.FS
+	live       *index.Live
+	cache      *cache.Cache
+	store      backend.Store
+	cancel     context.CancelFunc
+	done       chan struct{} // closed when the FUSE server stops serving
+	log        *slog.Logger
+	unlock     func()
+}
+
+// startMount composes the stack for the first store and mounts it.
+func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Logger) (m *mounted, err error) {
+	mp, err := checkMountpoint(mountpoint)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkFUSE(); err != nil {
+		return nil, err
+	}
+	sc := cfg.Stores[0]
+	if len(cfg.Stores) > 1 {
+		log.Warn("only the first store is served; the others are ignored for now", "store", storeName(sc))
+	}
+	uid, gid, err := mountOwner(cfg.Mount.Owner, mp)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := claimCacheDir(cfg.Cache.Dir, sc)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			unlock()
+		}
+	}()
+	store, err := openStore(ctx, sc)
+	if err != nil {
+		return nil, err
+	}
+	c, err := cache.Open(cache.Options{Dir: filepath.Join(cfg.Cache.Dir, "cache"), MaxBytes: int64(cfg.Cache.Size), Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	live := index.NewLive(store, index.LiveOptions{Interval: cfg.Index.RefreshInterval.Duration, MaxAge: cfg.Index.MaxAge.Duration, Logger: log})
+	start := time.Now()
+	switch err := live.LoadOnce(ctx); {
+	case err == nil:
+		ix := live.Current()
+		log.Info("index loaded", "store", store.Location(), "objects", ix.Len(), "bytes", ix.TotalSize(), "took", time.Since(start).Round(time.Millisecond))
+	case errors.Is(err, index.ErrNoIndex):
+		log.Info("store has no index: lookups probe the store", "store", store.Location(), "negative_ttl", cfg.Index.NegativeTTL.Duration)
+	default:
+		log.Warn("index not loaded, lookups probe the store until it loads", "store", store.Location(), "error", err)
+	}
+	v := view.New(view.Options{
+		Store:  store,
+		Index:  live,
+		Cache:  c,
+		Probes: cache.NewStatCache(100_000, cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
+		Logger: log,
+	})
+	f, root, err := sfs.New(sfs.Options{
+		View:     v,
+		Overlay:  filepath.Join(cfg.Cache.Dir, "overlay"),
+		StateDir: filepath.Join(cfg.Cache.Dir, "state"),
+		UID:      uid, GID: gid,
+		CacheDir: cfg.Cache.Dir,
+		Logger:   log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	opts := sfs.MountOptions(cfg.Mount.AllowOther, cfg.Mount.Debug)
+	if cfg.Mount.Debug {
+		opts.Logger = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	}
+	server, err := gofs.Mount(mp, root, opts)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	go live.Run(rctx)
+	m = &mounted{mountpoint: mp, server: server, fs: f, live: live, cache: c, store: store, cancel: cancel, done: make(chan struct{}), log: log, unlock: unlock}
+	go func() { server.Wait(); close(m.done) }()
+	log.Info("mounted", "mountpoint", mp, "store", store.Location(), "cache", cfg.Cache.Dir, "allow_other", cfg.Mount.AllowOther)
+	return m, nil
+}
+
+// close unmounts (lazily if the mount stays busy) and stops the background work.
+func (m *mounted) close() error {
+	defer m.unlock()
+	defer m.cancel()
+	select {
+	case <-m.done:
+		return m.fs.Close()
+	default:
+	}
+	var err error
+	for i := 0; i < 5; i++ {
+		if err = m.server.Unmount(); err == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		m.log.Warn("mount busy, detaching it lazily", "mountpoint", m.mountpoint, "error", err)
+		if derr := syscall.Unmount(m.mountpoint, syscall.MNT_DETACH); derr != nil {
+			return fmt.Errorf("unmount %s: %w (lazy unmount: %v)", m.mountpoint, err, derr)
+		}
+	}
+	select {
+	case <-m.done:
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("unmount %s: FUSE server did not stop", m.mountpoint)
+	}
+	return m.fs.Close()
+}
+
+// checkFUSE fails with advice when the kernel's FUSE device cannot be used.
+func checkFUSE() error {
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("FUSE is unavailable: %w (install fuse3; in a container pass --device /dev/fuse and --cap-add SYS_ADMIN; as a non-root user /dev/fuse must be accessible to you)", err)
+	}
+	f.Close()
+	return nil
+}
+
+// checkMountpoint returns the absolute mountpoint, refusing one that is not
+// a directory or is already a mount.
+func checkMountpoint(mp string) (string, error) {
+	abs, err := filepath.Abs(mp)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(abs)
+	if errors.Is(err, syscall.ENOTCONN) {
+		return "", fmt.Errorf("mountpoint %s is a stale FUSE mount (transport endpoint is not connected); run: fusermount3 -u %s", abs, abs)
+	}
+	if err != nil {
+		return "", fmt.Errorf("mountpoint: %w", err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("mountpoint %s is not a directory", abs)
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	if fstype, ok := mountedAt(abs); ok {
+		return "", fmt.Errorf("mountpoint %s is busy: a %s file system is already mounted there; unmount it first (fusermount3 -u %s)", abs, fstype, abs)
+	}
+	return abs, nil
+}
+
+// mountedAt looks dir up in /proc/self/mountinfo.
+func mountedAt(dir string) (fstype string, ok bool) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		// id parent major:minor root mountpoint options... - fstype source superopts
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 || unescapeMountinfo(fields[4]) != dir {
+			continue
+		}
+		for i, fl := range fields {
+			if fl == "-" && i+1 < len(fields) {
+				return fields[i+1], true
+			}
+		}
+		return "unknown", true
+	}
+	return "", false
+}
+
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// mountOwner is the owner of store objects: configured, else the mountpoint's.
+func mountOwner(owner, mp string) (uint32, uint32, error) {
+	if owner != "" {
+		return parseOwner(owner)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(mp, &st); err != nil {
+		return 0, 0, fmt.Errorf("mountpoint %s: %w", mp, err)
+	}
+	return st.Uid, st.Gid, nil
+}
+
+// claimCacheDir takes the cache directory for this mount: it must not be in
+// use by another sstatefs, and its local overlay must belong to this store.
+func claimCacheDir(dir string, sc StoreConfig) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o755); err != nil {
+		return nil, fmt.Errorf("cache dir: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(dir, "state", "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("cache dir: %w", err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		pid, _ := os.ReadFile(lf.Name())
+		lf.Close()
+		return nil, fmt.Errorf("cache dir %s is in use by another sstatefs (pid %s); give each mount its own --cache-dir", dir, strings.TrimSpace(string(pid)))
+	}
+	lf.Truncate(0)
+	fmt.Fprintf(lf, "%d\n", os.Getpid())
+	unlock = func() { lf.Close() }
+
+	owner := filepath.Join(dir, "state", "store")
+	want := storeName(sc) + "\n"
+	switch got, err := os.ReadFile(owner); {
+	case err == nil && string(got) != want:
+		unlock()
+		return nil, fmt.Errorf("cache dir %s holds the local files of store %s, not %s; use another --cache-dir", dir, strings.TrimSpace(string(got)), storeName(sc))
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.WriteFile(owner, []byte(want), 0o644); err != nil {
+			unlock()
+			return nil, fmt.Errorf("cache dir: %w", err)
+		}
+	case err != nil:
+		unlock()
+		return nil, fmt.Errorf("cache dir: %w", err)
+	}
+	return unlock, nil
+}

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/backend/file"
+	httpstore "github.com/sstatefs/sstatefs/backend/http"
+	"github.com/sstatefs/sstatefs/backend/s3"
+)
+
+// openStore builds the backend of a store entry and wraps it in the
+// decorators every remote call goes through: the one place that composes
+// the stack.
+func openStore(ctx context.Context, sc StoreConfig) (backend.Store, error) {
+	u, err := url.Parse(sc.URL)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", redactURL(sc.URL), err)
+	}
+	var s backend.Store
+	switch u.Scheme {
+	case "file":
+		dir, err := file.ParseURL(sc.URL)
+		if err != nil {
+			return nil, err
+		}
+		s, err = file.New(dir)
+		if err != nil {
+			return nil, err
+		}
+	case "s3":
+		bucket, prefix, err := s3.ParseURL(sc.URL)
+		if err != nil {
+			return nil, err
+		}
+		s, err = s3.New(ctx, s3.Config{
+			Bucket: bucket, Prefix: prefix, Endpoint: sc.Endpoint, Region: sc.Region,
+			Profile: sc.Profile, CABundle: sc.CABundle, PathStyle: sc.PathStyle, MaxConns: sc.MaxConnections,
+		})
+		if err != nil {
+			return nil, err
+		}
+	case "http", "https":
+		s, err = httpstore.New(httpstore.Config{
+			URL: sc.URL, BearerTokenFile: sc.BearerTokenFile, Netrc: sc.Netrc,
+			CABundle: sc.CABundle, MaxConns: sc.MaxConnections,
+		})
+		if err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("store %s: unsupported scheme %q (want file, s3, http or https)", redactURL(sc.URL), u.Scheme)
+	}
+	return &backend.Timeout{Store: s, D: sc.Timeout.Duration}, nil
+}
+
+// storeName is a store's URL fit for messages.
+func storeName(sc StoreConfig) string { return strings.TrimSuffix(redactURL(sc.URL), "/") }

@@ -1,0 +1,188 @@
+package fs
+
+import (
+	"context"
+	"os"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sstatefs/sstatefs/view"
+)
+
+// objectNode is an object of the store: read-only content, fetched on open.
+type objectNode struct {
+	gofs.Inode
+	fs  *FS
+	obj view.Object
+}
+
+var (
+	_ = (gofs.NodeGetattrer)((*objectNode)(nil))
+	_ = (gofs.NodeSetattrer)((*objectNode)(nil))
+	_ = (gofs.NodeOpener)((*objectNode)(nil))
+)
+
+func (n *objectNode) fill(out *fuse.Attr) {
+	out.Mode = fuse.S_IFREG | 0o664
+	out.Nlink = 1
+	out.Size = uint64(n.obj.Size)
+	out.Blocks = (out.Size + 511) / 512
+	out.Blksize = 1 << 20
+	out.Uid, out.Gid = n.fs.uid, n.fs.gid
+	m := n.fs.view.ModTime(n.obj)
+	c := n.obj.ModTime
+	out.SetTimes(&m, &m, &c)
+	out.Ino = objectIno(n.obj.Key)
+}
+
+func (n *objectNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.fill(&out.Attr)
+	return 0
+}
+
+// Setattr accepts what bitbake does to objects it uses, utimensat and touch,
+// as a record of access; the content never changes.
+func (n *objectNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if _, ok := in.GetSize(); ok {
+		return syscall.EROFS
+	}
+	_, mok := in.GetMode()
+	_, uok := in.GetUID()
+	_, gok := in.GetGID()
+	if mok || uok || gok {
+		return syscall.EPERM
+	}
+	t, ok := in.GetMTime()
+	if !ok {
+		t, ok = in.GetATime()
+	}
+	if ok {
+		if t.IsZero() || in.Valid&(fuse.FATTR_MTIME_NOW|fuse.FATTR_ATIME_NOW) != 0 {
+			t = time.Now()
+		}
+		n.fs.view.Touch(n.obj.Key, t)
+	}
+	n.fill(&out.Attr)
+	return 0
+}
+
+// Open fetches the object into the cache for reading. Opens for writing
+// (touch opens O_WRONLY|O_CREAT) succeed without a fetch; writes then fail.
+func (n *objectNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_TRUNC != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	if flags&syscall.O_ACCMODE == syscall.O_WRONLY {
+		return &objectHandle{node: n}, 0, 0
+	}
+	f, err := n.fs.view.Open(ctx, n.obj)
+	if err != nil {
+		return nil, 0, n.fs.errno(ctx, "open", n.obj.Key, err)
+	}
+	return &objectHandle{node: n, f: f}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// objectHandle is an open store object: reads come from the verified cache
+// file (f is nil for a write-only open).
+type objectHandle struct {
+	node *objectNode
+	f    *os.File
+}
+
+var (
+	_ = (gofs.FileReader)((*objectHandle)(nil))
+	_ = (gofs.FileWriter)((*objectHandle)(nil))
+	_ = (gofs.FileReleaser)((*objectHandle)(nil))
+	_ = (gofs.FileGetattrer)((*objectHandle)(nil))
+	_ = (gofs.FileFlusher)((*objectHandle)(nil))
+	_ = (gofs.FileFsyncer)((*objectHandle)(nil))
+)
+
+func (h *objectHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if h.f == nil {
+		return nil, syscall.EBADF
+	}
+	n, err := h.f.ReadAt(dest, off)
+	if n == 0 && err != nil && off < h.node.obj.Size {
+		return nil, h.node.fs.errno(ctx, "read", h.node.obj.Key, err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *objectHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	return 0, syscall.EROFS
+}
+
+func (h *objectHandle) Release(ctx context.Context) syscall.Errno {
+	if h.f != nil {
+		h.f.Close()
+	}
+	return 0
+}
+
+func (h *objectHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	h.node.fill(&out.Attr)
+	return 0
+}
+
+func (h *objectHandle) Flush(ctx context.Context) syscall.Errno               { return 0 }
+func (h *objectHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return 0 }
+
+// localNode is a file or symlink of the overlay.
+type localNode struct {
+	gofs.Inode
+	fs *FS
+}
+
+var (
+	_ = (gofs.NodeGetattrer)((*localNode)(nil))
+	_ = (gofs.NodeSetattrer)((*localNode)(nil))
+	_ = (gofs.NodeOpener)((*localNode)(nil))
+	_ = (gofs.NodeReadlinker)((*localNode)(nil))
+)
+
+func (n *localNode) key() string { return rel(&n.Inode) }
+
+func (n *localNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if g, ok := fh.(gofs.FileGetattrer); ok && fh != nil {
+		return g.Getattr(ctx, out)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(n.fs.overlayPath(n.key()), &st); err != nil {
+		return n.fs.errno(ctx, "getattr", n.key(), err)
+	}
+	out.FromStat(&st)
+	return 0
+}
+
+func (n *localNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if s, ok := fh.(gofs.FileSetattrer); ok && fh != nil {
+		return s.Setattr(ctx, in, out)
+	}
+	key := n.key()
+	if err := setattrPath(n.fs.overlayPath(key), in); err != nil {
+		return n.fs.errno(ctx, "setattr", key, err)
+	}
+	return n.Getattr(ctx, nil, out)
+}
+
+func (n *localNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	key := n.key()
+	fd, err := syscall.Open(n.fs.overlayPath(key), int(flags&^(syscall.O_APPEND|fuse.FMODE_EXEC))|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0, n.fs.errno(ctx, "open", key, err)
+	}
+	return gofs.NewLoopbackFile(fd), 0, 0
+}
+
+func (n *localNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	key := n.key()
+	t, err := os.Readlink(n.fs.overlayPath(key))
+	if err != nil {
+		return nil, n.fs.errno(ctx, "readlink", key, err)
+	}
+	return []byte(t), 0
+}

@@ -1,0 +1,239 @@
+// Package fs is the kernel-facing layer of sstatefs: go-fuse nodes that turn
+// syscalls into calls on the view of the store (package view) and on a local
+// overlay directory, and map errors to errno in one place (errno.go). It
+// holds no storage logic.
+//
+// The tree is the union of two layers:
+//   - the store's objects (read-only, from the view): stat answered from the
+//     index, bytes fetched on open into the verified disk cache;
+//   - the overlay, a local directory holding everything created through the
+//     mount: bitbake's temp files and the objects it publishes by link or
+//     rename, lock files, the sanity check's file, directories, symlinks.
+//
+// The overlay wins where both have a name. Removing a store object through
+// the mount hides it locally (a whiteout); the store is never changed here.
+package fs
+
+import (
+	"context"
+	"hash/fnv"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sstatefs/sstatefs/view"
+)
+
+// Options configure the file system.
+type Options struct {
+	View    *view.View
+	Overlay string // directory of the local overlay; created if missing
+	// StateDir keeps small durable state (whiteouts); created if missing.
+	StateDir string
+	// UID and GID own the store's objects and directories.
+	UID, GID uint32
+	// CacheDir is reported by statfs (the disk the cache lives on).
+	CacheDir string
+	Logger   *slog.Logger
+	// Publish is called after an object name appears in the overlay by
+	// link or rename (the next issue uploads it). May be nil.
+	Publish func(key string)
+}
+
+// FS is the shared state of all nodes of one mount.
+type FS struct {
+	view     *view.View
+	overlay  string
+	uid, gid uint32
+	cacheDir string
+	log      *slog.Logger
+	publish  func(key string)
+	start    time.Time
+
+	whiteouts *whiteouts
+}
+
+// New prepares the file system and returns its root node.
+func New(opt Options) (*FS, gofs.InodeEmbedder, error) {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	for _, d := range []string{opt.Overlay, opt.StateDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, nil, err
+		}
+	}
+	wo, err := openWhiteouts(filepath.Join(opt.StateDir, "whiteouts"))
+	if err != nil {
+		return nil, nil, err
+	}
+	f := &FS{
+		view: opt.View, overlay: opt.Overlay, uid: opt.UID, gid: opt.GID,
+		cacheDir: opt.CacheDir, log: opt.Logger, publish: opt.Publish,
+		start: time.Now(), whiteouts: wo,
+	}
+	if f.cacheDir == "" {
+		f.cacheDir = opt.Overlay
+	}
+	return f, &dirNode{fs: f}, nil
+}
+
+// Close releases the FS's files.
+func (f *FS) Close() error { return f.whiteouts.close() }
+
+// overlayPath is the overlay file of a mount-relative path.
+func (f *FS) overlayPath(rel string) string {
+	return filepath.Join(f.overlay, filepath.FromSlash(rel))
+}
+
+// Inode numbers: overlay files keep the number of their overlay file, so
+// hard links share one and fstat agrees with stat (bitbake's lock loop
+// compares them); store objects and directories get a stable hash of their
+// path, in ranges an overlay file system does not use.
+const (
+	objectInoBit = 1 << 63
+	dirInoBit    = 1 << 62
+)
+
+func pathHash(rel string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(rel))
+	return h.Sum64() &^ (objectInoBit | dirInoBit)
+}
+
+func objectIno(rel string) uint64 { return pathHash(rel) | objectInoBit }
+func dirIno(rel string) uint64 {
+	if rel == "" {
+		return 1
+	}
+	return pathHash(rel) | dirInoBit
+}
+
+func join(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// rel returns the node's path relative to the mount root ("" for the root).
+func rel(n *gofs.Inode) string { return n.Path(n.Root()) }
+
+// chownToCaller gives a new overlay file to the process that created it
+// (a mount made by root serving a build user through allow_other).
+func chownToCaller(ctx context.Context, p string) {
+	if os.Getuid() != 0 {
+		return
+	}
+	if c, ok := fuse.FromContext(ctx); ok {
+		_ = syscall.Lchown(p, int(c.Uid), int(c.Gid))
+	}
+}
+
+// Timeouts for the kernel's caches of entries and attributes.
+var (
+	entryTimeout    = time.Second
+	negativeTimeout = time.Second
+)
+
+// MountOptions returns go-fuse options for mounting root.
+func MountOptions(allowOther, debug bool) *gofs.Options {
+	return &gofs.Options{
+		EntryTimeout:    &entryTimeout,
+		AttrTimeout:     &entryTimeout,
+		NegativeTimeout: &negativeTimeout,
+		MountOptions: fuse.MountOptions{
+			AllowOther:    allowOther,
+			FsName:        "sstatefs",
+			Name:          "sstatefs",
+			Debug:         debug,
+			DirectMount:   true, // root mounts without fusermount3; others fall back to it
+			MaxBackground: 64,
+			// No default_permissions: the kernel passes every operation on
+			// (bitbake, not the owner, touches objects), and this FS decides.
+		},
+	}
+}
+
+// whiteouts are the store objects hidden by an unlink through the mount,
+// kept in a file so they stay hidden after a restart.
+type whiteouts struct {
+	mu   sync.Mutex // protects set and f
+	set  map[string]bool
+	path string
+}
+
+func openWhiteouts(p string) (*whiteouts, error) {
+	w := &whiteouts{set: map[string]bool{}, path: p}
+	data, err := os.ReadFile(p)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	for _, line := range splitLines(string(data)) {
+		w.set[line] = true
+	}
+	return w, nil
+}
+
+func splitLines(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' {
+			if i > start {
+				out = append(out, s[start:i])
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+func (w *whiteouts) has(key string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.set[key]
+}
+
+func (w *whiteouts) add(key string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.set[key] {
+		return nil
+	}
+	w.set[key] = true
+	return w.saveLocked()
+}
+
+func (w *whiteouts) remove(key string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.set[key] {
+		return nil
+	}
+	delete(w.set, key)
+	return w.saveLocked()
+}
+
+// saveLocked rewrites the file atomically; whiteouts are rare (cleanup
+// tools), so a rewrite per change is cheap enough.
+func (w *whiteouts) saveLocked() error {
+	var b []byte
+	for k := range w.set {
+		b = append(b, k...)
+		b = append(b, '\n')
+	}
+	tmp := w.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, w.path)
+}
+
+func (w *whiteouts) close() error { return nil }

@@ -1,0 +1,193 @@
+// Package view is the read side of a store seen as an SSTATE_DIR, with no
+// kernel in sight: which names exist (answered from the index in memory
+// while it is fresh, else by probing the store with a cache of the answers),
+// their attributes, and their verified bytes through the disk cache. The FUSE
+// layer (package fs) is a thin adapter over it.
+package view
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/cache"
+	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/sstate"
+)
+
+// Object is a store object as the mount presents it.
+type Object struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+	SHA256  [32]byte // zero when the store has no index
+}
+
+// Options configure a View.
+type Options struct {
+	Store  backend.Store
+	Index  *index.Live // its Current may be nil: a store without an index
+	Cache  *cache.Cache
+	Probes *cache.StatCache // answers of probes, for stores without a fresh index
+	Logger *slog.Logger
+}
+
+// View answers questions about the store's objects. Safe for concurrent use.
+type View struct {
+	store  backend.Store
+	index  *index.Live
+	cache  *cache.Cache
+	probes *cache.StatCache
+	log    *slog.Logger
+
+	mu      sync.Mutex           // protects touched
+	touched map[string]time.Time // access times recorded by utimensat/touch
+}
+
+// New returns a View.
+func New(opt Options) *View {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Probes == nil {
+		opt.Probes = cache.NewStatCache(100_000, time.Minute, time.Minute)
+	}
+	return &View{store: opt.Store, index: opt.Index, cache: opt.Cache, probes: opt.Probes, log: opt.Logger, touched: map[string]time.Time{}}
+}
+
+// Store is the store the view reads.
+func (v *View) Store() backend.Store { return v.store }
+
+// Stat returns the object at key. An absent name answers ErrNotExist from
+// memory while the index is fresh; otherwise names of the sstate grammar are
+// probed in the store (cached), and other names do not exist.
+func (v *View) Stat(ctx context.Context, key string) (Object, error) {
+	if backend.IsMeta(key) {
+		return Object{}, notExist(key)
+	}
+	ix := v.index.Current()
+	if ix != nil {
+		if o, ok := ix.Lookup(key); ok {
+			return Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256}, nil
+		}
+		if v.index.Fresh() {
+			return Object{}, notExist(key)
+		}
+	}
+	if _, err := sstate.Parse(key); err != nil {
+		return Object{}, notExist(key)
+	}
+	if info, present, known := v.probes.Get(key); known {
+		if !present {
+			return Object{}, notExist(key)
+		}
+		return Object{Key: key, Size: info.Size, ModTime: info.ModTime}, nil
+	}
+	oi, err := v.store.Stat(ctx, key)
+	if errors.Is(err, backend.ErrNotExist) {
+		v.probes.Absent(key)
+		return Object{}, err
+	}
+	if err != nil {
+		return Object{}, err
+	}
+	v.probes.Present(key, cache.Info{Size: oi.Size, ModTime: oi.ModTime})
+	return Object{Key: key, Size: oi.Size, ModTime: oi.ModTime}, nil
+}
+
+func notExist(key string) error { return fmt.Errorf("%s: %w", key, backend.ErrNotExist) }
+
+// IsDir reports whether dir ("" is the root) is a directory of the store.
+// With an index that is exact; without one, the SSTATE_DIR layout decides:
+// ab/, ab/cd/, <NATIVELSBSTRING>/, <NATIVELSBSTRING>/ab/ and .../ab/cd/.
+func (v *View) IsDir(dir string) bool {
+	if dir == "" {
+		return true
+	}
+	if backend.IsMeta(dir+"/") || dir+"/" == backend.MetaPrefix {
+		return false
+	}
+	if ix := v.index.Current(); ix != nil && v.index.Fresh() {
+		return ix.IsDir(dir)
+	}
+	if ix := v.index.Current(); ix != nil && ix.IsDir(dir) {
+		return true
+	}
+	parts := strings.Split(dir, "/")
+	if sstate.IsNativeDir(parts[0]) {
+		parts = parts[1:]
+	}
+	if len(parts) > 2 {
+		return false
+	}
+	for _, p := range parts {
+		if !sstate.IsHexDir(p) {
+			return false
+		}
+	}
+	return true
+}
+
+// ReadDir lists what the index knows directly in dir. A store without an
+// index cannot be listed: it answers nothing.
+func (v *View) ReadDir(dir string) []index.Entry {
+	ix := v.index.Current()
+	if ix == nil {
+		return nil
+	}
+	var out []index.Entry
+	for _, e := range ix.Children(dir) {
+		if dir == "" && e.Name+"/" == backend.MetaPrefix {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// Open returns a read-only file with the object's verified content,
+// fetching it into the disk cache first if needed.
+func (v *View) Open(ctx context.Context, o Object) (*os.File, error) {
+	return v.cache.Open(ctx, cache.Object{
+		ID:     cache.IDFor(o.SHA256, v.store.Location()+"/"+o.Key, o.Size, o.ModTime),
+		Size:   o.Size,
+		SHA256: o.SHA256,
+		Name:   o.Key,
+		Fetch: func(ctx context.Context) (io.ReadCloser, error) {
+			return v.store.Open(ctx, o.Key, 0, -1)
+		},
+	})
+}
+
+// Touch records an access to key (bitbake's utimensat/touch on objects it
+// uses). The object's content and store copy are never changed.
+func (v *View) Touch(key string, t time.Time) {
+	v.mu.Lock()
+	if t.After(v.touched[key]) {
+		v.touched[key] = t
+	}
+	v.mu.Unlock()
+}
+
+// ModTime is the time the mount shows for an object: its store mtime, or
+// the last recorded access if later (retention scripts rely on it).
+func (v *View) ModTime(o Object) time.Time {
+	v.mu.Lock()
+	t, ok := v.touched[o.Key]
+	v.mu.Unlock()
+	if ok && t.After(o.ModTime) {
+		return t
+	}
+	return o.ModTime
+}
+
+// Forget drops cached probe answers for key (it was created or removed
+// through the mount).
+func (v *View) Forget(key string) { v.probes.Forget(key) }
