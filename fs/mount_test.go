@@ -1,0 +1,758 @@
+package fs_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+
+	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/backend/file"
+	"github.com/sstatefs/sstatefs/cache"
+	sfs "github.com/sstatefs/sstatefs/fs"
+	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/view"
+)
+
+// faultStore wraps a real store: it counts calls and, while down is set,
+// hangs every call until its context ends (a store that stopped answering).
+type faultStore struct {
+	backend.Store
+	stats, opens, lists atomic.Int64
+	down                atomic.Bool
+}
+
+func (s *faultStore) hang(ctx context.Context) error {
+	if !s.down.Load() {
+		return nil
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (s *faultStore) Stat(ctx context.Context, key string) (backend.ObjectInfo, error) {
+	s.stats.Add(1)
+	if err := s.hang(ctx); err != nil {
+		return backend.ObjectInfo{}, err
+	}
+	return s.Store.Stat(ctx, key)
+}
+
+func (s *faultStore) Open(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	s.opens.Add(1)
+	if err := s.hang(ctx); err != nil {
+		return nil, err
+	}
+	return s.Store.Open(ctx, key, off, n)
+}
+
+func (s *faultStore) List(ctx context.Context, prefix string, fn func(backend.ObjectInfo) error) error {
+	s.lists.Add(1)
+	if err := s.hang(ctx); err != nil {
+		return err
+	}
+	return s.Store.List(ctx, prefix, fn)
+}
+
+type testMount struct {
+	dir      string // mountpoint
+	storeDir string
+	cacheDir string
+	fault    *faultStore
+	live     *index.Live
+	server   interface{ Unmount() error }
+}
+
+type mountOpts struct {
+	noIndex    bool
+	cacheBytes int64
+	timeout    time.Duration
+	storeDir   string
+	cacheDir   string
+}
+
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("no usable /dev/fuse: %v", err)
+	}
+	f.Close()
+}
+
+// mount builds the real stack (file store, index, cache, view, fs) over the
+// objects already in storeDir and mounts it.
+func mount(t *testing.T, o mountOpts) *testMount {
+	t.Helper()
+	requireFUSE(t)
+	if o.storeDir == "" {
+		o.storeDir = t.TempDir()
+	}
+	if o.cacheDir == "" {
+		o.cacheDir = t.TempDir()
+	}
+	if o.timeout == 0 {
+		o.timeout = 5 * time.Second
+	}
+	fstore, err := file.New(o.storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if !o.noIndex {
+		ix, err := index.Build(ctx, fstore, index.BuildOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := index.Save(ctx, fstore, ix); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fault := &faultStore{Store: fstore}
+	store := &backend.Timeout{Store: fault, D: o.timeout}
+	live := index.NewLive(store, index.LiveOptions{Interval: time.Hour})
+	if err := live.LoadOnce(ctx); err != nil && !errors.Is(err, index.ErrNoIndex) {
+		t.Fatal(err)
+	}
+	// count only what the mount does from here on, not the index load
+	fault.stats.Store(0)
+	fault.opens.Store(0)
+	fault.lists.Store(0)
+	c, err := cache.Open(cache.Options{Dir: filepath.Join(o.cacheDir, "cache"), MaxBytes: o.cacheBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := view.New(view.Options{Store: store, Index: live, Cache: c, Probes: cache.NewStatCache(1000, time.Minute, time.Minute)})
+	f, root, err := sfs.New(sfs.Options{
+		View: v, Overlay: filepath.Join(o.cacheDir, "overlay"), StateDir: filepath.Join(o.cacheDir, "state"),
+		UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), CacheDir: o.cacheDir,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp := t.TempDir()
+	opts := sfs.MountOptions(false, testing.Verbose() && os.Getenv("SSTATEFS_FUSE_DEBUG") != "")
+	server, err := gofs.Mount(mp, root, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, server: server}
+	t.Cleanup(func() {
+		fault.down.Store(false)
+		if err := server.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+		f.Close()
+	})
+	return m
+}
+
+func (m *testMount) unmount(t *testing.T) {
+	t.Helper()
+	if err := m.server.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func rnd(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+const (
+	h1      = "c369644453e7186778f2fc3e6bd1f8573c07d05e836615ed00790293797515bf"
+	h2      = "7934f5033b9e8e2ab30a0af81640942d3e239c9ba8d0350b520fef20a5478762"
+	pkgKey  = "debian-12/c3/69/sstate:sstate-probe-native:x86_64-linux:1.0:r0:x86_64:14:" + h1 + "_populate_sysroot.tar.zst"
+	licKey  = "79/34/sstate:sstate-probe-native::1.0:r0::14:" + h2 + "_populate_lic.tar.zst"
+)
+
+var missKey = "debian-12/aa/bb/sstate:sstate-probe-native:x86_64-linux:1.0:r0:x86_64:14:aabb" + h1[4:] + "_populate_sysroot.tar.zst"
+
+func writeStore(t *testing.T, dir, key string, data []byte) {
+	t.Helper()
+	p := filepath.Join(dir, key)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func needTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed: %v", tool, err)
+		}
+	}
+}
+
+func run(t *testing.T, dir string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// makePackage builds a real sstate archive the way bitbake does
+// (tar -I "pzstd -8 -p2" -cS) from a small tree, and returns it.
+func makePackage(t *testing.T) ([]byte, map[string][]byte) {
+	t.Helper()
+	needTools(t, "tar", "zstd", "pzstd")
+	src := t.TempDir()
+	files := map[string][]byte{
+		"sysroot-providers/sstate-probe-native": []byte("sstate-probe-native\n"),
+		"recipe-sysroot-native/usr/bin/hello":   rnd(200_000),
+		"fixmepath":                             []byte("recipe-sysroot-native/usr/bin/hello\n"),
+	}
+	for p, d := range files {
+		writeStore(t, src, p, d)
+	}
+	out := filepath.Join(t.TempDir(), "pkg.tar.zst")
+	run(t, src, "tar", "-I", "pzstd -8 -p2", "-cS", "-f", out, ".")
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data, files
+}
+
+// TestRestoreSequence replays what bitbake does on a restore build
+// (compat/bitbake-sstate-syscalls.md, read/restore path) through the mount,
+// extracting a real archive with tar and pzstd.
+func TestRestoreSequence(t *testing.T) {
+	pkg, files := makePackage(t)
+	storeDir := t.TempDir()
+	siginfo := rnd(15013)
+	writeStore(t, storeDir, pkgKey, pkg)
+	writeStore(t, storeDir, pkgKey+".siginfo", siginfo)
+	old := time.Now().Add(-48 * time.Hour)
+	os.Chtimes(filepath.Join(storeDir, pkgKey), old, old)
+	m := mount(t, mountOpts{storeDir: storeDir})
+	p := filepath.Join(m.dir, pkgKey)
+
+	// sstate_checkhashes: stat, utime, stat .sig (ENOENT), stat .siginfo, utime
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() != int64(len(pkg)) || fi.Mode().Perm() != 0o664 || !fi.Mode().IsRegular() {
+		t.Fatalf("stat: size %d mode %v", fi.Size(), fi.Mode())
+	}
+	if err := os.Chtimes(p, time.Time{}, time.Time{}); err != nil { // utime(path, None) equivalent below
+		t.Fatal(err)
+	}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, nil, 0); err != nil {
+		t.Fatalf("utimensat(pkg, NULL): %v", err)
+	}
+	if _, err := os.Stat(p + ".sig"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stat .sig = %v, want ENOENT", err)
+	}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, p+".siginfo", nil, 0); err != nil {
+		t.Fatalf("utimensat(siginfo, NULL): %v", err)
+	}
+	fi, _ = os.Stat(p)
+	if time.Since(fi.ModTime()) > time.Minute {
+		t.Errorf("utimensat did not refresh the mtime: %v", fi.ModTime())
+	}
+
+	// sstate_unpack_package: tar -I "pzstd -p 2" -xvpf pkg
+	dest := t.TempDir()
+	run(t, dest, "tar", "-I", "pzstd -p 2", "-xvpf", p)
+	for name, want := range files {
+		got, err := os.ReadFile(filepath.Join(dest, name))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("extracted %s differs (%v)", name, err)
+		}
+	}
+	// [ -e f ] and touch, touch --no-dereference on pkg, .sig, .siginfo
+	for _, f := range []string{p, p + ".sig", p + ".siginfo"} {
+		run(t, dest, "sh", "-c", `f="$1"; if [ -e "$f" ]; then touch "$f" && touch --no-dereference "$f"; fi`, "sh", f)
+	}
+	if _, err := os.Stat(p + ".sig"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("touch guarded by [ -e ] created .sig: %v", err)
+	}
+	// the store object is untouched: same bytes, same mtime
+	got, _ := os.ReadFile(filepath.Join(storeDir, pkgKey))
+	sfi, _ := os.Stat(filepath.Join(storeDir, pkgKey))
+	if !bytes.Equal(got, pkg) || !sfi.ModTime().Equal(old) {
+		t.Error("the restore changed the store's object")
+	}
+	// and the object reads back exactly through the mount
+	got, err = os.ReadFile(p)
+	if err != nil || !bytes.Equal(got, pkg) {
+		t.Fatalf("read through the mount: %v", err)
+	}
+	// writes to a store object are refused, truncation too
+	if f, err := os.OpenFile(p, os.O_WRONLY, 0); err != nil {
+		t.Fatalf("open O_WRONLY (touch does this): %v", err)
+	} else {
+		if _, err := f.Write([]byte("x")); !errors.Is(err, syscall.EROFS) {
+			t.Errorf("write to a store object = %v, want EROFS", err)
+		}
+		f.Close()
+	}
+	if _, err := os.OpenFile(p, os.O_WRONLY|os.O_TRUNC, 0); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("O_TRUNC open of a store object = %v, want EROFS", err)
+	}
+}
+
+// TestPopulateSequence replays bitbake's write path (sanity check, mkdir,
+// temp file, tar via creat, chmod, link, touch, unlink; siginfo by rename)
+// into the local overlay.
+func TestPopulateSequence(t *testing.T) {
+	needTools(t, "tar", "pzstd", "zstd")
+	m := mount(t, mountOpts{})
+	// sanity.bbclass check_create_long_filename
+	long := filepath.Join(m.dir, strings.Repeat("a", 200))
+	f, err := os.OpenFile(long, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
+	if err != nil {
+		t.Fatalf("sanity check create: %v", err)
+	}
+	f.Close()
+	if err := os.Remove(long); err != nil {
+		t.Fatalf("sanity check unlink: %v", err)
+	}
+	final := filepath.Join(m.dir, pkgKey)
+	dir := filepath.Dir(final)
+	if _, err := os.Stat(final); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stat final = %v", err)
+	}
+	// mkdir each level; concurrent mkdir of the same level: EEXIST
+	for _, d := range []string{filepath.Join(m.dir, "debian-12"), filepath.Join(m.dir, "debian-12/c3"), dir} {
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i := range 2 {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = syscall.Mkdir(d, 0o777) }()
+		}
+		wg.Wait()
+		ok := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				ok++
+			case !errors.Is(err, syscall.EEXIST):
+				t.Fatalf("mkdir %s: %v, want nil or EEXIST", d, err)
+			}
+		}
+		if ok > 1 {
+			t.Fatalf("mkdir %s succeeded twice", d)
+		}
+		if err := syscall.Mkdir(d, 0o777); !errors.Is(err, syscall.EEXIST) {
+			t.Fatalf("mkdir of an existing dir = %v, want EEXIST", err)
+		}
+	}
+	// NamedTemporaryFile in the same dir
+	tmp := final + "Xy7_k2Qa"
+	tf, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		t.Fatalf("temp file: %v", err)
+	}
+	src := t.TempDir()
+	payload := rnd(300_000)
+	writeStore(t, src, "recipe-sysroot-native/usr/bin/hello", payload)
+	// tar's child does creat(tmp) on the existing temp file
+	run(t, src, "tar", "-I", "pzstd -8 -p2", "-cS", "-f", tmp, ".")
+	if err := os.Chmod(tmp, 0o664); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(final); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lstat final = %v", err)
+	}
+	if err := os.Link(tmp, final); err != nil {
+		t.Fatalf("link(tmp, final): %v", err)
+	}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, tmp, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	tf.Close()
+	if err := os.Remove(tmp); err != nil {
+		t.Fatal(err)
+	}
+	// link onto an existing name: EEXIST
+	if err := os.Link(final, final); !errors.Is(err, syscall.EEXIST) {
+		t.Fatalf("link onto an existing name = %v, want EEXIST", err)
+	}
+	// siginfo: mkstemp, zstd writes, chmod, rename
+	sig := filepath.Join(dir, "sigtask.Ab12Cd")
+	sf, err := os.OpenFile(sig, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("zstd", "-c")
+	cmd.Stdin = strings.NewReader(`{"task": "populate_sysroot"}`)
+	cmd.Stdout = sf
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	sf.Close()
+	os.Chmod(sig, 0o664)
+	if err := os.Rename(sig, final+".siginfo"); err != nil {
+		t.Fatalf("rename siginfo: %v", err)
+	}
+	// what was published reads back and extracts
+	fi, err := os.Stat(final)
+	if err != nil || fi.Mode().Perm() != 0o664 {
+		t.Fatalf("published package: %v %v", fi, err)
+	}
+	dest := t.TempDir()
+	run(t, dest, "tar", "-I", "pzstd -p 2", "-xpf", final)
+	if got, _ := os.ReadFile(filepath.Join(dest, "recipe-sysroot-native/usr/bin/hello")); !bytes.Equal(got, payload) {
+		t.Fatal("published package does not extract to what was packed")
+	}
+	out := run(t, "", "sh", "-c", `zstd -dc "$1"`, "sh", final+".siginfo")
+	if !strings.Contains(out, "populate_sysroot") {
+		t.Fatalf("siginfo reads %q", out)
+	}
+	names, _ := os.ReadDir(dir)
+	var got []string
+	for _, n := range names {
+		got = append(got, n.Name())
+	}
+	if len(got) != 2 {
+		t.Errorf("directory holds %v, want the package and its siginfo", got)
+	}
+}
+
+// TestAbsentNamesCostNothing: with a fresh index, stat of absent names never
+// reaches the store.
+func TestAbsentNamesCostNothing(t *testing.T) {
+	storeDir := t.TempDir()
+	writeStore(t, storeDir, pkgKey, []byte("x"))
+	m := mount(t, mountOpts{storeDir: storeDir})
+	m.fault.stats.Store(0)
+	m.fault.opens.Store(0)
+	for i := range 500 {
+		name := strings.Replace(missKey, "_populate_sysroot", "_t"+string(rune('a'+i%26))+strings.Repeat("x", i%7), 1)
+		for _, suffix := range []string{"", ".sig", ".siginfo"} {
+			if _, err := os.Stat(filepath.Join(m.dir, name+suffix)); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("stat absent: %v", err)
+			}
+		}
+	}
+	if n := m.fault.stats.Load() + m.fault.opens.Load(); n != 0 {
+		t.Fatalf("1500 absent lookups made %d store calls, want 0", n)
+	}
+	// the hidden metadata prefix is neither listed nor reachable
+	if _, err := os.Stat(filepath.Join(m.dir, ".sstatefs")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf(".sstatefs reachable: %v", err)
+	}
+	ents, _ := os.ReadDir(m.dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".sstatefs") {
+			t.Errorf("root lists %s", e.Name())
+		}
+	}
+}
+
+// TestNoIndexProbes: a store without an index (a plain mirror) is probed,
+// and the answers (absent ones too) are cached.
+func TestNoIndexProbes(t *testing.T) {
+	storeDir := t.TempDir()
+	data := rnd(1000)
+	writeStore(t, storeDir, pkgKey, data)
+	m := mount(t, mountOpts{storeDir: storeDir, noIndex: true})
+	if got, err := os.ReadFile(filepath.Join(m.dir, pkgKey)); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read without index: %v", err)
+	}
+	before := m.fault.stats.Load()
+	for range 3 {
+		if _, err := os.Stat(filepath.Join(m.dir, missKey)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		// defeat the kernel's negative dentry cache
+		time.Sleep(1100 * time.Millisecond)
+	}
+	if n := m.fault.stats.Load() - before; n != 1 {
+		t.Errorf("3 stats of one absent name probed the store %d times, want 1", n)
+	}
+	// names outside the sstate grammar are never probed
+	before = m.fault.stats.Load()
+	os.Stat(filepath.Join(m.dir, strings.Repeat("b", 200)))
+	os.Stat(filepath.Join(m.dir, "ab/cd/not-an-object"))
+	if n := m.fault.stats.Load() - before; n != 0 {
+		t.Errorf("non-sstate names probed the store %d times", n)
+	}
+}
+
+// TestConcurrentReadersFetchOnce: eight readers of one uncached object cause
+// one download.
+func TestConcurrentReadersFetchOnce(t *testing.T) {
+	storeDir := t.TempDir()
+	data := rnd(8 << 20)
+	writeStore(t, storeDir, pkgKey, data)
+	m := mount(t, mountOpts{storeDir: storeDir})
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := os.ReadFile(filepath.Join(m.dir, pkgKey))
+			if err != nil || !bytes.Equal(got, data) {
+				bad.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if bad.Load() != 0 {
+		t.Fatalf("%d readers got wrong bytes or errors", bad.Load())
+	}
+	if n := m.fault.opens.Load(); n != 1 {
+		t.Fatalf("8 concurrent readers downloaded the object %d times, want 1", n)
+	}
+}
+
+// TestCorruptObjectIsAnError: bytes in the store that do not match the index
+// digest give EIO, never data.
+func TestCorruptObjectIsAnError(t *testing.T) {
+	storeDir := t.TempDir()
+	data := rnd(100_000)
+	writeStore(t, storeDir, pkgKey, data)
+	m := mount(t, mountOpts{storeDir: storeDir})
+	bad := append([]byte(nil), data...)
+	bad[5000] ^= 0xff
+	// same size and mtime, other content: only the digest can tell
+	p := filepath.Join(storeDir, pkgKey)
+	fi, _ := os.Stat(p)
+	os.WriteFile(p, bad, 0o644)
+	os.Chtimes(p, fi.ModTime(), fi.ModTime())
+	got, err := os.ReadFile(filepath.Join(m.dir, pkgKey))
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read of a corrupt object: %d bytes, err %v; want EIO", len(got), err)
+	}
+	if len(got) > 0 {
+		t.Fatal("corrupt bytes reached the reader")
+	}
+}
+
+// TestStoreDownBoundedAndRecovers: with the store hanging, an open of an
+// uncached object fails with EIO within the deadline, lookups of unknown
+// names answer ENOENT, and everything works again once the store is back.
+func TestStoreDownBoundedAndRecovers(t *testing.T) {
+	storeDir := t.TempDir()
+	data := rnd(10_000)
+	writeStore(t, storeDir, pkgKey, data)
+	writeStore(t, storeDir, licKey, data[:500])
+	m := mount(t, mountOpts{storeDir: storeDir, timeout: time.Second})
+	m.fault.down.Store(true)
+	start := time.Now()
+	_, err := os.ReadFile(filepath.Join(m.dir, pkgKey))
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("open with the store down = %v, want EIO", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("open with the store down took %v", d)
+	}
+	// stat is answered from the index, no store needed
+	if _, err := os.Stat(filepath.Join(m.dir, licKey)); err != nil {
+		t.Fatalf("stat from the index with the store down: %v", err)
+	}
+	m.fault.down.Store(false)
+	got, err := os.ReadFile(filepath.Join(m.dir, pkgKey))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("after recovery: %v", err)
+	}
+}
+
+// TestStoreDownWithoutIndex: lookups that must probe answer ENOENT in bounded
+// time while the store hangs.
+func TestStoreDownWithoutIndex(t *testing.T) {
+	storeDir := t.TempDir()
+	writeStore(t, storeDir, pkgKey, []byte("abc"))
+	m := mount(t, mountOpts{storeDir: storeDir, noIndex: true, timeout: time.Second})
+	m.fault.down.Store(true)
+	start := time.Now()
+	if _, err := os.Stat(filepath.Join(m.dir, pkgKey)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stat with the store down = %v, want ENOENT", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("stat with the store down took %v", d)
+	}
+	m.fault.down.Store(false)
+	time.Sleep(1100 * time.Millisecond) // kernel negative entry timeout
+	if _, err := os.Stat(filepath.Join(m.dir, pkgKey)); err != nil {
+		t.Fatalf("stat after recovery: %v", err)
+	}
+}
+
+// TestWarmRestart: a second mount on the same cache directory reads without
+// fetching again.
+func TestWarmRestart(t *testing.T) {
+	storeDir, cacheDir := t.TempDir(), t.TempDir()
+	data := rnd(1 << 20)
+	writeStore(t, storeDir, pkgKey, data)
+	m := mount(t, mountOpts{storeDir: storeDir, cacheDir: cacheDir})
+	if _, err := os.ReadFile(filepath.Join(m.dir, pkgKey)); err != nil {
+		t.Fatal(err)
+	}
+	if m.fault.opens.Load() != 1 {
+		t.Fatalf("cold read: %d opens", m.fault.opens.Load())
+	}
+	m2 := mount(t, mountOpts{storeDir: storeDir, cacheDir: cacheDir})
+	got, err := os.ReadFile(filepath.Join(m2.dir, pkgKey))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatal(err)
+	}
+	if n := m2.fault.opens.Load(); n != 0 {
+		t.Fatalf("warm read after restart fetched %d times, want 0", n)
+	}
+}
+
+// TestCacheBound: reading more than the cache holds keeps it within bounds.
+func TestCacheBound(t *testing.T) {
+	storeDir := t.TempDir()
+	var keys []string
+	for i := range 20 {
+		h := strings.Repeat(string("0123456789abcdef"[i%16]), 2) + "11" + h1[4:]
+		k := h[0:2] + "/" + h[2:4] + "/sstate:p:a:1:r0:x:14:" + h + "_t" + string(rune('a'+i)) + ".tar.zst"
+		writeStore(t, storeDir, k, rnd(100_000))
+		keys = append(keys, k)
+	}
+	m := mount(t, mountOpts{storeDir: storeDir, cacheBytes: 350_000})
+	for _, k := range keys {
+		if _, err := os.ReadFile(filepath.Join(m.dir, k)); err != nil {
+			t.Fatal(err)
+		}
+		var total int64
+		filepath.Walk(filepath.Join(m.cacheDir, "cache", "objects"), func(p string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				total += fi.Size()
+			}
+			return nil
+		})
+		if total > 350_000 {
+			t.Fatalf("cache holds %d bytes, bound 350000", total)
+		}
+	}
+}
+
+// TestLocksLinksAndTree covers what compat/README.md lists beyond the traced
+// builds: flock with stable inodes, symlinks, rename over an existing name,
+// readdir of the whole tree, unlink of a store object (hidden, store kept).
+func TestLocksLinksAndTree(t *testing.T) {
+	storeDir := t.TempDir()
+	writeStore(t, storeDir, pkgKey, []byte("pkg"))
+	writeStore(t, storeDir, pkgKey+".siginfo", []byte("sig"))
+	writeStore(t, storeDir, licKey, []byte("lic"))
+	m := mount(t, mountOpts{storeDir: storeDir})
+
+	// bitbake's lock loop: flock, then fstat(fd).st_ino == stat(name).st_ino
+	lock := filepath.Join(m.dir, licKey+".lock")
+	lf, err := os.OpenFile(lock, os.O_RDWR|os.O_CREATE, 0o664)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatalf("flock: %v", err)
+	}
+	var a, b syscall.Stat_t
+	syscall.Fstat(int(lf.Fd()), &a)
+	syscall.Stat(lock, &b)
+	if a.Ino != b.Ino {
+		t.Fatalf("fstat ino %d != stat ino %d", a.Ino, b.Ino)
+	}
+	lf2, _ := os.OpenFile(lock, os.O_RDWR, 0)
+	if err := syscall.Flock(int(lf2.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); !errors.Is(err, syscall.EWOULDBLOCK) {
+		t.Errorf("second flock = %v, want EWOULDBLOCK", err)
+	}
+	lf2.Close()
+	// store objects keep their inode number across lookups
+	var s1, s2 syscall.Stat_t
+	syscall.Stat(filepath.Join(m.dir, pkgKey), &s1)
+	time.Sleep(1100 * time.Millisecond)
+	syscall.Stat(filepath.Join(m.dir, pkgKey), &s2)
+	if s1.Ino != s2.Ino || s1.Ino == 0 {
+		t.Errorf("inode of a store object changed: %d then %d", s1.Ino, s2.Ino)
+	}
+	// mirror download: P.tmp then rename to P (and rename over an existing name)
+	dl := filepath.Join(m.dir, "debian-12/aa/bb/sstate:x:y:1:r0:z:14:aabb"+h1[4:]+"_t.tar.zst")
+	os.MkdirAll(filepath.Dir(dl), 0o775)
+	os.WriteFile(dl+".tmp", []byte("one"), 0o664)
+	if err := os.Rename(dl+".tmp", dl); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(dl+".tmp", []byte("two"), 0o664)
+	if err := os.Rename(dl+".tmp", dl); err != nil {
+		t.Fatalf("rename over an existing name: %v", err)
+	}
+	if got, _ := os.ReadFile(dl); string(got) != "two" {
+		t.Fatalf("after rename over: %q", got)
+	}
+	// rename over a store object shadows it locally
+	os.WriteFile(dl+".tmp", []byte("local"), 0o664)
+	if err := os.Rename(dl+".tmp", filepath.Join(m.dir, licKey)); err != nil {
+		t.Fatalf("rename over a store object: %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(m.dir, licKey)); string(got) != "local" {
+		t.Fatalf("shadowed object reads %q", got)
+	}
+	// symlinks (file:// mirrors are linked in)
+	ln := filepath.Join(m.dir, "debian-12/aa/bb/link")
+	if err := os.Symlink("/some/mirror/object", ln); err != nil {
+		t.Fatal(err)
+	}
+	if tgt, err := os.Readlink(ln); err != nil || tgt != "/some/mirror/object" {
+		t.Fatalf("readlink = %q, %v", tgt, err)
+	}
+	// unlink of a store object hides it; the store keeps it
+	if err := os.Remove(filepath.Join(m.dir, pkgKey+".siginfo")); err != nil {
+		t.Fatalf("unlink store object: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(m.dir, pkgKey+".siginfo")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("unlinked object still visible: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(storeDir, pkgKey+".siginfo")); err != nil {
+		t.Fatalf("unlink through the mount removed the store's object: %v", err)
+	}
+	// readdir of the whole tree (cleanup tools glob */*)
+	var found []string
+	filepath.WalkDir(m.dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			t.Errorf("walk %s: %v", p, err)
+			return nil
+		}
+		if !d.IsDir() {
+			r, _ := filepath.Rel(m.dir, p)
+			found = append(found, r)
+		}
+		return nil
+	})
+	sort.Strings(found)
+	want := []string{licKey, licKey + ".lock", pkgKey, "debian-12/aa/bb/link", strings.TrimPrefix(dl, m.dir+"/")}
+	sort.Strings(want)
+	if strings.Join(found, "\n") != strings.Join(want, "\n") {
+		t.Errorf("walk found\n%s\nwant\n%s", strings.Join(found, "\n"), strings.Join(want, "\n"))
+	}
+	// statfs reports the cache disk
+	var st, cst syscall.Statfs_t
+	if err := syscall.Statfs(m.dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Statfs(m.cacheDir, &cst)
+	if st.Blocks != cst.Blocks || st.Bsize != cst.Bsize {
+		t.Errorf("statfs: %d blocks of %d, cache disk %d of %d", st.Blocks, st.Bsize, cst.Blocks, cst.Bsize)
+	}
+}
