@@ -175,10 +175,10 @@ func rnd(n int) []byte {
 }
 
 const (
-	h1      = "c369644453e7186778f2fc3e6bd1f8573c07d05e836615ed00790293797515bf"
-	h2      = "7934f5033b9e8e2ab30a0af81640942d3e239c9ba8d0350b520fef20a5478762"
-	pkgKey  = "debian-12/c3/69/sstate:sstate-probe-native:x86_64-linux:1.0:r0:x86_64:14:" + h1 + "_populate_sysroot.tar.zst"
-	licKey  = "79/34/sstate:sstate-probe-native::1.0:r0::14:" + h2 + "_populate_lic.tar.zst"
+	h1     = "c369644453e7186778f2fc3e6bd1f8573c07d05e836615ed00790293797515bf"
+	h2     = "7934f5033b9e8e2ab30a0af81640942d3e239c9ba8d0350b520fef20a5478762"
+	pkgKey = "debian-12/c3/69/sstate:sstate-probe-native:x86_64-linux:1.0:r0:x86_64:14:" + h1 + "_populate_sysroot.tar.zst"
+	licKey = "79/34/sstate:sstate-probe-native::1.0:r0::14:" + h2 + "_populate_lic.tar.zst"
 )
 
 var missKey = "debian-12/aa/bb/sstate:sstate-probe-native:x86_64-linux:1.0:r0:x86_64:14:aabb" + h1[4:] + "_populate_sysroot.tar.zst"
