@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"net"
 	"syscall"
 
 	"github.com/sstatefs/sstatefs/backend"
@@ -20,6 +21,8 @@ func (f *FS) errno(ctx context.Context, op, key string, err error) syscall.Errno
 		return 0
 	}
 	var en syscall.Errno
+	var oe *net.OpError
+	var de *net.DNSError
 	switch {
 	case errors.Is(err, backend.ErrNotExist), errors.Is(err, fs.ErrNotExist):
 		return syscall.ENOENT
@@ -29,10 +32,12 @@ func (f *FS) errno(ctx context.Context, op, key string, err error) syscall.Errno
 		return syscall.EROFS
 	case errors.Is(err, context.Canceled):
 		return syscall.EINTR
-	case errors.As(err, &en):
-		if en == syscall.ENOSYS {
-			return syscall.EIO
-		}
+	case errors.As(err, &oe), errors.As(err, &de):
+		// A network failure may carry an errno (ECONNREFUSED): it means
+		// the store is unreachable, which is an I/O error to the caller.
+		f.log.LogAttrs(ctx, slog.LevelError, "remote operation failed", slog.String("op", op), slog.String("object", key), slog.String("error", err.Error()))
+		return syscall.EIO
+	case errors.As(err, &en) && localErrno[en]:
 		return en
 	case errors.Is(err, cache.ErrCorrupt):
 		f.log.LogAttrs(ctx, slog.LevelError, "object failed verification", slog.String("op", op), slog.String("object", key), slog.String("error", err.Error()))
@@ -41,4 +46,16 @@ func (f *FS) errno(ctx context.Context, op, key string, err error) syscall.Errno
 		f.log.LogAttrs(ctx, slog.LevelError, "remote operation failed", slog.String("op", op), slog.String("object", key), slog.String("error", err.Error()))
 		return syscall.EIO
 	}
+}
+
+// localErrno are the errors of the overlay's local file system that make
+// sense to the caller as they are; any other errno becomes EIO (never
+// ENOSYS, which makes bitbake abort on link).
+var localErrno = map[syscall.Errno]bool{
+	syscall.ENOENT: true, syscall.EEXIST: true, syscall.ENOTEMPTY: true, syscall.EACCES: true,
+	syscall.EPERM: true, syscall.EROFS: true, syscall.ENOSPC: true, syscall.EDQUOT: true,
+	syscall.EISDIR: true, syscall.ENOTDIR: true, syscall.EINVAL: true, syscall.ENAMETOOLONG: true,
+	syscall.EXDEV: true, syscall.EBUSY: true, syscall.ELOOP: true, syscall.EMLINK: true,
+	syscall.EBADF: true, syscall.EINTR: true, syscall.EFBIG: true, syscall.ETXTBSY: true,
+	syscall.EAGAIN: true, syscall.EIO: true,
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/sstatefs/sstatefs/cache"
 	sfs "github.com/sstatefs/sstatefs/fs"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/testutil"
 	"github.com/sstatefs/sstatefs/view"
 )
 
@@ -85,20 +86,11 @@ type mountOpts struct {
 	cacheDir   string
 }
 
-func requireFUSE(t *testing.T) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("no usable /dev/fuse: %v", err)
-	}
-	f.Close()
-}
-
 // mount builds the real stack (file store, index, cache, view, fs) over the
 // objects already in storeDir and mounts it.
 func mount(t *testing.T, o mountOpts) *testMount {
 	t.Helper()
-	requireFUSE(t)
+	testutil.RequireFUSE(t)
 	if o.storeDir == "" {
 		o.storeDir = t.TempDir()
 	}

@@ -64,22 +64,42 @@ type LogConfig struct {
 	Level string `toml:"level"` // debug, info, warn, error
 }
 
-// Duration is a time.Duration written as a string ("30s", "5m").
-type Duration struct{ time.Duration }
+// Duration is a time.Duration written as a string ("30s", "5m"). A value
+// that does not parse is kept aside and reported by Validate, so that every
+// problem of a file shows at once.
+type Duration struct {
+	time.Duration
+	invalid string
+}
 
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return fmt.Errorf("invalid duration %q (want e.g. \"30s\", \"5m\")", b)
+		d.invalid = string(b)
+		return nil
 	}
-	d.Duration = v
+	d.Duration, d.invalid = v, ""
+	return nil
+}
+
+func (d Duration) check(key string) error {
+	if d.invalid != "" {
+		return fmt.Errorf("%s: invalid duration %q (want e.g. \"30s\", \"5m\")", key, d.invalid)
+	}
+	if d.Duration < 0 {
+		return fmt.Errorf("%s must not be negative", key)
+	}
 	return nil
 }
 
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
-// Size is a byte count written with an optional unit ("20GiB", "500MB").
-type Size int64
+// Size is a byte count written with an optional unit ("20GiB", "500MB");
+// invalid values are reported by Validate, like those of Duration.
+type Size struct {
+	Bytes   int64
+	invalid string
+}
 
 var sizeUnits = []struct {
 	suffix string
@@ -101,10 +121,18 @@ func (s *Size) UnmarshalText(b []byte) error {
 		}
 	}
 	v, err := strconv.ParseFloat(str, 64)
-	if err != nil || v < 0 {
-		return fmt.Errorf("invalid size %q (want e.g. \"20GiB\", \"500MB\")", b)
+	if err != nil || v < 0 || v*float64(mult) > 1<<62 {
+		s.invalid = string(b)
+		return nil
 	}
-	*s = Size(v * float64(mult))
+	s.Bytes, s.invalid = int64(v*float64(mult)), ""
+	return nil
+}
+
+func (s Size) check(key string) error {
+	if s.invalid != "" {
+		return fmt.Errorf("%s: invalid size %q (want e.g. \"20GiB\", \"500MB\")", key, s.invalid)
+	}
 	return nil
 }
 
@@ -112,11 +140,11 @@ func (s Size) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 func (s Size) String() string {
 	for _, u := range sizeUnits[:4] {
-		if int64(s) >= u.mult && int64(s)%u.mult == 0 && u.mult*1024 > int64(s) {
-			return fmt.Sprintf("%d%s", int64(s)/u.mult, u.suffix)
+		if s.Bytes >= u.mult && s.Bytes%u.mult == 0 && u.mult*1024 > s.Bytes {
+			return fmt.Sprintf("%d%s", s.Bytes/u.mult, u.suffix)
 		}
 	}
-	return strconv.FormatInt(int64(s), 10)
+	return strconv.FormatInt(s.Bytes, 10)
 }
 
 // DataDir is where the embedded default store lives.
@@ -147,10 +175,10 @@ func CacheDir() string {
 func Defaults() Config {
 	return Config{
 		Stores: []StoreConfig{{URL: "file://" + filepath.Join(DataDir(), "store")}},
-		Cache:  CacheConfig{Dir: CacheDir(), Size: 20 << 30},
+		Cache:  CacheConfig{Dir: CacheDir(), Size: Size{Bytes: 20 << 30}},
 		Index: IndexConfig{
-			RefreshInterval: Duration{time.Minute},
-			NegativeTTL:     Duration{time.Minute},
+			RefreshInterval: Duration{Duration: time.Minute},
+			NegativeTTL:     Duration{Duration: time.Minute},
 		},
 		Log: LogConfig{Level: "info"},
 	}
@@ -274,8 +302,8 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
-		if s.Timeout.Duration < 0 {
-			bad("%s: timeout must not be negative", name)
+		if err := s.Timeout.check(name + ": timeout"); err != nil {
+			errs = append(errs, err)
 		}
 		if s.MaxConnections < 0 {
 			bad("%s: max_connections must not be negative", name)
@@ -284,17 +312,18 @@ func (c *Config) Validate() error {
 	if c.Cache.Dir == "" {
 		bad("cache.dir is empty")
 	}
-	if c.Cache.Size < 0 {
-		bad("cache.size must not be negative")
+	for _, err := range []error{
+		c.Cache.Size.check("cache.size (--cache-size)"),
+		c.Index.RefreshInterval.check("index.refresh_interval (--index-refresh-interval)"),
+		c.Index.MaxAge.check("index.max_age (--index-max-age)"),
+		c.Index.NegativeTTL.check("index.negative_ttl (--index-negative-ttl)"),
+	} {
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
-	if c.Index.RefreshInterval.Duration <= 0 {
+	if c.Index.RefreshInterval.invalid == "" && c.Index.RefreshInterval.Duration <= 0 {
 		bad("index.refresh_interval must be positive, got %v", c.Index.RefreshInterval)
-	}
-	if c.Index.MaxAge.Duration < 0 {
-		bad("index.max_age must not be negative")
-	}
-	if c.Index.NegativeTTL.Duration < 0 {
-		bad("index.negative_ttl must not be negative")
 	}
 	if c.Mount.Owner != "" {
 		if _, _, err := parseOwner(c.Mount.Owner); err != nil {
@@ -371,10 +400,7 @@ func newConfigFlags(fs *flag.FlagSet) *configFlags {
 			if !isSet(fs, name) {
 				return nil
 			}
-			if err := get(c).UnmarshalText([]byte(v)); err != nil {
-				return fmt.Errorf("--%s: %w", name, err)
-			}
-			return nil
+			return get(c).UnmarshalText([]byte(v))
 		})
 	}
 	integer := func(name, usage string, set func(*Config, int)) {

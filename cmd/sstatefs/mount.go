@@ -115,7 +115,7 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	c, err := cache.Open(cache.Options{Dir: filepath.Join(cfg.Cache.Dir, "cache"), MaxBytes: int64(cfg.Cache.Size), Logger: log})
+	c, err := cache.Open(cache.Options{Dir: filepath.Join(cfg.Cache.Dir, "cache"), MaxBytes: cfg.Cache.Size.Bytes, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -212,6 +212,12 @@ func checkMountpoint(mp string) (string, error) {
 		return "", err
 	}
 	fi, err := os.Stat(abs)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(abs, 0o755); err != nil {
+			return "", fmt.Errorf("mountpoint: %w", err)
+		}
+		fi, err = os.Stat(abs)
+	}
 	if errors.Is(err, syscall.ENOTCONN) {
 		return "", fmt.Errorf("mountpoint %s is a stale FUSE mount (transport endpoint is not connected); run: fusermount3 -u %s", abs, abs)
 	}
