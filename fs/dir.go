@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -170,9 +171,29 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 }
 
 // ensureDir makes the overlay directory for key's parent exist, so a file
-// can be created in a directory that so far exists only in the store.
+// can be created in a directory that so far exists only in the store. The
+// levels it creates belong to the configured owner, like the store's
+// directories they stand for.
 func (f *FS) ensureDir(key string) error {
-	return os.MkdirAll(filepath.Dir(f.overlayPath(key)), 0o775)
+	dir := filepath.Dir(key)
+	if dir == "." {
+		return nil
+	}
+	p := f.overlay
+	for _, el := range strings.Split(dir, "/") {
+		p = filepath.Join(p, el)
+		err := syscall.Mkdir(p, 0o775)
+		switch {
+		case err == nil:
+			if os.Getuid() == 0 {
+				_ = syscall.Lchown(p, int(f.uid), int(f.gid))
+			}
+		case errors.Is(err, syscall.EEXIST):
+		default:
+			return err
+		}
+	}
+	return nil
 }
 
 func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {

@@ -194,9 +194,12 @@ func (m *mounted) close() error {
 	return m.fs.Close()
 }
 
+// fuseDevice is the kernel's FUSE device (a variable for tests).
+var fuseDevice = "/dev/fuse"
+
 // checkFUSE fails with advice when the kernel's FUSE device cannot be used.
 func checkFUSE() error {
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	f, err := os.OpenFile(fuseDevice, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("FUSE is unavailable: %w (install fuse3; in a container pass --device /dev/fuse and --cap-add SYS_ADMIN; as a non-root user /dev/fuse must be accessible to you)", err)
 	}

@@ -293,3 +293,14 @@ func TestMountCommand(t *testing.T) {
 		t.Errorf("log does not say it unmounted:\n%s", stderr.String())
 	}
 }
+
+func TestMountRefusesWithoutFUSE(t *testing.T) {
+	old := fuseDevice
+	fuseDevice = filepath.Join(t.TempDir(), "no-fuse")
+	t.Cleanup(func() { fuseDevice = old })
+	cfg := testConfig(t, "file://"+t.TempDir())
+	_, err := startMount(context.Background(), cfg, t.TempDir(), testLogger(t))
+	if err == nil || !strings.Contains(err.Error(), "FUSE is unavailable") || !strings.Contains(err.Error(), "no-fuse") {
+		t.Fatalf("mount without FUSE: %v", err)
+	}
+}
