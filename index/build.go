@@ -1,0 +1,172 @@
+package index
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sstatefs/sstatefs/backend"
+)
+
+// BuildOptions tunes Build.
+type BuildOptions struct {
+	// Concurrency is the number of objects read at once for hashing;
+	// 0 means 8.
+	Concurrency int
+	// Previous, if set, lends its SHA-256 to objects whose key, size and
+	// modification time are unchanged, so they are not read again.
+	Previous *Index
+	// Progress, if set, is called as objects are hashed: done of total
+	// objects that need reading (reused digests are not counted), bytes
+	// read so far. It is called once with done == 0 before hashing starts,
+	// never concurrently, with done increasing.
+	Progress func(done, total int, bytes int64)
+}
+
+// Build lists s (skipping keys under backend.MetaPrefix and temp files, see
+// isTempName), hashes each object by streaming it through s.Open, and
+// returns the index, created at the time the listing started. Objects that
+// vanish during the build are skipped; any other error fails the build,
+// naming the key.
+//
+// If an object's content is not the size the listing reported (it was
+// replaced meanwhile), the index records the size that was hashed, so size
+// and digest always agree.
+func Build(ctx context.Context, s backend.Store, opt BuildOptions) (*Index, error) {
+	conc := opt.Concurrency
+	if conc <= 0 {
+		conc = 8
+	}
+	created := time.Now()
+	var objs []Object
+	err := s.List(ctx, "", func(oi backend.ObjectInfo) error {
+		if backend.IsMeta(oi.Key) || isTempName(oi.Key) {
+			return nil
+		}
+		objs = append(objs, Object{Key: oi.Key, Size: oi.Size, ModTime: oi.ModTime})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("build index of %s: %w", s.Location(), err)
+	}
+
+	var todo []int // positions in objs that need reading
+	for i := range objs {
+		o := &objs[i]
+		if p, ok := opt.Previous.Lookup(o.Key); ok && p.SHA256 != ([32]byte{}) &&
+			p.Size == o.Size && p.ModTime.Equal(o.ModTime) {
+			o.SHA256 = p.SHA256
+			continue
+		}
+		todo = append(todo, i)
+	}
+
+	var (
+		progressMu sync.Mutex // serialises Progress calls and guards done, read
+		done       int
+		read       int64
+	)
+	report := func(n int64) {
+		if opt.Progress == nil {
+			return
+		}
+		progressMu.Lock()
+		defer progressMu.Unlock()
+		done++
+		read += n
+		opt.Progress(done, len(todo), read)
+	}
+	if opt.Progress != nil {
+		opt.Progress(0, len(todo), 0)
+	}
+
+	vanished := make([]bool, len(objs)) // each worker writes only its own positions
+	var next atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	for range min(conc, len(todo)) {
+		g.Go(func() error {
+			buf := make([]byte, 256<<10)
+			for {
+				t := int(next.Add(1) - 1)
+				if t >= len(todo) {
+					return nil
+				}
+				o := &objs[todo[t]]
+				sum, n, err := hashObject(gctx, s, o.Key, buf)
+				switch {
+				case errors.Is(err, backend.ErrNotExist):
+					vanished[todo[t]] = true
+				case err != nil:
+					return fmt.Errorf("build index of %s: hash %s: %w", s.Location(), o.Key, err)
+				default:
+					o.SHA256, o.Size = sum, n
+				}
+				report(n)
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	kept := objs[:0]
+	for i, o := range objs {
+		if !vanished[i] {
+			kept = append(kept, o)
+		}
+	}
+	return New(kept, created), nil
+}
+
+// hashObject streams key through SHA-256 and returns the digest and length.
+func hashObject(ctx context.Context, s backend.Store, key string, buf []byte) ([32]byte, int64, error) {
+	rc, err := s.Open(ctx, key, 0, -1)
+	if err != nil {
+		return [32]byte{}, 0, err
+	}
+	defer rc.Close()
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, rc, buf)
+	if err != nil {
+		return [32]byte{}, n, err
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum, n, nil
+}
+
+// isTempName reports whether key names a file that is being written rather
+// than an object: the file store's own temp files, bitbake's (a package is
+// written to "<final name><8 random characters>" and hard-linked, a siginfo
+// to "sigtask.<random>" and renamed; see compat/bitbake-sstate-syscalls.md)
+// and a mirror download's "P.tmp" and lock "P.lock".
+func isTempName(key string) bool {
+	base := path.Base(key)
+	if strings.Contains(base, ".sstatefs-tmp") || strings.HasPrefix(base, "sigtask.") ||
+		strings.HasSuffix(base, ".tmp") || strings.HasSuffix(base, ".lock") {
+		return true
+	}
+	// Python's NamedTemporaryFile appends 8 characters of [a-z0-9_].
+	if len(base) < 8 {
+		return false
+	}
+	stem, tail := base[:len(base)-8], base[len(base)-8:]
+	if !strings.HasSuffix(stem, ".tar.zst") && !strings.HasSuffix(stem, ".tgz") {
+		return false
+	}
+	for i := 0; i < len(tail); i++ {
+		c := tail[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,330 @@
+package index
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math"
+	"reflect"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+func encode(t testing.TB, ix *Index) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := Encode(&buf, ix); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestRoundTrip(t *testing.T) {
+	var sha [32]byte
+	for i := range sha {
+		sha[i] = byte(i + 1)
+	}
+	edge := []Object{
+		{Key: "a", Size: 0}, // zero time, zero digest
+		{Key: "ab", Size: math.MaxInt64 / 2, ModTime: time.Unix(0, 1)},   // 1970 + 1 ns
+		{Key: "ab/c", Size: 1, ModTime: time.Unix(-1e9, 5), SHA256: sha}, // before 1970
+		{Key: "ab/cd", Size: 7, ModTime: time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)},
+		{Key: "b", Size: 1 << 40, ModTime: time.Unix(1_750_000_000, 999_999_999), SHA256: sha},
+		{Key: strings.Repeat("k", MaxKeyLen), Size: 3, ModTime: time.Unix(1, 0)},
+	}
+	for _, tc := range []struct {
+		name    string
+		objs    []Object
+		created time.Time
+	}{
+		{"empty", nil, time.Time{}},
+		{"one", []Object{{Key: "x", Size: 1, ModTime: time.Unix(1, 2), SHA256: sha}}, time.Unix(3, 4)},
+		{"edge", edge, time.Now()},
+		{"realistic", randomObjects(realisticKeys(t), 7), time.Now()},
+		{"synthetic", randomObjects(synthKeys(t, 5000, 1), 8), time.Unix(1_750_000_000, 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ix := New(tc.objs, tc.created)
+			got, err := Decode(bytes.NewReader(encode(t, ix)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Len() != ix.Len() || got.TotalSize() != ix.TotalSize() || !got.Created().Equal(tc.created) ||
+				got.Created().IsZero() != tc.created.IsZero() {
+				t.Errorf("Len %d/%d TotalSize %d/%d Created %v/%v", got.Len(), ix.Len(),
+					got.TotalSize(), ix.TotalSize(), got.Created(), tc.created)
+			}
+			if !reflect.DeepEqual(collect(got), collect(ix)) {
+				t.Error("objects differ after the round trip")
+			}
+			// And against the input itself: times to the nanosecond.
+			for _, o := range tc.objs {
+				d, ok := got.Lookup(o.Key)
+				if !ok || d.Size != o.Size || d.SHA256 != o.SHA256 || !d.ModTime.Equal(o.ModTime) ||
+					d.ModTime.IsZero() != o.ModTime.IsZero() {
+					t.Fatalf("Lookup(%.40q) = %+v, %v; want %+v", o.Key, d, ok, o)
+				}
+			}
+			if !bytes.Equal(encode(t, got), encode(t, ix)) {
+				t.Error("re-encoding differs")
+			}
+		})
+	}
+}
+
+// fixSum recomputes the trailer after a deliberate change.
+func fixSum(b []byte) []byte {
+	if len(b) >= trailerLen {
+		sum := sha256.Sum256(b[:len(b)-trailerLen])
+		copy(b[len(b)-trailerLen:], sum[:])
+	}
+	return b
+}
+
+var testEncoder, _ = zstd.NewWriter(nil)
+
+// frame builds a snapshot around a raw (uncompressed) body, as a hostile or
+// buggy writer could.
+func frame(count uint64, raw []byte) []byte {
+	var buf bytes.Buffer
+	writeSnapshot(&buf, 0, count, testEncoder.EncodeAll(raw, nil))
+	return buf.Bytes()
+}
+
+// rawEntry encodes one entry, lengths given explicitly so they can lie.
+func rawEntry(shared, suffixLen uint64, suffix string, size uint64, mtime int64) []byte {
+	b := binary.AppendUvarint(nil, shared)
+	b = binary.AppendUvarint(b, suffixLen)
+	b = append(b, suffix...)
+	b = binary.AppendUvarint(b, size)
+	b = binary.AppendVarint(b, mtime)
+	return append(b, make([]byte, 32)...)
+}
+
+func entryOf(key string) []byte { return rawEntry(0, uint64(len(key)), key, 1, 1) }
+
+func cat(bs ...[]byte) []byte { return slices.Concat(bs...) }
+
+func TestDecodeCorrupt(t *testing.T) {
+	good := encode(t, New(randomObjects(realisticKeys(t)[:20], 9), time.Unix(1, 0)))
+	edit := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(good)) }
+	setU64 := func(off int, v uint64) []byte {
+		return edit(func(b []byte) []byte { binary.LittleEndian.PutUint64(b[off:], v); return fixSum(b) })
+	}
+	count := binary.LittleEndian.Uint64(good[20:])
+	bodyLen := binary.LittleEndian.Uint64(good[28:])
+
+	for _, tc := range []struct {
+		name, want string
+		in         []byte
+	}{
+		{"empty", "truncated: 0 bytes, shorter than the 36-byte header", nil},
+		{"short header", "truncated: 20 bytes", good[:20]},
+		{"bad magic", `bad magic "XSTFSIDX"`, edit(func(b []byte) []byte { b[0] = 'X'; return b })},
+		{"gzip", "bad magic", append([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0}, good[8:]...)},
+		{"version 2", "unsupported version 2",
+			edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[8:], 2); return fixSum(b) })},
+		{"version 0", "unsupported version 0",
+			edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[8:], 0); return fixSum(b) })},
+		{"body bit flip", "checksum mismatch", edit(func(b []byte) []byte { b[headerLen+10] ^= 1; return b })},
+		{"created changed", "checksum mismatch", edit(func(b []byte) []byte { b[12] ^= 1; return b })},
+		{"trailer bit flip", "checksum mismatch", edit(func(b []byte) []byte { b[len(b)-1] ^= 0x80; return b })},
+		{"cut trailer", "truncated", good[:len(good)-1]},
+		{"cut body", "truncated", good[:headerLen+5]},
+		{"header only", "truncated: 0 bytes after the header", good[:headerLen]},
+		{"trailing data", "trailing data after the checksum", append(bytes.Clone(good), 0)},
+		{"count too high", "entry count mismatch: header says 21 entries, body ends after 20", setU64(20, count+1)},
+		{"count too low", "entry count mismatch: header says 19 entries, body has more", setU64(20, count-1)},
+		{"absurd count", "absurd object count 1099511627776", setU64(20, 1<<40)},
+		{"absurd body length", "absurd body length", setU64(28, 1<<50)},
+		{"body length too long", "truncated", setU64(28, bodyLen+1)},
+		{"body length too short", "trailing data", setU64(28, bodyLen-1)},
+		{"equal keys", "keys not strictly increasing: entry 1",
+			frame(2, cat(entryOf("a/b"), rawEntry(3, 0, "", 1, 1)))},
+		{"decreasing keys", `keys not strictly increasing: entry 1 "a/a" follows "a/b"`,
+			frame(2, cat(entryOf("a/b"), rawEntry(2, 1, "a", 1, 1)))},
+		{"shared too long", "entry 1: shared prefix length 4 exceeds the previous key's 3 bytes",
+			frame(2, cat(entryOf("a/b"), rawEntry(4, 1, "c", 1, 1)))},
+		{"shared in first entry", "entry 0: shared prefix length 1 exceeds the previous key's 0 bytes",
+			frame(1, rawEntry(1, 1, "a", 1, 1))},
+		{"absurd suffix length", "entry 0: absurd key length 0+1099511627776",
+			frame(1, rawEntry(0, 1<<40, "a", 1, 1))},
+		{"key too long", "absurd key length 0+4097", frame(1, entryOf(strings.Repeat("k", MaxKeyLen+1)))},
+		{"absurd size", "entry 0: absurd size 9223372036854775808", frame(1, rawEntry(0, 1, "a", 1<<63, 1))},
+		{"total overflows", "entry 1: total size overflows",
+			frame(2, cat(rawEntry(0, 1, "a", math.MaxInt64, 1), rawEntry(0, 1, "b", 1, 1)))},
+		{"empty key", `entry 0: invalid key ""`, frame(1, entryOf(""))},
+		{"double slash", `invalid key "a//b"`, frame(1, entryOf("a//b"))},
+		{"dot dot", `invalid key "../b"`, frame(1, entryOf("../b"))},
+		{"absolute", `invalid key "/b"`, frame(1, entryOf("/b"))},
+		{"nul", `invalid key`, frame(1, entryOf("a\x00"))},
+		{"metadata key", `invalid key ".sstatefs/index/snapshot.v1"`, frame(1, entryOf(SnapshotKey))},
+		{"varint overflow", "entry 0: bad shared prefix length", frame(1, bytes.Repeat([]byte{0xff}, 11))},
+		{"entry cut in key", "entry 0: truncated body in key", frame(1, rawEntry(0, 5, "ab", 1, 1)[:4])},
+		{"entry cut in digest", "entry 0: truncated body in sha256", frame(1, entryOf("a")[:20])},
+		{"extra entry", "entry count mismatch: header says 0 entries, body has more", frame(0, entryOf("a"))},
+		{"body not zstd", "entry 0: decompress body", func() []byte {
+			var buf bytes.Buffer
+			writeSnapshot(&buf, 0, 1, []byte("this is not zstd at all, no"))
+			return buf.Bytes()
+		}()},
+		{"zstd window too large", "decompress body", func() []byte {
+			// A frame header announcing a 1 GiB window.
+			var buf bytes.Buffer
+			writeSnapshot(&buf, 0, 1, []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xa0, 0x01, 0x00, 0x00})
+			return buf.Bytes()
+		}()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ix, err := Decode(bytes.NewReader(tc.in))
+			if err == nil {
+				t.Fatalf("decoded %d objects, want error %q", ix.Len(), tc.want)
+			}
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q, want ErrCorrupt saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+type failingReader struct{ err error }
+
+func (r failingReader) Read([]byte) (int, error) { return 0, r.err }
+
+func TestDecodeReadError(t *testing.T) {
+	boom := errors.New("boom")
+	_, err := Decode(failingReader{boom})
+	if !errors.Is(err, boom) || errors.Is(err, ErrCorrupt) {
+		t.Errorf("error %v, want the reader's error, not ErrCorrupt", err)
+	}
+}
+
+func TestDecodeReaders(t *testing.T) {
+	ix := New(randomObjects(synthKeys(t, 3000, 5), 5), time.Now())
+	data := encode(t, ix)
+	for name, r := range map[string]io.Reader{
+		"one byte":      iotest.OneByteReader(bytes.NewReader(data)),
+		"half":          iotest.HalfReader(bytes.NewReader(data)),
+		"data with EOF": iotest.DataErrReader(bytes.NewReader(data)),
+	} {
+		got, err := Decode(r)
+		if err != nil || !reflect.DeepEqual(collect(got), collect(ix)) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// A reader's own io.ErrUnexpectedEOF (a connection cut) is not damage.
+	for _, n := range []int{10, 1000} {
+		r := io.MultiReader(bytes.NewReader(data[:n]), iotest.ErrReader(io.ErrUnexpectedEOF))
+		if _, err := Decode(r); !errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, ErrCorrupt) {
+			t.Errorf("cut after %d bytes: %v, want the reader's error", n, err)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte{})
+	f.Add(encode(f, New(nil, time.Time{})))
+	f.Add(encode(f, New([]Object{{Key: "a/b", Size: 1}}, time.Unix(1, 0))))
+	f.Add(encode(f, New(randomObjects(realisticKeys(f)[:40], 1), time.Unix(1, 0))))
+	f.Add(frame(2, cat(entryOf("a/b"), rawEntry(2, 1, "c", 1, 1))))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkDecode(t, data)
+		// Most mutations only break the checksum; repair it so the
+		// body parser sees them too.
+		checkDecode(t, fixSum(bytes.Clone(data)))
+	})
+}
+
+// FuzzDecodeBody feeds arbitrary uncompressed bodies to the entry parser.
+func FuzzDecodeBody(f *testing.F) {
+	f.Add(uint16(0), []byte{})
+	f.Add(uint16(2), cat(entryOf("a/b"), rawEntry(2, 1, "c", 1, 1)))
+	var raw bytes.Buffer
+	ix := New(randomObjects(realisticKeys(f)[:30], 2), time.Time{})
+	for i := range ix.entries {
+		e := &ix.entries[i]
+		raw.Write(rawEntry(0, uint64(len(e.key)), e.key, uint64(e.size), e.mtime))
+	}
+	f.Add(uint16(30), raw.Bytes())
+	f.Fuzz(func(t *testing.T, count uint16, body []byte) {
+		checkDecode(t, frame(uint64(count), body))
+	})
+}
+
+// checkDecode decodes data; whatever it accepts must be a well-formed index
+// that survives a round trip, whatever it rejects must say it is corrupt.
+func checkDecode(t *testing.T, data []byte) {
+	ix, err := Decode(bytes.NewReader(data))
+	if err != nil {
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("error does not wrap ErrCorrupt: %v", err)
+		}
+		return
+	}
+	prev := ""
+	var total int64
+	for i, o := range collect(ix) {
+		if !validKey(o.Key) || (i > 0 && o.Key <= prev) || o.Size < 0 {
+			t.Fatalf("accepted bad object %d %+v after %q", i, o, prev)
+		}
+		prev = o.Key
+		total += o.Size
+	}
+	if total != ix.TotalSize() {
+		t.Fatalf("TotalSize %d, sum %d", ix.TotalSize(), total)
+	}
+	again, err := Decode(bytes.NewReader(encode(t, ix)))
+	if err != nil {
+		t.Fatalf("re-encoded index does not decode: %v", err)
+	}
+	if !reflect.DeepEqual(collect(again), collect(ix)) || again.created != ix.created {
+		t.Fatal("round trip of an accepted index differs")
+	}
+}
+
+// TestDecode100k measures what the benchmark target is about: decode time
+// and heap bytes per object of a realistic 100,000-object index.
+func TestDecode100k(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow")
+	}
+	const n = 100_000
+	data := encode(t, New(randomObjects(synthKeys(t, n, 42), 42), time.Now()))
+	keyBytes := 0
+	for _, k := range synthKeys(t, n, 42) {
+		keyBytes += len(k)
+	}
+	var before, after runtime.MemStats
+	runtime.GC() // twice: the first only moves sync.Pool contents aside
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	ix, err := Decode(bytes.NewReader(data))
+	elapsed := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perObj := float64(after.HeapAlloc-before.HeapAlloc) / n
+	t.Logf("100k objects: snapshot %d bytes (%.1f/object), decode %v, heap %.1f bytes/object (keys average %.1f bytes)",
+		len(data), float64(len(data))/n, elapsed, perObj, float64(keyBytes)/n)
+	if ix.Len() != n {
+		t.Fatalf("Len = %d", ix.Len())
+	}
+	// Entry (64 bytes) plus key; a generous bound that catches a
+	// regression such as per-key allocations or unclipped slices.
+	if limit := 64 + float64(keyBytes)/n + 24; perObj > limit {
+		t.Errorf("heap %.1f bytes/object, want at most %.1f", perObj, limit)
+	}
+	runtime.KeepAlive(ix)
+	runtime.KeepAlive(data) // its memory is not part of the index's
+}

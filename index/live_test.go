@@ -1,0 +1,302 @@
+package index
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sstatefs/sstatefs/backend"
+)
+
+// fakeClock is the injected clock: tests move it, nothing sleeps.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *fakeClock { return &fakeClock{t: time.Unix(1_750_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// logRecorder keeps "LEVEL message" of each record.
+type logRecorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (r *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *logRecorder) WithGroup(string) slog.Handler            { return r }
+func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, rec.Level.String()+" "+rec.Message)
+	return nil
+}
+
+func (r *logRecorder) count(prefix string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.msgs {
+		if strings.HasPrefix(m, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func saveN(t *testing.T, s backend.Store, n int, seed uint64) *Index {
+	t.Helper()
+	ix := New(randomObjects(synthKeys(t, n, seed), seed), time.Now())
+	if err := Save(context.Background(), s, ix); err != nil {
+		t.Fatal(err)
+	}
+	return ix
+}
+
+func TestLiveFreshness(t *testing.T) {
+	ctx := context.Background()
+	s := newCounting(newStore(t))
+	a := saveN(t, s, 10, 1)
+	clk := newClock()
+	l := NewLive(s, LiveOptions{Interval: time.Minute, MaxAge: 5 * time.Minute, Now: clk.Now})
+	if l.Current() != nil || l.Fresh() || !l.LastLoad().IsZero() {
+		t.Fatal("a new Live has an index")
+	}
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if l.Current().Len() != a.Len() || !l.Fresh() || !l.LastLoad().Equal(clk.Now()) {
+		t.Fatalf("after LoadOnce: %d objects, fresh %v, last load %v", l.Current().Len(), l.Fresh(), l.LastLoad())
+	}
+	loaded := clk.Now()
+	clk.Add(5*time.Minute - time.Nanosecond)
+	if !l.Fresh() {
+		t.Error("stale before MaxAge")
+	}
+	clk.Add(time.Nanosecond)
+	if l.Fresh() || l.Current() == nil {
+		t.Error("fresh after MaxAge, or the stale index was dropped")
+	}
+
+	// Refreshing an unchanged snapshot: a Stat, no download, fresh again.
+	stats := s.Stats()
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Opens(SnapshotKey); n != 1 {
+		t.Errorf("snapshot opened %d times, want 1: it did not change", n)
+	}
+	if s.Stats() != stats+1 || !l.Fresh() || !l.LastLoad().Equal(loaded.Add(5*time.Minute)) {
+		t.Errorf("unchanged refresh: %d stats, fresh %v, last load %v", s.Stats()-stats, l.Fresh(), l.LastLoad())
+	}
+
+	// A new snapshot is picked up.
+	b := saveN(t, s, 20, 2)
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Opens(SnapshotKey); n != 2 || l.Current().Len() != b.Len() {
+		t.Errorf("after a new snapshot: %d opens, %d objects; want 2, %d", n, l.Current().Len(), b.Len())
+	}
+	if _, ok := l.Current().Lookup(collect(b)[7].Key); !ok {
+		t.Error("new snapshot's object missing")
+	}
+}
+
+func TestLiveDefaults(t *testing.T) {
+	clk := newClock()
+	s := newStore(t)
+	saveN(t, s, 1, 1)
+	l := NewLive(s, LiveOptions{Now: clk.Now})
+	if err := l.LoadOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(90*time.Second - 1)
+	if !l.Fresh() {
+		t.Error("stale before the default MaxAge, 3 x 30 s")
+	}
+	clk.Add(1)
+	if l.Fresh() {
+		t.Error("fresh after the default MaxAge")
+	}
+}
+
+func TestLiveNoIndex(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	clk := newClock()
+	l := NewLive(s, LiveOptions{Interval: time.Minute, Now: clk.Now})
+	if err := l.LoadOnce(ctx); !errors.Is(err, ErrNoIndex) || l.Current() != nil || l.Fresh() {
+		t.Fatalf("LoadOnce on a store without index = %v, current %v, fresh %v", err, l.Current(), l.Fresh())
+	}
+	a := saveN(t, s, 5, 1)
+	if err := l.LoadOnce(ctx); err != nil || l.Current().Len() != a.Len() {
+		t.Fatalf("LoadOnce = %v", err)
+	}
+	// The snapshot disappears: the old index stays until it is stale.
+	if err := s.Delete(ctx, SnapshotKey); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Minute)
+	if err := l.LoadOnce(ctx); !errors.Is(err, ErrNoIndex) {
+		t.Fatalf("LoadOnce = %v, want ErrNoIndex", err)
+	}
+	if l.Current().Len() != a.Len() || !l.Fresh() {
+		t.Error("previous index dropped early")
+	}
+	clk.Add(2 * time.Minute)
+	if l.Fresh() {
+		t.Error("fresh 3 minutes after the last successful load")
+	}
+}
+
+// secondsStore reports modification times in whole seconds, like S3.
+type secondsStore struct{ *countingStore }
+
+func (s secondsStore) Stat(ctx context.Context, key string) (backend.ObjectInfo, error) {
+	oi, err := s.countingStore.Stat(ctx, key)
+	oi.ModTime = oi.ModTime.Truncate(time.Second)
+	return oi, err
+}
+
+func TestLiveWholeSecondMtime(t *testing.T) {
+	ctx := context.Background()
+	cs := newCounting(newStore(t))
+	saveN(t, cs, 5, 1)
+	l := NewLive(secondsStore{cs}, LiveOptions{})
+	// Another snapshot of the same size could have been written in the
+	// same second: the first unchanged refresh reads it once more, later
+	// ones do not.
+	for i, want := range []int{1, 2, 2, 2} {
+		if err := l.LoadOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := cs.Opens(SnapshotKey); n != want {
+			t.Errorf("refresh %d: %d downloads, want %d", i, n, want)
+		}
+	}
+}
+
+func TestLiveRun(t *testing.T) {
+	s := newCounting(newStore(t))
+	saveN(t, s, 10, 1)
+	rec := &logRecorder{}
+	l := NewLive(s, LiveOptions{Interval: 2 * time.Millisecond, Logger: slog.New(rec)})
+	if err := l.LoadOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { l.Run(ctx) })
+	// Readers meanwhile, for the race detector.
+	var stop atomic.Bool
+	for range 4 {
+		wg.Go(func() {
+			for !stop.Load() {
+				ix := l.Current()
+				ix.Lookup("x")
+				ix.Children("")
+				l.Fresh()
+				l.LastLoad()
+			}
+		})
+	}
+	waitFor(t, "unchanged refreshes", func() bool { return s.Stats() > 5 })
+	if n := s.Opens(SnapshotKey); n != 1 {
+		t.Errorf("unchanged snapshot downloaded %d times", n)
+	}
+	b := saveN(t, s, 30, 2)
+	waitFor(t, "the new snapshot", func() bool { return l.Current().Len() == b.Len() })
+	stop.Store(true)
+	cancel()
+	wg.Wait()
+	if n := rec.count("WARN"); n != 0 {
+		t.Errorf("%d warnings: %q", n, rec.msgs)
+	}
+}
+
+// flakyStore fails Stat while failing is set.
+type flakyStore struct {
+	*countingStore
+	failing atomic.Bool
+}
+
+func (f *flakyStore) Stat(ctx context.Context, key string) (backend.ObjectInfo, error) {
+	oi, err := f.countingStore.Stat(ctx, key)
+	if f.failing.Load() {
+		return backend.ObjectInfo{}, errors.New("connection refused")
+	}
+	return oi, err
+}
+
+func TestLiveRunLogsChangesOnly(t *testing.T) {
+	fs := newStore(t)
+	s := &flakyStore{countingStore: newCounting(fs)}
+	saveN(t, s, 3, 1)
+	rec := &logRecorder{}
+	l := NewLive(s, LiveOptions{Interval: time.Millisecond, Logger: slog.New(rec)})
+	if err := l.LoadOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	ticks := func(n int) {
+		start := s.Stats()
+		waitFor(t, "refreshes", func() bool { return s.Stats() >= start+n })
+	}
+
+	s.failing.Store(true)
+	ticks(20)
+	if n := rec.count("WARN index refresh failed"); n != 1 {
+		t.Errorf("%d failure warnings over 20 failing refreshes, want 1: %q", n, rec.msgs)
+	}
+	if l.Current() == nil {
+		t.Error("failing refresh dropped the index")
+	}
+	s.failing.Store(false)
+	ticks(20)
+	if n := rec.count("INFO index refresh recovered"); n != 1 {
+		t.Errorf("%d recovery messages, want 1: %q", n, rec.msgs)
+	}
+	if err := fs.Delete(context.Background(), SnapshotKey); err != nil {
+		t.Fatal(err)
+	}
+	ticks(20)
+	if n := rec.count("WARN store has no index"); n != 1 {
+		t.Errorf("%d no-index warnings, want 1: %q", n, rec.msgs)
+	}
+	cancel()
+	<-done
+	if n := rec.count("WARN"); n != 2 {
+		t.Errorf("%d warnings in all, want 2: %q", n, rec.msgs)
+	}
+}
