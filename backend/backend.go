@@ -97,3 +97,23 @@ const MetaPrefix = ".sstatefs/"
 
 // IsMeta reports whether key lies under MetaPrefix.
 func IsMeta(key string) bool { return strings.HasPrefix(key, MetaPrefix) }
+
+// ReadOnlyStore is implemented by stores that never accept writes.
+type ReadOnlyStore interface {
+	ReadOnly() bool
+}
+
+// IsReadOnly reports whether s, or a store it wraps, is read-only.
+func IsReadOnly(s Store) bool {
+	for s != nil {
+		if ro, ok := s.(ReadOnlyStore); ok && ro.ReadOnly() {
+			return true
+		}
+		u, ok := s.(Unwrapper)
+		if !ok {
+			return false
+		}
+		s = u.Unwrap()
+	}
+	return false
+}

@@ -331,8 +331,19 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 	if err := d.fs.ensureDir(to); err != nil {
 		return d.fs.errno(ctx, "rename", to, err)
 	}
-	if err := syscall.Rename(src, d.fs.overlayPath(to)); err != nil {
+	dst := d.fs.overlayPath(to)
+	if err := syscall.Rename(src, dst); err != nil {
 		return d.fs.errno(ctx, "rename", to, err)
+	}
+	if st.Mode&syscall.S_IFMT == syscall.S_IFREG && d.fs.publishes(to) {
+		if err := d.fs.publish(ctx, to, dst); err != nil {
+			// Undo, so bitbake does not believe in a publication that
+			// would be lost. (A name replaced by the rename is gone.)
+			if uerr := syscall.Rename(dst, src); uerr != nil {
+				d.fs.log.Error("rename: could not undo after a failed publish", "object", to, "error", uerr)
+			}
+			return d.fs.errno(ctx, "publish", to, err)
+		}
 	}
 	// The source name must not fall back to a store object of that name.
 	if _, err := d.fs.view.Stat(ctx, from); err == nil {
@@ -340,9 +351,6 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 	}
 	d.fs.whiteouts.remove(to)
 	d.fs.view.Forget(to)
-	if st.Mode&syscall.S_IFMT == syscall.S_IFREG && d.fs.publish != nil {
-		d.fs.publish(to)
-	}
 	return 0
 }
 
@@ -372,12 +380,15 @@ func (d *dirNode) Link(ctx context.Context, target gofs.InodeEmbedder, name stri
 	if err := syscall.Lstat(p, &st); err != nil {
 		return nil, d.fs.errno(ctx, "link", key, err)
 	}
+	if d.fs.publishes(key) {
+		if err := d.fs.publish(ctx, key, p); err != nil {
+			syscall.Unlink(p)
+			return nil, d.fs.errno(ctx, "publish", key, err)
+		}
+	}
 	d.fs.whiteouts.remove(key)
 	d.fs.view.Forget(key)
 	out.Attr.FromStat(&st)
-	if d.fs.publish != nil {
-		d.fs.publish(key)
-	}
 	return d.NewInode(ctx, &localNode{fs: d.fs}, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: st.Ino}), 0
 }
 

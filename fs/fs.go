@@ -27,6 +27,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/sstatefs/sstatefs/sstate"
 	"github.com/sstatefs/sstatefs/view"
 )
 
@@ -41,9 +42,13 @@ type Options struct {
 	// CacheDir is reported by statfs (the disk the cache lives on).
 	CacheDir string
 	Logger   *slog.Logger
-	// Publish is called after an object name appears in the overlay by
-	// link or rename (the next issue uploads it). May be nil.
-	Publish func(key string)
+	// Publish is called when bitbake publishes an object: a link or rename
+	// whose target is an sstate object name (temp files, lock files and the
+	// like are never published). path is the overlay file. It must return
+	// once the publication is durable; an error undoes the link or rename
+	// and fails it with EIO, so bitbake never sees a publish succeed that
+	// would be lost. May be nil.
+	Publish func(ctx context.Context, key, path string) error
 }
 
 // FS is the shared state of all nodes of one mount.
@@ -53,7 +58,7 @@ type FS struct {
 	uid, gid uint32
 	cacheDir string
 	log      *slog.Logger
-	publish  func(key string)
+	publish  func(ctx context.Context, key, path string) error
 	start    time.Time
 
 	whiteouts *whiteouts
@@ -86,6 +91,15 @@ func New(opt Options) (*FS, gofs.InodeEmbedder, error) {
 
 // Close releases the FS's files.
 func (f *FS) Close() error { return f.whiteouts.close() }
+
+// publishes reports whether a link or rename onto key publishes an object.
+func (f *FS) publishes(key string) bool {
+	if f.publish == nil {
+		return false
+	}
+	_, err := sstate.Parse(key)
+	return err == nil
+}
 
 // overlayPath is the overlay file of a mount-relative path.
 func (f *FS) overlayPath(rel string) string {

@@ -37,6 +37,9 @@ type Options struct {
 	Cache  *cache.Cache
 	Probes *cache.StatCache // answers of probes, for stores without a fresh index
 	Logger *slog.Logger
+	// OnAccess is told of every recorded access (the journal batches them
+	// into the index). May be nil.
+	OnAccess func(key string, t time.Time)
 }
 
 // View answers questions about the store's objects. Safe for concurrent use.
@@ -46,6 +49,7 @@ type View struct {
 	cache  *cache.Cache
 	probes *cache.StatCache
 	log    *slog.Logger
+	access func(key string, t time.Time)
 
 	mu      sync.Mutex           // protects touched
 	touched map[string]time.Time // access times recorded by utimensat/touch
@@ -59,7 +63,7 @@ func New(opt Options) *View {
 	if opt.Probes == nil {
 		opt.Probes = cache.NewStatCache(100_000, time.Minute, time.Minute)
 	}
-	return &View{store: opt.Store, index: opt.Index, cache: opt.Cache, probes: opt.Probes, log: opt.Logger, touched: map[string]time.Time{}}
+	return &View{store: opt.Store, index: opt.Index, cache: opt.Cache, probes: opt.Probes, log: opt.Logger, access: opt.OnAccess, touched: map[string]time.Time{}}
 }
 
 // Store is the store the view reads.
@@ -174,6 +178,9 @@ func (v *View) Touch(key string, t time.Time) {
 		v.touched[key] = t
 	}
 	v.mu.Unlock()
+	if v.access != nil {
+		v.access(key, t)
+	}
 }
 
 // ModTime is the time the mount shows for an object: its store mtime, or

@@ -34,3 +34,10 @@ func TestParseURL(t *testing.T) {
 		}
 	}
 }
+
+func TestNotReadOnly(t *testing.T) {
+	s, _ := New(t.TempDir())
+	if backend.IsReadOnly(&backend.Timeout{Store: s}) {
+		t.Fatal("file store reported read-only")
+	}
+}

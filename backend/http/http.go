@@ -289,6 +289,9 @@ func (t *tokenFile) read(statErr error) (string, error) {
 // Location implements backend.Store: the base URL without userinfo or query.
 func (s *Store) Location() string { return s.location }
 
+// ReadOnly implements backend.ReadOnlyStore: a mirror never takes writes.
+func (s *Store) ReadOnly() bool { return true }
+
 // objectURL returns the URL of key, escaped per path segment, with the base
 // URL's query.
 func (s *Store) objectURL(key string) *url.URL {

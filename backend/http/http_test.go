@@ -847,3 +847,13 @@ func TestReadOnly(t *testing.T) {
 		t.Errorf("List = %v", err)
 	}
 }
+
+func TestReadOnlyThroughDecorators(t *testing.T) {
+	s, err := New(Config{URL: "http://127.0.0.1:1/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !backend.IsReadOnly(&backend.Timeout{Store: s, D: time.Second}) {
+		t.Fatal("an HTTP store behind a decorator is not reported read-only")
+	}
+}
