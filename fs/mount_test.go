@@ -748,3 +748,33 @@ func TestLocksLinksAndTree(t *testing.T) {
 		t.Errorf("statfs: %d blocks of %d, cache disk %d of %d", st.Blocks, st.Bsize, cst.Blocks, cst.Bsize)
 	}
 }
+
+// TestInterruptedReaderReturns: a process blocked on an open of an object
+// the store will not deliver returns as soon as it is interrupted, long
+// before the store's deadline.
+func TestInterruptedReaderReturns(t *testing.T) {
+	storeDir := t.TempDir()
+	writeStore(t, storeDir, pkgKey, rnd(1000))
+	m := mount(t, mountOpts{storeDir: storeDir, timeout: time.Minute})
+	m.fault.down.Store(true)
+	cmd := exec.Command("cat", filepath.Join(m.dir, pkgKey))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for m.fault.opens.Load() == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("interrupted reader took %v to return", d)
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("interrupted reader still blocked after 30s (store deadline is 1m)")
+	}
+}
