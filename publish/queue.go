@@ -1,0 +1,537 @@
+// Package publish owns the durable local upload queue: objects bitbake has
+// published through the mount wait here, on disk, until they are in the
+// store and recorded in the index journal. The queue survives a crash or a
+// kill: on the next start it resumes where it stopped.
+//
+// On disk, under Dir:
+//
+//	data/<id>.<gen>  a hard link to (or a copy of) the published file
+//	entries/<id>     the entry, JSON, replaced atomically on every change
+//
+// where id is derived from the object's key, so one key has one entry; a
+// key published again (rename over it) gets a new generation of data.
+//
+// The order of events for an entry is: enqueued → uploaded (conditional
+// create: the object appears whole, an existing object is never replaced) →
+// recorded in the journal → removed from the queue. The index thus learns of
+// an object only after it is in the store, and nothing acknowledged is lost.
+package publish
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/index"
+)
+
+// Recorder records uploaded objects in the index journal. Added returns
+// only once the record is durable in the store.
+type Recorder interface {
+	Added(ctx context.Context, o index.Object) error
+}
+
+// Options configure a Queue.
+type Options struct {
+	Dir         string
+	Store       backend.Store
+	Recorder    Recorder
+	Concurrency int           // uploads at once, default 4
+	MinBackoff  time.Duration // first retry delay, default 1s
+	MaxBackoff  time.Duration // longest retry delay, default 2m
+	Logger      *slog.Logger
+	Now         func() time.Time
+}
+
+// State of an entry.
+type State string
+
+const (
+	Pending  State = "pending"  // waiting for (another) upload attempt
+	Uploaded State = "uploaded" // in the store, not yet in the journal
+)
+
+// Entry is one queued object.
+type Entry struct {
+	Key       string    `json:"key"`
+	Data      string    `json:"data"` // file name under data/
+	Size      int64     `json:"size"`
+	SHA256    string    `json:"sha256,omitempty"` // hex, filled before the first upload
+	ModTime   time.Time `json:"mtime"`
+	State     State     `json:"state"`
+	Enqueued  time.Time `json:"enqueued"`
+	Attempts  int       `json:"attempts"`
+	LastError string    `json:"last_error,omitempty"`
+	NextTry   time.Time `json:"next_try,omitempty"`
+}
+
+// Stats are counters since the queue was opened.
+type Stats struct {
+	Uploaded, UploadedBytes, Existing, Conflicts, Failures int64
+}
+
+// Queue is the upload queue. Safe for concurrent use.
+type Queue struct {
+	dir   string
+	store backend.Store
+	rec   Recorder
+	conc  int
+	minB  time.Duration
+	maxB  time.Duration
+	log   *slog.Logger
+	now   func() time.Time
+	wake  chan struct{}
+
+	mu       sync.Mutex // protects entries, busy, stats, idle
+	entries  map[string]*Entry
+	busy     map[string]bool // keys being worked on
+	stats    Stats
+	idle     *sync.Cond // broadcast when an entry leaves the queue
+	readOnly bool
+}
+
+// ErrReadOnly is returned by Enqueue when the store does not take writes.
+var ErrReadOnly = errors.New("store is read-only: object kept locally, not published")
+
+// Open opens the queue in opt.Dir and loads what an earlier process left.
+func Open(opt Options) (*Queue, error) {
+	if opt.Concurrency <= 0 {
+		opt.Concurrency = 4
+	}
+	if opt.MinBackoff <= 0 {
+		opt.MinBackoff = time.Second
+	}
+	if opt.MaxBackoff <= 0 {
+		opt.MaxBackoff = 2 * time.Minute
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	q := &Queue{
+		dir: opt.Dir, store: opt.Store, rec: opt.Recorder, conc: opt.Concurrency,
+		minB: opt.MinBackoff, maxB: opt.MaxBackoff, log: opt.Logger, now: opt.Now,
+		wake: make(chan struct{}, 1), entries: map[string]*Entry{}, busy: map[string]bool{},
+	}
+	q.idle = sync.NewCond(&q.mu)
+	for _, d := range []string{"data", "entries", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(q.dir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("upload queue: %w", err)
+		}
+	}
+	ents, err := os.ReadDir(filepath.Join(q.dir, "entries"))
+	if err != nil {
+		return nil, fmt.Errorf("upload queue: %w", err)
+	}
+	for _, de := range ents {
+		p := filepath.Join(q.dir, "entries", de.Name())
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("upload queue: %w", err)
+		}
+		var e Entry
+		if err := json.Unmarshal(b, &e); err != nil || e.Key == "" || idFor(e.Key) != de.Name() {
+			// A torn or foreign file: keep it aside for a human, do not guess.
+			q.log.Error("upload queue: unreadable entry moved aside", "file", p, "error", err)
+			os.Rename(p, p+".bad")
+			continue
+		}
+		if _, err := os.Stat(q.dataPath(e.Data)); e.Data == "" || err != nil {
+			q.log.Error("upload queue: entry without data, dropped", "object", e.Key, "error", err)
+			os.Remove(p)
+			continue
+		}
+		e.NextTry = time.Time{} // retry at once after a restart
+		q.entries[e.Key] = &e
+	}
+	if len(q.entries) > 0 {
+		q.log.Info("upload queue resumed", "objects", len(q.entries))
+	}
+	return q, nil
+}
+
+func idFor(key string) string {
+	h := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(h[:16])
+}
+
+func (q *Queue) dataPath(name string) string {
+	return filepath.Join(q.dir, "data", filepath.Base(name))
+}
+func (q *Queue) entryPath(key string) string { return filepath.Join(q.dir, "entries", idFor(key)) }
+
+// SetReadOnly makes Enqueue refuse: the store does not take writes.
+func (q *Queue) SetReadOnly(ro bool) {
+	q.mu.Lock()
+	q.readOnly = ro
+	q.mu.Unlock()
+}
+
+// Enqueue queues the file at path for upload under key. The file is hard
+// linked into the queue (copied where linking fails), so later changes to
+// the name do not affect what is uploaded. It returns once the entry is on
+// disk.
+func (q *Queue) Enqueue(key, path string) error {
+	if err := backend.CheckKey(key); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	ro := q.readOnly
+	q.mu.Unlock()
+	if ro {
+		return ErrReadOnly
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("enqueue %s: %w", key, err)
+	}
+	name := fmt.Sprintf("%s.%x", idFor(key), rand.Uint64())
+	data := q.dataPath(name)
+	tmp := filepath.Join(q.dir, "tmp", name)
+	if err := os.Link(path, tmp); err != nil {
+		if err := copyFile(path, tmp); err != nil {
+			return fmt.Errorf("enqueue %s: %w", key, err)
+		}
+	}
+	if err := os.Rename(tmp, data); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("enqueue %s: %w", key, err)
+	}
+	e := &Entry{Key: key, Data: name, Size: fi.Size(), ModTime: fi.ModTime(), State: Pending, Enqueued: q.now()}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if err := q.saveLocked(e); err != nil {
+		os.Remove(data)
+		return err
+	}
+	if old, ok := q.entries[key]; ok && !q.busy[key] {
+		os.Remove(q.dataPath(old.Data))
+	}
+	q.entries[key] = e
+	q.kick()
+	return nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return err
+	}
+	return out.Close()
+}
+
+// saveLocked writes the entry atomically.
+func (q *Queue) saveLocked(e *Entry) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(q.dir, "tmp", idFor(e.Key)+".json")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("upload queue: %w", err)
+	}
+	if err := os.Rename(tmp, q.entryPath(e.Key)); err != nil {
+		return fmt.Errorf("upload queue: %w", err)
+	}
+	return nil
+}
+
+func (q *Queue) kick() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run uploads queued objects with bounded concurrency until ctx ends.
+func (q *Queue) Run(ctx context.Context) {
+	sem := make(chan struct{}, q.conc)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		next := q.dispatch(ctx, sem, &wg)
+		timer.Reset(next)
+		select {
+		case <-ctx.Done():
+			return
+		case <-q.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// dispatch starts work on every due entry that a free slot allows and
+// returns how long to wait before looking again.
+func (q *Queue) dispatch(ctx context.Context, sem chan struct{}, wg *sync.WaitGroup) time.Duration {
+	q.mu.Lock()
+	now := q.now()
+	wait := time.Hour
+	var due []*Entry
+	for _, e := range q.entries {
+		if q.busy[e.Key] {
+			continue
+		}
+		if d := e.NextTry.Sub(now); d > 0 {
+			wait = min(wait, d)
+			continue
+		}
+		due = append(due, e)
+	}
+	sort.Slice(due, func(i, j int) bool { return due[i].Enqueued.Before(due[j].Enqueued) })
+	var started []Entry
+	for _, e := range due {
+		select {
+		case sem <- struct{}{}:
+		default:
+			q.mu.Unlock()
+			return min(wait, 50*time.Millisecond) // woken by a finishing worker anyway
+		}
+		q.busy[e.Key] = true
+		started = append(started, *e)
+	}
+	q.mu.Unlock()
+	for _, e := range started {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem; q.kick() }()
+			q.work(ctx, e)
+		}()
+	}
+	return wait
+}
+
+// work moves one entry on as far as it can.
+func (q *Queue) work(ctx context.Context, e Entry) {
+	err := q.advance(ctx, &e)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(q.busy, e.Key)
+	cur, ok := q.entries[e.Key]
+	if ok && cur.Data != e.Data {
+		// Published again while this generation was uploading: the new
+		// one is the entry now; this one is finished either way.
+		os.Remove(q.dataPath(e.Data))
+		return
+	}
+	if err == nil {
+		delete(q.entries, e.Key)
+		os.Remove(q.entryPath(e.Key))
+		os.Remove(q.dataPath(e.Data))
+		q.idle.Broadcast()
+		return
+	}
+	if ctx.Err() != nil {
+		return // shutting down: the entry stays for the next start
+	}
+	e.Attempts++
+	e.LastError = err.Error()
+	e.NextTry = q.now().Add(q.backoff(e.Attempts))
+	q.stats.Failures++
+	q.log.Warn("upload failed, will retry", "object", e.Key, "attempt", e.Attempts, "retry_in", e.NextTry.Sub(q.now()).Round(time.Second), "error", err)
+	if ok {
+		*cur = e
+		if serr := q.saveLocked(cur); serr != nil {
+			q.log.Error("upload queue: saving entry", "object", e.Key, "error", serr)
+		}
+	}
+}
+
+func (q *Queue) backoff(attempts int) time.Duration {
+	d := q.minB << min(attempts-1, 20)
+	if d > q.maxB || d <= 0 {
+		d = q.maxB
+	}
+	// jitter: 75%..125%, so many mounts do not retry in step
+	return time.Duration(float64(d) * (0.75 + rand.Float64()/2))
+}
+
+// advance does the next steps of an entry: hash, upload, record.
+func (q *Queue) advance(ctx context.Context, e *Entry) error {
+	if e.State == Pending {
+		f, err := os.Open(q.dataPath(e.Data))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if e.SHA256 == "" {
+			h := sha256.New()
+			if _, err := io.Copy(h, f); err != nil {
+				return err
+			}
+			e.SHA256 = hex.EncodeToString(h.Sum(nil))
+			q.update(e)
+		}
+		err = q.store.Create(ctx, e.Key, io.NewSectionReader(f, 0, e.Size), e.Size)
+		switch {
+		case err == nil:
+			q.count(func(s *Stats) { s.Uploaded++; s.UploadedBytes += e.Size })
+			q.log.Info("published", "object", e.Key, "bytes", e.Size)
+		case errors.Is(err, backend.ErrExist):
+			same, herr := q.sameAsStore(ctx, e)
+			if herr != nil {
+				return fmt.Errorf("object exists, comparing it: %w", herr)
+			}
+			if !same {
+				// First writer wins: another builder published other bytes
+				// under this name (different PR service, say). Ours stays
+				// local; the index keeps the store's object.
+				q.count(func(s *Stats) { s.Conflicts++ })
+				q.log.Warn("not published: the store has other content under this name (first writer wins)", "object", e.Key)
+				return nil
+			}
+			q.count(func(s *Stats) { s.Existing++ })
+		default:
+			return err
+		}
+		e.State = Uploaded
+		q.update(e)
+	}
+	digest, err := hex.DecodeString(e.SHA256)
+	if err != nil || len(digest) != 32 {
+		return fmt.Errorf("entry %s: bad sha256 %q", e.Key, e.SHA256)
+	}
+	oi, err := q.store.Stat(ctx, e.Key)
+	if err != nil {
+		return fmt.Errorf("stat after upload: %w", err)
+	}
+	return q.rec.Added(ctx, index.Object{Key: e.Key, Size: oi.Size, ModTime: oi.ModTime, SHA256: [32]byte(digest)})
+}
+
+// sameAsStore reads the store's object and compares its digest with ours:
+// after a crash between upload and bookkeeping the object may be our own.
+func (q *Queue) sameAsStore(ctx context.Context, e *Entry) (bool, error) {
+	rc, err := q.store.Open(ctx, e.Key, 0, -1)
+	if err != nil {
+		return false, err
+	}
+	defer rc.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, rc); err != nil {
+		return false, err
+	}
+	return hex.EncodeToString(h.Sum(nil)) == e.SHA256, nil
+}
+
+func (q *Queue) update(e *Entry) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if cur, ok := q.entries[e.Key]; ok && cur.Data == e.Data {
+		*cur = *e
+		if err := q.saveLocked(cur); err != nil {
+			q.log.Error("upload queue: saving entry", "object", e.Key, "error", err)
+		}
+	}
+}
+
+func (q *Queue) count(f func(*Stats)) {
+	q.mu.Lock()
+	f(&q.stats)
+	q.mu.Unlock()
+}
+
+// Entries returns the queued entries, oldest first.
+func (q *Queue) Entries() []Entry {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := make([]Entry, 0, len(q.entries))
+	for _, e := range q.entries {
+		out = append(out, *e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Enqueued.Before(out[j].Enqueued) })
+	return out
+}
+
+// Stats returns counters since Open.
+func (q *Queue) Stats() Stats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.stats
+}
+
+// Len is the number of queued entries.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.entries)
+}
+
+// Drain retries every entry at once and waits until the queue is empty or
+// ctx ends; it returns what is left. Run must be running.
+func (q *Queue) Drain(ctx context.Context) []Entry {
+	q.mu.Lock()
+	for _, e := range q.entries {
+		e.NextTry = time.Time{}
+	}
+	q.mu.Unlock()
+	q.kick()
+	done := make(chan struct{})
+	go func() {
+		q.mu.Lock()
+		for len(q.entries) > 0 && ctx.Err() == nil {
+			q.idle.Wait()
+		}
+		q.mu.Unlock()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		q.mu.Lock()
+		q.idle.Broadcast() // release the waiter
+		q.mu.Unlock()
+		<-done
+	}
+	return q.Entries()
+}
+
+// ReadEntries reads the queue of a cache directory from disk, for status
+// reports from another process.
+func ReadEntries(dir string) ([]Entry, error) {
+	ents, err := os.ReadDir(filepath.Join(dir, "entries"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	for _, de := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, "entries", de.Name()))
+		if err != nil {
+			continue // removed meanwhile
+		}
+		var e Entry
+		if json.Unmarshal(b, &e) == nil {
+			out = append(out, e)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Enqueued.Before(out[j].Enqueued) })
+	return out, nil
+}
