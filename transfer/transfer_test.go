@@ -1,0 +1,206 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/backend/file"
+	"github.com/sstatefs/sstatefs/index"
+)
+
+type recorder struct {
+	mu   sync.Mutex
+	objs []index.Object
+}
+
+func (r *recorder) Added(ctx context.Context, o index.Object) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.objs = append(r.objs, o)
+	return nil
+}
+
+// countingStore counts creates on a real store and can fail them.
+type countingStore struct {
+	backend.Store
+	creates atomic.Int64
+	failKey string
+}
+
+func (s *countingStore) Create(ctx context.Context, key string, r io.Reader, size int64) error {
+	s.creates.Add(1)
+	if key == s.failKey {
+		return errors.New("injected failure")
+	}
+	return s.Store.Create(ctx, key, r, size)
+}
+
+func hashKey(i int) string {
+	h := sha256.Sum256([]byte{byte(i)})
+	return hex.EncodeToString(h[:])
+}
+
+func objKey(i int, task string) string {
+	h := hashKey(i)
+	return "debian-12/" + h[0:2] + "/" + h[2:4] + "/sstate:p" + string(rune('a'+i)) + ":x86_64-linux:1.0:r0:x86_64:14:" + h + "_" + task + ".tar.zst"
+}
+
+func write(t *testing.T, dir, key string, data []byte) {
+	t.Helper()
+	p := filepath.Join(dir, key)
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func rnd(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func TestPushSkipsResumesAndRecords(t *testing.T) {
+	local := t.TempDir()
+	want := map[string][]byte{}
+	for i := range 12 {
+		k := objKey(i, "populate_sysroot")
+		want[k] = rnd(1000 + i)
+		want[k+".siginfo"] = rnd(100)
+	}
+	for k, d := range want {
+		write(t, local, k, d)
+	}
+	// not objects: bitbake temp files, locks, the sanity check
+	write(t, local, objKey(0, "populate_sysroot")+"Ab3x_9Qz", []byte("tmp"))
+	write(t, local, objKey(1, "populate_sysroot")+".lock", nil)
+	write(t, local, strings.Repeat("z", 200), nil)
+
+	fstore, _ := file.New(t.TempDir())
+	store := &countingStore{Store: fstore, failKey: objKey(3, "populate_sysroot")}
+	rec := &recorder{}
+	var lastDone, lastTotal int
+	res, err := Push(context.Background(), PushOptions{Dir: local, Store: store, Recorder: rec, Jobs: 4,
+		Progress: func(d, tot int, db, tb int64) { lastDone, lastTotal = d, tot }})
+	if err == nil || len(res.Failed) != 1 || !strings.Contains(err.Error(), objKey(3, "populate_sysroot")) {
+		t.Fatalf("push with one failing object: %+v, %v", res, err)
+	}
+	if res.Uploaded != 23 || res.Ignored != 3 || lastDone != 24 || lastTotal != 24 {
+		t.Fatalf("first push: %+v, progress %d/%d", res, lastDone, lastTotal)
+	}
+	// resume: only the failed object is uploaded; the index skips the rest
+	store.failKey = ""
+	known := index.New(rec.objs, rec.objs[0].ModTime)
+	before := store.creates.Load()
+	res, err = Push(context.Background(), PushOptions{Dir: local, Store: store, Recorder: rec, Known: known})
+	if err != nil || res.Uploaded != 1 || res.Skipped != 23 {
+		t.Fatalf("resumed push: %+v, %v", res, err)
+	}
+	if n := store.creates.Load() - before; n != 1 {
+		t.Fatalf("resumed push created %d objects, want 1", n)
+	}
+	// without an index, existing objects are compared and recorded, not replaced
+	res, err = Push(context.Background(), PushOptions{Dir: local, Store: store, Recorder: &recorder{}})
+	if err != nil || res.Existing != 24 || res.Uploaded != 0 {
+		t.Fatalf("push without index: %+v, %v", res, err)
+	}
+	for k, d := range want {
+		got, err := os.ReadFile(filepath.Join(fstore.Root(), k))
+		if err != nil || !bytes.Equal(got, d) {
+			t.Fatalf("%s in the store: %v", k, err)
+		}
+	}
+	recorded := map[string]index.Object{}
+	for _, o := range rec.objs {
+		recorded[o.Key] = o
+	}
+	for k, d := range want {
+		if o, ok := recorded[k]; !ok || o.SHA256 != sha256.Sum256(d) || o.Size != int64(len(d)) {
+			t.Errorf("%s recorded as %+v", k, o)
+		}
+	}
+	// a local object that differs from the store's: the store's is kept
+	write(t, local, objKey(0, "populate_sysroot"), []byte("different"))
+	res, err = Push(context.Background(), PushOptions{Dir: local, Store: store, Recorder: &recorder{}})
+	if err != nil || res.Conflicts != 1 {
+		t.Fatalf("conflict: %+v, %v", res, err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(fstore.Root(), objKey(0, "populate_sysroot"))); bytes.Equal(got, []byte("different")) {
+		t.Fatal("push overwrote an existing object")
+	}
+}
+
+func TestPushRefusesReadOnly(t *testing.T) {
+	ro := readOnly{}
+	_, err := Push(context.Background(), PushOptions{Dir: t.TempDir(), Store: ro, Recorder: &recorder{}})
+	if !errors.Is(err, backend.ErrReadOnly) {
+		t.Fatalf("push to a read-only store = %v", err)
+	}
+}
+
+type readOnly struct{ backend.Store }
+
+func (readOnly) ReadOnly() bool   { return true }
+func (readOnly) Location() string { return "https://mirror.example/x" }
+
+func TestExport(t *testing.T) {
+	fstore, _ := file.New(t.TempDir())
+	ctx := context.Background()
+	data := map[string][]byte{}
+	for i := range 5 {
+		for _, k := range []string{objKey(i, "package"), objKey(i, "package") + ".siginfo"} {
+			data[k] = rnd(500 + i)
+			fstore.Create(ctx, k, bytes.NewReader(data[k]), int64(len(data[k])))
+		}
+	}
+	ix, err := index.Build(ctx, fstore, index.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	res, err := Export(ctx, ExportOptions{Dir: dst, Store: fstore, Index: ix})
+	if err != nil || res.Written != 10 {
+		t.Fatalf("export: %+v %v", res, err)
+	}
+	for k, d := range data {
+		got, err := os.ReadFile(filepath.Join(dst, k))
+		if err != nil || !bytes.Equal(got, d) {
+			t.Fatalf("%s: %v", k, err)
+		}
+	}
+	// again: everything is skipped
+	if res, err := Export(ctx, ExportOptions{Dir: dst, Store: fstore, Index: ix}); err != nil || res.Skipped != 10 || res.Written != 0 {
+		t.Fatalf("second export: %+v %v", res, err)
+	}
+	// a list: the object, its siginfo, and a missing one
+	dst2 := t.TempDir()
+	res, err = Export(ctx, ExportOptions{Dir: dst2, Store: fstore, Index: ix, Keys: []string{objKey(2, "package"), "# comment", objKey(9, "package")}})
+	if err != nil || res.Written != 2 || len(res.Missing) != 1 {
+		t.Fatalf("list export: %+v %v", res, err)
+	}
+	// a store object whose bytes do not match the index: error, no file
+	p := filepath.Join(fstore.Root(), objKey(4, "package"))
+	bad := append([]byte(nil), data[objKey(4, "package")]...)
+	bad[0] ^= 1
+	os.WriteFile(p, bad, 0o644)
+	dst3 := t.TempDir()
+	res, err = Export(ctx, ExportOptions{Dir: dst3, Store: fstore, Index: ix, Keys: []string{objKey(4, "package")}})
+	if err == nil || !strings.Contains(err.Error(), "does not match the index") {
+		t.Fatalf("corrupt object exported: %+v %v", res, err)
+	}
+	if _, err := os.Stat(filepath.Join(dst3, objKey(4, "package"))); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("a corrupt object was written")
+	}
+}
