@@ -174,6 +174,9 @@ func (q *Queue) dataPath(name string) string {
 }
 func (q *Queue) entryPath(key string) string { return filepath.Join(q.dir, "entries", idFor(key)) }
 
+// Dir is the queue's directory.
+func (q *Queue) Dir() string { return q.dir }
+
 // SetReadOnly makes Enqueue refuse: the store does not take writes.
 func (q *Queue) SetReadOnly(ro bool) {
 	q.mu.Lock()
@@ -305,12 +308,13 @@ func (q *Queue) dispatch(ctx context.Context, sem chan struct{}, wg *sync.WaitGr
 	}
 	sort.Slice(due, func(i, j int) bool { return due[i].Enqueued.Before(due[j].Enqueued) })
 	var started []Entry
+slots:
 	for _, e := range due {
 		select {
 		case sem <- struct{}{}:
 		default:
-			q.mu.Unlock()
-			return min(wait, 50*time.Millisecond) // woken by a finishing worker anyway
+			// no free slot: a finishing worker kicks the loop again
+			break slots
 		}
 		q.busy[e.Key] = true
 		started = append(started, *e)
@@ -329,7 +333,9 @@ func (q *Queue) dispatch(ctx context.Context, sem chan struct{}, wg *sync.WaitGr
 
 // work moves one entry on as far as it can.
 func (q *Queue) work(ctx context.Context, e Entry) {
+	q.log.Debug("upload starting", "object", e.Key, "state", e.State, "attempts", e.Attempts)
 	err := q.advance(ctx, &e)
+	q.log.Debug("upload finished", "object", e.Key, "error", err)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	delete(q.busy, e.Key)

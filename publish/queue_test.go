@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,8 +68,8 @@ const key = "ab/cd/sstate:p:a:1:r0:x:14:abcd000000000000000000000000000000000000
 
 type env struct {
 	dir, storeDir, src string
-	store             *flakyStore
-	rec               *recorder
+	store              *flakyStore
+	rec                *recorder
 }
 
 func newEnv(t *testing.T) *env {
@@ -306,5 +308,26 @@ func TestTornEntryMovedAside(t *testing.T) {
 	}
 	if _, err := os.Stat(p + ".bad"); err != nil {
 		t.Fatalf("torn entry not kept aside: %v", err)
+	}
+}
+
+func TestMoreEntriesThanWorkers(t *testing.T) {
+	e := newEnv(t)
+	q, err := Open(Options{Dir: e.dir, Store: e.store, Recorder: e.rec, Concurrency: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 9 {
+		k := strings.Replace(key, "populate_sysroot", fmt.Sprint("t", i), 1)
+		if err := q.Enqueue(k, e.file(t, fmt.Sprint("f", i), rnd(1000))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run(t, q)
+	if left := drain(t, q, 20*time.Second); len(left) != 0 {
+		t.Fatalf("%d of 9 entries left with 2 workers", len(left))
+	}
+	if n := e.store.creates.Load(); n != 9 {
+		t.Errorf("%d creates, want 9", n)
 	}
 }
