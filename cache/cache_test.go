@@ -300,3 +300,33 @@ func TestStatCache(t *testing.T) {
 		t.Fatal("Forget did not forget")
 	}
 }
+
+func TestAdopt(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(Options{Dir: filepath.Join(dir, "cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &source{data: map[string][]byte{"a": rnd(t, 4000)}}
+	obj := src.object("a", true)
+	p := filepath.Join(dir, "local")
+	os.WriteFile(p, src.data["a"], 0o644)
+	if err := c.Adopt(p, obj); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); !os.IsNotExist(err) {
+		t.Error("adopted file still at its old path")
+	}
+	f, err := c.Open(context.Background(), obj)
+	if err != nil || !bytes.Equal(readFile(t, f), src.data["a"]) || src.fetches.Load() != 0 {
+		t.Fatalf("adopted entry: %v, fetches %d", err, src.fetches.Load())
+	}
+	// a file with other content is refused and left alone
+	os.WriteFile(p, rnd(t, 4000), 0o644)
+	if err := c.Adopt(p, obj); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("adopting other bytes = %v", err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Error("refused file was moved")
+	}
+}

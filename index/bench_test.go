@@ -95,3 +95,56 @@ func BenchmarkEncode100k(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDecode100kAccessed is BenchmarkDecode100k with an access time on
+// every object (version 2): four more bytes of heap per object.
+func BenchmarkDecode100kAccessed(b *testing.B) {
+	const n = 100_000
+	objs := randomObjects(synthKeys(b, n, 42), 42)
+	for i := range objs {
+		objs[i].Accessed = time.Unix(1_750_000_000+int64(i), 0)
+	}
+	var buf bytes.Buffer
+	if err := Encode(&buf, New(objs, time.Now())); err != nil {
+		b.Fatal(err)
+	}
+	data := buf.Bytes()
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(bytes.NewReader(data)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(data))/n, "fileB/obj")
+}
+
+// BenchmarkApply applies a typical segment (a batch of published objects
+// and access records) to a 100,000-object index: the cost of a refresh
+// that finds new segments, and of Live.Apply.
+func BenchmarkApply(b *testing.B) {
+	ix, keys := benchIndex(b, 100_000)
+	seg := &Segment{Key: segmentKey(1, "w"), Added: randomObjects(synthKeys(b, 50, 7), 7)}
+	for i := range 200 {
+		seg.Accessed = append(seg.Accessed, Access{Key: keys[i*97], Time: time.Unix(1_750_000_000, 0)})
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		apply(ix, []*Segment{seg})
+	}
+}
+
+// BenchmarkDecodeSegment decodes a segment of 1,000 objects (a full batch).
+func BenchmarkDecodeSegment(b *testing.B) {
+	data, err := encodeSegment(&Segment{Time: time.Now(), Added: randomObjects(synthKeys(b, 1000, 3), 3)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := DecodeSegment(bytes.NewReader(data)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

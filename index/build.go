@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,25 +32,52 @@ type BuildOptions struct {
 	// read so far. It is called once with done == 0 before hashing starts,
 	// never concurrently, with done increasing.
 	Progress func(done, total int, bytes int64)
+	// Logger receives unreadable journal segments and a damaged snapshot
+	// (which Build replaces); nil discards them.
+	Logger *slog.Logger
 }
 
 // Build lists s (skipping keys under backend.MetaPrefix and temp files, see
 // isTempName), hashes each object by streaming it through s.Open, and
-// returns the index, created at the time the listing started. Objects that
-// vanish during the build are skipped; any other error fails the build,
-// naming the key.
+// returns the complete index (see Sources), created at the time the listing
+// started. Objects that vanish during the build are skipped; any other
+// error fails the build, naming the key.
 //
 // If an object's content is not the size the listing reported (it was
 // replaced meanwhile), the index records the size that was hashed, so size
 // and digest always agree.
+//
+// Mounts may keep publishing while Build runs; nothing they record is lost.
+// Build lists the journal before the store: the objects of the segments it
+// finds are already in the store (an object is written before its record),
+// so the index covers those segments. After hashing, it loads the current
+// index (snapshot and journal, as LoadAll) and adds the objects recorded
+// there that its listing missed (published after the listing passed their
+// names), once a Stat shows they are still in the store; it takes the
+// access times from there too, and covers what that index covers. Save the
+// result promptly: a compaction in between deletes folded segments older
+// than its grace period.
 func Build(ctx context.Context, s backend.Store, opt BuildOptions) (*Index, error) {
 	conc := opt.Concurrency
 	if conc <= 0 {
 		conc = 8
 	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
 	created := time.Now()
+	var journal []string
+	err := s.List(ctx, JournalPrefix, func(oi backend.ObjectInfo) error {
+		if _, ok := parseSegmentKey(oi.Key); ok {
+			journal = append(journal, oi.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("build index of %s: list the journal: %w", s.Location(), err)
+	}
 	var objs []Object
-	err := s.List(ctx, "", func(oi backend.ObjectInfo) error {
+	err = s.List(ctx, "", func(oi backend.ObjectInfo) error {
 		if backend.IsMeta(oi.Key) || isTempName(oi.Key) {
 			return nil
 		}
@@ -123,7 +152,97 @@ func Build(ctx context.Context, s backend.Store, opt BuildOptions) (*Index, erro
 			kept = append(kept, o)
 		}
 	}
-	return New(kept, created), nil
+	return withJournal(ctx, s, New(kept, created), journal, conc, opt.Logger)
+}
+
+// withJournal completes a freshly built index with what the current index
+// of s knows and the listing missed (see Build).
+func withJournal(ctx context.Context, s backend.Store, built *Index, journal []string, conc int, log *slog.Logger) (*Index, error) {
+	res, err := newLoader(s, log).load(ctx, func(ctx context.Context) (*Index, backend.ObjectInfo, error) {
+		ix, err := LoadSnapshot(ctx, s)
+		if errors.Is(err, ErrCorrupt) {
+			log.Warn("the index snapshot is damaged; the new one replaces it", "error", err)
+			return nil, backend.ObjectInfo{}, fmt.Errorf("%w (%v)", ErrNoIndex, err)
+		}
+		return ix, backend.ObjectInfo{}, err
+	}, nil)
+	if errors.Is(err, ErrNoIndex) {
+		// No snapshot and no readable segment: nothing to add, and the
+		// segments there are stay uncovered (readers skip them anyway).
+		return built, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("build index of %s: %w", s.Location(), err)
+	}
+	cur := res.ix
+
+	objs := make([]Object, 0, built.Len())
+	var missing []Object
+	built.Objects(func(o Object) bool {
+		if c, ok := cur.Lookup(o.Key); ok {
+			o.Accessed = c.Accessed
+		}
+		objs = append(objs, o)
+		return true
+	})
+	cur.Objects(func(o Object) bool {
+		if _, ok := built.Lookup(o.Key); !ok {
+			missing = append(missing, o)
+		}
+		return true
+	})
+	found := make([]bool, len(missing))
+	var next atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	for range min(conc, len(missing)) {
+		g.Go(func() error {
+			buf := make([]byte, 256<<10)
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(missing) {
+					return nil
+				}
+				o := &missing[i]
+				oi, err := s.Stat(gctx, o.Key)
+				switch {
+				case errors.Is(err, backend.ErrNotExist):
+					continue // deleted from the store: gone from the index
+				case err != nil:
+					return fmt.Errorf("build index of %s: stat %s: %w", s.Location(), o.Key, err)
+				}
+				if oi.Size != o.Size || o.SHA256 == ([32]byte{}) {
+					// Not what was recorded (replaced?): hash what is there.
+					sum, n, err := hashObject(gctx, s, o.Key, buf)
+					if errors.Is(err, backend.ErrNotExist) {
+						continue
+					}
+					if err != nil {
+						return fmt.Errorf("build index of %s: hash %s: %w", s.Location(), o.Key, err)
+					}
+					o.SHA256, o.Size, o.ModTime = sum, n, oi.ModTime
+				}
+				found[i] = true
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	for i, o := range missing {
+		if found[i] {
+			objs = append(objs, o)
+		}
+	}
+	ix := New(objs, built.Created())
+	// Cover the segments listed before the store, and those the current
+	// index includes, but never one that could not be read: it may hold
+	// records of a newer sstatefs.
+	skipped := map[string]bool{}
+	for _, k := range res.skipped {
+		skipped[k] = true
+	}
+	ix.covered = slices.DeleteFunc(unionSorted(cur.covered, journal), func(k string) bool { return skipped[k] })
+	return ix, nil
 }
 
 // hashObject streams key through SHA-256 and returns the digest and length.

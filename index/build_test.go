@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -133,7 +135,7 @@ func TestBuildReusesPrevious(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := s.TotalOpens(); n != 0 {
+	if n := s.ObjectOpens(); n != 0 {
 		t.Errorf("%d objects opened, want none: all unchanged", n)
 	}
 	checkBuilt(t, fs, ix, content)
@@ -157,7 +159,7 @@ func TestBuildReusesPrevious(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.TotalOpens() != 2 || s.Opens(changed) != 1 || s.Opens(added) != 1 {
+	if s.ObjectOpens() != 2 || s.Opens(changed) != 1 || s.Opens(added) != 1 {
 		t.Errorf("opens %v, want one each of the changed and the added object", s.opens)
 	}
 	checkBuilt(t, fs, ix, content)
@@ -172,8 +174,8 @@ func TestBuildReusesPrevious(t *testing.T) {
 	if _, err := Build(ctx, s2, BuildOptions{Previous: New(objs, time.Now())}); err != nil {
 		t.Fatal(err)
 	}
-	if s2.TotalOpens() != len(content) {
-		t.Errorf("%d opens, want %d", s2.TotalOpens(), len(content))
+	if s2.ObjectOpens() != len(content) {
+		t.Errorf("%d opens, want %d", s2.ObjectOpens(), len(content))
 	}
 }
 
@@ -251,5 +253,102 @@ func TestIsTempName(t *testing.T) {
 		if got := isTempName(key); got != want {
 			t.Errorf("isTempName(%q) = %v, want %v", key, got, want)
 		}
+	}
+}
+
+// publishDuringScan publishes an object and records it in the journal
+// right after Build's listing of the store, as a mount would meanwhile.
+type publishDuringScan struct {
+	*file.Store
+	t       *testing.T
+	j       *Journal
+	obj     Object
+	content []byte
+	once    sync.Once
+}
+
+func (p *publishDuringScan) List(ctx context.Context, prefix string, fn func(backend.ObjectInfo) error) error {
+	err := p.Store.List(ctx, prefix, fn)
+	if prefix == "" {
+		p.once.Do(func() {
+			writeFile(p.t, p.Store, p.obj.Key, p.content)
+			if err := p.j.Added(ctx, p.obj); err != nil {
+				p.t.Error(err)
+			}
+		})
+	}
+	return err
+}
+
+func TestBuildJournal(t *testing.T) {
+	ctx := context.Background()
+	fs := newStore(t)
+	keys := realisticKeys(t)[:30]
+	content := writeObjects(t, fs, keys[:20])
+	a, b, gone, late := keys[0], keys[1], keys[25], keys[26]
+	t0 := time.Unix(1_750_000_000, 0)
+
+	// The previous snapshot knows an object deleted since, and an access.
+	prev, err := Build(ctx, fs, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var objs []Object
+	for o := range prev.Objects {
+		if o.Key == a {
+			o.Accessed = t0
+		}
+		objs = append(objs, o)
+	}
+	objs = append(objs, Object{Key: gone, Size: 1})
+	if err := Save(ctx, fs, New(objs, t0)); err != nil {
+		t.Fatal(err)
+	}
+	// A mount published b (already in the store) and used a.
+	content[b] = []byte("republished b")
+	writeFile(t, fs, b, content[b])
+	seg1 := putSegment(t, fs, 1, "m", []Object{{Key: b, Size: int64(len(content[b])), SHA256: sha256.Sum256(content[b])}},
+		Access{a, t0.Add(time.Hour)})
+	// And publishes another one while the build lists the store; its
+	// record has no digest, so the build reads it.
+	content[late] = []byte("late object")
+	s := &publishDuringScan{Store: fs, t: t, j: NewJournal(fs, JournalOptions{Writer: "m"}),
+		obj: Object{Key: late, Size: int64(len(content[late]))}, content: content[late]}
+	ix, err := Build(ctx, s, BuildOptions{Previous: prev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBuilt(t, fs, ix, content)
+	if _, ok := ix.Lookup(gone); ok {
+		t.Error("an object deleted from the store is still indexed")
+	}
+	if o, _ := ix.Lookup(a); !o.Accessed.Equal(t0.Add(time.Hour)) {
+		t.Errorf("access time %v, want the journal's", o.Accessed)
+	}
+	segs := journalKeys(t, fs)
+	if len(segs) != 2 || !slices.Equal(ix.Covered(), segs) || !ix.Sources().Complete {
+		t.Errorf("covered %v, journal %v (first %s), sources %+v", ix.Covered(), segs, seg1, ix.Sources())
+	}
+	if err := Save(ctx, fs, ix); err != nil {
+		t.Fatal(err)
+	}
+	all, err := LoadAll(ctx, fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all.Sources().Applied != 0 || !equalObjects(all, ix) {
+		t.Errorf("after saving the build: %+v", all.Sources())
+	}
+
+	// A damaged snapshot does not stop a build: it is what a build repairs.
+	putRaw(t, fs, SnapshotKey, []byte("SSTFSIDX damaged"))
+	rec := &logRecorder{}
+	ix, err = Build(ctx, fs, BuildOptions{Logger: slog.New(rec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBuilt(t, fs, ix, content)
+	if rec.count("WARN the index snapshot is damaged") != 1 {
+		t.Errorf("logs %q", rec.msgs)
 	}
 }

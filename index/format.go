@@ -1,19 +1,37 @@
-// Snapshot format, version 1
+// Snapshot format, versions 1 and 2
 //
 // An index snapshot is stored in the store under SnapshotKey. All integers
 // in the header are little-endian:
 //
 //	offset  size  field
 //	0       8     magic "SSTFSIDX"
-//	8       4     format version, uint32 = 1
-//	12      8     created: int64 unix nanoseconds (math.MinInt64 = unknown)
-//	20      8     object count N, uint64
-//	28      8     body length B in bytes, uint64
-//	36      B     body: one zstd stream (frames with a window of at most 8 MiB)
-//	36+B    32    trailer: SHA-256 of bytes [0, 36+B)
+//	8       4     format version, uint32 = 2 (1 is still read)
+//	12      4     flags, uint32 (version 2 only; see below)
+//	16      8     created: int64 unix nanoseconds (math.MinInt64 = unknown)
+//	24      8     object count N, uint64
+//	32      8     covered segment count C, uint64 (version 2 only)
+//	40      8     body length B in bytes, uint64
+//	48      B     body: one zstd stream (frames with a window of at most 8 MiB)
+//	48+B    32    trailer: SHA-256 of bytes [0, 48+B)
 //
-// Nothing follows the trailer. The body decompresses to exactly N entries,
-// sorted by key, strictly increasing (bytewise), each:
+// Version 1 has no flags and no covered count: created, N and B follow the
+// version at offsets 12, 20 and 28, and the body starts at 36.
+//
+// Flag bit 0, complete: the snapshot descends from a listing of the whole
+// store (`sstatefs index build`), so a key it lacks was absent when it was
+// made, not merely unknown to the journal. Version 1 snapshots are always
+// complete. Other bits are reserved and rejected.
+//
+// Nothing follows the trailer. The body decompresses to exactly C covered
+// segment names, then N entries. A covered name is
+//
+//	uvarint  length (at most 105)
+//	bytes    the segment's name under JournalPrefix
+//	         ("<20 digits>-<writer>-<16 hex digits>.seg")
+//
+// strictly increasing: the journal segments whose records the snapshot
+// includes, which readers therefore skip. The entries are sorted by key,
+// strictly increasing (bytewise), each:
 //
 //	uvarint  shared: length of the prefix this key shares with the previous
 //	         key (0 for the first entry)
@@ -22,16 +40,24 @@
 //	uvarint  size in bytes (at most math.MaxInt64)
 //	varint   modification time, unix nanoseconds (math.MinInt64 = unknown)
 //	32 bytes SHA-256 of the content (all zero = unknown)
+//	uvarint  last access, unix seconds, at most 2^32-1 (0 = none; version 2 only)
 //
-// Keys are valid store keys (backend.CheckKey) of at most MaxKeyLen bytes,
-// never under backend.MetaPrefix. Readers reject N above 2^28 and a body
-// length B no N entries could need, before reading further.
+// Version 1 has no covered names and no access times. Keys are valid store keys (backend.CheckKey) of at most
+// MaxKeyLen bytes, never under backend.MetaPrefix. Readers reject N above
+// 2^28, C above 2^20 and a body length B no N entries and C names could
+// need, before reading further.
 //
 // The body length in the header lets a reader tell a truncated snapshot
 // from a corrupt one, and the checksum is verified before anything is
 // decompressed, so damage is reported as such rather than as a zstd error.
-// A future incompatible change bumps the version and the key
-// (snapshot.v2); readers reject versions they do not know.
+//
+// The key stays snapshot.v1 for every version: an older sstatefs must find
+// a newer snapshot and reject it with a clear error (and fall back to
+// probing the store) rather than keep reading a stale snapshot of its own
+// version. Readers reject versions they do not know.
+//
+// Journal segments (segment.go) use the same frame: magic, version,
+// header fields, zstd body, SHA-256 trailer.
 
 package index
 
@@ -49,29 +75,37 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// SnapshotKey is where a store keeps its index snapshot.
+// SnapshotKey is where a store keeps its index snapshot (of any version,
+// see the format description).
 const SnapshotKey = ".sstatefs/index/snapshot.v1"
 
-// ErrNoIndex: the store has no index snapshot. The mount then probes the
-// store for every name.
+// ErrNoIndex: the store has no index snapshot and no journal segments. The
+// mount then probes the store for every name.
 var ErrNoIndex = errors.New("store has no index")
 
-// ErrCorrupt: a snapshot is not a valid encoding; the error says what is
-// wrong. Rebuilding the index replaces it.
+// ErrCorrupt: a snapshot or journal segment is not a valid encoding; the
+// error says what is wrong. Rebuilding the index replaces a snapshot; a
+// corrupt segment is skipped by readers.
 var ErrCorrupt = errors.New("corrupt index")
 
 const (
 	magic         = "SSTFSIDX"
-	formatVersion = 1
-	headerLen     = 36
+	formatVersion = 2
+	prefixLen     = 12 // magic and version: the part of a header every version shares
+	headerLenV1   = 36
+	headerLenV2   = 48
+	flagComplete  = 1 << 0
 	trailerLen    = sha256.Size
 
 	// maxObjects bounds the object count a snapshot may declare: 256 times
 	// the largest store sstatefs is designed for.
 	maxObjects = 1 << 28
-	// maxEntryLen is the longest encoded entry: four varints of at most
+	// maxCovered bounds the covered segments a snapshot may declare.
+	// Compaction deletes covered segments, so a few thousand is a lot.
+	maxCovered = 1 << 20
+	// maxEntryLen is the longest encoded entry: five varints of at most
 	// 10 bytes, the key and the digest.
-	maxEntryLen = 4*binary.MaxVarintLen64 + MaxKeyLen + sha256.Size
+	maxEntryLen = 5*binary.MaxVarintLen64 + MaxKeyLen + sha256.Size
 	// encoderWindow is the zstd window Encode uses; decoderWindow is the
 	// largest a reader accepts (format limit), which bounds its memory.
 	encoderWindow = 4 << 20
@@ -85,37 +119,61 @@ func corrupt(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
 }
 
-// Encode writes ix to w in the snapshot format.
+// Encode writes ix to w in the snapshot format (version 2): its objects
+// from both runs, their access times and the segments it covers.
 func Encode(w io.Writer, ix *Index) error {
 	if ix == nil {
 		return errors.New("encode index: nil index")
 	}
-	body, err := encodeBody(ix.entries)
+	body, err := encodeBody(ix)
 	if err != nil {
 		return fmt.Errorf("encode index: %w", err)
 	}
-	if err := writeSnapshot(w, ix.created, uint64(len(ix.entries)), body); err != nil {
+	var flags uint32
+	if ix.complete {
+		flags |= flagComplete
+	}
+	hdr := make([]byte, headerLenV2)
+	copy(hdr, magic)
+	binary.LittleEndian.PutUint32(hdr[8:], formatVersion)
+	binary.LittleEndian.PutUint32(hdr[12:], flags)
+	binary.LittleEndian.PutUint64(hdr[16:], uint64(ix.created))
+	binary.LittleEndian.PutUint64(hdr[24:], uint64(ix.Len()))
+	binary.LittleEndian.PutUint64(hdr[32:], uint64(len(ix.covered)))
+	binary.LittleEndian.PutUint64(hdr[40:], uint64(len(body)))
+	if err := writeFrame(w, hdr, body); err != nil {
 		return fmt.Errorf("encode index: %w", err)
 	}
 	return nil
 }
 
-// encodeBody returns the zstd-compressed entries.
-func encodeBody(es []entry) ([]byte, error) {
-	var buf bytes.Buffer
-	// The fastest level compresses as well as the default here (what is
-	// left after prefix compression is mostly hash digits and digests) and
-	// needs a third of the memory; one goroutine is plenty for one stream.
-	zw, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedFastest),
+// newZstdWriter returns the compressor of snapshots and segments. The
+// fastest level compresses as well as the default here (what is left after
+// prefix compression is mostly hash digits and digests) and needs a third
+// of the memory; one goroutine is plenty for one stream.
+func newZstdWriter(w io.Writer) (*zstd.Encoder, error) {
+	return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest),
 		zstd.WithWindowSize(encoderWindow), zstd.WithEncoderConcurrency(1))
+}
+
+// encodeBody returns the zstd-compressed covered names and entries.
+func encodeBody(ix *Index) ([]byte, error) {
+	var buf bytes.Buffer
+	zw, err := newZstdWriter(&buf)
 	if err != nil {
 		return nil, err
 	}
 	bw := bufio.NewWriterSize(zw, 64<<10)
 	var scratch []byte
+	for _, key := range ix.covered {
+		name := strings.TrimPrefix(key, JournalPrefix)
+		scratch = binary.AppendUvarint(scratch[:0], uint64(len(name)))
+		scratch = append(scratch, name...)
+		bw.Write(scratch) // a bufio.Writer keeps its first error for Flush
+	}
 	prev := ""
-	for i := range es {
-		e := &es[i]
+	ix.each(func(r *run, i int) bool {
+		e := &r.es[i]
 		shared := commonPrefixLen(prev, e.key)
 		scratch = binary.AppendUvarint(scratch[:0], uint64(shared))
 		scratch = binary.AppendUvarint(scratch, uint64(len(e.key)-shared))
@@ -123,12 +181,11 @@ func encodeBody(es []entry) ([]byte, error) {
 		scratch = binary.AppendUvarint(scratch, uint64(e.size))
 		scratch = binary.AppendVarint(scratch, e.mtime)
 		scratch = append(scratch, e.sha[:]...)
-		if _, err := bw.Write(scratch); err != nil {
-			zw.Close()
-			return nil, err
-		}
+		scratch = binary.AppendUvarint(scratch, uint64(r.atime(i)))
+		bw.Write(scratch)
 		prev = e.key
-	}
+		return true
+	})
 	if err := bw.Flush(); err != nil {
 		zw.Close()
 		return nil, err
@@ -149,18 +206,12 @@ func commonPrefixLen(a, b string) int {
 	return n
 }
 
-// writeSnapshot frames an already compressed body: header, body, trailer.
-func writeSnapshot(w io.Writer, created int64, count uint64, body []byte) error {
-	var hdr [headerLen]byte
-	copy(hdr[:8], magic)
-	binary.LittleEndian.PutUint32(hdr[8:], formatVersion)
-	binary.LittleEndian.PutUint64(hdr[12:], uint64(created))
-	binary.LittleEndian.PutUint64(hdr[20:], count)
-	binary.LittleEndian.PutUint64(hdr[28:], uint64(len(body)))
+// writeFrame writes a header, the body and the SHA-256 trailer of both.
+func writeFrame(w io.Writer, hdr, body []byte) error {
 	h := sha256.New()
-	h.Write(hdr[:])
+	h.Write(hdr)
 	h.Write(body)
-	for _, b := range [][]byte{hdr[:], body, h.Sum(nil)} {
+	for _, b := range [][]byte{hdr, body, h.Sum(nil)} {
 		if _, err := w.Write(b); err != nil {
 			return err
 		}
@@ -168,65 +219,151 @@ func writeSnapshot(w io.Writer, created int64, count uint64, body []byte) error 
 	return nil
 }
 
-// Decode reads a snapshot written by Encode. Damage is reported as an
-// error wrapping ErrCorrupt that says what is wrong; a failure of r is
-// returned as it is. It never trusts a length before checking it against
-// the format's limits, and allocates in proportion to the data it actually
-// reads.
-func Decode(r io.Reader) (*Index, error) {
-	var hdr [headerLen]byte
-	if n, err := fill(r, hdr[:]); err == io.EOF {
-		return nil, corrupt("truncated: %d bytes, shorter than the %d-byte header", n, headerLen)
+// frameSpec describes one framed format: snapshots or journal segments.
+type frameSpec struct {
+	magic, what string // what: the format's name, in "not an sstatefs <what>"
+	minHeader   int    // the shortest header of any version
+	// header returns the header length of a version, 0 if unsupported.
+	header func(version uint32) int
+	latest uint32
+	// bodyLimit checks the header's counts and returns the longest body
+	// they allow.
+	bodyLimit func(hdr []byte) (uint64, error)
+	bodyLen   func(hdr []byte) uint64
+}
+
+// readFrame reads a frame: header, body and trailer, and verifies the
+// checksum. It never trusts a length before checking it against the
+// format's limits, and allocates in proportion to the data it actually
+// reads. Damage is reported as an error wrapping ErrCorrupt; a failure of r
+// is returned as it is.
+func readFrame(r io.Reader, spec *frameSpec) (hdr []byte, body io.Reader, err error) {
+	hdr = make([]byte, prefixLen, 64)
+	if n, err := fill(r, hdr); err == io.EOF {
+		return nil, nil, corrupt("truncated: %d bytes, shorter than the %d-byte header", n, spec.minHeader)
 	} else if err != nil {
-		return nil, fmt.Errorf("read index: %w", err)
+		return nil, nil, fmt.Errorf("read %s: %w", spec.what, err)
 	}
-	if string(hdr[:8]) != magic {
-		return nil, corrupt("bad magic %q, want %q (not an sstatefs index)", hdr[:8], magic)
+	if string(hdr[:8]) != spec.magic {
+		return nil, nil, corrupt("bad magic %q, want %q (not an sstatefs %s)", hdr[:8], spec.magic, spec.what)
 	}
-	if v := binary.LittleEndian.Uint32(hdr[8:]); v != formatVersion {
-		return nil, corrupt("unsupported version %d (this sstatefs reads version %d)", v, formatVersion)
+	v := binary.LittleEndian.Uint32(hdr[8:])
+	hl := spec.header(v)
+	if hl == 0 {
+		return nil, nil, corrupt("unsupported version %d (this sstatefs reads versions up to %d)", v, spec.latest)
 	}
-	created := int64(binary.LittleEndian.Uint64(hdr[12:]))
-	count := binary.LittleEndian.Uint64(hdr[20:])
-	bodyLen := binary.LittleEndian.Uint64(hdr[28:])
-	if count > maxObjects {
-		return nil, corrupt("absurd object count %d (limit %d)", count, maxObjects)
+	hdr = hdr[:hl]
+	if n, err := fill(r, hdr[prefixLen:]); err == io.EOF {
+		return nil, nil, corrupt("truncated: %d bytes, shorter than the %d-byte header", prefixLen+n, hl)
+	} else if err != nil {
+		return nil, nil, fmt.Errorf("read %s: %w", spec.what, err)
 	}
-	// A zstd stream is never much longer than its content.
-	if limit := count*(maxEntryLen+1) + 4096; bodyLen > limit {
-		return nil, corrupt("absurd body length %d for %d objects (limit %d)", bodyLen, count, limit)
+	limit, err := spec.bodyLimit(hdr)
+	if err != nil {
+		return nil, nil, err
+	}
+	bodyLen := spec.bodyLen(hdr)
+	if bodyLen > limit {
+		return nil, nil, corrupt("absurd body length %d (limit %d)", bodyLen, limit)
 	}
 
 	want := int64(bodyLen) + trailerLen
 	blocks, n, err := readBlocks(r, want+1)
 	if err != nil {
-		return nil, fmt.Errorf("read index: %w", err)
+		return nil, nil, fmt.Errorf("read %s: %w", spec.what, err)
 	}
 	switch {
 	case n < want:
-		return nil, corrupt("truncated: %d bytes after the header, want %d (body %d, checksum %d)",
+		return nil, nil, corrupt("truncated: %d bytes after the header, want %d (body %d, checksum %d)",
 			n, want, bodyLen, trailerLen)
 	case n > want:
-		return nil, corrupt("trailing data after the checksum")
+		return nil, nil, corrupt("trailing data after the checksum")
 	}
 	h := sha256.New()
-	h.Write(hdr[:])
+	h.Write(hdr)
 	rest := blocksReader(blocks)
 	var trailer [trailerLen]byte
 	if _, err := io.CopyN(h, rest, int64(bodyLen)); err != nil {
-		return nil, err // cannot happen: the blocks hold n bytes
+		return nil, nil, err // cannot happen: the blocks hold n bytes
 	}
 	if _, err := io.ReadFull(rest, trailer[:]); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !bytes.Equal(h.Sum(nil), trailer[:]) {
-		return nil, corrupt("checksum mismatch (the snapshot is damaged)")
+		return nil, nil, corrupt("checksum mismatch (the %s is damaged)", spec.what)
 	}
-	es, total, err := decodeBody(io.LimitReader(blocksReader(blocks), int64(bodyLen)), bodyLen, count)
+	return hdr, io.LimitReader(blocksReader(blocks), int64(bodyLen)), nil
+}
+
+var snapshotSpec = frameSpec{
+	magic: magic, what: "index", minHeader: headerLenV1, latest: formatVersion,
+	header: func(v uint32) int {
+		switch v {
+		case 1:
+			return headerLenV1
+		case 2:
+			return headerLenV2
+		}
+		return 0
+	},
+	bodyLimit: func(hdr []byte) (uint64, error) {
+		h := parseSnapshotHeader(hdr)
+		if h.flags&^flagComplete != 0 {
+			return 0, corrupt("unknown flags %#x", h.flags)
+		}
+		count, covered := h.count, h.covered
+		if count > maxObjects {
+			return 0, corrupt("absurd object count %d (limit %d)", count, maxObjects)
+		}
+		if covered > maxCovered {
+			return 0, corrupt("absurd covered segment count %d (limit %d)", covered, maxCovered)
+		}
+		// A zstd stream is never much longer than its content.
+		return count*(maxEntryLen+1) + covered*(maxSegmentNameLen+binary.MaxVarintLen64+1) + 4096, nil
+	},
+	bodyLen: func(hdr []byte) uint64 { return binary.LittleEndian.Uint64(hdr[len(hdr)-8:]) },
+}
+
+// Decode reads a snapshot written by Encode, of version 1 or 2. Damage is
+// reported as an error wrapping ErrCorrupt that says what is wrong; a
+// failure of r is returned as it is. It never trusts a length before
+// checking it against the format's limits, and allocates in proportion to
+// the data it actually reads.
+func Decode(r io.Reader) (*Index, error) {
+	hdr, body, err := readFrame(r, &snapshotSpec)
 	if err != nil {
 		return nil, err
 	}
-	return &Index{entries: es, total: total, created: created}, nil
+	h := parseSnapshotHeader(hdr)
+	ix, err := h.decode(body)
+	if err != nil {
+		return nil, err
+	}
+	ix.created = h.created
+	ix.snapshot = true
+	ix.complete = h.version == 1 || h.flags&flagComplete != 0
+	return ix, nil
+}
+
+// snapshotHeader holds the fields of a snapshot header of either version.
+type snapshotHeader struct {
+	version                 uint32
+	flags                   uint32
+	created                 int64
+	count, covered, bodyLen uint64
+}
+
+// parseSnapshotHeader reads a header whose length readFrame has checked.
+func parseSnapshotHeader(hdr []byte) snapshotHeader {
+	le := binary.LittleEndian
+	h := snapshotHeader{version: le.Uint32(hdr[8:])}
+	if h.version == 1 {
+		h.created, h.count, h.bodyLen = int64(le.Uint64(hdr[12:])), le.Uint64(hdr[20:]), le.Uint64(hdr[28:])
+		return h
+	}
+	h.flags = le.Uint32(hdr[12:])
+	h.created, h.count, h.covered, h.bodyLen = int64(le.Uint64(hdr[16:])), le.Uint64(hdr[24:]), le.Uint64(hdr[32:]), le.Uint64(hdr[40:])
+	return h
 }
 
 // readBlocks reads up to limit bytes of r into blocks growing from 64 KiB
@@ -284,20 +421,66 @@ func blocksReader(blocks [][]byte) io.Reader {
 	return io.MultiReader(rs...)
 }
 
-// decodeBody decompresses and checks count entries.
-func decodeBody(body io.Reader, bodyLen, count uint64) ([]entry, int64, error) {
+// newBodyReader decompresses a verified body.
+func newBodyReader(body io.Reader) (*zstd.Decoder, *bufio.Reader, error) {
 	zr, err := zstd.NewReader(body,
 		zstd.WithDecoderMaxWindow(decoderWindow), zstd.WithDecoderConcurrency(1))
 	if err != nil {
-		return nil, 0, fmt.Errorf("decode index: %w", err)
+		return nil, nil, fmt.Errorf("decode index: %w", err)
+	}
+	return zr, bufio.NewReaderSize(zstdReader{zr}, 64<<10), nil
+}
+
+// bodyError turns a read error in a body into an error wrapping
+// ErrCorrupt: "<where>: truncated body in <what>" and the like.
+func bodyError(where, what string, err error) error {
+	switch {
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return corrupt("%s: truncated body in %s", where, what)
+	case errors.As(err, new(decompressError)):
+		return corrupt("%s: %v", where, err)
+	}
+	return corrupt("%s: bad %s: %v", where, what, err)
+}
+
+// checkBodyEnd reports data left after the last record.
+func checkBodyEnd(br *bufio.Reader, count uint64, what, whats string) error {
+	switch _, err := br.ReadByte(); {
+	case err == nil:
+		return corrupt("%s count mismatch: header says %d %s, body has more", what, count, whats)
+	case !errors.Is(err, io.EOF):
+		return corrupt("after the last %s: %v", what, err)
+	}
+	return nil
+}
+
+// quoteKey quotes a key for an error message, cut to 200 bytes: a corrupt
+// one may be 4 KiB of anything.
+func quoteKey[T string | []byte](key T) string {
+	if len(key) > 200 {
+		return fmt.Sprintf("%q... (%d bytes)", key[:200], len(key))
+	}
+	return fmt.Sprintf("%q", key)
+}
+
+// decode decompresses and checks the covered names and count entries.
+func (d *snapshotHeader) decode(body io.Reader) (*Index, error) {
+	zr, br, err := newBodyReader(body)
+	if err != nil {
+		return nil, err
 	}
 	defer zr.Close()
-	br := bufio.NewReaderSize(zstdReader{zr}, 64<<10)
+
+	covered, err := decodeCovered(br, d.covered)
+	if err != nil {
+		return nil, err
+	}
 
 	// Trust the count for preallocation only as far as the body could
 	// plausibly hold it; beyond that, grow with the data.
-	es := make([]entry, 0, min(count, bodyLen/16+1024))
+	es := make([]entry, 0, min(d.count, d.bodyLen/16+1024))
 	var (
+		at     []uint32 // allocated at the first access time
 		keys   keyArena
 		prev   string
 		total  int64
@@ -305,71 +488,111 @@ func decodeBody(body io.Reader, bodyLen, count uint64) ([]entry, int64, error) {
 		sha    [32]byte // outside the loop: passing it to a reader moves it to the heap
 	)
 	bad := func(i uint64, what string, err error) error {
-		switch {
-		case errors.Is(err, io.EOF) && what == "shared prefix length":
-			return corrupt("entry count mismatch: header says %d entries, body ends after %d", count, i)
-		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-			return corrupt("entry %d: truncated body in %s", i, what)
-		case errors.As(err, new(decompressError)):
-			return corrupt("entry %d: %v", i, err)
+		if errors.Is(err, io.EOF) && what == "shared prefix length" {
+			return corrupt("entry count mismatch: header says %d entries, body ends after %d", d.count, i)
 		}
-		return corrupt("entry %d: bad %s: %v", i, what, err)
+		return bodyError(fmt.Sprintf("entry %d", i), what, err)
 	}
-	for i := uint64(0); i < count; i++ {
+	for i := uint64(0); i < d.count; i++ {
 		shared, err := binary.ReadUvarint(br)
 		if err != nil {
-			return nil, 0, bad(i, "shared prefix length", err)
+			return nil, bad(i, "shared prefix length", err)
 		}
 		n, err := binary.ReadUvarint(br)
 		if err != nil {
-			return nil, 0, bad(i, "suffix length", err)
+			return nil, bad(i, "suffix length", err)
 		}
 		if shared > uint64(len(prev)) {
-			return nil, 0, corrupt("entry %d: shared prefix length %d exceeds the previous key's %d bytes", i, shared, len(prev))
+			return nil, corrupt("entry %d: shared prefix length %d exceeds the previous key's %d bytes", i, shared, len(prev))
 		}
 		if n > MaxKeyLen || shared+n > MaxKeyLen {
-			return nil, 0, corrupt("entry %d: absurd key length %d+%d (limit %d)", i, shared, n, MaxKeyLen)
+			return nil, corrupt("entry %d: absurd key length %d+%d (limit %d)", i, shared, n, MaxKeyLen)
 		}
 		suffix = resize(suffix, int(n))
 		if _, err := io.ReadFull(br, suffix); err != nil {
-			return nil, 0, bad(i, "key", err)
+			return nil, bad(i, "key", err)
 		}
 		size, err := binary.ReadUvarint(br)
 		if err != nil {
-			return nil, 0, bad(i, "size", err)
+			return nil, bad(i, "size", err)
 		}
 		mtime, err := binary.ReadVarint(br)
 		if err != nil {
-			return nil, 0, bad(i, "modification time", err)
+			return nil, bad(i, "modification time", err)
 		}
 		if _, err := io.ReadFull(br, sha[:]); err != nil {
-			return nil, 0, bad(i, "sha256", err)
+			return nil, bad(i, "sha256", err)
+		}
+		var atime uint64
+		if d.version >= 2 {
+			if atime, err = binary.ReadUvarint(br); err != nil {
+				return nil, bad(i, "access time", err)
+			}
+			if atime > math.MaxUint32 {
+				return nil, corrupt("entry %d: absurd access time %d", i, atime)
+			}
 		}
 		e := entry{size: int64(size), mtime: mtime, sha: sha}
 		if size > math.MaxInt64 {
-			return nil, 0, corrupt("entry %d: absurd size %d", i, size)
+			return nil, corrupt("entry %d: absurd size %d", i, size)
 		}
 		if total > math.MaxInt64-e.size {
-			return nil, 0, corrupt("entry %d: total size overflows", i)
+			return nil, corrupt("entry %d: total size overflows", i)
 		}
 		total += e.size
 		e.key = keys.add(prev[:shared], suffix)
 		if i > 0 && e.key <= prev {
-			return nil, 0, corrupt("keys not strictly increasing: entry %d %q follows %q", i, e.key, prev)
+			return nil, corrupt("keys not strictly increasing: entry %d %s follows %s", i, quoteKey(e.key), quoteKey(prev))
 		}
 		if !validKey(e.key) {
-			return nil, 0, corrupt("entry %d: invalid key %q", i, e.key)
+			return nil, corrupt("entry %d: invalid key %s", i, quoteKey(e.key))
+		}
+		if atime != 0 && at == nil {
+			at = make([]uint32, len(es), cap(es))
 		}
 		es = append(es, e)
+		if at != nil {
+			at = append(at, uint32(atime))
+		}
 		prev = e.key
 	}
-	switch _, err := br.ReadByte(); {
-	case err == nil:
-		return nil, 0, corrupt("entry count mismatch: header says %d entries, body has more", count)
-	case !errors.Is(err, io.EOF):
-		return nil, 0, corrupt("after the last entry: %v", err)
+	if err := checkBodyEnd(br, d.count, "entry", "entries"); err != nil {
+		return nil, err
 	}
-	return clipEntries(es), total, nil
+	es, at = clipRun(es, at)
+	return &Index{base: run{es: es, at: at}, total: total, covered: covered}, nil
+}
+
+// decodeCovered reads n covered segment names.
+func decodeCovered(br *bufio.Reader, n uint64) ([]string, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	out := make([]string, 0, min(n, 1024))
+	buf := make([]byte, 0, maxSegmentNameLen)
+	for i := uint64(0); i < n; i++ {
+		where := fmt.Sprintf("covered segment %d", i)
+		l, err := binary.ReadUvarint(br)
+		if err != nil {
+			return nil, bodyError(where, "name length", err)
+		}
+		if l > maxSegmentNameLen {
+			return nil, corrupt("%s: absurd name length %d (limit %d)", where, l, maxSegmentNameLen)
+		}
+		buf = resize(buf, int(l))
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return nil, bodyError(where, "name", err)
+		}
+		key := JournalPrefix + string(buf)
+		if _, ok := parseSegmentKey(key); !ok {
+			return nil, corrupt("%s: invalid name %s", where, quoteKey(buf))
+		}
+		if i > 0 && key <= out[len(out)-1] {
+			return nil, corrupt("covered segments not strictly increasing: %d %s follows %s", i, quoteKey(buf), quoteKey(out[len(out)-1]))
+		}
+		out = append(out, key)
+	}
+	return out, nil
 }
 
 // zstdReader marks the decompressor's own errors, so that they can be told
@@ -397,15 +620,18 @@ func resize(b []byte, n int) []byte {
 	return b[:n]
 }
 
-// clipEntries drops unused capacity of a large slice, which would otherwise
+// clipRun drops unused capacity of large slices, which would otherwise
 // stay allocated for the snapshot's lifetime.
-func clipEntries(es []entry) []entry {
+func clipRun(es []entry, at []uint32) ([]entry, []uint32) {
 	if cap(es)-len(es) <= len(es)/64 {
-		return es
+		return es, at
 	}
 	out := make([]entry, len(es))
 	copy(out, es)
-	return out
+	if at != nil {
+		at = append([]uint32(nil), at...)
+	}
+	return out, at
 }
 
 // keyArena packs keys into large blocks: one allocation per 64 KiB of keys

@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math"
+	"os"
 	"reflect"
 	"runtime"
 	"slices"
@@ -33,29 +35,44 @@ func TestRoundTrip(t *testing.T) {
 		sha[i] = byte(i + 1)
 	}
 	edge := []Object{
-		{Key: "a", Size: 0}, // zero time, zero digest
+		{Key: "a", Size: 0, Accessed: time.Unix(1, 0)},                   // zero time, zero digest, earliest access
 		{Key: "ab", Size: math.MaxInt64 / 2, ModTime: time.Unix(0, 1)},   // 1970 + 1 ns
 		{Key: "ab/c", Size: 1, ModTime: time.Unix(-1e9, 5), SHA256: sha}, // before 1970
 		{Key: "ab/cd", Size: 7, ModTime: time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)},
-		{Key: "b", Size: 1 << 40, ModTime: time.Unix(1_750_000_000, 999_999_999), SHA256: sha},
+		{Key: "b", Size: 1 << 40, ModTime: time.Unix(1_750_000_000, 999_999_999), SHA256: sha,
+			Accessed: time.Unix(1<<32-1, 0)}, // latest access
 		{Key: strings.Repeat("k", MaxKeyLen), Size: 3, ModTime: time.Unix(1, 0)},
 	}
+	accessed := randomObjects(synthKeys(t, 3000, 3), 9)
+	for i := range accessed {
+		if i%3 == 0 {
+			accessed[i].Accessed = time.Unix(1_750_000_000+int64(i), 0)
+		}
+	}
 	for _, tc := range []struct {
-		name    string
-		objs    []Object
-		created time.Time
+		name     string
+		objs     []Object
+		created  time.Time
+		covered  []string
+		complete bool
 	}{
-		{"empty", nil, time.Time{}},
-		{"one", []Object{{Key: "x", Size: 1, ModTime: time.Unix(1, 2), SHA256: sha}}, time.Unix(3, 4)},
-		{"edge", edge, time.Now()},
-		{"realistic", randomObjects(realisticKeys(t), 7), time.Now()},
-		{"synthetic", randomObjects(synthKeys(t, 5000, 1), 8), time.Unix(1_750_000_000, 1)},
+		{"empty", nil, time.Time{}, nil, true},
+		{"one", []Object{{Key: "x", Size: 1, ModTime: time.Unix(1, 2), SHA256: sha}}, time.Unix(3, 4), nil, true},
+		{"edge", edge, time.Now(), nil, true},
+		{"realistic", randomObjects(realisticKeys(t), 7), time.Now(), nil, true},
+		{"synthetic", randomObjects(synthKeys(t, 5000, 1), 8), time.Unix(1_750_000_000, 1), nil, true},
+		{"accessed and covered", accessed, time.Now(), testSegKeys(50), true},
+		{"incomplete", accessed[:10], time.Now(), testSegKeys(3), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ix := New(tc.objs, tc.created)
+			ix.covered, ix.complete = tc.covered, tc.complete
 			got, err := Decode(bytes.NewReader(encode(t, ix)))
 			if err != nil {
 				t.Fatal(err)
+			}
+			if !slices.Equal(got.Covered(), tc.covered) || got.Sources().Complete != tc.complete || !got.Sources().Snapshot {
+				t.Errorf("covered %d (want %d), sources %+v", len(got.Covered()), len(tc.covered), got.Sources())
 			}
 			if got.Len() != ix.Len() || got.TotalSize() != ix.TotalSize() || !got.Created().Equal(tc.created) ||
 				got.Created().IsZero() != tc.created.IsZero() {
@@ -69,7 +86,7 @@ func TestRoundTrip(t *testing.T) {
 			for _, o := range tc.objs {
 				d, ok := got.Lookup(o.Key)
 				if !ok || d.Size != o.Size || d.SHA256 != o.SHA256 || !d.ModTime.Equal(o.ModTime) ||
-					d.ModTime.IsZero() != o.ModTime.IsZero() {
+					d.ModTime.IsZero() != o.ModTime.IsZero() || !d.Accessed.Equal(o.Accessed.Truncate(time.Second)) {
 					t.Fatalf("Lookup(%.40q) = %+v, %v; want %+v", o.Key, d, ok, o)
 				}
 			}
@@ -91,12 +108,61 @@ func fixSum(b []byte) []byte {
 
 var testEncoder, _ = zstd.NewWriter(nil)
 
-// frame builds a snapshot around a raw (uncompressed) body, as a hostile or
-// buggy writer could.
+// testSegKeys returns n valid, sorted segment keys.
+func testSegKeys(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s%020d-host-%d-%016x.seg", JournalPrefix, 1_750_000_000_000_000_000+i, i%4, i)
+	}
+	return out
+}
+
+// writeSnapshotV1 frames an already compressed body as version 1.
+func writeSnapshotV1(w io.Writer, created int64, count uint64, body []byte) {
+	hdr := make([]byte, headerLenV1)
+	copy(hdr, magic)
+	binary.LittleEndian.PutUint32(hdr[8:], 1)
+	binary.LittleEndian.PutUint64(hdr[12:], uint64(created))
+	binary.LittleEndian.PutUint64(hdr[20:], count)
+	binary.LittleEndian.PutUint64(hdr[28:], uint64(len(body)))
+	writeFrame(w, hdr, body)
+}
+
+// writeSnapshotV2 frames an already compressed body as version 2.
+func writeSnapshotV2(w io.Writer, flags uint32, count, covered uint64, body []byte) {
+	hdr := make([]byte, headerLenV2)
+	copy(hdr, magic)
+	binary.LittleEndian.PutUint32(hdr[8:], 2)
+	binary.LittleEndian.PutUint32(hdr[12:], flags)
+	binary.LittleEndian.PutUint64(hdr[24:], count)
+	binary.LittleEndian.PutUint64(hdr[32:], covered)
+	binary.LittleEndian.PutUint64(hdr[40:], uint64(len(body)))
+	writeFrame(w, hdr, body)
+}
+
+// frame builds a version 1 snapshot around a raw (uncompressed) body, as
+// a hostile or buggy writer could.
 func frame(count uint64, raw []byte) []byte {
 	var buf bytes.Buffer
-	writeSnapshot(&buf, 0, count, testEncoder.EncodeAll(raw, nil))
+	writeSnapshotV1(&buf, 0, count, testEncoder.EncodeAll(raw, nil))
 	return buf.Bytes()
+}
+
+// frame2 builds a version 2 snapshot around a raw body.
+func frame2(count, covered uint64, raw []byte) []byte {
+	var buf bytes.Buffer
+	writeSnapshotV2(&buf, flagComplete, count, covered, testEncoder.EncodeAll(raw, nil))
+	return buf.Bytes()
+}
+
+// rawCovered encodes a covered segment name.
+func rawCovered(name string) []byte {
+	return append(binary.AppendUvarint(nil, uint64(len(name))), name...)
+}
+
+// rawEntry2 encodes one version 2 entry.
+func rawEntry2(key string, atime uint64) []byte {
+	return binary.AppendUvarint(entryOf(key), atime)
 }
 
 // rawEntry encodes one entry, lengths given explicitly so they can lie.
@@ -119,34 +185,44 @@ func TestDecodeCorrupt(t *testing.T) {
 	setU64 := func(off int, v uint64) []byte {
 		return edit(func(b []byte) []byte { binary.LittleEndian.PutUint64(b[off:], v); return fixSum(b) })
 	}
-	count := binary.LittleEndian.Uint64(good[20:])
-	bodyLen := binary.LittleEndian.Uint64(good[28:])
+	setU32 := func(off int, v uint32) []byte {
+		return edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[off:], v); return fixSum(b) })
+	}
+	count := binary.LittleEndian.Uint64(good[24:])
+	bodyLen := binary.LittleEndian.Uint64(good[40:])
+	seg := strings.TrimPrefix(testSegKeys(1)[0], JournalPrefix)
+	seg2 := strings.TrimPrefix(testSegKeys(2)[1], JournalPrefix)
 
 	for _, tc := range []struct {
 		name, want string
 		in         []byte
 	}{
 		{"empty", "truncated: 0 bytes, shorter than the 36-byte header", nil},
-		{"short header", "truncated: 20 bytes", good[:20]},
+		{"short prefix", "truncated: 10 bytes, shorter than the 36-byte header", good[:10]},
+		{"short header", "truncated: 20 bytes, shorter than the 48-byte header", good[:20]},
+		{"short v1 header", "truncated: 30 bytes, shorter than the 36-byte header", frame(1, entryOf("a"))[:30]},
 		{"bad magic", `bad magic "XSTFSIDX"`, edit(func(b []byte) []byte { b[0] = 'X'; return b })},
 		{"gzip", "bad magic", append([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0}, good[8:]...)},
-		{"version 2", "unsupported version 2",
-			edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[8:], 2); return fixSum(b) })},
-		{"version 0", "unsupported version 0",
-			edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[8:], 0); return fixSum(b) })},
-		{"body bit flip", "checksum mismatch", edit(func(b []byte) []byte { b[headerLen+10] ^= 1; return b })},
-		{"created changed", "checksum mismatch", edit(func(b []byte) []byte { b[12] ^= 1; return b })},
+		{"segment", `bad magic "SSTFSJNL", want "SSTFSIDX" (not an sstatefs index)`, encodeSeg(t, &Segment{})},
+		{"version 3", "unsupported version 3 (this sstatefs reads versions up to 2)", setU32(8, 3)},
+		{"version 0", "unsupported version 0", setU32(8, 0)},
+		{"unknown flag", "unknown flags 0x3", setU32(12, 3)},
+		{"body bit flip", "checksum mismatch", edit(func(b []byte) []byte { b[headerLenV2+10] ^= 1; return b })},
+		{"created changed", "checksum mismatch", edit(func(b []byte) []byte { b[16] ^= 1; return b })},
+		{"flags changed", "checksum mismatch", edit(func(b []byte) []byte { b[12] ^= 1; return b })},
 		{"trailer bit flip", "checksum mismatch", edit(func(b []byte) []byte { b[len(b)-1] ^= 0x80; return b })},
 		{"cut trailer", "truncated", good[:len(good)-1]},
-		{"cut body", "truncated", good[:headerLen+5]},
-		{"header only", "truncated: 0 bytes after the header", good[:headerLen]},
+		{"cut body", "truncated", good[:headerLenV2+5]},
+		{"header only", "truncated: 0 bytes after the header", good[:headerLenV2]},
 		{"trailing data", "trailing data after the checksum", append(bytes.Clone(good), 0)},
-		{"count too high", "entry count mismatch: header says 21 entries, body ends after 20", setU64(20, count+1)},
-		{"count too low", "entry count mismatch: header says 19 entries, body has more", setU64(20, count-1)},
-		{"absurd count", "absurd object count 1099511627776", setU64(20, 1<<40)},
-		{"absurd body length", "absurd body length", setU64(28, 1<<50)},
-		{"body length too long", "truncated", setU64(28, bodyLen+1)},
-		{"body length too short", "trailing data", setU64(28, bodyLen-1)},
+		{"count too high", "entry count mismatch: header says 21 entries, body ends after 20", setU64(24, count+1)},
+		{"count too low", "entry count mismatch: header says 19 entries, body has more", setU64(24, count-1)},
+		{"absurd count", "absurd object count 1099511627776", setU64(24, 1<<40)},
+		{"absurd covered count", "absurd covered segment count 1099511627776", setU64(32, 1<<40)},
+		{"covered count too high", "covered segment 0", setU64(32, 1)},
+		{"absurd body length", "absurd body length", setU64(40, 1<<50)},
+		{"body length too long", "truncated", setU64(40, bodyLen+1)},
+		{"body length too short", "trailing data", setU64(40, bodyLen-1)},
 		{"equal keys", "keys not strictly increasing: entry 1",
 			frame(2, cat(entryOf("a/b"), rawEntry(3, 0, "", 1, 1)))},
 		{"decreasing keys", `keys not strictly increasing: entry 1 "a/a" follows "a/b"`,
@@ -171,15 +247,26 @@ func TestDecodeCorrupt(t *testing.T) {
 		{"entry cut in key", "entry 0: truncated body in key", frame(1, rawEntry(0, 5, "ab", 1, 1)[:4])},
 		{"entry cut in digest", "entry 0: truncated body in sha256", frame(1, entryOf("a")[:20])},
 		{"extra entry", "entry count mismatch: header says 0 entries, body has more", frame(0, entryOf("a"))},
+		{"v2 entry without access time", "entry 0: truncated body in access time", frame2(1, 0, entryOf("a"))},
+		{"v2 absurd access time", "entry 0: absurd access time 4294967296", frame2(1, 0, rawEntry2("a", 1<<32))},
+		{"v2 covered name invalid", `covered segment 0: invalid name "x.seg"`, frame2(0, 1, rawCovered("x.seg"))},
+		{"v2 covered name with slash", "covered segment 0: invalid name",
+			frame2(0, 1, rawCovered("../"+seg))},
+		{"v2 covered name too long", "covered segment 0: absurd name length 200", frame2(0, 1, rawCovered(strings.Repeat("1", 200)))},
+		{"v2 covered not increasing", "covered segments not strictly increasing: 1",
+			frame2(0, 2, cat(rawCovered(seg2), rawCovered(seg)))},
+		{"v2 covered twice", "covered segments not strictly increasing: 1",
+			frame2(0, 2, cat(rawCovered(seg), rawCovered(seg)))},
+		{"v2 covered cut", "covered segment 0: truncated body in name", frame2(0, 1, rawCovered(seg)[:10])},
 		{"body not zstd", "entry 0: decompress body", func() []byte {
 			var buf bytes.Buffer
-			writeSnapshot(&buf, 0, 1, []byte("this is not zstd at all, no"))
+			writeSnapshotV1(&buf, 0, 1, []byte("this is not zstd at all, no"))
 			return buf.Bytes()
 		}()},
 		{"zstd window too large", "decompress body", func() []byte {
 			// A frame header announcing a 1 GiB window.
 			var buf bytes.Buffer
-			writeSnapshot(&buf, 0, 1, []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xa0, 0x01, 0x00, 0x00})
+			writeSnapshotV1(&buf, 0, 1, []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xa0, 0x01, 0x00, 0x00})
 			return buf.Bytes()
 		}()},
 	} {
@@ -192,6 +279,39 @@ func TestDecodeCorrupt(t *testing.T) {
 				t.Errorf("error %q, want ErrCorrupt saying %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestDecodeV1 reads a version 1 snapshot written by the version 1 encoder
+// (testdata/snapshot-v1.bin): no covered segments, no access times,
+// complete.
+func TestDecodeV1(t *testing.T) {
+	b, err := os.ReadFile("testdata/snapshot-v1.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := binary.LittleEndian.Uint32(b[8:]); v != 1 {
+		t.Fatalf("testdata has version %d", v)
+	}
+	got, err := Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := append(randomObjects(realisticKeys(t)[:40], 77), Object{Key: "zz/empty", Size: 0})
+	want := New(objs, time.Unix(1_750_000_000, 123))
+	if !reflect.DeepEqual(collect(got), collect(want)) || !got.Created().Equal(want.Created()) {
+		t.Error("version 1 snapshot decodes differently")
+	}
+	if src := got.Sources(); !src.Snapshot || !src.Complete || src.Covered != 0 || got.base.at != nil {
+		t.Errorf("sources %+v, access times %v", src, got.base.at != nil)
+	}
+	// Written again, it is version 2 and decodes the same.
+	again := encode(t, got)
+	if v := binary.LittleEndian.Uint32(again[8:]); v != formatVersion {
+		t.Errorf("Encode wrote version %d", v)
+	}
+	if d, err := Decode(bytes.NewReader(again)); err != nil || !reflect.DeepEqual(collect(d), collect(want)) {
+		t.Errorf("re-encoded: %v", err)
 	}
 }
 
@@ -231,6 +351,13 @@ func TestDecodeReaders(t *testing.T) {
 
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte{})
+	if v1, err := os.ReadFile("testdata/snapshot-v1.bin"); err == nil {
+		f.Add(v1)
+	}
+	withAll := New([]Object{{Key: "a/b", Size: 1, Accessed: time.Unix(5, 0)}, {Key: "a/c", Size: 2}}, time.Unix(1, 0))
+	withAll.covered = testSegKeys(3)
+	f.Add(encode(f, withAll))
+	f.Add(frame2(1, 1, cat(rawCovered(strings.TrimPrefix(testSegKeys(1)[0], JournalPrefix)), rawEntry2("a", 7))))
 	f.Add(encode(f, New(nil, time.Time{})))
 	f.Add(encode(f, New([]Object{{Key: "a/b", Size: 1}}, time.Unix(1, 0))))
 	f.Add(encode(f, New(randomObjects(realisticKeys(f)[:40], 1), time.Unix(1, 0))))
@@ -249,13 +376,14 @@ func FuzzDecodeBody(f *testing.F) {
 	f.Add(uint16(2), cat(entryOf("a/b"), rawEntry(2, 1, "c", 1, 1)))
 	var raw bytes.Buffer
 	ix := New(randomObjects(realisticKeys(f)[:30], 2), time.Time{})
-	for i := range ix.entries {
-		e := &ix.entries[i]
+	for i := range ix.base.es {
+		e := &ix.base.es[i]
 		raw.Write(rawEntry(0, uint64(len(e.key)), e.key, uint64(e.size), e.mtime))
 	}
 	f.Add(uint16(30), raw.Bytes())
 	f.Fuzz(func(t *testing.T, count uint16, body []byte) {
 		checkDecode(t, frame(uint64(count), body))
+		checkDecode(t, frame2(uint64(count), uint64(count%3), body))
 	})
 }
 
@@ -285,8 +413,14 @@ func checkDecode(t *testing.T, data []byte) {
 	if err != nil {
 		t.Fatalf("re-encoded index does not decode: %v", err)
 	}
-	if !reflect.DeepEqual(collect(again), collect(ix)) || again.created != ix.created {
+	if !reflect.DeepEqual(collect(again), collect(ix)) || again.created != ix.created ||
+		!slices.Equal(again.covered, ix.covered) || again.complete != ix.complete {
 		t.Fatal("round trip of an accepted index differs")
+	}
+	for _, k := range ix.covered {
+		if _, ok := parseSegmentKey(k); !ok {
+			t.Fatalf("accepted bad covered segment %q", k)
+		}
 	}
 }
 

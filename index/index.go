@@ -1,13 +1,24 @@
 // Package index is the metadata catalog of sstatefs: which objects a store
-// holds (key, size, modification time, SHA-256), kept in memory as an
-// immutable, sorted snapshot that answers existence checks and directory
-// listings without touching the network.
+// holds (key, size, modification time, SHA-256, last access), kept in
+// memory as an immutable, sorted index that answers existence checks and
+// directory listings without touching the network.
 //
-// It owns the snapshot's encoding in the store (format.go, under
-// backend.MetaPrefix), building a snapshot by listing and hashing a store
-// (build.go), the summary behind `sstatefs index show` (summary.go) and Live,
-// the holder through which the mount reads the current snapshot while it is
-// refreshed in the background (live.go). It knows nothing about FUSE.
+// The index lives in the store itself, beside the objects, so that any
+// number of mounts on any number of hosts share it without a server:
+//
+//   - a snapshot (format.go, SnapshotKey), written whole and replaced
+//     atomically by `sstatefs index build` (build.go) and by compaction;
+//   - a journal (segment.go, under JournalPrefix): immutable segments, each
+//     created once by one writer (journal.go), recording the objects it
+//     published and the accesses bitbake made;
+//   - readers (load.go, LoadAll) apply the segments the snapshot does not
+//     cover on top of it, with merge rules that give the same index on
+//     every host (merge.go); compaction (compact.go) folds segments into a
+//     new snapshot and deletes them, while writers keep writing.
+//
+// Live (live.go) is the holder through which the mount reads the current
+// index while it is refreshed in the background; summary.go is behind
+// `sstatefs index show`. The package knows nothing about FUSE.
 package index
 
 import (
@@ -25,6 +36,9 @@ type Object struct {
 	Size    int64     // bytes
 	ModTime time.Time // from the store, second precision or better; zero if unknown
 	SHA256  [32]byte  // zero if unknown
+	// Accessed is the last access recorded in the journal (bitbake's
+	// utimensat or touch on the mount), to the second; zero if none.
+	Accessed time.Time
 }
 
 // Entry is one name directly inside a directory of the index.
@@ -33,12 +47,33 @@ type Entry struct {
 	IsDir bool
 }
 
-// Index is an immutable snapshot of a store's objects. Safe for concurrent
-// use. A nil *Index behaves as an empty one.
+// Index is an immutable snapshot of a store's objects, possibly with the
+// records of journal segments applied on top. Safe for concurrent use. A
+// nil *Index behaves as an empty one.
+//
+// The objects are held in two sorted runs with disjoint keys: base, from
+// the snapshot (or New), and extra, the objects journal segments added.
+// Applying segments thus copies neither the snapshot's entries nor its keys.
 type Index struct {
-	entries []entry // sorted by key; keys unique and valid (see validKey)
-	total   int64   // sum of sizes, saturating
-	created int64   // unix nanoseconds, noTime if unknown
+	base    run
+	extra   run
+	total   int64 // sum of sizes, saturating
+	created int64 // unix nanoseconds, noTime if unknown
+
+	covered  []string // sorted keys of the journal segments whose records are included
+	snapshot bool     // read from a snapshot (Decode), not journal-only or New
+	complete bool     // descends from a listing of the whole store (see Sources)
+	applied  int      // journal segments applied on top of the snapshot
+	skipped  []error  // segments that could not be read, each error naming its key
+}
+
+// run is a sorted slice of entries with unique keys and their access times.
+type run struct {
+	es []entry
+	// at is nil when no entry has an access time, else parallel to es:
+	// unix seconds, 0 for none. Four bytes an object, and none at all in
+	// an index without access records.
+	at []uint32
 }
 
 // entry is the in-memory form of an Object: times as integers, which keeps
@@ -50,8 +85,36 @@ type entry struct {
 	sha   [32]byte
 }
 
-func (e *entry) object() Object {
-	return Object{Key: e.key, Size: e.size, ModTime: fromNanos(e.mtime), SHA256: e.sha}
+func (r *run) object(i int) Object {
+	e := &r.es[i]
+	return Object{Key: e.key, Size: e.size, ModTime: fromNanos(e.mtime), SHA256: e.sha, Accessed: fromSecs(r.atime(i))}
+}
+
+func (r *run) atime(i int) uint32 {
+	if r.at == nil {
+		return 0
+	}
+	return r.at[i]
+}
+
+// lowerBound returns the first position in [lo, len) whose key is >= key.
+func (r *run) lowerBound(lo int, key string) int {
+	hi := len(r.es)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if r.es[m].key < key {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
+}
+
+// find returns the position of key.
+func (r *run) find(key string) (int, bool) {
+	i := r.lowerBound(0, key)
+	return i, i < len(r.es) && r.es[i].key == key
 }
 
 // noTime stands for the zero time.Time, which has no unix-nanosecond value.
@@ -83,6 +146,27 @@ func fromNanos(ns int64) time.Time {
 	return time.Unix(0, ns)
 }
 
+// toSecs maps an access time to unix seconds in a uint32: 0 for the zero
+// time, clamped to [1, 2106-02-07] otherwise (access times are recent).
+func toSecs(t time.Time) uint32 {
+	switch {
+	case t.IsZero():
+		return 0
+	case t.Unix() < 1:
+		return 1
+	case t.Unix() > math.MaxUint32:
+		return math.MaxUint32
+	}
+	return uint32(t.Unix())
+}
+
+func fromSecs(s uint32) time.Time {
+	if s == 0 {
+		return time.Time{}
+	}
+	return time.Unix(int64(s), 0)
+}
+
 // MaxKeyLen is the longest key the index holds. Real keys are far shorter
 // (bitbake cuts names to 254 characters; S3 keys end at 1024 bytes).
 const MaxKeyLen = 4096
@@ -107,35 +191,65 @@ func validKey(key string) bool {
 	}
 }
 
-// New returns an index of objs created at created. It copies objs, sorts
+// New returns the complete index of a store holding objs (see
+// Sources.Complete), created at created. It copies objs, sorts
 // them by key and drops duplicate keys (the last one wins), keys under
 // backend.MetaPrefix, and objects no store reports: keys that fail
 // backend.CheckKey or are longer than MaxKeyLen, and negative sizes.
-// Times are kept to the nanosecond; monotonic clock readings and locations
-// are dropped (ModTime comes back in the local zone).
+// Times are kept to the nanosecond (Accessed to the second); monotonic
+// clock readings and locations are dropped (times come back in the local
+// zone).
 func New(objs []Object, created time.Time) *Index {
-	es := make([]entry, 0, len(objs))
+	ix := &Index{base: newRun(objs), created: toNanos(created), complete: true}
+	ix.total = ix.base.size()
+	return ix
+}
+
+// newRun sorts objs into a run, the last of equal keys winning.
+func newRun(objs []Object) run {
+	type item struct {
+		entry
+		at uint32
+	}
+	items := make([]item, 0, len(objs))
+	anyAt := false
 	for _, o := range objs {
 		if o.Size < 0 || !validKey(o.Key) {
 			continue
 		}
-		es = append(es, entry{key: o.Key, size: o.Size, mtime: toNanos(o.ModTime), sha: o.SHA256})
+		at := toSecs(o.Accessed)
+		anyAt = anyAt || at != 0
+		items = append(items, item{entry{key: o.Key, size: o.Size, mtime: toNanos(o.ModTime), sha: o.SHA256}, at})
 	}
-	slices.SortStableFunc(es, func(a, b entry) int { return strings.Compare(a.key, b.key) })
+	slices.SortStableFunc(items, func(a, b item) int { return strings.Compare(a.key, b.key) })
 	// Keep the last of each run of equal keys.
-	out := es[:0]
-	for i := range es {
-		if i+1 < len(es) && es[i+1].key == es[i].key {
+	n := 0
+	for i := range items {
+		if i+1 < len(items) && items[i+1].key == items[i].key {
 			continue
 		}
-		out = append(out, es[i])
+		items[n] = items[i]
+		n++
 	}
-	out = slices.Clip(out)
-	ix := &Index{entries: out, created: toNanos(created)}
-	for i := range out {
-		ix.total = addSat(ix.total, out[i].size)
+	r := run{es: make([]entry, n)}
+	if anyAt {
+		r.at = make([]uint32, n)
 	}
-	return ix
+	for i := range n {
+		r.es[i] = items[i].entry
+		if anyAt {
+			r.at[i] = items[i].at
+		}
+	}
+	return r
+}
+
+func (r *run) size() int64 {
+	var t int64
+	for i := range r.es {
+		t = addSat(t, r.es[i].size)
+	}
+	return t
 }
 
 // addSat adds two non-negative sizes, saturating at math.MaxInt64.
@@ -146,28 +260,18 @@ func addSat(a, b int64) int64 {
 	return a + b
 }
 
-// lowerBound returns the first position in [lo, len) whose key is >= key.
-func (ix *Index) lowerBound(lo int, key string) int {
-	hi := len(ix.entries)
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		if ix.entries[m].key < key {
-			lo = m + 1
-		} else {
-			hi = m
-		}
-	}
-	return lo
-}
-
 // Lookup returns the object stored under key.
 func (ix *Index) Lookup(key string) (Object, bool) {
 	if ix == nil {
 		return Object{}, false
 	}
-	i := ix.lowerBound(0, key)
-	if i < len(ix.entries) && ix.entries[i].key == key {
-		return ix.entries[i].object(), true
+	if i, ok := ix.base.find(key); ok {
+		return ix.base.object(i), true
+	}
+	if len(ix.extra.es) > 0 {
+		if i, ok := ix.extra.find(key); ok {
+			return ix.extra.object(i), true
+		}
 	}
 	return Object{}, false
 }
@@ -177,7 +281,7 @@ func (ix *Index) Len() int {
 	if ix == nil {
 		return 0
 	}
-	return len(ix.entries)
+	return len(ix.base.es) + len(ix.extra.es)
 }
 
 // TotalSize is the sum of the objects' sizes (saturating at math.MaxInt64).
@@ -189,12 +293,54 @@ func (ix *Index) TotalSize() int64 {
 }
 
 // Created is when the snapshot was taken: objects created later may be
-// missing from it.
+// missing from it, unless journal segments applied on top supply them.
 func (ix *Index) Created() time.Time {
 	if ix == nil {
 		return time.Time{}
 	}
 	return fromNanos(ix.created)
+}
+
+// Sources says what an index was assembled from.
+type Sources struct {
+	// Snapshot: a snapshot was read. False for an index of journal
+	// segments only (a store nobody compacted or indexed yet), or New.
+	Snapshot bool
+	// Complete: the index descends from a listing of the whole store
+	// (Build, `sstatefs index build`; or New), so a key it lacks is absent,
+	// not merely unrecorded. An index of journal segments alone is not:
+	// the store may hold objects nobody recorded (an sstate-cache copied
+	// in), so a miss must be checked in the store. Compaction keeps the
+	// flag of the snapshot it starts from.
+	Complete bool
+	// Covered: the journal segments whose records the index includes,
+	// folded into the snapshot or applied on top of it.
+	Covered int
+	// Applied: segments applied on top of the snapshot when loading. Many
+	// of them mean the store is due for compaction.
+	Applied int
+	// Skipped: segments that could not be read (corrupt, or written by a
+	// newer sstatefs), each error naming the segment. Their records are
+	// missing from the index.
+	Skipped []error
+}
+
+// Sources says what the index was assembled from.
+func (ix *Index) Sources() Sources {
+	if ix == nil {
+		return Sources{}
+	}
+	return Sources{Snapshot: ix.snapshot, Complete: ix.complete, Covered: len(ix.covered), Applied: ix.applied, Skipped: slices.Clone(ix.skipped)}
+}
+
+// Covered returns the keys of the journal segments whose records the index
+// includes, sorted. Encode writes them into the snapshot, so that readers
+// of the snapshot skip those segments.
+func (ix *Index) Covered() []string {
+	if ix == nil {
+		return nil
+	}
+	return slices.Clone(ix.covered)
 }
 
 // Objects calls fn for each object in key order until fn returns false.
@@ -203,9 +349,25 @@ func (ix *Index) Objects(fn func(Object) bool) {
 	if ix == nil {
 		return
 	}
-	for i := range ix.entries {
-		if !fn(ix.entries[i].object()) {
-			return
+	ix.each(func(r *run, i int) bool { return fn(r.object(i)) })
+}
+
+// each calls fn for each entry of both runs in key order until fn returns
+// false.
+func (ix *Index) each(fn func(r *run, i int) bool) {
+	a, b := &ix.base, &ix.extra
+	i, j := 0, 0
+	for i < len(a.es) || j < len(b.es) {
+		if j == len(b.es) || (i < len(a.es) && a.es[i].key < b.es[j].key) {
+			if !fn(a, i) {
+				return
+			}
+			i++
+		} else {
+			if !fn(b, j) {
+				return
+			}
+			j++
 		}
 	}
 }
@@ -221,8 +383,12 @@ func (ix *Index) IsDir(dir string) bool {
 		return false
 	}
 	p := dir + "/"
-	i := ix.lowerBound(0, p)
-	return i < len(ix.entries) && strings.HasPrefix(ix.entries[i].key, p)
+	return ix.base.hasPrefix(p) || ix.extra.hasPrefix(p)
+}
+
+func (r *run) hasPrefix(p string) bool {
+	i := r.lowerBound(0, p)
+	return i < len(r.es) && strings.HasPrefix(r.es[i].key, p)
 }
 
 // Children lists the entries directly in dir: names of subdirectories
@@ -239,26 +405,11 @@ func (ix *Index) Children(dir string) []Entry {
 	if dir != "" {
 		p = dir + "/"
 	}
-	var out []Entry
-	for i := ix.lowerBound(0, p); i < len(ix.entries); {
-		k := ix.entries[i].key
-		if !strings.HasPrefix(k, p) {
-			break
-		}
-		rest := k[len(p):]
-		j := strings.IndexByte(rest, '/')
-		if j < 0 {
-			out = append(out, Entry{Name: rest})
-			i++
-			continue
-		}
-		out = append(out, Entry{Name: rest[:j], IsDir: true})
-		// Skip every key under p+name+"/": they all sort before
-		// p+name+"0", as '0' follows '/'.
-		i = ix.lowerBound(i+1, k[:len(p)+j]+"0")
-	}
+	out := ix.base.children(p, nil)
+	out = ix.extra.children(p, out)
 	// Key order is not name order ("a.b" < "a/x" but "a" < "a.b"), and a
-	// name can come twice (object "a" and directory "a").
+	// name can come twice (object "a" and directory "a", or a name in
+	// both runs).
 	byName := func(a, b Entry) int { return strings.Compare(a.Name, b.Name) }
 	if !slices.IsSortedFunc(out, byName) {
 		slices.SortFunc(out, byName)
@@ -273,4 +424,26 @@ func (ix *Index) Children(dir string) []Entry {
 		n++
 	}
 	return out[:n]
+}
+
+// children appends the entries of r directly under prefix p to out.
+func (r *run) children(p string, out []Entry) []Entry {
+	for i := r.lowerBound(0, p); i < len(r.es); {
+		k := r.es[i].key
+		if !strings.HasPrefix(k, p) {
+			break
+		}
+		rest := k[len(p):]
+		j := strings.IndexByte(rest, '/')
+		if j < 0 {
+			out = append(out, Entry{Name: rest})
+			i++
+			continue
+		}
+		out = append(out, Entry{Name: rest[:j], IsDir: true})
+		// Skip every key under p+name+"/": they all sort before
+		// p+name+"0", as '0' follows '/'.
+		i = r.lowerBound(i+1, k[:len(p)+j]+"0")
+	}
+	return out
 }

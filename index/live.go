@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,8 +29,13 @@ type LiveOptions struct {
 }
 
 // Live holds the current index of a store for the mount and refreshes it
-// in the background. Lookups (Current, Fresh) never block on a refresh:
+// in the background: the snapshot, with the journal segments it does not
+// cover applied on top. Lookups (Current, Fresh) never block on a refresh:
 // they read one atomic pointer.
+//
+// A refresh lists the journal, downloads only segments it has not seen
+// (they never change), and downloads the snapshot only when its size or
+// modification time changed.
 type Live struct {
 	store    backend.Store
 	interval time.Duration
@@ -39,9 +46,24 @@ type Live struct {
 	state atomic.Pointer[liveState] // nil until the first successful load
 
 	// mu serialises refreshes (LoadOnce and Run's ticks) and guards
-	// outcome. Helpers named *Locked run with it held.
+	// outcome and loader (with its segment cache). Helpers named *Locked
+	// run with it held.
 	mu      sync.Mutex
 	outcome refreshOutcome // of the last refresh, to log changes only
+	loader  *loader
+
+	// localMu guards local and gen, and orders the replacements of state
+	// by Apply and by the end of a refresh. Lock order: mu, then localMu.
+	localMu sync.Mutex
+	local   map[string]localSegment // segments this process wrote, by key
+	gen     uint64                  // counts Apply calls
+}
+
+// localSegment is a segment given to Apply, kept until a listing of the
+// journal that started after it was written has been loaded.
+type localSegment struct {
+	seg *Segment
+	gen uint64
 }
 
 // liveState is replaced whole, never changed, so readers see a consistent
@@ -49,7 +71,8 @@ type Live struct {
 type liveState struct {
 	ix     *Index
 	loaded time.Time          // last successful refresh (download or unchanged check)
-	snap   backend.ObjectInfo // Stat of the snapshot ix was decoded from
+	snap   backend.ObjectInfo // Stat of the snapshot base was decoded from
+	base   *Index             // that snapshot, nil if the store has none
 	// settled: a later Stat with the same size and mtime may skip the
 	// download. Not so after the first download of a snapshot whose mtime
 	// has whole seconds (S3): another snapshot of the same size written in
@@ -68,7 +91,8 @@ const (
 
 // NewLive returns a Live for s with nothing loaded; call LoadOnce, then Run.
 func NewLive(s backend.Store, opt LiveOptions) *Live {
-	l := &Live{store: s, interval: opt.Interval, maxAge: opt.MaxAge, log: opt.Logger, now: opt.Now}
+	l := &Live{store: s, interval: opt.Interval, maxAge: opt.MaxAge, log: opt.Logger, now: opt.Now,
+		local: map[string]localSegment{}}
 	if l.interval <= 0 {
 		l.interval = 30 * time.Second
 	}
@@ -81,13 +105,15 @@ func NewLive(s backend.Store, opt LiveOptions) *Live {
 	if l.now == nil {
 		l.now = time.Now
 	}
+	l.loader = newLoader(s, l.log)
 	return l
 }
 
 // LoadOnce refreshes the index synchronously: the mount's first load, also
-// usable to force a refresh. When the store has no snapshot, it returns an
-// error wrapping ErrNoIndex and keeps whatever was loaded before (nil at
-// first). It does not log; the caller has the error.
+// usable to force a refresh. When the store has neither a snapshot nor
+// journal segments, it returns an error wrapping ErrNoIndex and keeps
+// whatever was loaded before (nil at first). It does not log refresh
+// failures; the caller has the error.
 func (l *Live) LoadOnce(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -117,6 +143,31 @@ func (l *Live) Run(ctx context.Context) {
 	}
 }
 
+// Apply adds a segment this process has just written to the current index
+// at once, so that what it published is visible here before the next
+// refresh: register it with Journal.OnWrite. Later refreshes keep it until
+// they list it (or a snapshot includes it). Without a loaded index it only
+// waits for the next refresh.
+//
+// Its records are applied after those already loaded; the next refresh
+// puts them in key order, which can matter only for two different
+// records of one key.
+func (l *Live) Apply(seg Segment) {
+	if _, ok := parseSegmentKey(seg.Key); !ok {
+		return
+	}
+	s := &seg
+	l.localMu.Lock()
+	defer l.localMu.Unlock()
+	l.gen++
+	l.local[s.Key] = localSegment{seg: s, gen: l.gen}
+	if cur := l.state.Load(); cur != nil {
+		next := *cur
+		next.ix = apply(cur.ix, []*Segment{s})
+		l.state.Store(&next)
+	}
+}
+
 // Current is the index loaded last, or nil if none has been.
 func (l *Live) Current() *Index {
 	if st := l.state.Load(); st != nil {
@@ -125,12 +176,14 @@ func (l *Live) Current() *Index {
 	return nil
 }
 
-// Fresh reports whether an index is loaded and the last successful load is
-// younger than MaxAge: only then may an absent name be answered from the
-// index without asking the store.
+// Fresh reports whether an index is loaded, is complete (Sources.Complete)
+// and the last successful load is younger than MaxAge: only then may an
+// absent name be answered from the index without asking the store. An
+// index of journal segments alone answers for what it holds, not for
+// what it lacks.
 func (l *Live) Fresh() bool {
 	st := l.state.Load()
-	return st != nil && l.now().Sub(st.loaded) < l.maxAge
+	return st != nil && st.ix.complete && l.now().Sub(st.loaded) < l.maxAge
 }
 
 // LastLoad is when the last successful refresh started, zero if none.
@@ -141,33 +194,76 @@ func (l *Live) LastLoad() time.Time {
 	return time.Time{}
 }
 
-// refreshLocked stats the snapshot and downloads it unless it is the one
-// already loaded. The load time recorded is when the Stat was made, so
-// freshness never overstates what was checked.
+// refreshLocked lists the journal, stats the snapshot and downloads it
+// unless it is the one already loaded, downloads the segments not seen
+// before and applies them. The load time recorded is when the refresh
+// started, so freshness never overstates what was checked.
 func (l *Live) refreshLocked(ctx context.Context) error {
 	start := l.now()
-	info, err := l.store.Stat(ctx, SnapshotKey)
-	if errors.Is(err, backend.ErrNotExist) {
-		return fmt.Errorf("load index %s: %w", snapshotLocation(l.store), ErrNoIndex)
+	l.localMu.Lock()
+	g0 := l.gen
+	locals := make([]*Segment, 0, len(l.local))
+	for _, ls := range l.local {
+		locals = append(locals, ls.seg)
 	}
-	if err != nil {
-		return fmt.Errorf("stat index %s: %w", snapshotLocation(l.store), err)
+	l.localMu.Unlock()
+
+	var settled, changed bool
+	snap := func(ctx context.Context) (*Index, backend.ObjectInfo, error) {
+		info, err := l.store.Stat(ctx, SnapshotKey)
+		if errors.Is(err, backend.ErrNotExist) {
+			return nil, backend.ObjectInfo{}, fmt.Errorf("load index %s: %w", snapshotLocation(l.store), ErrNoIndex)
+		}
+		if err != nil {
+			return nil, backend.ObjectInfo{}, fmt.Errorf("stat index %s: %w", snapshotLocation(l.store), err)
+		}
+		cur := l.state.Load()
+		same := cur != nil && cur.base != nil && cur.snap.Size == info.Size && cur.snap.ModTime.Equal(info.ModTime)
+		if same && cur.settled {
+			settled, changed = true, false
+			return cur.base, cur.snap, nil
+		}
+		ix, err := LoadSnapshot(ctx, l.store)
+		if err != nil {
+			return nil, backend.ObjectInfo{}, err
+		}
+		settled, changed = same || info.ModTime.Nanosecond() != 0, !same
+		return ix, info, nil
 	}
-	cur := l.state.Load()
-	same := cur != nil && cur.snap.Size == info.Size && cur.snap.ModTime.Equal(info.ModTime)
-	if same && cur.settled {
-		l.state.Store(&liveState{ix: cur.ix, loaded: start, snap: cur.snap, settled: true})
-		return nil
-	}
-	ix, err := Load(ctx, l.store)
+	res, err := l.loader.load(ctx, snap, locals)
 	if err != nil {
 		return err
 	}
-	l.state.Store(&liveState{ix: ix, loaded: start, snap: info, settled: same || info.ModTime.Nanosecond() != 0})
-	if !same {
-		l.log.LogAttrs(ctx, slog.LevelInfo, "index loaded",
+
+	l.localMu.Lock()
+	defer l.localMu.Unlock()
+	// Segments applied before the listing started are listed, or were
+	// folded into the snapshot read after it: they need no keeping.
+	// Those applied meanwhile go on top.
+	var late []*Segment
+	for k, ls := range l.local {
+		if ls.gen <= g0 {
+			delete(l.local, k)
+		} else if !slices.Contains(res.applied, k) {
+			late = append(late, ls.seg)
+		}
+	}
+	ix := res.ix
+	if len(late) > 0 {
+		slices.SortFunc(late, func(a, b *Segment) int { return strings.Compare(a.Key, b.Key) })
+		ix = apply(ix, late)
+	}
+	prev := l.state.Load()
+	l.state.Store(&liveState{ix: ix, loaded: start, snap: res.snap, base: res.base, settled: settled})
+	if level := slog.LevelDebug; changed || prev == nil || prev.ix != ix {
+		if changed || prev == nil {
+			level = slog.LevelInfo // a new snapshot; new segments are routine
+		}
+		src := ix.Sources()
+		l.log.LogAttrs(ctx, level, "index loaded",
 			slog.String("store", l.store.Location()), slog.Int("objects", ix.Len()),
-			slog.Time("created", ix.Created()))
+			slog.Time("created", ix.Created()), slog.Int("segments", src.Applied),
+			slog.Bool("complete", src.Complete))
 	}
 	return nil
 }

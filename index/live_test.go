@@ -300,3 +300,132 @@ func TestLiveRunLogsChangesOnly(t *testing.T) {
 		t.Errorf("%d warnings in all, want 2: %q", n, rec.msgs)
 	}
 }
+
+func TestLiveJournal(t *testing.T) {
+	ctx := context.Background()
+	s := newCounting(newStore(t))
+	saveN(t, s, 10, 1)
+	k1 := putSegment(t, s, 1, "a", []Object{{Key: "x/1", Size: 1}})
+	k2 := putSegment(t, s, 2, "b", []Object{{Key: "x/2", Size: 2}})
+	rec := &logRecorder{}
+	l := NewLive(s, LiveOptions{Logger: slog.New(rec)})
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.Current().Len(); n != 12 || !l.Fresh() {
+		t.Fatalf("%d objects, fresh %v", n, l.Fresh())
+	}
+	// Refreshes download only new segments, and the snapshot only when it
+	// changed.
+	k3 := putSegment(t, s, 3, "a", []Object{{Key: "x/3", Size: 3}})
+	bad := segmentKey(4, "evil")
+	putRaw(t, s, bad, []byte("garbage"))
+	for range 3 {
+		if err := l.LoadOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l.Current().Len() != 13 {
+		t.Errorf("%d objects after a new segment", l.Current().Len())
+	}
+	for key, want := range map[string]int{SnapshotKey: 1, k1: 1, k2: 1, k3: 1, bad: 1} {
+		if n := s.Opens(key); n != want {
+			t.Errorf("%s opened %d times, want %d", key, n, want)
+		}
+	}
+	if n := rec.count("WARN index journal segment skipped"); n != 1 {
+		t.Errorf("corrupt segment logged %d times, want once: %q", n, rec.msgs)
+	}
+	if sk := l.Current().Sources().Skipped; len(sk) != 1 || !strings.Contains(sk[0].Error(), bad) {
+		t.Errorf("skipped %v", sk)
+	}
+
+	// A compaction folds the segments into a new snapshot: read once,
+	// and the segments it covers are forgotten.
+	if _, err := Compact(ctx, s, CompactOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Opens(SnapshotKey); n != 3 || l.Current().Len() != 13 || l.Current().Sources().Applied != 0 {
+		t.Errorf("after compaction: %d snapshot downloads (want 3: Live, Compact, Live), %d objects, %+v", n, l.Current().Len(), l.Current().Sources())
+	}
+	l.mu.Lock()
+	cached := len(l.loader.cache)
+	l.mu.Unlock()
+	if cached != 1 { // the corrupt one, still there
+		t.Errorf("%d segments cached after compaction", cached)
+	}
+}
+
+func TestLiveApply(t *testing.T) {
+	ctx := context.Background()
+	s := newCounting(newStore(t))
+	l := NewLive(s, LiveOptions{})
+	j := NewJournal(s, JournalOptions{Writer: "me"})
+	j.OnWrite(l.Apply)
+
+	// No index yet: Apply waits for the next load, which includes the
+	// segment; a journal-only index answers hits, not misses.
+	if err := j.Added(ctx, Object{Key: "a/1", Size: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if l.Current() != nil {
+		t.Fatal("Apply made an index out of nothing")
+	}
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Current().Lookup("a/1"); !ok || l.Fresh() {
+		t.Errorf("journal-only index: found %v, fresh %v (want not fresh: it is not complete)", ok, l.Fresh())
+	}
+
+	saveN(t, s, 5, 1)
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !l.Fresh() || l.Current().Len() != 6 {
+		t.Fatalf("with a snapshot: fresh %v, %d objects", l.Fresh(), l.Current().Len())
+	}
+	// What this process records is visible at once, without a refresh...
+	opens := s.TotalOpens()
+	if err := j.Added(ctx, Object{Key: "a/2", Size: 2}); err != nil {
+		t.Fatal(err)
+	}
+	j.Accessed("a/1", time.Unix(1_750_000_000, 0))
+	if err := j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Current().Lookup("a/2"); !ok || s.TotalOpens() != opens {
+		t.Errorf("a/2 visible %v, %d downloads", ok, s.TotalOpens()-opens)
+	}
+	if o, _ := l.Current().Lookup("a/1"); !o.Accessed.Equal(time.Unix(1_750_000_000, 0)) {
+		t.Errorf("access time %v", o.Accessed)
+	}
+	// ...and refreshes keep it without downloading it.
+	for range 2 {
+		if err := l.LoadOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := l.Current().Lookup("a/2"); !ok || l.Current().Len() != 7 {
+			t.Fatal("refresh lost the applied segment")
+		}
+	}
+	for _, key := range journalKeys(t, s) {
+		if key != journalKeys(t, s)[0] && s.Opens(key) != 0 {
+			t.Errorf("own segment %s downloaded", key)
+		}
+	}
+	l.localMu.Lock()
+	left := len(l.local)
+	l.localMu.Unlock()
+	if left != 0 {
+		t.Errorf("%d local segments kept after they were listed", left)
+	}
+	// Apply ignores what is not a segment.
+	l.Apply(Segment{Key: "x", Added: []Object{{Key: "b/1"}}})
+	if _, ok := l.Current().Lookup("b/1"); ok {
+		t.Error("applied a segment without a segment key")
+	}
+}

@@ -68,6 +68,19 @@ func (c *countingStore) TotalOpens() int {
 	return n
 }
 
+// ObjectOpens counts the opens of objects, not of index metadata.
+func (c *countingStore) ObjectOpens() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for k, v := range c.opens {
+		if !backend.IsMeta(k) {
+			n += v
+		}
+	}
+	return n
+}
+
 func (c *countingStore) Stats() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -20,6 +20,13 @@ type Summary struct {
 	// Packages (.tar.zst, or .tgz before kirkstone), their .siginfo and
 	// .sig companions. Other files count only in Objects and ByPrefix.
 	Packages, Siginfo, Sig int
+	// Accessed counts objects with a recorded access time; LastAccess is
+	// the latest (zero if none).
+	Accessed   int
+	LastAccess time.Time
+	// Sources: the snapshot and journal segments the index was
+	// assembled from, including segments skipped as unreadable.
+	Sources Sources
 }
 
 // Summarize counts the objects of ix by kind, task and prefix.
@@ -30,12 +37,18 @@ func Summarize(ix *Index) Summary {
 		Created:  ix.Created(),
 		ByTask:   map[string]int{},
 		ByPrefix: map[string]int{},
+		Sources:  ix.Sources(),
 	}
 	if ix == nil {
 		return s
 	}
-	for i := range ix.entries {
-		key := ix.entries[i].key
+	var last uint32
+	ix.each(func(r *run, i int) bool {
+		key := r.es[i].key
+		if at := r.atime(i); at != 0 {
+			s.Accessed++
+			last = max(last, at)
+		}
 		dir, base := "", key
 		if j := strings.LastIndexByte(key, '/'); j >= 0 {
 			dir, base = key[:j], key[j+1:]
@@ -52,7 +65,9 @@ func Summarize(ix *Index) Summary {
 				s.ByTask[task]++
 			}
 		}
-	}
+		return true
+	})
+	s.LastAccess = fromSecs(last)
 	return s
 }
 

@@ -45,6 +45,7 @@ func TestSummarize(t *testing.T) {
 		Packages: len(names) + 2,
 		Siginfo:  len(names),
 		Sig:      1,
+		Sources:  Sources{Complete: true},
 	}
 	s.Created = s.Created.In(time.Local)
 	if !reflect.DeepEqual(s, want) {
@@ -52,5 +53,16 @@ func TestSummarize(t *testing.T) {
 	}
 	if s := Summarize(nil); s.Objects != 0 || s.ByTask == nil || s.ByPrefix == nil {
 		t.Errorf("Summarize(nil) = %+v", s)
+	}
+
+	// Access times and sources of a merged index.
+	merged := apply(ix, []*Segment{{Key: testSegKeys(1)[0], Accessed: []Access{
+		{Key: keys[0], Time: time.Unix(1_750_000_100, 0)}, {Key: keys[1], Time: time.Unix(1_750_000_200, 0)},
+		{Key: "not/indexed", Time: time.Unix(1_750_000_300, 0)},
+	}}})
+	s = Summarize(merged)
+	if s.Accessed != 2 || !s.LastAccess.Equal(time.Unix(1_750_000_200, 0)) ||
+		s.Sources.Applied != 1 || s.Sources.Covered != 1 || !s.Sources.Complete {
+		t.Errorf("merged: accessed %d, last %v, sources %+v", s.Accessed, s.LastAccess, s.Sources)
 	}
 }

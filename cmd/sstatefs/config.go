@@ -18,11 +18,20 @@ import (
 // flags. Every key has a flag named <section>-<key> with dashes (for the
 // first [[store]]: store-<key>; its url is --store).
 type Config struct {
-	Stores []StoreConfig `toml:"store"`
-	Cache  CacheConfig   `toml:"cache"`
-	Index  IndexConfig   `toml:"index"`
-	Mount  MountConfig   `toml:"mount"`
-	Log    LogConfig     `toml:"log"`
+	Stores  []StoreConfig `toml:"store"`
+	Cache   CacheConfig   `toml:"cache"`
+	Index   IndexConfig   `toml:"index"`
+	Mount   MountConfig   `toml:"mount"`
+	Publish PublishConfig `toml:"publish"`
+	Log     LogConfig     `toml:"log"`
+}
+
+// PublishConfig is the write path: what bitbake publishes through the mount
+// goes to the store through a durable local queue.
+type PublishConfig struct {
+	Concurrency  int      `toml:"concurrency"`   // uploads at once
+	DrainTimeout Duration `toml:"drain_timeout"` // at SIGTERM: how long to keep uploading before exit
+	WriterID     string   `toml:"writer_id"`     // names this mount's journal segments; default: the host name
 }
 
 // StoreConfig is one store; stores are listed in trust order.
@@ -48,8 +57,9 @@ type CacheConfig struct {
 // IndexConfig is how the index is used.
 type IndexConfig struct {
 	RefreshInterval Duration `toml:"refresh_interval"`
-	MaxAge          Duration `toml:"max_age"`      // fresh while the last load is younger; 0: 3 x refresh_interval
-	NegativeTTL     Duration `toml:"negative_ttl"` // stores without a fresh index: how long an absent answer is kept
+	MaxAge          Duration `toml:"max_age"`          // fresh while the last load is younger; 0: 3 x refresh_interval
+	NegativeTTL     Duration `toml:"negative_ttl"`     // stores without a fresh index: how long an absent answer is kept
+	CompactInterval Duration `toml:"compact_interval"` // how often a mount checks whether to compact the journal; 0 disables
 }
 
 // MountConfig is the FUSE mount.
@@ -179,9 +189,19 @@ func Defaults() Config {
 		Index: IndexConfig{
 			RefreshInterval: Duration{Duration: time.Minute},
 			NegativeTTL:     Duration{Duration: time.Minute},
+			CompactInterval: Duration{Duration: time.Hour},
 		},
-		Log: LogConfig{Level: "info"},
+		Publish: PublishConfig{Concurrency: 4, DrainTimeout: Duration{Duration: 30 * time.Second}, WriterID: defaultWriterID()},
+		Log:     LogConfig{Level: "info"},
 	}
+}
+
+func defaultWriterID() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "sstatefs"
+	}
+	return h
 }
 
 // storeDefaults fills what a store entry left out.
@@ -228,7 +248,7 @@ func LoadFile(cfg *Config, path string) error {
 func decodeTOML(cfg *Config, path, data string) error {
 	// A file that lists stores replaces the default store list.
 	var fileCfg Config
-	fileCfg.Cache, fileCfg.Index, fileCfg.Mount, fileCfg.Log = cfg.Cache, cfg.Index, cfg.Mount, cfg.Log
+	fileCfg.Cache, fileCfg.Index, fileCfg.Mount, fileCfg.Publish, fileCfg.Log = cfg.Cache, cfg.Index, cfg.Mount, cfg.Publish, cfg.Log
 	md, err := toml.Decode(data, &fileCfg)
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
@@ -317,6 +337,7 @@ func (c *Config) Validate() error {
 		c.Index.RefreshInterval.check("index.refresh_interval (--index-refresh-interval)"),
 		c.Index.MaxAge.check("index.max_age (--index-max-age)"),
 		c.Index.NegativeTTL.check("index.negative_ttl (--index-negative-ttl)"),
+		c.Index.CompactInterval.check("index.compact_interval (--index-compact-interval)"),
 	} {
 		if err != nil {
 			errs = append(errs, err)
@@ -324,6 +345,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Index.RefreshInterval.invalid == "" && c.Index.RefreshInterval.Duration <= 0 {
 		bad("index.refresh_interval must be positive, got %v", c.Index.RefreshInterval)
+	}
+	if c.Publish.Concurrency < 1 {
+		bad("publish.concurrency must be at least 1, got %d", c.Publish.Concurrency)
+	}
+	if err := c.Publish.DrainTimeout.check("publish.drain_timeout (--publish-drain-timeout)"); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Publish.WriterID == "" {
+		bad("publish.writer_id is empty")
 	}
 	if c.Mount.Owner != "" {
 		if _, _, err := parseOwner(c.Mount.Owner); err != nil {
@@ -437,11 +467,15 @@ func newConfigFlags(fs *flag.FlagSet) *configFlags {
 	text("index-refresh-interval", "how often the index is reloaded (default 1m)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.RefreshInterval })
 	text("index-max-age", "the index answers absent names while younger than this (default 3 x refresh interval)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.MaxAge })
 	text("index-negative-ttl", "stores without a fresh index: how long an absent answer is kept (default 1m)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.NegativeTTL })
+	text("index-compact-interval", "how often the mount checks whether to fold the journal into a new snapshot (default 1h, 0 disables)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.CompactInterval })
 	boolean("mount-allow-other", "let other users (the build user) use the mount", func(c *Config, v bool) { c.Mount.AllowOther = v })
 	boolean("allow-other", "same as --mount-allow-other", func(c *Config, v bool) { c.Mount.AllowOther = v })
 	str("mount-owner", "uid:gid owning store objects (default: the mountpoint's owner)", func(c *Config, v string) { c.Mount.Owner = v })
 	boolean("mount-debug", "log every FUSE request", func(c *Config, v bool) { c.Mount.Debug = v })
 	boolean("debug", "debug logging, including every FUSE request", func(c *Config, v bool) { c.Mount.Debug = v; c.Log.Level = "debug" })
+	integer("publish-concurrency", "uploads to the store at once (default 4)", func(c *Config, v int) { c.Publish.Concurrency = v })
+	text("publish-drain-timeout", "at SIGTERM, how long to keep uploading queued objects before exiting (default 30s)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Publish.DrainTimeout })
+	str("publish-writer-id", "name of this mount in the index journal (default: the host name)", func(c *Config, v string) { c.Publish.WriterID = v })
 	str("log-level", "debug, info, warn or error", func(c *Config, v string) { c.Log.Level = v })
 	return cf
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
@@ -19,7 +20,7 @@ import (
 
 func cmdIndex(args []string) int {
 	if len(args) == 0 {
-		fmt.Fprint(os.Stderr, "Usage: sstatefs index build|show [flags]\n")
+		fmt.Fprint(os.Stderr, "Usage: sstatefs index build|show|compact [flags]\n")
 		return 2
 	}
 	switch args[0] {
@@ -27,8 +28,10 @@ func cmdIndex(args []string) int {
 		return cmdIndexBuild(args[1:])
 	case "show":
 		return cmdIndexShow(args[1:])
+	case "compact":
+		return cmdIndexCompact(args[1:])
 	default:
-		fmt.Fprintf(os.Stderr, "sstatefs index: unknown command %q (want build or show)\n", args[0])
+		fmt.Fprintf(os.Stderr, "sstatefs index: unknown command %q (want build, show or compact)\n", args[0])
 		return 2
 	}
 }
@@ -74,6 +77,7 @@ func progressOut(quiet bool) io.Writer {
 }
 
 func indexBuild(ctx context.Context, sc StoreConfig, concurrency int, full bool, progress, out io.Writer) error {
+	log := slog.New(slog.NewTextHandler(progress, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	store, err := openStore(ctx, sc)
 	if err != nil {
 		return err
@@ -89,6 +93,7 @@ func indexBuild(ctx context.Context, sc StoreConfig, concurrency int, full bool,
 	start := time.Now()
 	var bar *progressbar.ProgressBar
 	ix, err := index.Build(ctx, store, index.BuildOptions{
+		Logger:      log,
 		Concurrency: concurrency,
 		Previous:    prev,
 		Progress: func(done, total int, bytes int64) {
@@ -160,6 +165,14 @@ func indexShow(ctx context.Context, sc StoreConfig, out io.Writer) error {
 	fmt.Fprintf(out, "created:  %s (%s ago)\n", s.Created.UTC().Format(time.RFC3339), time.Since(s.Created).Round(time.Second))
 	fmt.Fprintf(out, "objects:  %d (%s)\n", s.Objects, humanBytes(s.Bytes))
 	fmt.Fprintf(out, "kinds:    %d packages, %d .siginfo, %d .sig\n", s.Packages, s.Siginfo, s.Sig)
+	src := s.Sources
+	fmt.Fprintf(out, "sources:  snapshot %v (complete: %v), %d journal segments folded in it, %d applied on top\n", src.Snapshot, src.Complete, src.Covered, src.Applied)
+	for _, err := range src.Skipped {
+		fmt.Fprintf(out, "          skipped: %v\n", err)
+	}
+	if s.Accessed > 0 {
+		fmt.Fprintf(out, "accessed: %d objects have access records, last %s\n", s.Accessed, s.LastAccess.UTC().Format(time.RFC3339))
+	}
 	printCounts(out, "by prefix", s.ByPrefix, map[string]string{"": "(top level)"})
 	printCounts(out, "by task", s.ByTask, nil)
 	return nil
@@ -200,4 +213,41 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func cmdIndexCompact(args []string) int {
+	fset := flag.NewFlagSet("index compact", flag.ContinueOnError)
+	cf := newConfigFlags(fset)
+	grace := fset.Duration("grace", 10*time.Minute, "journal segments younger than this are kept after folding (readers may be loading them)")
+	fset.Usage = func() {
+		fmt.Fprintf(fset.Output(), "Usage: sstatefs index compact [flags]\n\nFolds the journal segments that mounts wrote into a new index snapshot, then deletes folded\nsegments older than --grace. Safe while mounts keep writing; one compaction runs at a time.\n\nFlags:\n")
+		fset.PrintDefaults()
+	}
+	if err := fset.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := cf.load()
+	if err == nil && *grace < 0 {
+		err = errors.New("--grace must not be negative")
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs index compact: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	store, err := openStore(ctx, cfg.Stores[0])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs index compact: %v\n", err)
+		return 1
+	}
+	start := time.Now()
+	res, err := index.Compact(ctx, store, index.CompactOptions{Grace: *grace, Logger: newLogger(cfg.Log.Level)})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs index compact: %v\n", err)
+		return 1
+	}
+	fmt.Printf("compacted %s: %d segments folded, %d deleted, %d objects in the snapshot, in %s\n",
+		store.Location(), res.Folded, res.Deleted, res.Objects, time.Since(start).Round(time.Millisecond))
+	return 0
 }

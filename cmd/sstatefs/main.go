@@ -14,8 +14,12 @@ const usage = `sstatefs presents a shared sstate store as an ordinary SSTATE_DIR
 
 Usage:
   sstatefs mount [flags] MOUNTPOINT     mount the store (foreground; Ctrl-C unmounts)
+  sstatefs push [flags] DIR             upload a local sstate-cache to the store
+  sstatefs export [flags] DIR           write a plain SSTATE_DIR copy of the store (or of --list)
+  sstatefs status [flags]               show the upload queue of a mount (by --cache-dir)
   sstatefs index build [flags]          scan the store and write its index into it
   sstatefs index show [flags]           print a summary of the store's index
+  sstatefs index compact [flags]        fold the index journal into a new snapshot
   sstatefs version                      print the version
 
 Run "sstatefs COMMAND -h" for the flags of a command.
@@ -33,6 +37,12 @@ func run(args []string) int {
 	switch args[0] {
 	case "mount":
 		return cmdMount(args[1:])
+	case "push":
+		return cmdPush(args[1:])
+	case "export":
+		return cmdExport(args[1:])
+	case "status":
+		return cmdStatus(args[1:])
 	case "index":
 		return cmdIndex(args[1:])
 	case "version", "--version":

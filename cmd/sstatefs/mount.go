@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"github.com/sstatefs/sstatefs/cache"
 	sfs "github.com/sstatefs/sstatefs/fs"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/publish"
 	"github.com/sstatefs/sstatefs/view"
 )
 
@@ -79,6 +81,9 @@ type mounted struct {
 	live       *index.Live
 	cache      *cache.Cache
 	store      backend.Store
+	queue      *publish.Queue
+	journal    *index.Journal
+	drain      time.Duration
 	cancel     context.CancelFunc
 	done       chan struct{} // closed when the FUSE server stops serving
 	log        *slog.Logger
@@ -130,20 +135,63 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 	default:
 		log.Warn("index not loaded, lookups probe the store until it loads", "store", store.Location(), "error", err)
 	}
-	v := view.New(view.Options{
-		Store:  store,
-		Index:  live,
-		Cache:  c,
-		Probes: cache.NewStatCache(100_000, cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
-		Logger: log,
+	// The write path: published objects go to a durable queue, are uploaded
+	// in the background and recorded in this mount's journal segments.
+	readOnly := backend.IsReadOnly(store)
+	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log})
+	journal.OnWrite(live.Apply) // this mount's publications show in its own index at once
+	if !readOnly {
+		initIndex(ctx, store, live, log)
+	}
+	queue, err := publish.Open(publish.Options{
+		Dir: filepath.Join(cfg.Cache.Dir, "queue"), Store: store, Recorder: journal,
+		Concurrency: cfg.Publish.Concurrency, Logger: log,
 	})
+	if err != nil {
+		return nil, err
+	}
+	queue.SetReadOnly(readOnly)
+	overlay := filepath.Join(cfg.Cache.Dir, "overlay")
+	if ix := live.Current(); ix != nil {
+		// Objects published in an earlier run and now in the store leave the
+		// overlay for the bounded cache.
+		res, err := publish.Settle(overlay, queue, ix, c, store.Location())
+		if err != nil {
+			log.Warn("moving published objects into the cache", "error", err)
+		} else if res.Moved > 0 {
+			log.Info("published objects moved from the overlay into the cache", "objects", res.Moved, "bytes", res.Bytes)
+		}
+	}
+	if readOnly {
+		log.Info("store is read-only: objects bitbake publishes stay in the local overlay", "store", store.Location())
+	}
+	var onAccess func(string, time.Time)
+	if !readOnly {
+		onAccess = journal.Accessed
+	}
+	v := view.New(view.Options{
+		Store:    store,
+		Index:    live,
+		Cache:    c,
+		Probes:   cache.NewStatCache(100_000, cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
+		Logger:   log,
+		OnAccess: onAccess,
+	})
+	publishFn := func(ctx context.Context, key, path string) error {
+		err := queue.Enqueue(key, path)
+		if errors.Is(err, publish.ErrReadOnly) {
+			return nil // kept in the overlay, as announced at start
+		}
+		return err
+	}
 	f, root, err := sfs.New(sfs.Options{
 		View:     v,
-		Overlay:  filepath.Join(cfg.Cache.Dir, "overlay"),
+		Overlay:  overlay,
 		StateDir: filepath.Join(cfg.Cache.Dir, "state"),
 		UID:      uid, GID: gid,
 		CacheDir: cfg.Cache.Dir,
 		Logger:   log,
+		Publish:  publishFn,
 	})
 	if err != nil {
 		return nil, err
@@ -158,19 +206,58 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	go live.Run(rctx)
-	m = &mounted{mountpoint: mp, server: server, fs: f, live: live, cache: c, store: store, cancel: cancel, done: make(chan struct{}), log: log, unlock: unlock}
+	go queue.Run(rctx)
+	go journal.Run(rctx)
+	if !readOnly && cfg.Index.CompactInterval.Duration > 0 {
+		go compactLoop(rctx, store, live, cfg.Index.CompactInterval.Duration, cfg.Publish.WriterID, log)
+	}
+	m = &mounted{
+		mountpoint: mp, server: server, fs: f, live: live, cache: c, store: store,
+		queue: queue, journal: journal, drain: cfg.Publish.DrainTimeout.Duration,
+		cancel: cancel, done: make(chan struct{}), log: log, unlock: unlock,
+	}
 	go func() { server.Wait(); close(m.done) }()
 	log.Info("mounted", "mountpoint", mp, "store", store.Location(), "cache", cfg.Cache.Dir, "allow_other", cfg.Mount.AllowOther)
 	return m, nil
 }
 
-// close unmounts (lazily if the mount stays busy) and stops the background work.
+// close unmounts (lazily if the mount stays busy), then keeps uploading
+// what is queued for up to the drain timeout, reports what is left (it stays
+// queued on disk for the next start) and stops the background work.
 func (m *mounted) close() error {
 	defer m.unlock()
 	defer m.cancel()
+	err := m.unmount()
+	m.drainQueue()
+	if ferr := m.fs.Close(); err == nil {
+		err = ferr
+	}
+	return err
+}
+
+func (m *mounted) drainQueue() {
+	if n := m.queue.Len(); n > 0 {
+		m.log.Info("uploading queued objects before exit", "objects", n, "drain_timeout", m.drain)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), m.drain)
+	defer cancel()
+	left := m.queue.Drain(ctx)
+	if err := m.journal.Flush(ctx); err != nil {
+		m.log.Warn("access records not written to the journal", "error", err)
+	}
+	if len(left) == 0 {
+		return
+	}
+	m.log.Warn("objects not uploaded yet; they stay queued and are uploaded at the next start", "objects", len(left), "queue", m.queue.Dir())
+	for _, e := range left {
+		m.log.Warn("not uploaded", "object", e.Key, "attempts", e.Attempts, "last_error", e.LastError)
+	}
+}
+
+func (m *mounted) unmount() error {
 	select {
 	case <-m.done:
-		return m.fs.Close()
+		return nil
 	default:
 	}
 	var err error
@@ -191,7 +278,7 @@ func (m *mounted) close() error {
 	case <-time.After(10 * time.Second):
 		return fmt.Errorf("unmount %s: FUSE server did not stop", m.mountpoint)
 	}
-	return m.fs.Close()
+	return nil
 }
 
 // fuseDevice is the kernel's FUSE device (a variable for tests).
@@ -329,4 +416,67 @@ func claimCacheDir(dir string, sc StoreConfig) (unlock func(), err error) {
 		return nil, fmt.Errorf("cache dir: %w", err)
 	}
 	return unlock, nil
+}
+
+// initIndex gives an empty, writable store an empty, complete snapshot, so
+// that absent names are answered from memory from the first build on. A
+// store with objects but no snapshot needs `sstatefs index build` (which
+// hashes every object); until then misses probe the store.
+func initIndex(ctx context.Context, store backend.Store, live *index.Live, log *slog.Logger) {
+	if ix := live.Current(); ix != nil && ix.Sources().Snapshot {
+		return
+	}
+	empty := true
+	errStop := errors.New("stop")
+	err := store.List(ctx, "", func(oi backend.ObjectInfo) error {
+		if backend.IsMeta(oi.Key) {
+			return nil
+		}
+		empty = false
+		return errStop
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		log.Warn("cannot list the store to initialise its index", "store", store.Location(), "error", err)
+		return
+	}
+	if !empty {
+		log.Warn("the store has objects but no index snapshot: absent names cost a request each until you run `sstatefs index build`", "store", store.Location())
+		return
+	}
+	if err := index.Save(ctx, store, index.New(nil, time.Now())); err != nil {
+		log.Warn("writing an empty index", "store", store.Location(), "error", err)
+		return
+	}
+	if err := live.LoadOnce(ctx); err != nil {
+		log.Warn("reloading the index", "error", err)
+		return
+	}
+	log.Info("empty store: wrote an empty index", "store", store.Location())
+}
+
+// compactLoop folds the journal into a new snapshot now and then, when
+// enough segments have accumulated; with many mounts, whichever gets the
+// lock does it and the others skip.
+func compactLoop(ctx context.Context, store backend.Store, live *index.Live, every time.Duration, writer string, log *slog.Logger) {
+	const minSegments = 64
+	for {
+		// jitter: 50%..150% of the interval, so mounts do not line up
+		d := every/2 + time.Duration(rand.Int64N(int64(every)))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		if ix := live.Current(); ix == nil || ix.Sources().Applied < minSegments {
+			continue
+		}
+		res, err := index.Compact(ctx, store, index.CompactOptions{Grace: index.DefaultGrace, Writer: writer, Logger: log})
+		switch {
+		case errors.Is(err, index.ErrCompactionRunning):
+		case err != nil:
+			log.Warn("index compaction failed", "error", err)
+		default:
+			log.Info("index compacted", "segments_folded", res.Folded, "segments_deleted", res.Deleted, "objects", res.Objects)
+		}
+	}
 }

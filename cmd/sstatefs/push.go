@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/transfer"
+)
+
+// bytesBar returns a Progress that draws a byte-count progress bar on w.
+func bytesBar(w io.Writer, what string) (transfer.Progress, func()) {
+	var bar *progressbar.ProgressBar
+	progress := func(done, total int, doneBytes, totalBytes int64) {
+		if bar == nil {
+			bar = progressbar.NewOptions64(totalBytes,
+				progressbar.OptionSetWriter(w),
+				progressbar.OptionSetDescription(fmt.Sprintf("%s %d objects", what, total)),
+				progressbar.OptionShowBytes(true),
+				progressbar.OptionThrottle(200*time.Millisecond),
+				progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
+			)
+		}
+		bar.Describe(fmt.Sprintf("%s %d/%d objects", what, done, total))
+		bar.Set64(doneBytes)
+	}
+	finish := func() {
+		if bar != nil {
+			bar.Finish()
+		}
+	}
+	return progress, finish
+}
+
+func cmdPush(args []string) int {
+	fset := flag.NewFlagSet("push", flag.ContinueOnError)
+	cf := newConfigFlags(fset)
+	jobs := fset.Int("jobs", 8, "objects uploaded at once")
+	quiet := fset.Bool("quiet", false, "no progress bar")
+	fset.Usage = func() {
+		fmt.Fprintf(fset.Output(), `Usage: sstatefs push [flags] DIR
+
+Uploads the sstate objects of a local SSTATE_DIR (an existing sstate-cache) to the (first)
+store, in parallel. Objects the store already has are skipped (never replaced); running it
+again after an interruption finishes the job. Uploaded objects are recorded in the index.
+Files that are not sstate objects (temp files, locks) are ignored.
+
+Flags:
+`)
+		fset.PrintDefaults()
+	}
+	if err := fset.Parse(args); err != nil {
+		return 2
+	}
+	if fset.NArg() != 1 {
+		fset.Usage()
+		return 2
+	}
+	cfg, err := cf.load()
+	if err == nil && *jobs < 1 {
+		err = errors.New("--jobs must be at least 1")
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs push: %v\n", err)
+		return 2
+	}
+	dir := fset.Arg(0)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		fmt.Fprintf(os.Stderr, "sstatefs push: %s is not a directory\n", dir)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log := newLogger(cfg.Log.Level)
+	store, err := openStore(ctx, cfg.Stores[0])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs push: %v\n", err)
+		return 1
+	}
+	known, err := index.Load(ctx, store)
+	if err != nil && !errors.Is(err, index.ErrNoIndex) {
+		fmt.Fprintf(os.Stderr, "sstatefs push: %v\n", err)
+		return 1
+	}
+	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log})
+	progress, finish := bytesBar(progressOut(*quiet), "pushing")
+	start := time.Now()
+	res, err := transfer.Push(ctx, transfer.PushOptions{
+		Dir: dir, Store: store, Recorder: journal, Known: known, Jobs: *jobs, Progress: progress, Logger: log,
+	})
+	finish()
+	fmt.Printf("pushed %d objects (%s) to %s in %s; %d already known, %d already in the store, %d kept by the store (other content), %d files ignored\n",
+		res.Uploaded, humanBytes(res.UploadedBytes), store.Location(), time.Since(start).Round(time.Millisecond),
+		res.Skipped, res.Existing, res.Conflicts, res.Ignored)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs push: %v (run it again to retry)\n", err)
+		return 1
+	}
+	return 0
+}
+
+func cmdExport(args []string) int {
+	fset := flag.NewFlagSet("export", flag.ContinueOnError)
+	cf := newConfigFlags(fset)
+	jobs := fset.Int("jobs", 8, "objects downloaded at once")
+	list := fset.String("list", "", "file with the object paths to export, one per line (- for stdin); their .siginfo/.sig come along")
+	quiet := fset.Bool("quiet", false, "no progress bar")
+	fset.Usage = func() {
+		fmt.Fprintf(fset.Output(), `Usage: sstatefs export [flags] DIR
+
+Writes a plain SSTATE_DIR copy of the (first) store, or of the objects in --list, into DIR
+(for air-gapped sites, SDKs and backups). Objects already in DIR with the right size are
+skipped; every object is verified against the index before it is renamed into place.
+
+Flags:
+`)
+		fset.PrintDefaults()
+	}
+	if err := fset.Parse(args); err != nil {
+		return 2
+	}
+	if fset.NArg() != 1 {
+		fset.Usage()
+		return 2
+	}
+	cfg, err := cf.load()
+	if err == nil && *jobs < 1 {
+		err = errors.New("--jobs must be at least 1")
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs export: %v\n", err)
+		return 2
+	}
+	var keys []string
+	if *list != "" {
+		keys, err = readList(*list)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "sstatefs export: --list: %v\n", err)
+			return 2
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log := newLogger(cfg.Log.Level)
+	store, err := openStore(ctx, cfg.Stores[0])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs export: %v\n", err)
+		return 1
+	}
+	ix, err := index.Load(ctx, store)
+	if err != nil && !errors.Is(err, index.ErrNoIndex) {
+		fmt.Fprintf(os.Stderr, "sstatefs export: %v\n", err)
+		return 1
+	}
+	progress, finish := bytesBar(progressOut(*quiet), "exporting")
+	start := time.Now()
+	res, err := transfer.Export(ctx, transfer.ExportOptions{
+		Dir: fset.Arg(0), Store: store, Index: ix, Keys: keys, Jobs: *jobs, Progress: progress, Logger: log,
+	})
+	finish()
+	fmt.Printf("exported %d objects (%s) from %s to %s in %s; %d already there\n",
+		res.Written, humanBytes(res.WrittenBytes), store.Location(), fset.Arg(0), time.Since(start).Round(time.Millisecond), res.Skipped)
+	for _, k := range res.Missing {
+		fmt.Fprintf(os.Stderr, "not in the store: %s\n", k)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs export: %v (run it again to retry)\n", err)
+		return 1
+	}
+	if len(res.Missing) > 0 {
+		return 1
+	}
+	return 0
+}
+
+func readList(path string) ([]string, error) {
+	var r io.Reader = os.Stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	}
+	var keys []string
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if line := strings.TrimSpace(sc.Text()); line != "" && !strings.HasPrefix(line, "#") {
+			keys = append(keys, line)
+		}
+	}
+	return keys, sc.Err()
+}

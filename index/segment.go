@@ -1,0 +1,403 @@
+// Journal segment format, version 1
+//
+// Every mount that writes keeps a journal of what it published and what
+// bitbake used, as immutable segments in the store, each under its own key
+//
+//	.sstatefs/index/journal/<unix ns, 20 digits>-<writer>-<16 hex digits>.seg
+//
+// written with a conditional create (never replaced). The fixed-width time
+// makes key order time order; the writer id ([a-z0-9-], at most 63
+// characters) names the mount; the random digits keep two segments of one
+// writer apart. A segment is framed like a snapshot (little-endian):
+//
+//	offset  size  field
+//	0       8     magic "SSTFSJNL"
+//	8       4     format version, uint32 = 1
+//	12      8     written: int64 unix nanoseconds, as in the key
+//	20      8     record count N, uint64 (at most 2^20)
+//	28      8     body length B in bytes, uint64
+//	36      B     body: one zstd stream
+//	36+B    32    trailer: SHA-256 of bytes [0, 36+B)
+//
+// The body decompresses to at most 64 MiB: exactly N records, each a kind
+// byte and its fields:
+//
+//	1 Added:    uvarint key length, key, uvarint size, varint modification
+//	            time (unix ns, math.MinInt64 = unknown), 32 bytes SHA-256,
+//	            uvarint last access (unix seconds, 0 = none)
+//	2 Accessed: uvarint key length, key, uvarint access time (unix seconds,
+//	            not 0)
+//
+// Keys are valid object keys (see validKey). Readers apply the segments a
+// snapshot does not cover in key order; of two Added records for one key
+// the first wins (the store keeps the first writer's object), and an
+// object's access time is the latest recorded.
+
+package index
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// JournalPrefix is the store prefix under which journal segments live.
+const JournalPrefix = ".sstatefs/index/journal/"
+
+// Segment is one journal segment: what one writer recorded in one write.
+type Segment struct {
+	Key      string    // store key (JournalPrefix + name)
+	Writer   string    // the writer id from the key
+	Time     time.Time // when it was written, from the key
+	Added    []Object  // objects published, in the order recorded
+	Accessed []Access  // last accesses, one per key
+}
+
+// Access records that bitbake used an object at Time (to the second).
+type Access struct {
+	Key  string
+	Time time.Time
+}
+
+const (
+	segmentMagic   = "SSTFSJNL"
+	segmentVersion = 1
+	segHeaderLen   = 36
+
+	recAdded    = 1
+	recAccessed = 2
+
+	// maxSegmentRecords bounds the records a segment may declare; a
+	// Journal writes at most MaxBatch objects and maxAccessPerSegment
+	// access records in one.
+	maxSegmentRecords = 1 << 20
+	// maxSegmentBody bounds a segment's decompressed body.
+	maxSegmentBody = 64 << 20
+	// maxRecordLen is the longest encoded record.
+	maxRecordLen = 1 + 5*binary.MaxVarintLen64 + MaxKeyLen + 32
+
+	maxWriterLen      = 63
+	segmentRandLen    = 16                                             // hex digits
+	maxSegmentNameLen = 20 + 1 + maxWriterLen + 1 + segmentRandLen + 4 // 4: ".seg"
+)
+
+// SanitizeWriter turns a host name or any other id into a writer id:
+// lower case letters, digits and single dashes, at most 63 characters.
+// It returns "" when nothing usable is left.
+func SanitizeWriter(s string) string {
+	var b strings.Builder
+	dash := false
+	for _, c := range strings.ToLower(s) {
+		if 'a' <= c && c <= 'z' || '0' <= c && c <= '9' {
+			if dash && b.Len() > 0 {
+				b.WriteByte('-')
+			}
+			dash = false
+			b.WriteRune(c)
+			if b.Len() >= maxWriterLen {
+				break
+			}
+			continue
+		}
+		dash = true
+	}
+	return strings.TrimRight(b.String()[:min(b.Len(), maxWriterLen)], "-")
+}
+
+// defaultWriter is the writer id when the caller gives none: the host name.
+func defaultWriter(given string) string {
+	if w := SanitizeWriter(given); w != "" {
+		return w
+	}
+	h, _ := os.Hostname()
+	if w := SanitizeWriter(h); w != "" {
+		return w
+	}
+	return "sstatefs"
+}
+
+// segmentKey names a new segment of writer written at ns (unix
+// nanoseconds, not negative).
+func segmentKey(ns int64, writer string) string {
+	var r [segmentRandLen / 2]byte
+	rand.Read(r[:])
+	return fmt.Sprintf("%s%020d-%s-%s.seg", JournalPrefix, ns, writer, hex.EncodeToString(r[:]))
+}
+
+// segmentName is what parseSegmentKey finds in a segment key.
+type segmentName struct {
+	time   int64 // unix nanoseconds
+	writer string
+}
+
+// parseSegmentKey checks that key names a segment and returns its parts.
+func parseSegmentKey(key string) (segmentName, bool) {
+	name, ok := strings.CutPrefix(key, JournalPrefix)
+	if !ok || len(name) > maxSegmentNameLen {
+		return segmentName{}, false
+	}
+	name, ok = strings.CutSuffix(name, ".seg")
+	if !ok || len(name) < 20+1+1+1+segmentRandLen || name[20] != '-' {
+		return segmentName{}, false
+	}
+	for i := 0; i < 20; i++ {
+		if name[i] < '0' || name[i] > '9' {
+			return segmentName{}, false
+		}
+	}
+	ns, err := strconv.ParseInt(name[:20], 10, 64)
+	if err != nil {
+		return segmentName{}, false
+	}
+	rest := name[21:]
+	rnd := rest[len(rest)-segmentRandLen:]
+	writer, ok := strings.CutSuffix(rest[:len(rest)-segmentRandLen], "-")
+	if !ok || writer == "" || len(writer) > maxWriterLen {
+		return segmentName{}, false
+	}
+	for i := 0; i < len(writer); i++ {
+		if c := writer[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return segmentName{}, false
+		}
+	}
+	for i := 0; i < len(rnd); i++ {
+		if c := rnd[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return segmentName{}, false
+		}
+	}
+	return segmentName{time: ns, writer: writer}, true
+}
+
+// segmentEncoder compresses segments. EncodeAll records the content size,
+// so a reader allocates a window no larger than the segment.
+var segmentEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
+	return zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+		zstd.WithWindowSize(encoderWindow), zstd.WithEncoderConcurrency(1))
+})
+
+// EncodeSegment writes seg in the segment format. It fails on records a
+// reader would reject (invalid keys, negative sizes, zero access times)
+// and on segments with more than 2^20 records.
+func EncodeSegment(w io.Writer, seg *Segment) error {
+	n := len(seg.Added) + len(seg.Accessed)
+	if n > maxSegmentRecords {
+		return fmt.Errorf("encode segment: %d records (limit %d)", n, maxSegmentRecords)
+	}
+	var raw []byte
+	for _, o := range seg.Added {
+		if o.Size < 0 || !validKey(o.Key) {
+			return fmt.Errorf("encode segment: invalid object %q (size %d)", o.Key, o.Size)
+		}
+		raw = append(raw, recAdded)
+		raw = binary.AppendUvarint(raw, uint64(len(o.Key)))
+		raw = append(raw, o.Key...)
+		raw = binary.AppendUvarint(raw, uint64(o.Size))
+		raw = binary.AppendVarint(raw, toNanos(o.ModTime))
+		raw = append(raw, o.SHA256[:]...)
+		raw = binary.AppendUvarint(raw, uint64(toSecs(o.Accessed)))
+	}
+	for _, a := range seg.Accessed {
+		if !validKey(a.Key) || a.Time.IsZero() {
+			return fmt.Errorf("encode segment: invalid access record %q at %v", a.Key, a.Time)
+		}
+		raw = append(raw, recAccessed)
+		raw = binary.AppendUvarint(raw, uint64(len(a.Key)))
+		raw = append(raw, a.Key...)
+		raw = binary.AppendUvarint(raw, uint64(toSecs(a.Time)))
+	}
+	if len(raw) > maxSegmentBody {
+		return fmt.Errorf("encode segment: body of %d bytes (limit %d)", len(raw), maxSegmentBody)
+	}
+	enc, err := segmentEncoder()
+	if err != nil {
+		return fmt.Errorf("encode segment: %w", err)
+	}
+	body := enc.EncodeAll(raw, nil)
+	hdr := make([]byte, segHeaderLen)
+	copy(hdr, segmentMagic)
+	binary.LittleEndian.PutUint32(hdr[8:], segmentVersion)
+	binary.LittleEndian.PutUint64(hdr[12:], uint64(toNanos(seg.Time)))
+	binary.LittleEndian.PutUint64(hdr[20:], uint64(n))
+	binary.LittleEndian.PutUint64(hdr[28:], uint64(len(body)))
+	if err := writeFrame(w, hdr, body); err != nil {
+		return fmt.Errorf("encode segment: %w", err)
+	}
+	return nil
+}
+
+func encodeSegment(seg *Segment) ([]byte, error) {
+	var buf bytes.Buffer
+	err := EncodeSegment(&buf, seg)
+	return buf.Bytes(), err
+}
+
+var segmentSpec = frameSpec{
+	magic: segmentMagic, what: "journal segment", minHeader: segHeaderLen, latest: segmentVersion,
+	header: func(v uint32) int {
+		if v == segmentVersion {
+			return segHeaderLen
+		}
+		return 0
+	},
+	bodyLimit: func(hdr []byte) (uint64, error) {
+		count := binary.LittleEndian.Uint64(hdr[20:])
+		if count > maxSegmentRecords {
+			return 0, corrupt("absurd record count %d (limit %d)", count, maxSegmentRecords)
+		}
+		return min(count*(maxRecordLen+1)+4096, maxSegmentBody+4096), nil
+	},
+	bodyLen: func(hdr []byte) uint64 { return binary.LittleEndian.Uint64(hdr[28:]) },
+}
+
+// errBodyTooLong marks a body that decompresses beyond maxSegmentBody.
+var errBodyTooLong = errors.New("body decompresses to more than 64 MiB")
+
+// boundedReader fails with errBodyTooLong after n bytes.
+type boundedReader struct {
+	r io.Reader
+	n int64
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		return 0, decompressError{errBodyTooLong}
+	}
+	if int64(len(p)) > b.n {
+		p = p[:b.n]
+	}
+	n, err := b.r.Read(p)
+	b.n -= int64(n)
+	return n, err
+}
+
+// DecodeSegment reads a segment written by EncodeSegment. Key and Writer
+// are left empty (they come from the store key); Time is the one in the
+// header. Damage is reported as an error wrapping ErrCorrupt that says what
+// is wrong; a failure of r is returned as it is. Memory is bounded by what
+// is actually read and by the format's limits.
+func DecodeSegment(r io.Reader) (*Segment, error) {
+	hdr, body, err := readFrame(r, &segmentSpec)
+	if err != nil {
+		return nil, err
+	}
+	count := binary.LittleEndian.Uint64(hdr[20:])
+	bodyLen := segmentSpec.bodyLen(hdr)
+	seg := &Segment{Time: fromNanos(int64(binary.LittleEndian.Uint64(hdr[12:])))}
+
+	zr, err := zstd.NewReader(body, zstd.WithDecoderMaxWindow(decoderWindow),
+		zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxSegmentBody))
+	if err != nil {
+		return nil, fmt.Errorf("decode segment: %w", err)
+	}
+	defer zr.Close()
+	br := bufio.NewReaderSize(&boundedReader{r: zstdReader{zr}, n: maxSegmentBody}, 16<<10)
+
+	var (
+		buf   = make([]byte, 0, 256)
+		sha   [32]byte
+		added = make([]Object, 0, min(count, bodyLen/32+16))
+	)
+	bad := func(i uint64, what string, err error) error {
+		if errors.Is(err, io.EOF) && what == "record kind" {
+			return corrupt("record count mismatch: header says %d records, body ends after %d", count, i)
+		}
+		return bodyError(fmt.Sprintf("record %d", i), what, err)
+	}
+	readKey := func(i uint64) (string, error) {
+		n, err := binary.ReadUvarint(br)
+		if err != nil {
+			return "", bad(i, "key length", err)
+		}
+		if n > MaxKeyLen {
+			return "", corrupt("record %d: absurd key length %d (limit %d)", i, n, MaxKeyLen)
+		}
+		buf = resize(buf, int(n))
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return "", bad(i, "key", err)
+		}
+		// One allocation per key, no arena: Live keeps decoded segments,
+		// most of them small, and an arena block each would dwarf them.
+		key := string(buf)
+		if !validKey(key) {
+			return "", corrupt("record %d: invalid key %s", i, quoteKey(key))
+		}
+		return key, nil
+	}
+	readSecs := func(i uint64, what string) (uint32, error) {
+		s, err := binary.ReadUvarint(br)
+		if err != nil {
+			return 0, bad(i, what, err)
+		}
+		if s > math.MaxUint32 {
+			return 0, corrupt("record %d: absurd %s %d", i, what, s)
+		}
+		return uint32(s), nil
+	}
+	for i := uint64(0); i < count; i++ {
+		kind, err := br.ReadByte()
+		if err != nil {
+			return nil, bad(i, "record kind", err)
+		}
+		switch kind {
+		case recAdded:
+			key, err := readKey(i)
+			if err != nil {
+				return nil, err
+			}
+			size, err := binary.ReadUvarint(br)
+			if err != nil {
+				return nil, bad(i, "size", err)
+			}
+			if size > math.MaxInt64 {
+				return nil, corrupt("record %d: absurd size %d", i, size)
+			}
+			mtime, err := binary.ReadVarint(br)
+			if err != nil {
+				return nil, bad(i, "modification time", err)
+			}
+			if _, err := io.ReadFull(br, sha[:]); err != nil {
+				return nil, bad(i, "sha256", err)
+			}
+			at, err := readSecs(i, "access time")
+			if err != nil {
+				return nil, err
+			}
+			added = append(added, Object{Key: key, Size: int64(size), ModTime: fromNanos(mtime), SHA256: sha, Accessed: fromSecs(at)})
+		case recAccessed:
+			key, err := readKey(i)
+			if err != nil {
+				return nil, err
+			}
+			at, err := readSecs(i, "access time")
+			if err != nil {
+				return nil, err
+			}
+			if at == 0 {
+				return nil, corrupt("record %d: access record without a time", i)
+			}
+			seg.Accessed = append(seg.Accessed, Access{Key: key, Time: fromSecs(at)})
+		default:
+			return nil, corrupt("record %d: unknown record kind %d", i, kind)
+		}
+	}
+	if err := checkBodyEnd(br, count, "record", "records"); err != nil {
+		return nil, err
+	}
+	if len(added) > 0 {
+		seg.Added = added[:len(added):len(added)]
+	}
+	return seg, nil
+}
