@@ -15,6 +15,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
+	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/transfer"
 )
@@ -86,6 +87,10 @@ Flags:
 	store, err := openStore(ctx, cfg.Stores[0])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sstatefs push: %v\n", err)
+		return 1
+	}
+	if backend.IsReadOnly(store) {
+		fmt.Fprintf(os.Stderr, "sstatefs push: %s is read-only (a plain HTTP mirror takes no writes); push to an s3:// or file:// store\n", store.Location())
 		return 1
 	}
 	known, err := index.Load(ctx, store)
