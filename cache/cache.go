@@ -46,6 +46,8 @@ type Options struct {
 	// FetchTimeout bounds one download, independent of the caller that
 	// started it (other callers may be waiting for the same object).
 	FetchTimeout time.Duration
+	// OnFetch, if set, is told of every download: bytes, duration, error.
+	OnFetch func(bytes int64, d time.Duration, err error)
 }
 
 // Stats are counters for status and metrics.
@@ -61,6 +63,7 @@ type Cache struct {
 	max     int64
 	log     *slog.Logger
 	timeout time.Duration
+	onFetch func(int64, time.Duration, error)
 	group   singleflight.Group
 
 	mu       sync.Mutex                    // protects lru, bytes, verified
@@ -80,7 +83,7 @@ func Open(opt Options) (*Cache, error) {
 	if opt.FetchTimeout <= 0 {
 		opt.FetchTimeout = 10 * time.Minute
 	}
-	c := &Cache{dir: opt.Dir, max: opt.MaxBytes, log: opt.Logger, timeout: opt.FetchTimeout, verified: map[string]bool{}}
+	c := &Cache{dir: opt.Dir, max: opt.MaxBytes, log: opt.Logger, timeout: opt.FetchTimeout, onFetch: opt.OnFetch, verified: map[string]bool{}}
 	lru, err := simplelru.NewLRU[string, int64](1<<62, nil)
 	if err != nil {
 		return nil, err
@@ -190,7 +193,12 @@ func (c *Cache) Open(ctx context.Context, obj Object) (*os.File, error) {
 		// interrupted caller must not fail the others. Bounded by c.timeout.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 		defer cancel()
-		return nil, c.fetch(dctx, obj)
+		start := time.Now()
+		n, err := c.fetch(dctx, obj)
+		if c.onFetch != nil {
+			c.onFetch(n, time.Since(start), err)
+		}
+		return nil, err
 	})
 	select {
 	case <-ctx.Done():
@@ -287,15 +295,15 @@ func (c *Cache) drop(id string) {
 
 // fetch downloads obj into a temp file, verifying as it streams, and files
 // it under its id only when it matches.
-func (c *Cache) fetch(ctx context.Context, obj Object) error {
+func (c *Cache) fetch(ctx context.Context, obj Object) (n int64, err error) {
 	rc, err := obj.Fetch(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer rc.Close()
 	tmp, err := os.CreateTemp(filepath.Join(c.dir, "tmp"), "fetch-*")
 	if err != nil {
-		return fmt.Errorf("cache: %w", err)
+		return n, fmt.Errorf("cache: %w", err)
 	}
 	defer os.Remove(tmp.Name())
 	var h hash.Hash
@@ -305,27 +313,27 @@ func (c *Cache) fetch(ctx context.Context, obj Object) error {
 		w = io.MultiWriter(tmp, h)
 	}
 	// Read one byte more than expected to notice an object that grew.
-	n, err := io.Copy(w, io.LimitReader(rc, obj.Size+1))
+	n, err = io.Copy(w, io.LimitReader(rc, obj.Size+1))
 	c.fetched.Add(n)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("fetch %s: %w", obj.Name, err)
+		return n, fmt.Errorf("fetch %s: %w", obj.Name, err)
 	}
 	if n != obj.Size {
-		return fmt.Errorf("fetch %s: %w: got %d bytes, want %d", obj.Name, ErrCorrupt, n, obj.Size)
+		return n, fmt.Errorf("fetch %s: %w: got %d bytes, want %d", obj.Name, ErrCorrupt, n, obj.Size)
 	}
 	if h != nil && [32]byte(h.Sum(nil)) != obj.SHA256 {
 		c.corrupted.Add(1)
-		return fmt.Errorf("fetch %s: %w: sha256 %x, want %x", obj.Name, ErrCorrupt, h.Sum(nil), obj.SHA256)
+		return n, fmt.Errorf("fetch %s: %w: sha256 %x, want %x", obj.Name, ErrCorrupt, h.Sum(nil), obj.SHA256)
 	}
 	final := c.path(obj.ID)
 	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
-		return fmt.Errorf("cache: %w", err)
+		return n, fmt.Errorf("cache: %w", err)
 	}
 	if err := os.Rename(tmp.Name(), final); err != nil {
-		return fmt.Errorf("cache: %w", err)
+		return n, fmt.Errorf("cache: %w", err)
 	}
 	c.mu.Lock()
 	if old, ok := c.lru.Peek(obj.ID); ok {
@@ -336,7 +344,7 @@ func (c *Cache) fetch(ctx context.Context, obj Object) error {
 	c.verified[obj.ID] = true
 	c.evictLocked(obj.ID)
 	c.mu.Unlock()
-	return nil
+	return n, nil
 }
 
 // evictLocked removes least recently used entries until the bound holds,

@@ -156,15 +156,20 @@ var (
 	negativeTimeout = time.Second
 )
 
-// MountOptions returns go-fuse options for mounting root.
-func MountOptions(allowOther, debug bool) *gofs.Options {
+// MountOptions returns go-fuse options for mounting root. source is what
+// mount tables show as the mount's source (sstatefs gives its cache
+// directory, which is how `sstatefs status MOUNTPOINT` finds the mount).
+func MountOptions(allowOther, debug bool, source string) *gofs.Options {
+	if source == "" {
+		source = "sstatefs"
+	}
 	return &gofs.Options{
 		EntryTimeout:    &entryTimeout,
 		AttrTimeout:     &entryTimeout,
 		NegativeTimeout: &negativeTimeout,
 		MountOptions: fuse.MountOptions{
 			AllowOther:    allowOther,
-			FsName:        "sstatefs",
+			FsName:        source,
 			Name:          "sstatefs",
 			Debug:         debug,
 			DirectMount:   true, // root mounts without fusermount3; others fall back to it

@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sstatefs/sstatefs/backend"
@@ -53,6 +54,23 @@ type View struct {
 
 	mu      sync.Mutex           // protects touched
 	touched map[string]time.Time // access times recorded by utimensat/touch
+
+	hits, misses, probeCount, probeHits, probeErrors atomic.Int64
+}
+
+// Stats are lookup counters for metrics.
+type Stats struct {
+	Hits        int64 // present, answered from the index
+	Misses      int64 // absent: from memory (fresh index, cached probe, not an sstate name) or by a probe
+	Probes      int64 // store probes (no fresh index)
+	ProbeHits   int64 // probes that found the object
+	ProbeErrors int64 // probes that failed (store unreachable)
+	Resolved    int64 // names resolved to another object through hash equivalence
+}
+
+// Stats returns the lookup counters.
+func (v *View) Stats() Stats {
+	return Stats{Hits: v.hits.Load(), Misses: v.misses.Load(), Probes: v.probeCount.Load(), ProbeHits: v.probeHits.Load(), ProbeErrors: v.probeErrors.Load()}
 }
 
 // New returns a View.
@@ -73,37 +91,53 @@ func (v *View) Store() backend.Store { return v.store }
 // memory while the index is fresh; otherwise names of the sstate grammar are
 // probed in the store (cached), and other names do not exist.
 func (v *View) Stat(ctx context.Context, key string) (Object, error) {
+	o, probed, err := v.stat(ctx, key)
+	switch {
+	case err == nil && probed:
+		v.probeHits.Add(1)
+	case err == nil:
+		v.hits.Add(1)
+	case errors.Is(err, backend.ErrNotExist):
+		v.misses.Add(1)
+	default:
+		v.probeErrors.Add(1)
+	}
+	return o, err
+}
+
+func (v *View) stat(ctx context.Context, key string) (o Object, probed bool, err error) {
 	if backend.IsMeta(key) {
-		return Object{}, notExist(key)
+		return Object{}, false, notExist(key)
 	}
 	ix := v.index.Current()
 	if ix != nil {
 		if o, ok := ix.Lookup(key); ok {
-			return Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256}, nil
+			return Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256}, false, nil
 		}
 		if v.index.Fresh() {
-			return Object{}, notExist(key)
+			return Object{}, false, notExist(key)
 		}
 	}
 	if _, err := sstate.Parse(key); err != nil {
-		return Object{}, notExist(key)
+		return Object{}, false, notExist(key)
 	}
 	if info, present, known := v.probes.Get(key); known {
 		if !present {
-			return Object{}, notExist(key)
+			return Object{}, false, notExist(key)
 		}
-		return Object{Key: key, Size: info.Size, ModTime: info.ModTime}, nil
+		return Object{Key: key, Size: info.Size, ModTime: info.ModTime}, false, nil
 	}
+	v.probeCount.Add(1)
 	oi, err := v.store.Stat(ctx, key)
 	if errors.Is(err, backend.ErrNotExist) {
 		v.probes.Absent(key)
-		return Object{}, err
+		return Object{}, true, err
 	}
 	if err != nil {
-		return Object{}, err
+		return Object{}, true, err
 	}
 	v.probes.Present(key, cache.Info{Size: oi.Size, ModTime: oi.ModTime})
-	return Object{Key: key, Size: oi.Size, ModTime: oi.ModTime}, nil
+	return Object{Key: key, Size: oi.Size, ModTime: oi.ModTime}, true, nil
 }
 
 func notExist(key string) error { return fmt.Errorf("%s: %w", key, backend.ErrNotExist) }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -23,7 +24,13 @@ type Config struct {
 	Index   IndexConfig   `toml:"index"`
 	Mount   MountConfig   `toml:"mount"`
 	Publish PublishConfig `toml:"publish"`
+	Metrics MetricsConfig `toml:"metrics"`
 	Log     LogConfig     `toml:"log"`
+}
+
+// MetricsConfig is the observability endpoint of a mount.
+type MetricsConfig struct {
+	Addr string `toml:"addr"` // host:port for /metrics, /healthz, /readyz, /status; "" (default) is off
 }
 
 // PublishConfig is the write path: what bitbake publishes through the mount
@@ -65,13 +72,15 @@ type IndexConfig struct {
 // MountConfig is the FUSE mount.
 type MountConfig struct {
 	AllowOther bool   `toml:"allow_other"`
-	Owner      string `toml:"owner"` // uid:gid of store objects; default: the mountpoint's owner
-	Debug      bool   `toml:"debug"` // log every FUSE request
+	Owner      string `toml:"owner"`      // uid:gid of store objects; default: the mountpoint's owner
+	Debug      bool   `toml:"debug"`      // log every FUSE request
+	ReadyFile  string `toml:"ready_file"` // created once the mount is up and its index loaded; removed at shutdown
 }
 
 // LogConfig is logging.
 type LogConfig struct {
-	Level string `toml:"level"` // debug, info, warn, error
+	Level  string `toml:"level"`  // debug, info, warn, error
+	Format string `toml:"format"` // text or json
 }
 
 // Duration is a time.Duration written as a string ("30s", "5m"). A value
@@ -192,7 +201,7 @@ func Defaults() Config {
 			CompactInterval: Duration{Duration: time.Hour},
 		},
 		Publish: PublishConfig{Concurrency: 4, DrainTimeout: Duration{Duration: 30 * time.Second}, WriterID: defaultWriterID()},
-		Log:     LogConfig{Level: "info"},
+		Log:     LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -248,7 +257,7 @@ func LoadFile(cfg *Config, path string) error {
 func decodeTOML(cfg *Config, path, data string) error {
 	// A file that lists stores replaces the default store list.
 	var fileCfg Config
-	fileCfg.Cache, fileCfg.Index, fileCfg.Mount, fileCfg.Publish, fileCfg.Log = cfg.Cache, cfg.Index, cfg.Mount, cfg.Publish, cfg.Log
+	fileCfg.Cache, fileCfg.Index, fileCfg.Mount, fileCfg.Publish, fileCfg.Metrics, fileCfg.Log = cfg.Cache, cfg.Index, cfg.Mount, cfg.Publish, cfg.Metrics, cfg.Log
 	md, err := toml.Decode(data, &fileCfg)
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
@@ -365,6 +374,16 @@ func (c *Config) Validate() error {
 	default:
 		bad("log.level %q: want debug, info, warn or error", c.Log.Level)
 	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format %q: want text or json", c.Log.Format)
+	}
+	if c.Metrics.Addr != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Addr); err != nil {
+			bad("metrics.addr %q: want host:port (e.g. 127.0.0.1:9477 or :9477)", c.Metrics.Addr)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -477,6 +496,10 @@ func newConfigFlags(fs *flag.FlagSet) *configFlags {
 	text("publish-drain-timeout", "at SIGTERM, how long to keep uploading queued objects before exiting (default 30s)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Publish.DrainTimeout })
 	str("publish-writer-id", "name of this mount in the index journal (default: the host name)", func(c *Config, v string) { c.Publish.WriterID = v })
 	str("log-level", "debug, info, warn or error", func(c *Config, v string) { c.Log.Level = v })
+	str("log-format", "text or json", func(c *Config, v string) { c.Log.Format = v })
+	str("mount-ready-file", "file created once the mount is up and its index loaded (readiness gate)", func(c *Config, v string) { c.Mount.ReadyFile = v })
+	str("ready-file", "same as --mount-ready-file", func(c *Config, v string) { c.Mount.ReadyFile = v })
+	str("metrics-addr", "serve /metrics, /healthz, /readyz and /status on host:port (off by default)", func(c *Config, v string) { c.Metrics.Addr = v })
 	return cf
 }
 

@@ -242,7 +242,7 @@ func cmdIndexCompact(args []string) int {
 		return 1
 	}
 	start := time.Now()
-	res, err := index.Compact(ctx, store, index.CompactOptions{Grace: *grace, Logger: newLogger(cfg.Log.Level)})
+	res, err := index.Compact(ctx, store, index.CompactOptions{Grace: *grace, Logger: newLogger(cfg.Log)})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sstatefs index compact: %v\n", err)
 		return 1

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -46,7 +47,7 @@ func cmdMount(args []string) int {
 		fmt.Fprintf(os.Stderr, "sstatefs mount: %v\n", err)
 		return 2
 	}
-	log := newLogger(cfg.Log.Level)
+	log := newLogger(cfg.Log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	m, err := startMount(ctx, cfg, fset.Arg(0), log)
@@ -67,10 +68,26 @@ func cmdMount(args []string) int {
 	return 0
 }
 
-func newLogger(level string) *slog.Logger {
+// newLogger logs to stderr as text or JSON; it remembers the last warnings
+// and errors for `sstatefs status`.
+func newLogger(lc LogConfig) *slog.Logger {
 	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	_ = l.UnmarshalText([]byte(lc.Level))
+	opts := &slog.HandlerOptions{Level: l}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if lc.Format == "json" {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	return slog.New(&recentErrors{Handler: h, ring: &errorRing{}})
+}
+
+// ringOf returns the error ring of a logger made by newLogger (a fresh one
+// for other loggers, e.g. in tests).
+func ringOf(log *slog.Logger) *errorRing {
+	if r, ok := log.Handler().(*recentErrors); ok {
+		return r.ring
+	}
+	return &errorRing{}
 }
 
 // mounted is a running mount.
@@ -83,6 +100,11 @@ type mounted struct {
 	store      backend.Store
 	queue      *publish.Queue
 	journal    *index.Journal
+	view       *view.View
+	obs        *observer
+	cacheDir   string
+	readyFile  string
+	metrics    string // address of the metrics endpoint, "" when off
 	drain      time.Duration
 	cancel     context.CancelFunc
 	done       chan struct{} // closed when the FUSE server stops serving
@@ -120,7 +142,8 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	c, err := cache.Open(cache.Options{Dir: filepath.Join(cfg.Cache.Dir, "cache"), MaxBytes: cfg.Cache.Size.Bytes, Logger: log})
+	obs := newObserver(ringOf(log), cfg.Cache.Size.Bytes)
+	c, err := cache.Open(cache.Options{Dir: filepath.Join(cfg.Cache.Dir, "cache"), MaxBytes: cfg.Cache.Size.Bytes, Logger: log, OnFetch: obs.onFetch})
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +219,7 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	opts := sfs.MountOptions(cfg.Mount.AllowOther, cfg.Mount.Debug)
+	opts := sfs.MountOptions(cfg.Mount.AllowOther, cfg.Mount.Debug, cfg.Cache.Dir)
 	if cfg.Mount.Debug {
 		opts.Logger = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	}
@@ -213,10 +236,34 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 	}
 	m = &mounted{
 		mountpoint: mp, server: server, fs: f, live: live, cache: c, store: store,
-		queue: queue, journal: journal, drain: cfg.Publish.DrainTimeout.Duration,
+		queue: queue, journal: journal, view: v, obs: obs, cacheDir: cfg.Cache.Dir,
+		readyFile: cfg.Mount.ReadyFile, drain: cfg.Publish.DrainTimeout.Duration,
 		cancel: cancel, done: make(chan struct{}), log: log, unlock: unlock,
 	}
 	go func() { server.Wait(); close(m.done) }()
+	obs.attach(m)
+	if ln, err := listenControl(cfg.Cache.Dir); err != nil {
+		log.Warn("no control socket: `sstatefs status` shows only the queue on disk", "error", err)
+	} else {
+		go serveHTTP(rctx, ln, obs.handler(), log)
+	}
+	if cfg.Metrics.Addr != "" {
+		ln, err := net.Listen("tcp", cfg.Metrics.Addr)
+		if err != nil {
+			m.close()
+			return nil, fmt.Errorf("--metrics-addr %s: %w", cfg.Metrics.Addr, err)
+		}
+		m.metrics = ln.Addr().String()
+		log.Info("serving metrics and health", "addr", m.metrics, "paths", "/metrics /healthz /readyz /status")
+		go serveHTTP(rctx, ln, obs.handler(), log)
+	}
+	obs.ready.Store(true)
+	if m.readyFile != "" {
+		if err := writeReadyFile(m.readyFile); err != nil {
+			m.close()
+			return nil, fmt.Errorf("ready file: %w", err)
+		}
+	}
 	log.Info("mounted", "mountpoint", mp, "store", store.Location(), "cache", cfg.Cache.Dir, "allow_other", cfg.Mount.AllowOther)
 	return m, nil
 }
@@ -227,6 +274,10 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 func (m *mounted) close() error {
 	defer m.unlock()
 	defer m.cancel()
+	m.obs.ready.Store(false)
+	if m.readyFile != "" {
+		os.Remove(m.readyFile)
+	}
 	err := m.unmount()
 	m.drainQueue()
 	if ferr := m.fs.Close(); err == nil {
@@ -328,9 +379,15 @@ func checkMountpoint(mp string) (string, error) {
 
 // mountedAt looks dir up in /proc/self/mountinfo.
 func mountedAt(dir string) (fstype string, ok bool) {
+	fstype, _, ok = mountInfo(dir)
+	return fstype, ok
+}
+
+// mountInfo returns the file system type and source of the mount at dir.
+func mountInfo(dir string) (fstype, source string, ok bool) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return "", false
+		return "", "", false
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -342,13 +399,13 @@ func mountedAt(dir string) (fstype string, ok bool) {
 			continue
 		}
 		for i, fl := range fields {
-			if fl == "-" && i+1 < len(fields) {
-				return fields[i+1], true
+			if fl == "-" && i+2 < len(fields) {
+				return fields[i+1], unescapeMountinfo(fields[i+2]), true
 			}
 		}
-		return "unknown", true
+		return "unknown", "", true
 	}
-	return "", false
+	return "", "", false
 }
 
 func unescapeMountinfo(s string) string {

@@ -83,7 +83,7 @@ Flags:
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	log := newLogger(cfg.Log.Level)
+	log := newLogger(cfg.Log)
 	store, err := openStore(ctx, cfg.Stores[0])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sstatefs push: %v\n", err)
@@ -157,7 +157,7 @@ Flags:
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	log := newLogger(cfg.Log.Level)
+	log := newLogger(cfg.Log)
 	store, err := openStore(ctx, cfg.Stores[0])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sstatefs export: %v\n", err)

@@ -43,7 +43,7 @@ Flags:
 		fmt.Fprintf(os.Stderr, "sstatefs run: %v\n", err)
 		return 2
 	}
-	log := newLogger(cfg.Log.Level)
+	log := newLogger(cfg.Log)
 
 	mp := *mountpoint
 	if mp == "" {

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -39,7 +42,15 @@ func cmdStatus(args []string) int {
 	cf := newConfigFlags(fset)
 	asJSON := fset.Bool("json", false, "print JSON")
 	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), "Usage: sstatefs status [flags]\n\nShows the upload queue of the mount that uses --cache-dir (running or not): what is pending,\nwhat waits for the index journal and what failed, with the last error.\n\nFlags:\n")
+		fmt.Fprintf(fset.Output(), `Usage: sstatefs status [flags] [MOUNTPOINT]
+
+Shows the live state of a running mount (stores, index age and size, cache use, lookups, upload
+queue, recent errors), asked over its control socket. MOUNTPOINT names the mount; without it,
+the mount using --cache-dir. When no mount is running there, it shows the upload queue left on
+disk.
+
+Flags:
+`)
 		fset.PrintDefaults()
 	}
 	if err := fset.Parse(args); err != nil {
@@ -50,19 +61,105 @@ func cmdStatus(args []string) int {
 		fmt.Fprintf(os.Stderr, "sstatefs status: %v\n", err)
 		return 2
 	}
-	st, err := readStatus(cfg.Cache.Dir)
+	cacheDir := cfg.Cache.Dir
+	if fset.NArg() > 1 {
+		fset.Usage()
+		return 2
+	}
+	if fset.NArg() == 1 {
+		mp, _ := filepath.Abs(fset.Arg(0))
+		if real, err := filepath.EvalSymlinks(mp); err == nil {
+			mp = real
+		}
+		fstype, source, ok := mountInfo(mp)
+		if !ok || fstype != "fuse" && fstype != "fuse.sstatefs" {
+			fmt.Fprintf(os.Stderr, "sstatefs status: %s is not an sstatefs mount\n", mp)
+			return 1
+		}
+		cacheDir = source
+	}
+	if live, err := askStatus(cacheDir); err == nil {
+		if *asJSON {
+			printJSON(os.Stdout, live)
+		} else {
+			printLiveStatus(os.Stdout, live, time.Now())
+		}
+		return 0
+	}
+	st, err := readStatus(cacheDir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sstatefs status: %v\n", err)
 		return 1
 	}
 	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(st)
+		printJSON(os.Stdout, st)
 		return 0
 	}
 	printStatus(os.Stdout, st, time.Now())
 	return 0
+}
+
+func printJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// askStatus asks a running mount over its control socket.
+func askStatus(cacheDir string) (LiveStatus, error) {
+	var st LiveStatus
+	sock := controlSocket(cacheDir)
+	client := &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
+	resp, err := client.Get("http://sstatefs/status")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("control socket %s: %s", sock, resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+func printLiveStatus(w io.Writer, st LiveStatus, now time.Time) {
+	ready := "ready"
+	if !st.Ready {
+		ready = "not ready"
+	}
+	fmt.Fprintf(w, "mount:    %s (pid %d, up %s, %s)\n", st.Mountpoint, st.PID, st.Uptime, ready)
+	for i, s := range st.Stores {
+		fmt.Fprintf(w, "store %d:  %s\n", i+1, s)
+	}
+	fmt.Fprintf(w, "cache:    %s\n", st.CacheDir)
+	if st.Index.Loaded {
+		fresh := "fresh"
+		if !st.Index.Fresh {
+			fresh = "STALE"
+		}
+		fmt.Fprintf(w, "index:    %d objects (%s), %d equivalences, loaded %s ago (%s), %d journal segments applied\n",
+			st.Index.Objects, humanBytes(st.Index.Bytes), st.Index.Equivalences, st.Index.Age, fresh, st.Index.Segments)
+	} else {
+		fmt.Fprintf(w, "index:    none loaded: lookups probe the store\n")
+	}
+	fmt.Fprintf(w, "disk:     %s of %s in %d objects; %d hits, %d misses, %d evictions, %d failed verification, %s fetched\n",
+		humanBytes(st.Cache.Bytes), humanBytes(st.Cache.Limit), st.Cache.Entries, st.Cache.Hits, st.Cache.Misses, st.Cache.Evictions, st.Cache.Corrupted, humanBytes(st.Cache.FetchedBytes))
+	fmt.Fprintf(w, "lookups:  %d present, %d absent, %d store probes (%d failed)\n", st.Lookups.Hits+st.Lookups.ProbeHits, st.Lookups.Misses, st.Lookups.Probes, st.Lookups.ProbeErrors)
+	fmt.Fprintf(w, "uploads:  %d pending (%s), %d waiting for the index journal, %d failing; %d uploaded (%s), %d kept by the store (other content), %d failed attempts\n",
+		st.Queue.Pending, humanBytes(st.Queue.PendingBytes), st.Queue.Uploaded, st.Queue.Failing,
+		st.Uploads.Uploaded, humanBytes(st.Uploads.UploadedBytes), st.Uploads.Conflicts, st.Uploads.Failures)
+	printEntries(w, st.Entries, now)
+	if len(st.Errors) > 0 {
+		fmt.Fprintf(w, "recent warnings and errors:\n")
+		for _, e := range st.Errors {
+			fmt.Fprintf(w, "  %s %-5s %s %s\n", e.Time.Format(time.RFC3339), e.Level, e.Message, e.Attrs)
+		}
+	}
 }
 
 func readStatus(dir string) (Status, error) {
@@ -80,22 +177,28 @@ func readStatus(dir string) (Status, error) {
 	if err != nil {
 		return st, err
 	}
-	for _, e := range st.Entries {
-		switch e.State {
-		case publish.Uploaded:
-			st.Queue.Uploaded++
-		default:
-			st.Queue.Pending++
-			st.Queue.PendingBytes += e.Size
-		}
-		if e.Attempts > 0 {
-			st.Queue.Failing++
-		}
-	}
+	st.Queue = summarizeQueue(st.Entries)
 	if st.Entries == nil {
 		st.Entries = []publish.Entry{}
 	}
 	return st, nil
+}
+
+func summarizeQueue(entries []publish.Entry) QueueStatus {
+	var q QueueStatus
+	for _, e := range entries {
+		switch e.State {
+		case publish.Uploaded:
+			q.Uploaded++
+		default:
+			q.Pending++
+			q.PendingBytes += e.Size
+		}
+		if e.Attempts > 0 {
+			q.Failing++
+		}
+	}
+	return q
 }
 
 // lockHeld tells whether a process holds the mount's lock on the cache dir.
@@ -122,7 +225,11 @@ func printStatus(w io.Writer, st Status, now time.Time) {
 	fmt.Fprintf(w, "mount:   %s\n", state)
 	fmt.Fprintf(w, "uploads: %d pending (%s), %d waiting for the index journal, %d failing\n",
 		st.Queue.Pending, humanBytes(st.Queue.PendingBytes), st.Queue.Uploaded, st.Queue.Failing)
-	for _, e := range st.Entries {
+	printEntries(w, st.Entries, now)
+}
+
+func printEntries(w io.Writer, entries []publish.Entry, now time.Time) {
+	for _, e := range entries {
 		line := fmt.Sprintf("  %-8s %s (%s, queued %s ago)", e.State, e.Key, humanBytes(e.Size), now.Sub(e.Enqueued).Round(time.Second))
 		if e.Attempts > 0 {
 			line += fmt.Sprintf("\n           %d failed attempts, last: %s", e.Attempts, e.LastError)

@@ -1,0 +1,338 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/cache"
+	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/publish"
+)
+
+// recentErrors is a slog.Handler that passes records on and keeps the last
+// warnings and errors for `sstatefs status`.
+type recentErrors struct {
+	slog.Handler
+	ring *errorRing
+}
+
+type errorRing struct {
+	mu   sync.Mutex // protects list
+	list []LogRecord
+}
+
+// LogRecord is one remembered warning or error.
+type LogRecord struct {
+	Time    time.Time `json:"time"`
+	Level   string    `json:"level"`
+	Message string    `json:"message"`
+	Attrs   string    `json:"attrs,omitempty"`
+}
+
+const keepErrors = 20
+
+func (h *recentErrors) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		var b strings.Builder
+		r.Attrs(func(a slog.Attr) bool {
+			if b.Len() > 0 {
+				b.WriteByte(' ')
+			}
+			b.WriteString(a.String())
+			return true
+		})
+		h.ring.mu.Lock()
+		h.ring.list = append(h.ring.list, LogRecord{Time: r.Time, Level: r.Level.String(), Message: r.Message, Attrs: b.String()})
+		if len(h.ring.list) > keepErrors {
+			h.ring.list = h.ring.list[len(h.ring.list)-keepErrors:]
+		}
+		h.ring.mu.Unlock()
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *recentErrors) WithAttrs(as []slog.Attr) slog.Handler {
+	return &recentErrors{Handler: h.Handler.WithAttrs(as), ring: h.ring}
+}
+
+func (h *recentErrors) WithGroup(name string) slog.Handler {
+	return &recentErrors{Handler: h.Handler.WithGroup(name), ring: h.ring}
+}
+
+func (r *errorRing) snapshot() []LogRecord {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]LogRecord{}, r.list...)
+}
+
+// LiveStatus is what a running mount reports on its control socket.
+type LiveStatus struct {
+	PID        int             `json:"pid"`
+	Mountpoint string          `json:"mountpoint"`
+	CacheDir   string          `json:"cache_dir"`
+	Stores     []string        `json:"stores"`
+	Uptime     string          `json:"uptime"`
+	Ready      bool            `json:"ready"`
+	Index      IndexStatus     `json:"index"`
+	Cache      CacheStatus     `json:"cache"`
+	Lookups    LookupStatus    `json:"lookups"`
+	Queue      QueueStatus     `json:"queue"`
+	Uploads    publish.Stats   `json:"uploads"`
+	Entries    []publish.Entry `json:"entries"`
+	Errors     []LogRecord     `json:"recent_errors"`
+}
+
+// IndexStatus describes the loaded index.
+type IndexStatus struct {
+	Loaded       bool      `json:"loaded"`
+	Fresh        bool      `json:"fresh"`
+	Objects      int       `json:"objects"`
+	Bytes        int64     `json:"bytes"`
+	Equivalences int       `json:"equivalences"`
+	LastLoad     time.Time `json:"last_load"`
+	Age          string    `json:"age"`
+	Segments     int       `json:"journal_segments_applied"`
+}
+
+// CacheStatus describes the disk cache.
+type CacheStatus struct {
+	Bytes, Limit, Entries, Hits, Misses, Evictions, Corrupted, FetchedBytes int64
+}
+
+// LookupStatus counts lookups.
+type LookupStatus struct {
+	Hits, Misses, Probes, ProbeHits, ProbeErrors int64
+}
+
+// observer serves metrics, health, readiness and the control socket of a
+// running mount.
+type observer struct {
+	m       *mounted
+	ring    *errorRing
+	start   time.Time
+	ready   atomic.Bool
+	reg     *prometheus.Registry
+	fetches *prometheus.HistogramVec
+	limit   int64
+
+	healthMu    sync.Mutex // protects lastHealth, healthAt
+	lastHealth  error
+	healthAt    time.Time
+	healthEvery time.Duration // how long a store check is reused
+}
+
+func newObserver(ring *errorRing, cacheLimit int64) *observer {
+	o := &observer{ring: ring, start: time.Now(), reg: prometheus.NewRegistry(), limit: cacheLimit, healthEvery: 10 * time.Second}
+	o.fetches = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sstatefs_fetch_duration_seconds",
+		Help:    "Duration of object downloads into the cache, by result.",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+	}, []string{"result"})
+	o.reg.MustRegister(o.fetches, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return o
+}
+
+// onFetch is the cache's download hook.
+func (o *observer) onFetch(n int64, d time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	o.fetches.WithLabelValues(result).Observe(d.Seconds())
+}
+
+// attach registers the metrics of a mount's parts.
+func (o *observer) attach(m *mounted) {
+	o.m = m
+	counter := func(name, help string, f func() float64) {
+		o.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+	}
+	gauge := func(name, help string, f func() float64) {
+		o.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+	}
+	lookups := prometheus.NewDesc("sstatefs_lookups_total", "Lookups of object names, by result: hit and miss answered from the index or cache, probe_hit, probe_miss and probe_error asked the store, resolved through hash equivalence.", []string{"result"}, nil)
+	o.reg.MustRegister(&funcCollector{desc: lookups, collect: func(ch chan<- prometheus.Metric) {
+		s := m.view.Stats()
+		for _, v := range []struct {
+			label string
+			n     int64
+		}{{"hit", s.Hits}, {"miss", s.Misses}, {"probe", s.Probes}, {"probe_hit", s.ProbeHits}, {"probe_error", s.ProbeErrors}, {"resolved", s.Resolved}} {
+			ch <- prometheus.MustNewConstMetric(lookups, prometheus.CounterValue, float64(v.n), v.label)
+		}
+	}})
+	cs := func() cache.Stats { return m.cache.Stats() }
+	counter("sstatefs_fetched_bytes_total", "Bytes downloaded from the store into the cache.", func() float64 { return float64(cs().FetchedBytes) })
+	counter("sstatefs_cache_hits_total", "Opens served from the disk cache.", func() float64 { return float64(cs().Hits) })
+	counter("sstatefs_cache_misses_total", "Opens that had to download.", func() float64 { return float64(cs().Misses) })
+	counter("sstatefs_cache_evictions_total", "Cache entries evicted to keep the size bound.", func() float64 { return float64(cs().Evictions) })
+	counter("sstatefs_cache_corrupt_total", "Downloads or cache entries that failed verification.", func() float64 { return float64(cs().Corrupted) })
+	gauge("sstatefs_cache_bytes", "Bytes in the disk cache.", func() float64 { return float64(cs().Bytes) })
+	gauge("sstatefs_cache_entries", "Objects in the disk cache.", func() float64 { return float64(cs().Entries) })
+	gauge("sstatefs_cache_limit_bytes", "Bound of the disk cache.", func() float64 { return float64(o.limit) })
+	gauge("sstatefs_upload_queue_depth", "Objects waiting in the upload queue.", func() float64 { return float64(m.queue.Len()) })
+	qs := func() publish.Stats { return m.queue.Stats() }
+	counter("sstatefs_uploads_total", "Objects uploaded to the store.", func() float64 { return float64(qs().Uploaded) })
+	counter("sstatefs_uploaded_bytes_total", "Bytes uploaded to the store.", func() float64 { return float64(qs().UploadedBytes) })
+	counter("sstatefs_upload_failures_total", "Failed upload attempts (retried).", func() float64 { return float64(qs().Failures) })
+	counter("sstatefs_upload_conflicts_total", "Publications not uploaded because the store has other content under the name.", func() float64 { return float64(qs().Conflicts) })
+	gauge("sstatefs_index_age_seconds", "Seconds since the index was last loaded successfully.", func() float64 {
+		if t := m.live.LastLoad(); !t.IsZero() {
+			return time.Since(t).Seconds()
+		}
+		return -1
+	})
+	gauge("sstatefs_index_objects", "Objects in the loaded index.", func() float64 { return float64(m.live.Current().Len()) })
+	gauge("sstatefs_index_equivalences", "Hash equivalence records in the loaded index.", func() float64 { return float64(numEquivalences(m.live.Current())) })
+	gauge("sstatefs_ready", "1 once the mount is up and its index loaded.", func() float64 {
+		if o.ready.Load() {
+			return 1
+		}
+		return 0
+	})
+}
+
+// funcCollector collects labelled metrics computed on scrape.
+type funcCollector struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *funcCollector) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
+
+// health checks that the store answers, at most every 10 s.
+func (o *observer) health(ctx context.Context) error {
+	o.healthMu.Lock()
+	defer o.healthMu.Unlock()
+	if time.Since(o.healthAt) < o.healthEvery {
+		return o.lastHealth
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := o.m.store.Stat(ctx, index.SnapshotKey)
+	if errors.Is(err, backend.ErrNotExist) {
+		err = nil // reachable, just no snapshot
+	}
+	o.lastHealth, o.healthAt = err, time.Now()
+	return err
+}
+
+func (o *observer) status() LiveStatus {
+	m := o.m
+	ix := m.live.Current()
+	st := LiveStatus{
+		PID: os.Getpid(), Mountpoint: m.mountpoint, CacheDir: m.cacheDir, Stores: []string{m.store.Location()},
+		Uptime: time.Since(o.start).Round(time.Second).String(), Ready: o.ready.Load(),
+		Index: IndexStatus{
+			Loaded: ix != nil, Fresh: m.live.Fresh(), Objects: ix.Len(), Bytes: ix.TotalSize(),
+			Equivalences: numEquivalences(ix), LastLoad: m.live.LastLoad(), Segments: ix.Sources().Applied,
+		},
+		Uploads: m.queue.Stats(),
+		Entries: m.queue.Entries(),
+		Errors:  o.ring.snapshot(),
+	}
+	if !st.Index.LastLoad.IsZero() {
+		st.Index.Age = time.Since(st.Index.LastLoad).Round(time.Second).String()
+	}
+	cs := m.cache.Stats()
+	st.Cache = CacheStatus{Bytes: cs.Bytes, Limit: o.limit, Entries: cs.Entries, Hits: cs.Hits, Misses: cs.Misses, Evictions: cs.Evictions, Corrupted: cs.Corrupted, FetchedBytes: cs.FetchedBytes}
+	vs := m.view.Stats()
+	st.Lookups = LookupStatus{Hits: vs.Hits, Misses: vs.Misses, Probes: vs.Probes, ProbeHits: vs.ProbeHits, ProbeErrors: vs.ProbeErrors}
+	st.Queue = summarizeQueue(st.Entries)
+	return st
+}
+
+// handler serves /metrics, /healthz, /readyz and /status.
+func (o *observer) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !o.ready.Load() {
+			http.Error(w, "not ready: mounting or loading the index\n", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		err := o.health(r.Context())
+		st := o.status()
+		body := map[string]any{
+			"store_reachable": err == nil,
+			"index_age":       st.Index.Age,
+			"index_fresh":     st.Index.Fresh,
+			"queue":           st.Queue,
+		}
+		if err != nil {
+			body["store_error"] = err.Error()
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+		} else {
+			w.Header().Set("Content-Type", "application/json")
+		}
+		json.NewEncoder(w).Encode(body)
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(o.status())
+	})
+	return mux
+}
+
+// serve runs an HTTP server on ln until ctx ends.
+func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("http server", "addr", ln.Addr().String(), "error", err)
+	}
+}
+
+// controlSocket is where a running mount answers `sstatefs status`.
+func controlSocket(cacheDir string) string {
+	return filepath.Join(cacheDir, "state", "control.sock")
+}
+
+func listenControl(cacheDir string) (net.Listener, error) {
+	p := controlSocket(cacheDir)
+	os.Remove(p) // stale from a crash: the cache dir lock is ours
+	ln, err := net.Listen("unix", p)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	os.Chmod(p, 0o600)
+	return ln, nil
+}
+
+// writeReadyFile creates the readiness file (and its directory).
+func writeReadyFile(p string) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(p, []byte(fmt.Sprintf("%d\n", os.Getpid())), 0o644)
+}
+
+// numEquivalences counts the hash equivalence records of an index.
+func numEquivalences(ix *index.Index) int { return 0 }
