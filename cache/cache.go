@@ -19,7 +19,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -32,7 +31,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
-	"golang.org/x/sync/singleflight"
 )
 
 // ErrCorrupt is wrapped by errors about content that did not verify.
@@ -64,7 +62,9 @@ type Cache struct {
 	log     *slog.Logger
 	timeout time.Duration
 	onFetch func(int64, time.Duration, error)
-	group   singleflight.Group
+
+	dlMu      sync.Mutex           // protects downloads
+	downloads map[string]*download // running downloads by id
 
 	mu       sync.Mutex                    // protects lru, bytes, verified
 	lru      *simplelru.LRU[string, int64] // id -> size, oldest first
@@ -83,7 +83,7 @@ func Open(opt Options) (*Cache, error) {
 	if opt.FetchTimeout <= 0 {
 		opt.FetchTimeout = 10 * time.Minute
 	}
-	c := &Cache{dir: opt.Dir, max: opt.MaxBytes, log: opt.Logger, timeout: opt.FetchTimeout, onFetch: opt.OnFetch, verified: map[string]bool{}}
+	c := &Cache{dir: opt.Dir, max: opt.MaxBytes, log: opt.Logger, timeout: opt.FetchTimeout, onFetch: opt.OnFetch, verified: map[string]bool{}, downloads: map[string]*download{}}
 	lru, err := simplelru.NewLRU[string, int64](1<<62, nil)
 	if err != nil {
 		return nil, err
@@ -165,48 +165,27 @@ type Object struct {
 	Size   int64    // expected size
 	SHA256 [32]byte // zero: check the size only
 	Name   string   // for messages: the object's key
-	// Fetch opens the object's bytes from the store.
-	Fetch func(ctx context.Context) (io.ReadCloser, error)
+	// Fetch opens length bytes of the object from offset in the store
+	// (length < 0: to the end).
+	Fetch func(ctx context.Context, offset, length int64) (io.ReadCloser, error)
 }
 
 // Open returns a read-only file holding the object's verified content,
-// fetching it first if it is not cached. Concurrent calls for one object
-// share one download. The caller closes the file; eviction while it is open
-// does not disturb it.
+// fetching it first if it is not cached (see OpenStream for reading while it
+// downloads). Concurrent calls for one object share one download. The
+// caller closes the file; eviction while it is open does not disturb it.
 func (c *Cache) Open(ctx context.Context, obj Object) (*os.File, error) {
-	if !validID(obj.ID) {
-		return nil, fmt.Errorf("cache: invalid id %q for %s", obj.ID, obj.Name)
-	}
-	if f, err := c.openCached(obj); f != nil || err != nil {
-		return f, err
-	}
-	c.misses.Add(1)
-	ch := c.group.DoChan(obj.ID, func() (any, error) {
-		// Re-check: another download may have finished since.
-		if f, err := c.openCached(obj); f != nil || err != nil {
-			if f != nil {
-				f.Close()
-			}
-			return nil, err
-		}
-		// Detached from the caller: waiters share this download, and an
-		// interrupted caller must not fail the others. Bounded by c.timeout.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
-		defer cancel()
-		start := time.Now()
-		n, err := c.fetch(dctx, obj)
-		if c.onFetch != nil {
-			c.onFetch(n, time.Since(start), err)
-		}
+	h, err := c.OpenStream(ctx, obj)
+	if err != nil {
 		return nil, err
-	})
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
-		}
+	}
+	if f := h.File(); f != nil {
+		return f, nil
+	}
+	sh := h.(*streamHandle)
+	defer sh.Close()
+	if err := sh.d.wait(ctx); err != nil {
+		return nil, err
 	}
 	f, err := c.openCached(obj)
 	if f == nil && err == nil {
@@ -291,60 +270,6 @@ func (c *Cache) drop(id string) {
 	delete(c.verified, id)
 	c.mu.Unlock()
 	os.Remove(c.path(id))
-}
-
-// fetch downloads obj into a temp file, verifying as it streams, and files
-// it under its id only when it matches.
-func (c *Cache) fetch(ctx context.Context, obj Object) (n int64, err error) {
-	rc, err := obj.Fetch(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer rc.Close()
-	tmp, err := os.CreateTemp(filepath.Join(c.dir, "tmp"), "fetch-*")
-	if err != nil {
-		return n, fmt.Errorf("cache: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	var h hash.Hash
-	w := io.Writer(tmp)
-	if obj.SHA256 != ([32]byte{}) {
-		h = sha256.New()
-		w = io.MultiWriter(tmp, h)
-	}
-	// Read one byte more than expected to notice an object that grew.
-	n, err = io.Copy(w, io.LimitReader(rc, obj.Size+1))
-	c.fetched.Add(n)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return n, fmt.Errorf("fetch %s: %w", obj.Name, err)
-	}
-	if n != obj.Size {
-		return n, fmt.Errorf("fetch %s: %w: got %d bytes, want %d", obj.Name, ErrCorrupt, n, obj.Size)
-	}
-	if h != nil && [32]byte(h.Sum(nil)) != obj.SHA256 {
-		c.corrupted.Add(1)
-		return n, fmt.Errorf("fetch %s: %w: sha256 %x, want %x", obj.Name, ErrCorrupt, h.Sum(nil), obj.SHA256)
-	}
-	final := c.path(obj.ID)
-	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
-		return n, fmt.Errorf("cache: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), final); err != nil {
-		return n, fmt.Errorf("cache: %w", err)
-	}
-	c.mu.Lock()
-	if old, ok := c.lru.Peek(obj.ID); ok {
-		c.bytes -= old
-	}
-	c.lru.Add(obj.ID, obj.Size)
-	c.bytes += obj.Size
-	c.verified[obj.ID] = true
-	c.evictLocked(obj.ID)
-	c.mu.Unlock()
-	return n, nil
 }
 
 // evictLocked removes least recently used entries until the bound holds,

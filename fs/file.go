@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"io"
 	"os"
 	"syscall"
 	"time"
@@ -9,6 +10,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/sstatefs/sstatefs/cache"
 	"github.com/sstatefs/sstatefs/view"
 )
 
@@ -78,18 +80,26 @@ func (n *objectNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	if flags&syscall.O_ACCMODE == syscall.O_WRONLY {
 		return &objectHandle{node: n}, 0, 0
 	}
-	f, err := n.fs.view.Open(ctx, n.obj)
+	h, err := n.fs.view.Open(ctx, n.obj)
 	if err != nil {
 		return nil, 0, n.fs.errno(ctx, "open", n.obj.Key, err)
 	}
-	return &objectHandle{node: n, f: f}, fuse.FOPEN_KEEP_CACHE, 0
+	oh := &objectHandle{node: n, h: h, passthrough: flags&syscall.O_ACCMODE == syscall.O_RDONLY}
+	if h.File() != nil {
+		// verified and immutable: the kernel may keep its pages
+		return oh, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	// Still downloading: no KEEP_CACHE, so that pages of a download that
+	// fails verification never outlive this open.
+	return oh, 0, 0
 }
 
 // objectHandle is an open store object: reads come from the verified cache
-// file (f is nil for a write-only open).
+// file or the download in progress (h is nil for a write-only open).
 type objectHandle struct {
-	node *objectNode
-	f    *os.File
+	node        *objectNode
+	h           cache.Handle
+	passthrough bool // read-only open: the kernel may read the cache file directly
 }
 
 var (
@@ -99,14 +109,28 @@ var (
 	_ = (gofs.FileGetattrer)((*objectHandle)(nil))
 	_ = (gofs.FileFlusher)((*objectHandle)(nil))
 	_ = (gofs.FileFsyncer)((*objectHandle)(nil))
+	_ = (gofs.FilePassthroughFder)((*objectHandle)(nil))
 )
 
+// PassthroughFd lets the kernel read a verified cache file itself (FUSE
+// passthrough, Linux 6.9+ and root); go-fuse falls back to Read otherwise.
+func (h *objectHandle) PassthroughFd() (int, bool) {
+	if h.h == nil || !h.passthrough || h.node.fs.noPassthrough {
+		return 0, false
+	}
+	f := h.h.File()
+	if f == nil {
+		return 0, false
+	}
+	return int(f.Fd()), true
+}
+
 func (h *objectHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if h.f == nil {
+	if h.h == nil {
 		return nil, syscall.EBADF
 	}
-	n, err := h.f.ReadAt(dest, off)
-	if n == 0 && err != nil && off < h.node.obj.Size {
+	n, err := h.h.ReadAt(ctx, dest, off)
+	if err != nil && err != io.EOF {
 		return nil, h.node.fs.errno(ctx, "read", h.node.obj.Key, err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
@@ -117,8 +141,8 @@ func (h *objectHandle) Write(ctx context.Context, data []byte, off int64) (uint3
 }
 
 func (h *objectHandle) Release(ctx context.Context) syscall.Errno {
-	if h.f != nil {
-		h.f.Close()
+	if h.h != nil {
+		h.h.Close()
 	}
 	return 0
 }

@@ -49,6 +49,9 @@ type Options struct {
 	// and fails it with EIO, so bitbake never sees a publish succeed that
 	// would be lost. May be nil.
 	Publish func(ctx context.Context, key, path string) error
+	// NoPassthrough keeps reads of cached objects in this process instead
+	// of letting the kernel read the cache file directly.
+	NoPassthrough bool
 }
 
 // FS is the shared state of all nodes of one mount.
@@ -60,6 +63,8 @@ type FS struct {
 	log      *slog.Logger
 	publish  func(ctx context.Context, key, path string) error
 	start    time.Time
+
+	noPassthrough bool
 
 	whiteouts *whiteouts
 }
@@ -81,7 +86,7 @@ func New(opt Options) (*FS, gofs.InodeEmbedder, error) {
 	f := &FS{
 		view: opt.View, overlay: opt.Overlay, uid: opt.UID, gid: opt.GID,
 		cacheDir: opt.CacheDir, log: opt.Logger, publish: opt.Publish,
-		start: time.Now(), whiteouts: wo,
+		start: time.Now(), whiteouts: wo, noPassthrough: opt.NoPassthrough,
 	}
 	if f.cacheDir == "" {
 		f.cacheDir = opt.Overlay

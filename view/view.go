@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -190,18 +189,33 @@ func (v *View) ReadDir(dir string) []index.Entry {
 	return out
 }
 
-// Open returns a read-only file with the object's verified content,
-// fetching it into the disk cache first if needed.
-func (v *View) Open(ctx context.Context, o Object) (*os.File, error) {
-	return v.cache.Open(ctx, cache.Object{
+// Open returns a handle on the object's content: the verified cache file,
+// or a download that serves bytes as they arrive and verifies them as they
+// stream (large objects with parallel ranged reads).
+func (v *View) Open(ctx context.Context, o Object) (cache.Handle, error) {
+	return v.cache.OpenStream(ctx, v.cacheObject(o))
+}
+
+// Prefetch fetches the object into the cache in the background, unless it
+// is there or on its way. It returns at once.
+func (v *View) Prefetch(o Object) error {
+	h, err := v.cache.OpenStream(context.Background(), v.cacheObject(o))
+	if err != nil {
+		return err
+	}
+	return h.Close() // the download goes on without readers
+}
+
+func (v *View) cacheObject(o Object) cache.Object {
+	return cache.Object{
 		ID:     cache.IDFor(o.SHA256, v.store.Location()+"/"+o.Key, o.Size, o.ModTime),
 		Size:   o.Size,
 		SHA256: o.SHA256,
 		Name:   o.Key,
-		Fetch: func(ctx context.Context) (io.ReadCloser, error) {
-			return v.store.Open(ctx, o.Key, 0, -1)
+		Fetch: func(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+			return v.store.Open(ctx, o.Key, off, n)
 		},
-	})
+	}
 }
 
 // Touch records an access to key (bitbake's utimensat/touch on objects it

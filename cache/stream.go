@@ -1,0 +1,405 @@
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Handle is an open object: its verified content, or a download in progress
+// whose bytes are served as they arrive.
+type Handle interface {
+	// ReadAt reads like io.ReaderAt: it fills p unless the object ends
+	// first. While the object downloads it waits for the bytes (until ctx
+	// ends); the final byte is held back until the whole object has
+	// verified, so a reader of a corrupt object gets an error, never a
+	// clean end of file.
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+	// File is the verified cache file, or nil while the object downloads
+	// (for FUSE passthrough and kernel page caching).
+	File() *os.File
+	Close() error
+}
+
+// Streaming parameters: objects larger than chunkSize are fetched with up
+// to chunkWorkers parallel ranged GETs.
+var (
+	chunkSize    int64 = 8 << 20
+	chunkWorkers       = 4
+)
+
+// ErrFetchFailed wraps download failures seen by streaming readers.
+var ErrFetchFailed = errors.New("download failed")
+
+// fileHandle is a complete, verified entry.
+type fileHandle struct{ f *os.File }
+
+func (h fileHandle) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	return h.f.ReadAt(p, off)
+}
+func (h fileHandle) File() *os.File { return h.f }
+func (h fileHandle) Close() error   { return h.f.Close() }
+
+// download is one object being fetched into a temp file, shared by every
+// reader that opens it meanwhile.
+type download struct {
+	obj  Object
+	tmp  *os.File // read and written at offsets; stays valid after rename
+	size int64
+
+	mu       sync.Mutex // protects written, verified, done, err, refs
+	cond     *sync.Cond
+	written  []int64 // bytes written so far into each chunk (sequentially)
+	verified int64   // length of the prefix hashed so far
+	done     bool    // finished: err tells how
+	err      error
+	refs     int           // open readers plus the downloader itself
+	finished chan struct{} // closed when done is set
+}
+
+func (d *download) chunks() int {
+	n := int((d.size + chunkSize - 1) / chunkSize)
+	return max(n, 1)
+}
+
+func (d *download) chunkRange(i int) (start, length int64) {
+	start = int64(i) * chunkSize
+	return start, min(chunkSize, d.size-start)
+}
+
+// OpenStream returns a handle on the object at once: a cached entry, or a
+// download that this call starts (or joins) and whose bytes are readable as
+// they arrive, verified as they stream. Large objects are fetched with
+// parallel ranged GETs. Nothing unverified is ever filed in the cache.
+func (c *Cache) OpenStream(ctx context.Context, obj Object) (Handle, error) {
+	if !validID(obj.ID) {
+		return nil, fmt.Errorf("cache: invalid id %q for %s", obj.ID, obj.Name)
+	}
+	if f, err := c.openCached(obj); f != nil || err != nil {
+		if err != nil {
+			return nil, err
+		}
+		return fileHandle{f}, nil
+	}
+	d, err := c.startDownload(obj)
+	if err != nil {
+		return nil, err
+	}
+	return &streamHandle{c: c, d: d}, nil
+}
+
+// startDownload returns the running download of obj, starting it if needed,
+// with a reference taken for the caller.
+func (c *Cache) startDownload(obj Object) (*download, error) {
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	if d, ok := c.downloads[obj.ID]; ok {
+		d.mu.Lock()
+		d.refs++
+		d.mu.Unlock()
+		return d, nil
+	}
+	c.misses.Add(1)
+	tmp, err := os.CreateTemp(filepath.Join(c.dir, "tmp"), "fetch-*")
+	if err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	if obj.Size > 0 {
+		if err := tmp.Truncate(obj.Size); err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+			return nil, fmt.Errorf("cache: %w", err)
+		}
+	}
+	d := &download{obj: obj, tmp: tmp, size: obj.Size, refs: 2, finished: make(chan struct{})}
+	d.cond = sync.NewCond(&d.mu)
+	d.written = make([]int64, d.chunks())
+	c.downloads[obj.ID] = d
+	go c.run(d)
+	return d, nil
+}
+
+// run fetches, verifies and files a download, then drops its reference.
+func (c *Cache) run(d *download) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	start := time.Now()
+	err := c.fetchChunks(ctx, d)
+	if err == nil {
+		err = c.file(d)
+	}
+	c.fetched.Add(d.verifiedLen())
+	if c.onFetch != nil {
+		c.onFetch(d.verifiedLen(), time.Since(start), err)
+	}
+	if err != nil {
+		if errors.Is(err, ErrCorrupt) {
+			c.corrupted.Add(1)
+		}
+		c.log.Warn("download failed", "object", d.obj.Name, "error", err)
+		os.Remove(d.tmp.Name())
+	}
+	d.mu.Lock()
+	d.done, d.err = true, err
+	d.cond.Broadcast()
+	d.mu.Unlock()
+	close(d.finished)
+	c.dlMu.Lock()
+	delete(c.downloads, d.obj.ID)
+	c.dlMu.Unlock()
+	d.release()
+}
+
+func (d *download) verifiedLen() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.verified
+}
+
+func (d *download) release() {
+	d.mu.Lock()
+	d.refs--
+	last := d.refs == 0
+	d.mu.Unlock()
+	if last {
+		d.tmp.Close()
+	}
+}
+
+// fetchChunks downloads every chunk (in order, a few at once) while a hasher
+// follows the contiguous prefix; it returns when all is written and hashed.
+func (c *Cache) fetchChunks(ctx context.Context, d *download) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	n := d.chunks()
+	next := make(chan int, n)
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	errs := make(chan error, chunkWorkers+1)
+	var wg sync.WaitGroup
+	workers := min(chunkWorkers, n)
+	if d.size <= chunkSize {
+		workers = 1
+	}
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := c.fetchChunk(ctx, d, i); err != nil {
+					errs <- err
+					cancel()
+					d.mu.Lock()
+					d.cond.Broadcast() // wake the hasher
+					d.mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	herr := d.hash(ctx)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		return err
+	}
+	return herr
+}
+
+// fetchChunk writes chunk i from a ranged read, reporting progress.
+func (c *Cache) fetchChunk(ctx context.Context, d *download, i int) error {
+	start, length := d.chunkRange(i)
+	if d.size == 0 {
+		length = 0
+	}
+	ask := length
+	if start+length == d.size {
+		ask = -1 // the last chunk reads to the end: an object that grew is noticed
+	}
+	rc, err := d.obj.Fetch(ctx, start, ask)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	buf := make([]byte, 256<<10)
+	var got int64
+	for got < length {
+		k, err := rc.Read(buf[:min(int64(len(buf)), length-got)])
+		if k > 0 {
+			if _, werr := d.tmp.WriteAt(buf[:k], start+got); werr != nil {
+				return fmt.Errorf("cache: %w", werr)
+			}
+			got += int64(k)
+			d.mu.Lock()
+			d.written[i] = got
+			d.cond.Broadcast()
+			d.mu.Unlock()
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("fetch %s: %w", d.obj.Name, err)
+		}
+	}
+	if got != length {
+		return fmt.Errorf("fetch %s: %w: chunk at %d: got %d bytes, want %d", d.obj.Name, ErrCorrupt, start, got, length)
+	}
+	// An object longer than the index says is corrupt too.
+	if start+length == d.size {
+		var one [1]byte
+		if k, _ := rc.Read(one[:]); k > 0 {
+			return fmt.Errorf("fetch %s: %w: longer than %d bytes", d.obj.Name, ErrCorrupt, d.size)
+		}
+	}
+	return nil
+}
+
+// hash follows the written prefix, hashing it from the temp file, and checks
+// the digest at the end.
+func (d *download) hash(ctx context.Context) error {
+	var h hash.Hash
+	if d.obj.SHA256 != ([32]byte{}) {
+		h = sha256.New()
+	}
+	buf := make([]byte, 1<<20)
+	var pos int64
+	for pos < d.size {
+		i := int(pos / chunkSize)
+		cs, _ := d.chunkRange(i)
+		d.mu.Lock()
+		for cs+d.written[i] <= pos && ctx.Err() == nil {
+			d.cond.Wait()
+		}
+		end := cs + d.written[i]
+		d.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		for pos < end {
+			k, err := d.tmp.ReadAt(buf[:min(int64(len(buf)), end-pos)], pos)
+			if k > 0 && h != nil {
+				h.Write(buf[:k])
+			}
+			pos += int64(k)
+			if err != nil && !(err == io.EOF && pos == end) {
+				return fmt.Errorf("cache: %w", err)
+			}
+		}
+		d.mu.Lock()
+		// the last byte stays held back until the digest has matched
+		d.verified = min(pos, d.size-1)
+		d.cond.Broadcast()
+		d.mu.Unlock()
+	}
+	if h != nil && [32]byte(h.Sum(nil)) != d.obj.SHA256 {
+		return fmt.Errorf("fetch %s: %w: sha256 %x, want %x", d.obj.Name, ErrCorrupt, h.Sum(nil), d.obj.SHA256)
+	}
+	d.mu.Lock()
+	d.verified = d.size
+	d.mu.Unlock()
+	return nil
+}
+
+// file moves a verified download into the cache.
+func (c *Cache) file(d *download) error {
+	final := c.path(d.obj.ID)
+	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	if err := os.Rename(d.tmp.Name(), final); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	c.mu.Lock()
+	if old, ok := c.lru.Peek(d.obj.ID); ok {
+		c.bytes -= old
+	}
+	c.lru.Add(d.obj.ID, d.size)
+	c.bytes += d.size
+	c.verified[d.obj.ID] = true
+	c.evictLocked(d.obj.ID)
+	c.mu.Unlock()
+	return nil
+}
+
+// streamHandle reads a download as it progresses.
+type streamHandle struct {
+	c      *Cache
+	d      *download
+	closed sync.Once
+}
+
+func (h *streamHandle) File() *os.File { return nil }
+
+func (h *streamHandle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	d := h.d
+	// wake the waits below when the caller is interrupted
+	stop := context.AfterFunc(ctx, func() {
+		d.mu.Lock()
+		d.cond.Broadcast()
+		d.mu.Unlock()
+	})
+	defer stop()
+	want := min(off+int64(len(p)), d.size)
+	if off >= d.size {
+		want = d.size
+	}
+	d.mu.Lock()
+	// A short read would look like the end of the file to the kernel, so
+	// wait for the whole range; the last byte comes only after the digest
+	// has matched (hash holds it back).
+	for d.verified < want && !d.done && ctx.Err() == nil {
+		d.cond.Wait()
+	}
+	avail, done, err := d.verified, d.done, d.err
+	d.mu.Unlock()
+	if cerr := ctx.Err(); cerr != nil && avail < want {
+		return 0, cerr
+	}
+	if off >= d.size {
+		if done && err == nil {
+			return 0, io.EOF
+		}
+		return 0, fmt.Errorf("%w: %w", ErrFetchFailed, err)
+	}
+	if avail < want {
+		if err == nil {
+			err = errors.New("download ended early")
+		}
+		return 0, fmt.Errorf("%w: %w", ErrFetchFailed, err)
+	}
+	n, rerr := d.tmp.ReadAt(p[:want-off], off)
+	if rerr == nil && off+int64(n) >= d.size {
+		rerr = io.EOF
+	}
+	if rerr == io.EOF && off+int64(n) < d.size {
+		rerr = io.ErrUnexpectedEOF
+	}
+	return n, rerr
+}
+
+// wait blocks until the download is finished or ctx ends.
+func (d *download) wait(ctx context.Context) error {
+	select {
+	case <-d.finished:
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (h *streamHandle) Close() error {
+	h.closed.Do(h.d.release)
+	return nil
+}
