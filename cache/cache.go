@@ -44,6 +44,9 @@ type Options struct {
 	// FetchTimeout bounds one download, independent of the caller that
 	// started it (other callers may be waiting for the same object).
 	FetchTimeout time.Duration
+	// ChunkSize is the size of the parallel ranged reads of large objects
+	// (default 8 MiB).
+	ChunkSize int64
 	// OnFetch, if set, is told of every download: bytes, duration, error.
 	OnFetch func(bytes int64, d time.Duration, err error)
 }
@@ -57,11 +60,12 @@ type Stats struct {
 
 // Cache is the disk cache. Safe for concurrent use.
 type Cache struct {
-	dir     string
-	max     int64
-	log     *slog.Logger
-	timeout time.Duration
-	onFetch func(int64, time.Duration, error)
+	dir       string
+	max       int64
+	log       *slog.Logger
+	timeout   time.Duration
+	onFetch   func(int64, time.Duration, error)
+	chunkSize int64
 
 	dlMu      sync.Mutex           // protects downloads
 	downloads map[string]*download // running downloads by id
@@ -80,10 +84,13 @@ func Open(opt Options) (*Cache, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opt.ChunkSize <= 0 {
+		opt.ChunkSize = defaultChunkSize
+	}
 	if opt.FetchTimeout <= 0 {
 		opt.FetchTimeout = 10 * time.Minute
 	}
-	c := &Cache{dir: opt.Dir, max: opt.MaxBytes, log: opt.Logger, timeout: opt.FetchTimeout, onFetch: opt.OnFetch, verified: map[string]bool{}, downloads: map[string]*download{}}
+	c := &Cache{dir: opt.Dir, max: opt.MaxBytes, log: opt.Logger, timeout: opt.FetchTimeout, onFetch: opt.OnFetch, chunkSize: opt.ChunkSize, verified: map[string]bool{}, downloads: map[string]*download{}}
 	lru, err := simplelru.NewLRU[string, int64](1<<62, nil)
 	if err != nil {
 		return nil, err

@@ -28,11 +28,11 @@ type Handle interface {
 	Close() error
 }
 
-// Streaming parameters: objects larger than chunkSize are fetched with up
-// to chunkWorkers parallel ranged GETs.
-var (
-	chunkSize    int64 = 8 << 20
-	chunkWorkers       = 4
+// Streaming parameters: objects larger than a chunk (Options.ChunkSize,
+// default 8 MiB) are fetched with up to chunkWorkers parallel ranged GETs.
+const (
+	defaultChunkSize = 8 << 20
+	chunkWorkers     = 4
 )
 
 // ErrFetchFailed wraps download failures seen by streaming readers.
@@ -50,9 +50,10 @@ func (h fileHandle) Close() error   { return h.f.Close() }
 // download is one object being fetched into a temp file, shared by every
 // reader that opens it meanwhile.
 type download struct {
-	obj  Object
-	tmp  *os.File // read and written at offsets; stays valid after rename
-	size int64
+	obj   Object
+	tmp   *os.File // read and written at offsets; stays valid after rename
+	size  int64
+	chunk int64 // chunk size
 
 	mu       sync.Mutex // protects written, verified, done, err, refs
 	cond     *sync.Cond
@@ -65,13 +66,13 @@ type download struct {
 }
 
 func (d *download) chunks() int {
-	n := int((d.size + chunkSize - 1) / chunkSize)
+	n := int((d.size + d.chunk - 1) / d.chunk)
 	return max(n, 1)
 }
 
 func (d *download) chunkRange(i int) (start, length int64) {
-	start = int64(i) * chunkSize
-	return start, min(chunkSize, d.size-start)
+	start = int64(i) * d.chunk
+	return start, min(d.chunk, d.size-start)
 }
 
 // OpenStream returns a handle on the object at once: a cached entry, or a
@@ -118,7 +119,7 @@ func (c *Cache) startDownload(obj Object) (*download, error) {
 			return nil, fmt.Errorf("cache: %w", err)
 		}
 	}
-	d := &download{obj: obj, tmp: tmp, size: obj.Size, refs: 2, finished: make(chan struct{})}
+	d := &download{obj: obj, tmp: tmp, size: obj.Size, chunk: c.chunkSize, refs: 2, finished: make(chan struct{})}
 	d.cond = sync.NewCond(&d.mu)
 	d.written = make([]int64, d.chunks())
 	c.downloads[obj.ID] = d
@@ -187,7 +188,7 @@ func (c *Cache) fetchChunks(ctx context.Context, d *download) error {
 	errs := make(chan error, chunkWorkers+1)
 	var wg sync.WaitGroup
 	workers := min(chunkWorkers, n)
-	if d.size <= chunkSize {
+	if d.size <= d.chunk {
 		workers = 1
 	}
 	for range workers {
@@ -274,7 +275,7 @@ func (d *download) hash(ctx context.Context) error {
 	buf := make([]byte, 1<<20)
 	var pos int64
 	for pos < d.size {
-		i := int(pos / chunkSize)
+		i := int(pos / d.chunk)
 		cs, _ := d.chunkRange(i)
 		d.mu.Lock()
 		for cs+d.written[i] <= pos && ctx.Err() == nil {

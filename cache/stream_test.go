@@ -13,11 +13,7 @@ import (
 )
 
 // smallChunks makes streaming use many chunks on small test objects.
-func smallChunks(t *testing.T) {
-	old := chunkSize
-	chunkSize = 64 << 10
-	t.Cleanup(func() { chunkSize = old })
-}
+const smallChunks = 64 << 10
 
 // rangedSource serves ranges of data; chunks after the first wait for gate.
 type rangedSource struct {
@@ -70,8 +66,7 @@ func readAllStream(ctx context.Context, h Handle) ([]byte, error) {
 }
 
 func TestStreamParallelChunksExact(t *testing.T) {
-	smallChunks(t)
-	c, _ := Open(Options{Dir: t.TempDir()})
+	c, _ := Open(Options{Dir: t.TempDir(), ChunkSize: smallChunks})
 	data := rnd(t, 1<<20+12345)
 	src := &rangedSource{data: data}
 	obj := Object{ID: IDFor(sha256.Sum256(data), "", 0, time.Time{}), Size: int64(len(data)), SHA256: sha256.Sum256(data), Name: "big", Fetch: src.fetch}
@@ -96,8 +91,7 @@ func TestStreamParallelChunksExact(t *testing.T) {
 }
 
 func TestStreamFirstBytesBeforeTheRest(t *testing.T) {
-	smallChunks(t)
-	c, _ := Open(Options{Dir: t.TempDir()})
+	c, _ := Open(Options{Dir: t.TempDir(), ChunkSize: smallChunks})
 	data := rnd(t, 512<<10)
 	src := &rangedSource{data: data, gate: make(chan struct{})}
 	obj := Object{ID: "first-bytes", Size: int64(len(data)), SHA256: sha256.Sum256(data), Name: "x", Fetch: src.fetch}
@@ -125,8 +119,7 @@ func TestStreamFirstBytesBeforeTheRest(t *testing.T) {
 }
 
 func TestStreamCorruptNeverCleanEOF(t *testing.T) {
-	smallChunks(t)
-	c, _ := Open(Options{Dir: t.TempDir()})
+	c, _ := Open(Options{Dir: t.TempDir(), ChunkSize: smallChunks})
 	data := rnd(t, 300<<10)
 	want := sha256.Sum256(data)
 	bad := append([]byte(nil), data...)
@@ -162,8 +155,7 @@ func TestStreamCorruptNeverCleanEOF(t *testing.T) {
 }
 
 func TestStreamReaderInterrupted(t *testing.T) {
-	smallChunks(t)
-	c, _ := Open(Options{Dir: t.TempDir()})
+	c, _ := Open(Options{Dir: t.TempDir(), ChunkSize: smallChunks})
 	data := rnd(t, 256<<10)
 	src := &rangedSource{data: data, gate: make(chan struct{})}
 	defer close(src.gate)

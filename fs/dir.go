@@ -65,6 +65,9 @@ func (d *dirNode) child(ctx context.Context, key string) (gofs.InodeEmbedder, go
 	}
 	o, err := d.fs.view.Stat(ctx, key)
 	if err == nil {
+		if d.fs.prefetch == PrefetchOnLookup {
+			d.fs.maybePrefetch(o)
+		}
 		n := &objectNode{fs: d.fs, obj: o}
 		n.fill(&attr)
 		return n, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: objectIno(key)}, &attr, 0

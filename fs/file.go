@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -66,6 +67,9 @@ func (n *objectNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.S
 			t = time.Now()
 		}
 		n.fs.view.Touch(n.obj.Key, t)
+		if n.fs.prefetch == PrefetchOnTouch {
+			n.fs.maybePrefetch(n.obj)
+		}
 	}
 	n.fill(&out.Attr)
 	return 0
@@ -209,4 +213,13 @@ func (n *localNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 		return nil, n.fs.errno(ctx, "readlink", key, err)
 	}
 	return []byte(t), 0
+}
+
+// maybePrefetch queues a package (not its .siginfo or .sig, which bitbake
+// only touches) for a background fetch.
+func (f *FS) maybePrefetch(o view.Object) {
+	if strings.HasSuffix(o.Key, ".siginfo") || strings.HasSuffix(o.Key, ".sig") {
+		return
+	}
+	f.view.Prefetch(o)
 }

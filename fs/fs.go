@@ -52,7 +52,20 @@ type Options struct {
 	// NoPassthrough keeps reads of cached objects in this process instead
 	// of letting the kernel read the cache file directly.
 	NoPassthrough bool
+	// Prefetch says when a store object is fetched ahead of its open:
+	// PrefetchOnTouch (bitbake touches every object it is going to use
+	// right after checking it), PrefetchOnLookup, or PrefetchOff.
+	Prefetch PrefetchMode
 }
+
+// PrefetchMode says what triggers a background fetch of a package.
+type PrefetchMode string
+
+const (
+	PrefetchOnTouch  PrefetchMode = "touch"
+	PrefetchOnLookup PrefetchMode = "lookup"
+	PrefetchOff      PrefetchMode = "off"
+)
 
 // FS is the shared state of all nodes of one mount.
 type FS struct {
@@ -65,6 +78,7 @@ type FS struct {
 	start    time.Time
 
 	noPassthrough bool
+	prefetch      PrefetchMode
 
 	whiteouts *whiteouts
 }
@@ -86,7 +100,7 @@ func New(opt Options) (*FS, gofs.InodeEmbedder, error) {
 	f := &FS{
 		view: opt.View, overlay: opt.Overlay, uid: opt.UID, gid: opt.GID,
 		cacheDir: opt.CacheDir, log: opt.Logger, publish: opt.Publish,
-		start: time.Now(), whiteouts: wo, noPassthrough: opt.NoPassthrough,
+		start: time.Now(), whiteouts: wo, noPassthrough: opt.NoPassthrough, prefetch: opt.Prefetch,
 	}
 	if f.cacheDir == "" {
 		f.cacheDir = opt.Overlay
@@ -155,30 +169,44 @@ func chownToCaller(ctx context.Context, p string) {
 	}
 }
 
-// Timeouts for the kernel's caches of entries and attributes.
-var (
-	entryTimeout    = time.Second
-	negativeTimeout = time.Second
-)
+// MountConfig is how the kernel side of a mount is set up.
+type MountConfig struct {
+	AllowOther, Debug bool
+	// Source is what mount tables show as the mount's source (sstatefs
+	// gives its cache directory: `sstatefs status MOUNTPOINT` finds the
+	// mount by it).
+	Source string
+	// EntryTimeout is how long the kernel may cache names and attributes
+	// (store objects are immutable; changes made through the mount are
+	// seen at once); NegativeTimeout how long it may cache an absent name
+	// (another builder's new object shows after at most this). Zero: 1s.
+	EntryTimeout, NegativeTimeout time.Duration
+}
 
-// MountOptions returns go-fuse options for mounting root. source is what
-// mount tables show as the mount's source (sstatefs gives its cache
-// directory, which is how `sstatefs status MOUNTPOINT` finds the mount).
-func MountOptions(allowOther, debug bool, source string) *gofs.Options {
-	if source == "" {
-		source = "sstatefs"
+// MountOptions returns go-fuse options for mounting root.
+func MountOptions(mc MountConfig) *gofs.Options {
+	if mc.Source == "" {
+		mc.Source = "sstatefs"
+	}
+	if mc.EntryTimeout <= 0 {
+		mc.EntryTimeout = time.Second
+	}
+	if mc.NegativeTimeout <= 0 {
+		mc.NegativeTimeout = time.Second
 	}
 	return &gofs.Options{
-		EntryTimeout:    &entryTimeout,
-		AttrTimeout:     &entryTimeout,
-		NegativeTimeout: &negativeTimeout,
+		EntryTimeout:    &mc.EntryTimeout,
+		AttrTimeout:     &mc.EntryTimeout,
+		NegativeTimeout: &mc.NegativeTimeout,
 		MountOptions: fuse.MountOptions{
-			AllowOther:    allowOther,
-			FsName:        source,
+			AllowOther:    mc.AllowOther,
+			FsName:        mc.Source,
 			Name:          "sstatefs",
-			Debug:         debug,
+			Debug:         mc.Debug,
 			DirectMount:   true, // root mounts without fusermount3; others fall back to it
 			MaxBackground: 64,
+			MaxWrite:      1 << 20, // 1 MiB reads and writes
+			MaxReadAhead:  1 << 20,
 			// No default_permissions: the kernel passes every operation on
 			// (bitbake, not the owner, touches objects), and this FS decides.
 		},

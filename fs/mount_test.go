@@ -137,7 +137,7 @@ func mount(t *testing.T, o mountOpts) *testMount {
 		t.Fatal(err)
 	}
 	mp := t.TempDir()
-	opts := sfs.MountOptions(false, testing.Verbose() && os.Getenv("SSTATEFS_FUSE_DEBUG") != "", "")
+	opts := sfs.MountOptions(sfs.MountConfig{Debug: testing.Verbose() && os.Getenv("SSTATEFS_FUSE_DEBUG") != ""})
 	server, err := gofs.Mount(mp, root, opts)
 	if err != nil {
 		t.Fatal(err)

@@ -40,6 +40,8 @@ type Options struct {
 	// OnAccess is told of every recorded access (the journal batches them
 	// into the index). May be nil.
 	OnAccess func(key string, t time.Time)
+	// PrefetchWorkers bounds background prefetches; 0 disables Prefetch.
+	PrefetchWorkers int
 }
 
 // View answers questions about the store's objects. Safe for concurrent use.
@@ -55,21 +57,27 @@ type View struct {
 	touched map[string]time.Time // access times recorded by utimensat/touch
 
 	hits, misses, probeCount, probeHits, probeErrors atomic.Int64
+
+	prefetch                    chan Object // queued prefetches; nil when disabled
+	prefetchWorkers             int
+	prefetched, prefetchDropped atomic.Int64
 }
 
 // Stats are lookup counters for metrics.
 type Stats struct {
-	Hits        int64 // present, answered from the index
-	Misses      int64 // absent: from memory (fresh index, cached probe, not an sstate name) or by a probe
-	Probes      int64 // store probes (no fresh index)
-	ProbeHits   int64 // probes that found the object
-	ProbeErrors int64 // probes that failed (store unreachable)
-	Resolved    int64 // names resolved to another object through hash equivalence
+	Hits            int64 // present, answered from the index
+	Misses          int64 // absent: from memory (fresh index, cached probe, not an sstate name) or by a probe
+	Probes          int64 // store probes (no fresh index)
+	ProbeHits       int64 // probes that found the object
+	ProbeErrors     int64 // probes that failed (store unreachable)
+	Resolved        int64 // names resolved to another object through hash equivalence
+	Prefetched      int64 // objects fetched ahead of an open
+	PrefetchDropped int64 // prefetch requests dropped because the queue was full
 }
 
 // Stats returns the lookup counters.
 func (v *View) Stats() Stats {
-	return Stats{Hits: v.hits.Load(), Misses: v.misses.Load(), Probes: v.probeCount.Load(), ProbeHits: v.probeHits.Load(), ProbeErrors: v.probeErrors.Load()}
+	return Stats{Hits: v.hits.Load(), Misses: v.misses.Load(), Probes: v.probeCount.Load(), Prefetched: v.prefetched.Load(), PrefetchDropped: v.prefetchDropped.Load(), ProbeHits: v.probeHits.Load(), ProbeErrors: v.probeErrors.Load()}
 }
 
 // New returns a View.
@@ -80,7 +88,12 @@ func New(opt Options) *View {
 	if opt.Probes == nil {
 		opt.Probes = cache.NewStatCache(100_000, time.Minute, time.Minute)
 	}
-	return &View{store: opt.Store, index: opt.Index, cache: opt.Cache, probes: opt.Probes, log: opt.Logger, access: opt.OnAccess, touched: map[string]time.Time{}}
+	v := &View{store: opt.Store, index: opt.Index, cache: opt.Cache, probes: opt.Probes, log: opt.Logger, access: opt.OnAccess, touched: map[string]time.Time{}}
+	if opt.PrefetchWorkers > 0 {
+		v.prefetch = make(chan Object, 10_000)
+		v.prefetchWorkers = opt.PrefetchWorkers
+	}
+	return v
 }
 
 // Store is the store the view reads.
@@ -196,14 +209,61 @@ func (v *View) Open(ctx context.Context, o Object) (cache.Handle, error) {
 	return v.cache.OpenStream(ctx, v.cacheObject(o))
 }
 
-// Prefetch fetches the object into the cache in the background, unless it
-// is there or on its way. It returns at once.
-func (v *View) Prefetch(o Object) error {
-	h, err := v.cache.OpenStream(context.Background(), v.cacheObject(o))
+// Prefetch queues the object to be fetched into the cache in the
+// background by a bounded pool of workers (Options.PrefetchWorkers). It
+// returns at once; when the queue is full the request is dropped.
+func (v *View) Prefetch(o Object) {
+	if v.prefetch == nil {
+		return
+	}
+	select {
+	case v.prefetch <- o:
+	default:
+		v.prefetchDropped.Add(1)
+	}
+}
+
+// Fetch fetches the object into the cache and waits for it (for the
+// prefetch command).
+func (v *View) Fetch(ctx context.Context, o Object) error {
+	f, err := v.cache.Open(ctx, v.cacheObject(o))
 	if err != nil {
 		return err
 	}
-	return h.Close() // the download goes on without readers
+	return f.Close()
+}
+
+// Cached reports whether the object is in the disk cache.
+func (v *View) Cached(o Object) bool { return v.cache.Has(v.cacheObject(o).ID) }
+
+// RunPrefetch runs the prefetch workers until ctx ends.
+func (v *View) RunPrefetch(ctx context.Context) {
+	if v.prefetch == nil {
+		return
+	}
+	var wg sync.WaitGroup
+	for range v.prefetchWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case o := <-v.prefetch:
+					if v.cache.Has(v.cacheObject(o).ID) {
+						continue
+					}
+					if err := v.Fetch(ctx, o); err != nil && ctx.Err() == nil {
+						v.log.Debug("prefetch failed", "object", o.Key, "error", err)
+					} else if err == nil {
+						v.prefetched.Add(1)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 func (v *View) cacheObject(o Object) cache.Object {

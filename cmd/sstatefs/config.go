@@ -19,13 +19,23 @@ import (
 // flags. Every key has a flag named <section>-<key> with dashes (for the
 // first [[store]]: store-<key>; its url is --store).
 type Config struct {
-	Stores  []StoreConfig `toml:"store"`
-	Cache   CacheConfig   `toml:"cache"`
-	Index   IndexConfig   `toml:"index"`
-	Mount   MountConfig   `toml:"mount"`
-	Publish PublishConfig `toml:"publish"`
-	Metrics MetricsConfig `toml:"metrics"`
-	Log     LogConfig     `toml:"log"`
+	Stores   []StoreConfig  `toml:"store"`
+	Cache    CacheConfig    `toml:"cache"`
+	Index    IndexConfig    `toml:"index"`
+	Mount    MountConfig    `toml:"mount"`
+	Publish  PublishConfig  `toml:"publish"`
+	Metrics  MetricsConfig  `toml:"metrics"`
+	Prefetch PrefetchConfig `toml:"prefetch"`
+	Log      LogConfig      `toml:"log"`
+}
+
+// PrefetchConfig is fetching objects before bitbake opens them.
+type PrefetchConfig struct {
+	// Mode: "touch" (default: bitbake touches every object it is about to
+	// restore right after checking it), "lookup" (every looked-up package),
+	// or "off".
+	Mode        string `toml:"mode"`
+	Concurrency int    `toml:"concurrency"` // background fetches at once
 }
 
 // MetricsConfig is the observability endpoint of a mount.
@@ -75,6 +85,9 @@ type MountConfig struct {
 	Owner      string `toml:"owner"`      // uid:gid of store objects; default: the mountpoint's owner
 	Debug      bool   `toml:"debug"`      // log every FUSE request
 	ReadyFile  string `toml:"ready_file"` // created once the mount is up and its index loaded; removed at shutdown
+	// NoPassthrough keeps reads of cached objects in sstatefs instead of
+	// letting the kernel read the cache file directly (FUSE passthrough).
+	NoPassthrough bool `toml:"no_passthrough"`
 }
 
 // LogConfig is logging.
@@ -200,8 +213,9 @@ func Defaults() Config {
 			NegativeTTL:     Duration{Duration: time.Minute},
 			CompactInterval: Duration{Duration: time.Hour},
 		},
-		Publish: PublishConfig{Concurrency: 4, DrainTimeout: Duration{Duration: 30 * time.Second}, WriterID: defaultWriterID()},
-		Log:     LogConfig{Level: "info", Format: "text"},
+		Publish:  PublishConfig{Concurrency: 4, DrainTimeout: Duration{Duration: 30 * time.Second}, WriterID: defaultWriterID()},
+		Prefetch: PrefetchConfig{Mode: "touch", Concurrency: 4},
+		Log:      LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -257,7 +271,7 @@ func LoadFile(cfg *Config, path string) error {
 func decodeTOML(cfg *Config, path, data string) error {
 	// A file that lists stores replaces the default store list.
 	var fileCfg Config
-	fileCfg.Cache, fileCfg.Index, fileCfg.Mount, fileCfg.Publish, fileCfg.Metrics, fileCfg.Log = cfg.Cache, cfg.Index, cfg.Mount, cfg.Publish, cfg.Metrics, cfg.Log
+	fileCfg.Cache, fileCfg.Index, fileCfg.Mount, fileCfg.Publish, fileCfg.Metrics, fileCfg.Prefetch, fileCfg.Log = cfg.Cache, cfg.Index, cfg.Mount, cfg.Publish, cfg.Metrics, cfg.Prefetch, cfg.Log
 	md, err := toml.Decode(data, &fileCfg)
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
@@ -373,6 +387,14 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		bad("log.level %q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Prefetch.Mode {
+	case "touch", "lookup", "off":
+	default:
+		bad("prefetch.mode %q: want touch, lookup or off", c.Prefetch.Mode)
+	}
+	if c.Prefetch.Concurrency < 1 {
+		bad("prefetch.concurrency must be at least 1, got %d", c.Prefetch.Concurrency)
 	}
 	switch c.Log.Format {
 	case "text", "json":
@@ -497,6 +519,9 @@ func newConfigFlags(fs *flag.FlagSet) *configFlags {
 	str("publish-writer-id", "name of this mount in the index journal (default: the host name)", func(c *Config, v string) { c.Publish.WriterID = v })
 	str("log-level", "debug, info, warn or error", func(c *Config, v string) { c.Log.Level = v })
 	str("log-format", "text or json", func(c *Config, v string) { c.Log.Format = v })
+	str("prefetch-mode", "what starts a background fetch: touch (bitbake's check), lookup, or off (default touch)", func(c *Config, v string) { c.Prefetch.Mode = v })
+	integer("prefetch-concurrency", "background fetches at once (default 4)", func(c *Config, v int) { c.Prefetch.Concurrency = v })
+	boolean("mount-no-passthrough", "serve reads of cached objects from sstatefs instead of FUSE passthrough", func(c *Config, v bool) { c.Mount.NoPassthrough = v })
 	str("mount-ready-file", "file created once the mount is up and its index loaded (readiness gate)", func(c *Config, v string) { c.Mount.ReadyFile = v })
 	str("ready-file", "same as --mount-ready-file", func(c *Config, v string) { c.Mount.ReadyFile = v })
 	str("metrics-addr", "serve /metrics, /healthz, /readyz and /status on host:port (off by default)", func(c *Config, v string) { c.Metrics.Addr = v })

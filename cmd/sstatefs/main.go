@@ -15,6 +15,7 @@ const usage = `sstatefs presents a shared sstate store as an ordinary SSTATE_DIR
 Usage:
   sstatefs mount [flags] MOUNTPOINT     mount the store (foreground; Ctrl-C unmounts)
   sstatefs run [flags] -- CMD [ARG...]  mount, run CMD with SSTATE_DIR set, upload, unmount, exit with its status
+  sstatefs prefetch [flags] [MOUNTPOINT] fetch objects into a running mount's cache ahead of a build
   sstatefs push [flags] DIR             upload a local sstate-cache to the store
   sstatefs export [flags] DIR           write a plain SSTATE_DIR copy of the store (or of --list)
   sstatefs status [flags]               show the upload queue of a mount (by --cache-dir)
@@ -40,6 +41,8 @@ func run(args []string) int {
 		return cmdMount(args[1:])
 	case "run":
 		return cmdRun(args[1:])
+	case "prefetch":
+		return cmdPrefetch(args[1:])
 	case "push":
 		return cmdPush(args[1:])
 	case "export":

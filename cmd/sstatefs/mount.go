@@ -193,12 +193,13 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		onAccess = journal.Accessed
 	}
 	v := view.New(view.Options{
-		Store:    store,
-		Index:    live,
-		Cache:    c,
-		Probes:   cache.NewStatCache(100_000, cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
-		Logger:   log,
-		OnAccess: onAccess,
+		Store:           store,
+		Index:           live,
+		Cache:           c,
+		Probes:          cache.NewStatCache(100_000, cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
+		Logger:          log,
+		OnAccess:        onAccess,
+		PrefetchWorkers: prefetchWorkers(cfg.Prefetch),
 	})
 	publishFn := func(ctx context.Context, key, path string) error {
 		err := queue.Enqueue(key, path)
@@ -212,14 +213,20 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		Overlay:  overlay,
 		StateDir: filepath.Join(cfg.Cache.Dir, "state"),
 		UID:      uid, GID: gid,
-		CacheDir: cfg.Cache.Dir,
-		Logger:   log,
-		Publish:  publishFn,
+		CacheDir:      cfg.Cache.Dir,
+		Logger:        log,
+		Publish:       publishFn,
+		Prefetch:      sfs.PrefetchMode(cfg.Prefetch.Mode),
+		NoPassthrough: cfg.Mount.NoPassthrough,
 	})
 	if err != nil {
 		return nil, err
 	}
-	opts := sfs.MountOptions(cfg.Mount.AllowOther, cfg.Mount.Debug, cfg.Cache.Dir)
+	opts := sfs.MountOptions(sfs.MountConfig{
+		AllowOther: cfg.Mount.AllowOther, Debug: cfg.Mount.Debug, Source: cfg.Cache.Dir,
+		EntryTimeout:    cfg.Index.RefreshInterval.Duration,
+		NegativeTimeout: min(cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
+	})
 	if cfg.Mount.Debug {
 		opts.Logger = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	}
@@ -231,6 +238,7 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 	go live.Run(rctx)
 	go queue.Run(rctx)
 	go journal.Run(rctx)
+	go v.RunPrefetch(rctx)
 	if !readOnly && cfg.Index.CompactInterval.Duration > 0 {
 		go compactLoop(rctx, store, live, cfg.Index.CompactInterval.Duration, cfg.Publish.WriterID, log)
 	}
@@ -536,4 +544,11 @@ func compactLoop(ctx context.Context, store backend.Store, live *index.Live, eve
 			log.Info("index compacted", "segments_folded", res.Folded, "segments_deleted", res.Deleted, "objects", res.Objects)
 		}
 	}
+}
+
+func prefetchWorkers(pc PrefetchConfig) int {
+	if pc.Mode == "off" {
+		return 0
+	}
+	return pc.Concurrency
 }

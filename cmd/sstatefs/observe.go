@@ -287,6 +287,7 @@ func (o *observer) handler() http.Handler {
 		}
 		json.NewEncoder(w).Encode(body)
 	})
+	mux.HandleFunc("POST /prefetch", o.servePrefetch)
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -336,3 +337,68 @@ func writeReadyFile(p string) error {
 
 // numEquivalences counts the hash equivalence records of an index.
 func numEquivalences(ix *index.Index) int { return 0 }
+
+// PrefetchRequest asks a running mount to fetch objects into its cache.
+type PrefetchRequest struct {
+	Keys []string `json:"keys"`
+	Jobs int      `json:"jobs"`
+}
+
+// PrefetchResult says what became of them.
+type PrefetchResult struct {
+	Fetched int      `json:"fetched"` // downloaded now
+	Cached  int      `json:"cached"`  // already in the cache
+	Bytes   int64    `json:"bytes"`   // bytes of fetched objects
+	Missing []string `json:"missing"` // not in the store
+	Failed  []string `json:"failed"`  // "key: error"
+}
+
+// servePrefetch fetches a batch of objects in parallel and answers when
+// they are all in the cache (or failed).
+func (o *observer) servePrefetch(w http.ResponseWriter, r *http.Request) {
+	var req PrefetchRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20)).Decode(&req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	jobs := min(max(req.Jobs, 1), 64)
+	var mu sync.Mutex
+	var res PrefetchResult
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, jobs)
+	for _, key := range req.Keys {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			obj, err := o.m.view.Stat(r.Context(), key)
+			if err != nil {
+				mu.Lock()
+				if errors.Is(err, backend.ErrNotExist) {
+					res.Missing = append(res.Missing, key)
+				} else {
+					res.Failed = append(res.Failed, key+": "+err.Error())
+				}
+				mu.Unlock()
+				return
+			}
+			cached := o.m.view.Cached(obj)
+			err = o.m.view.Fetch(r.Context(), obj)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				res.Failed = append(res.Failed, key+": "+err.Error())
+			case cached:
+				res.Cached++
+			default:
+				res.Fetched++
+				res.Bytes += obj.Size
+			}
+		}()
+	}
+	wg.Wait()
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(res)
+}
