@@ -54,9 +54,10 @@ type BuildOptions struct {
 // index (snapshot and journal, as LoadAll) and adds the objects recorded
 // there that its listing missed (published after the listing passed their
 // names), once a Stat shows they are still in the store; it takes the
-// access times from there too, and covers what that index covers. Save the
-// result promptly: a compaction in between deletes folded segments older
-// than its grace period.
+// access times and every equivalence record from there too (a listing of
+// the store cannot restore those), and covers what that index covers.
+// Save the result promptly: a compaction in between deletes folded
+// segments older than its grace period.
 func Build(ctx context.Context, s backend.Store, opt BuildOptions) (*Index, error) {
 	conc := opt.Concurrency
 	if conc <= 0 {
@@ -234,6 +235,8 @@ func withJournal(ctx context.Context, s backend.Store, built *Index, journal []s
 		}
 	}
 	ix := New(objs, built.Created())
+	// The equivalences as they are: runs are immutable, so sharing is safe.
+	ix.eqBase, ix.eqExtra = cur.eqBase, cur.eqExtra
 	// Cover the segments listed before the store, and those the current
 	// index includes, but never one that could not be read: it may hold
 	// records of a newer sstatefs.

@@ -48,12 +48,14 @@ type CompactOptions struct {
 
 // CompactResult says what a compaction did.
 type CompactResult struct {
-	Folded  int  // segments folded into the snapshot by this compaction
-	Deleted int  // covered segments deleted (folded now or by an earlier compaction)
-	Kept    int  // folded segments kept: younger than Grace
-	Skipped int  // unreadable segments, left alone (see LoadAll)
-	Objects int  // objects in the snapshot
-	Wrote   bool // a new snapshot was written (false: nothing to fold)
+	Folded  int // segments folded into the snapshot by this compaction
+	Deleted int // covered segments deleted (folded now or by an earlier compaction)
+	Kept    int // folded segments kept: younger than Grace
+	Skipped int // unreadable segments, left alone (see LoadAll)
+	Objects int // objects in the snapshot
+	// Equivalences: records in force in the snapshot.
+	Equivalences int
+	Wrote        bool // a new snapshot was written (false: nothing to fold)
 }
 
 // Compact folds the journal into the snapshot, safely while writers keep
@@ -114,6 +116,7 @@ func Compact(ctx context.Context, s backend.Store, opt CompactOptions) (CompactR
 	}
 	ix := loaded.ix
 	res.Objects, res.Folded, res.Skipped = ix.Len(), len(loaded.applied), len(ix.skipped)
+	res.Equivalences = ix.NumEquivalences()
 	if res.Folded > 0 {
 		snap := *ix
 		snap.created = toNanos(started)

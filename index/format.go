@@ -1,21 +1,25 @@
-// Snapshot format, versions 1 and 2
+// Snapshot format, versions 1, 2 and 3
 //
 // An index snapshot is stored in the store under SnapshotKey. All integers
 // in the header are little-endian:
 //
 //	offset  size  field
 //	0       8     magic "SSTFSIDX"
-//	8       4     format version, uint32 = 2 (1 is still read)
-//	12      4     flags, uint32 (version 2 only; see below)
+//	8       4     format version, uint32 = 3 (1 and 2 are still read)
+//	12      4     flags, uint32 (see below)
 //	16      8     created: int64 unix nanoseconds (math.MinInt64 = unknown)
 //	24      8     object count N, uint64
-//	32      8     covered segment count C, uint64 (version 2 only)
-//	40      8     body length B in bytes, uint64
-//	48      B     body: one zstd stream (frames with a window of at most 8 MiB)
-//	48+B    32    trailer: SHA-256 of bytes [0, 48+B)
+//	32      8     covered segment count C, uint64
+//	40      8     equivalence count E, uint64
+//	48      8     body length B in bytes, uint64
+//	56      B     body: one zstd stream (frames with a window of at most 8 MiB)
+//	56+B    32    trailer: SHA-256 of bytes [0, 56+B)
 //
-// Version 1 has no flags and no covered count: created, N and B follow the
-// version at offsets 12, 20 and 28, and the body starts at 36.
+// Version 2 has no equivalence count: B follows C at offset 40, and the
+// body starts at 48. Version 1 has no flags and no covered count either:
+// created, N and B follow the version at offsets 12, 20 and 28, and the
+// body starts at 36. Encode writes version 2 for an index without
+// equivalences, which older readers then still read.
 //
 // Flag bit 0, complete: the snapshot descends from a listing of the whole
 // store (`sstatefs index build`), so a key it lacks was absent when it was
@@ -23,7 +27,8 @@
 // complete. Other bits are reserved and rejected.
 //
 // Nothing follows the trailer. The body decompresses to exactly C covered
-// segment names, then N entries. A covered name is
+// segment names, then N entries, then (version 3) the equivalence section.
+// A covered name is
 //
 //	uvarint  length (at most 105)
 //	bytes    the segment's name under JournalPrefix
@@ -42,10 +47,42 @@
 //	32 bytes SHA-256 of the content (all zero = unknown)
 //	uvarint  last access, unix seconds, at most 2^32-1 (0 = none; version 2 only)
 //
-// Version 1 has no covered names and no access times. Keys are valid store keys (backend.CheckKey) of at most
-// MaxKeyLen bytes, never under backend.MetaPrefix. Readers reject N above
-// 2^28, C above 2^20 and a body length B no N entries and C names could
-// need, before reading further.
+// Version 1 has no covered names and no access times. Keys are valid store
+// keys (backend.CheckKey) of at most MaxKeyLen bytes, never under
+// backend.MetaPrefix.
+//
+// The equivalence section is a string table, then E records. The table is
+//
+//	uvarint  S, the number of strings (at most 6E)
+//	S times  uvarint length (1 to 4096), bytes
+//
+// strictly increasing (bytewise), at most 64 MiB in all; string id k >= 1
+// is the k-th, id 0 the empty string. A record is
+//
+//	byte     flags: bit 0 in force (the first record of its method and
+//	         taskhash), bit 1 the first record of its method and outhash,
+//	         bit 2 the unihash is the taskhash; others reserved; bit 0 or
+//	         bit 1 is set
+//	uvarint  method id
+//	hash     taskhash
+//	hash     outhash (0 digits: none; not with bit 1)
+//	hash     unihash (absent with bit 2)
+//	varint   created, unix nanoseconds (math.MinInt64 = unknown)
+//	uvarint  ids of PN, PV, PR, task and owner
+//
+// where a hash is a uvarint count of hex digits (at most 255) and the
+// digits packed two a byte, high nibble first, an odd count leaving the
+// last low nibble 0. Records are strictly increasing by taskhash (as hex
+// strings), method, the record in force first, then outhash; each method
+// and taskhash has at most one record in force, each method and outhash at
+// most one first record, and a record that is only the first of its
+// outhash follows the record in force of its method and taskhash. A
+// well-formed record that breaks Equivalence.Validate is dropped (and
+// counted in Sources.Invalid), not the snapshot; a writer that relaxes
+// those rules must use a new version.
+//
+// Readers reject N above 2^28, C above 2^20, E above 2^24 and a body length
+// B no N entries, C names and E records could need, before reading further.
 //
 // The body length in the header lets a reader tell a truncated snapshot
 // from a corrupt one, and the checksum is verified before anything is
@@ -70,6 +107,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
@@ -90,10 +128,11 @@ var ErrCorrupt = errors.New("corrupt index")
 
 const (
 	magic         = "SSTFSIDX"
-	formatVersion = 2
+	formatVersion = 3
 	prefixLen     = 12 // magic and version: the part of a header every version shares
 	headerLenV1   = 36
 	headerLenV2   = 48
+	headerLenV3   = 56
 	flagComplete  = 1 << 0
 	trailerLen    = sha256.Size
 
@@ -106,6 +145,13 @@ const (
 	// maxEntryLen is the longest encoded entry: five varints of at most
 	// 10 bytes, the key and the digest.
 	maxEntryLen = 5*binary.MaxVarintLen64 + MaxKeyLen + sha256.Size
+	// maxEquivalences bounds the equivalence records a snapshot may
+	// declare: far more than any hash equivalence server holds.
+	maxEquivalences = 1 << 24
+	// maxEqRecordLen is the longest encoded equivalence record.
+	maxEqRecordLen = 1 + 7*binary.MaxVarintLen64 + 3*(binary.MaxVarintLen64+(maxFormatHash+1)/2)
+	// maxStringTable bounds the bytes of a snapshot's string table.
+	maxStringTable = 64 << 20
 	// encoderWindow is the zstd window Encode uses; decoderWindow is the
 	// largest a reader accepts (format limit), which bounds its memory.
 	encoderWindow = 4 << 20
@@ -119,11 +165,15 @@ func corrupt(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
 }
 
-// Encode writes ix to w in the snapshot format (version 2): its objects
-// from both runs, their access times and the segments it covers.
+// Encode writes ix to w in the snapshot format: its objects from both
+// runs, their access times, the segments it covers and its equivalence
+// records (version 3; version 2 if it has none).
 func Encode(w io.Writer, ix *Index) error {
 	if ix == nil {
 		return errors.New("encode index: nil index")
+	}
+	if n := ix.numEqEntries(); n > maxEquivalences {
+		return fmt.Errorf("encode index: %d equivalence records (limit %d)", n, maxEquivalences)
 	}
 	body, err := encodeBody(ix)
 	if err != nil {
@@ -133,14 +183,21 @@ func Encode(w io.Writer, ix *Index) error {
 	if ix.complete {
 		flags |= flagComplete
 	}
-	hdr := make([]byte, headerLenV2)
+	version, hl := uint32(2), headerLenV2
+	if ix.numEqEntries() > 0 {
+		version, hl = 3, headerLenV3
+	}
+	hdr := make([]byte, hl)
 	copy(hdr, magic)
-	binary.LittleEndian.PutUint32(hdr[8:], formatVersion)
+	binary.LittleEndian.PutUint32(hdr[8:], version)
 	binary.LittleEndian.PutUint32(hdr[12:], flags)
 	binary.LittleEndian.PutUint64(hdr[16:], uint64(ix.created))
 	binary.LittleEndian.PutUint64(hdr[24:], uint64(ix.Len()))
 	binary.LittleEndian.PutUint64(hdr[32:], uint64(len(ix.covered)))
-	binary.LittleEndian.PutUint64(hdr[40:], uint64(len(body)))
+	if version == 3 {
+		binary.LittleEndian.PutUint64(hdr[40:], uint64(ix.numEqEntries()))
+	}
+	binary.LittleEndian.PutUint64(hdr[hl-8:], uint64(len(body)))
 	if err := writeFrame(w, hdr, body); err != nil {
 		return fmt.Errorf("encode index: %w", err)
 	}
@@ -156,7 +213,8 @@ func newZstdWriter(w io.Writer) (*zstd.Encoder, error) {
 		zstd.WithWindowSize(encoderWindow), zstd.WithEncoderConcurrency(1))
 }
 
-// encodeBody returns the zstd-compressed covered names and entries.
+// encodeBody returns the zstd-compressed covered names, entries and
+// equivalence section (if there are equivalences).
 func encodeBody(ix *Index) ([]byte, error) {
 	var buf bytes.Buffer
 	zw, err := newZstdWriter(&buf)
@@ -186,6 +244,9 @@ func encodeBody(ix *Index) ([]byte, error) {
 		prev = e.key
 		return true
 	})
+	if ix.numEqEntries() > 0 {
+		encodeEquivalences(bw, ix)
+	}
 	if err := bw.Flush(); err != nil {
 		zw.Close()
 		return nil, err
@@ -194,6 +255,59 @@ func encodeBody(ix *Index) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// encodeEquivalences writes the string table and the equivalence records
+// of both runs, merged in order.
+func encodeEquivalences(bw *bufio.Writer, ix *Index) {
+	used := map[string]uint64{}
+	for _, r := range ix.runs() {
+		for i := range r.es {
+			e := &r.es[i]
+			for _, id := range [...]uint32{e.method, e.pn, e.pv, e.pr, e.task, e.owner} {
+				if id != 0 {
+					used[r.strs[id]] = 0
+				}
+			}
+		}
+	}
+	strs := make([]string, 0, len(used))
+	for s := range used {
+		strs = append(strs, s)
+	}
+	slices.Sort(strs)
+	scratch := binary.AppendUvarint(nil, uint64(len(strs)))
+	bw.Write(scratch)
+	for i, s := range strs {
+		used[s] = uint64(i + 1)
+		scratch = binary.AppendUvarint(scratch[:0], uint64(len(s)))
+		bw.Write(scratch)
+		bw.WriteString(s)
+	}
+	id := func(r *eqRun, k uint32) uint64 {
+		if k == 0 {
+			return 0
+		}
+		return used[r.strs[k]]
+	}
+	hash := func(b []byte, digits uint8, packed []byte) []byte {
+		return append(binary.AppendUvarint(b, uint64(digits)), packed...)
+	}
+	ix.eachEq(func(r *eqRun, e *eqEntry) bool {
+		scratch = append(scratch[:0], e.flags)
+		scratch = binary.AppendUvarint(scratch, id(r, e.method))
+		scratch = hash(scratch, e.tn, r.taskhash(e))
+		scratch = hash(scratch, e.on, r.outhash(e))
+		if e.flags&eqSameUnihash == 0 {
+			scratch = hash(scratch, e.un, r.unihash(e))
+		}
+		scratch = binary.AppendVarint(scratch, e.created)
+		for _, k := range [...]uint32{e.pn, e.pv, e.pr, e.task, e.owner} {
+			scratch = binary.AppendUvarint(scratch, id(r, k))
+		}
+		bw.Write(scratch)
+		return true
+	})
 }
 
 func commonPrefixLen(a, b string) int {
@@ -303,6 +417,8 @@ var snapshotSpec = frameSpec{
 			return headerLenV1
 		case 2:
 			return headerLenV2
+		case 3:
+			return headerLenV3
 		}
 		return 0
 	},
@@ -318,17 +434,26 @@ var snapshotSpec = frameSpec{
 		if covered > maxCovered {
 			return 0, corrupt("absurd covered segment count %d (limit %d)", covered, maxCovered)
 		}
+		eqs := h.equivalences
+		if eqs > maxEquivalences {
+			return 0, corrupt("absurd equivalence count %d (limit %d)", eqs, maxEquivalences)
+		}
+		var eqLimit uint64
+		if eqs > 0 {
+			eqLimit = eqs*(maxEqRecordLen+1) + maxStringTable + 6*eqs*binary.MaxVarintLen64
+		}
 		// A zstd stream is never much longer than its content.
-		return count*(maxEntryLen+1) + covered*(maxSegmentNameLen+binary.MaxVarintLen64+1) + 4096, nil
+		return count*(maxEntryLen+1) + covered*(maxSegmentNameLen+binary.MaxVarintLen64+1) + eqLimit + 4096, nil
 	},
 	bodyLen: func(hdr []byte) uint64 { return binary.LittleEndian.Uint64(hdr[len(hdr)-8:]) },
 }
 
-// Decode reads a snapshot written by Encode, of version 1 or 2. Damage is
-// reported as an error wrapping ErrCorrupt that says what is wrong; a
-// failure of r is returned as it is. It never trusts a length before
-// checking it against the format's limits, and allocates in proportion to
-// the data it actually reads.
+// Decode reads a snapshot written by Encode, of version 1, 2 or 3. Damage
+// is reported as an error wrapping ErrCorrupt that says what is wrong; a
+// failure of r is returned as it is. Well-formed equivalence records that
+// break Equivalence.Validate are dropped and counted (Sources.Invalid). It
+// never trusts a length before checking it against the format's limits,
+// and allocates in proportion to the data it actually reads.
 func Decode(r io.Reader) (*Index, error) {
 	hdr, body, err := readFrame(r, &snapshotSpec)
 	if err != nil {
@@ -345,12 +470,13 @@ func Decode(r io.Reader) (*Index, error) {
 	return ix, nil
 }
 
-// snapshotHeader holds the fields of a snapshot header of either version.
+// snapshotHeader holds the fields of a snapshot header of any version.
 type snapshotHeader struct {
 	version                 uint32
 	flags                   uint32
 	created                 int64
 	count, covered, bodyLen uint64
+	equivalences            uint64
 }
 
 // parseSnapshotHeader reads a header whose length readFrame has checked.
@@ -362,7 +488,11 @@ func parseSnapshotHeader(hdr []byte) snapshotHeader {
 		return h
 	}
 	h.flags = le.Uint32(hdr[12:])
-	h.created, h.count, h.covered, h.bodyLen = int64(le.Uint64(hdr[16:])), le.Uint64(hdr[24:]), le.Uint64(hdr[32:]), le.Uint64(hdr[40:])
+	h.created, h.count, h.covered = int64(le.Uint64(hdr[16:])), le.Uint64(hdr[24:]), le.Uint64(hdr[32:])
+	if h.version >= 3 {
+		h.equivalences = le.Uint64(hdr[40:])
+	}
+	h.bodyLen = le.Uint64(hdr[len(hdr)-8:])
 	return h
 }
 
@@ -556,12 +686,197 @@ func (d *snapshotHeader) decode(body io.Reader) (*Index, error) {
 		}
 		prev = e.key
 	}
-	if err := checkBodyEnd(br, d.count, "entry", "entries"); err != nil {
+	ix := &Index{total: total, covered: covered}
+	if d.version >= 3 {
+		if ix.eqBase, ix.invalid, err = decodeEquivalences(br, d.equivalences, d.bodyLen); err != nil {
+			return nil, err
+		}
+		if err := checkBodyEnd(br, d.equivalences, "equivalence", "equivalences"); err != nil {
+			return nil, err
+		}
+	} else if err := checkBodyEnd(br, d.count, "entry", "entries"); err != nil {
 		return nil, err
 	}
 	es, at = clipRun(es, at)
-	return &Index{base: run{es: es, at: at}, total: total, covered: covered}, nil
+	ix.base = run{es: es, at: at}
+	return ix, nil
 }
+
+// Per-string validity in a snapshot's string table.
+const (
+	strMethodOK = 1 << iota // a valid Method
+	strFieldOK              // a valid PN, PV, PR, task or owner
+)
+
+// decodeEquivalences reads the string table and count equivalence records
+// and returns them as a run, with the number of records dropped as
+// invalid.
+func decodeEquivalences(br *bufio.Reader, count, bodyLen uint64) (eqRun, int, error) {
+	var r eqRun
+	ns, err := binary.ReadUvarint(br)
+	if err != nil {
+		return r, 0, bodyError("equivalence strings", "count", err)
+	}
+	if ns > 6*count {
+		return r, 0, corrupt("equivalence strings: absurd count %d for %d records", ns, count)
+	}
+	strs := make([]string, 1, min(ns, 4096)+1)
+	var (
+		arena keyArena
+		total uint64
+		buf   = make([]byte, 0, 256)
+	)
+	for i := uint64(1); i <= ns; i++ {
+		where := fmt.Sprintf("equivalence string %d", i)
+		l, err := binary.ReadUvarint(br)
+		if err != nil {
+			return r, 0, bodyError(where, "length", err)
+		}
+		if l == 0 || l > maxFormatString {
+			return r, 0, corrupt("%s: bad length %d (1 to %d)", where, l, maxFormatString)
+		}
+		if total += l; total > maxStringTable {
+			return r, 0, corrupt("%s: string table longer than %d bytes", where, maxStringTable)
+		}
+		buf = resize(buf, int(l))
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return r, 0, bodyError(where, "string", err)
+		}
+		if i > 1 && string(buf) <= strs[i-1] {
+			return r, 0, corrupt("equivalence strings not strictly increasing: %d %s follows %s", i, quoteKey(buf), quoteKey(strs[i-1]))
+		}
+		strs = append(strs, arena.add("", buf))
+	}
+	ok := make([]uint8, len(strs))
+	ok[0] = strFieldOK
+	for i, s := range strs[1:] {
+		if validText(s, maxMethodLen) {
+			ok[i+1] |= strMethodOK
+		}
+		if validText(s, maxFieldLen) {
+			ok[i+1] |= strFieldOK
+		}
+	}
+
+	r.strs = strs
+	r.es = make([]eqEntry, 0, min(count, bodyLen/32+1024))
+	r.hex = make([]byte, 0, min(count, bodyLen/32+1024)*64)
+	var (
+		prev     eqEntry
+		invalid  int
+		groupWon bool // the current (taskhash, method) has a record in force
+		groupOK  bool // ... and it is valid
+	)
+	for i := uint64(0); i < count; i++ {
+		where := func() string { return fmt.Sprintf("equivalence %d", i) }
+		bad := func(what string, err error) error {
+			if errors.Is(err, io.EOF) && what == "flags" {
+				return corrupt("equivalence count mismatch: header says %d, body ends after %d", count, i)
+			}
+			return bodyError(where(), what, err)
+		}
+		flags, err := br.ReadByte()
+		if err != nil {
+			return r, 0, bad("flags", err)
+		}
+		if flags&^eqFlagsKnown != 0 {
+			return r, 0, corrupt("%s: unknown flags %#x", where(), flags)
+		}
+		if flags&(eqWinner|eqFirstOut) == 0 {
+			return r, 0, corrupt("%s: neither in force nor the first of its outhash", where())
+		}
+		readID := func(what string) (uint32, error) {
+			id, err := binary.ReadUvarint(br)
+			if err != nil {
+				return 0, bad(what, err)
+			}
+			if id > ns {
+				return 0, corrupt("%s: %s id %d beyond the %d strings", where(), what, id, ns)
+			}
+			return uint32(id), nil
+		}
+		if len(r.hex) > math.MaxUint32-3*(maxFormatHash+1)/2 {
+			return r, 0, corrupt("%s: equivalence hashes beyond 4 GiB", where())
+		}
+		e := eqEntry{flags: flags, off: uint32(len(r.hex))}
+		if e.method, err = readID("method"); err != nil {
+			return r, 0, err
+		}
+		var n int
+		if r.hex, n, err = readPacked(br, r.hex); err != nil {
+			return r, 0, hashError(where(), "taskhash", err)
+		}
+		e.tn = uint8(n)
+		if r.hex, n, err = readPacked(br, r.hex); err != nil {
+			return r, 0, hashError(where(), "outhash", err)
+		}
+		e.on = uint8(n)
+		e.un = e.tn
+		if flags&eqSameUnihash == 0 {
+			if r.hex, n, err = readPacked(br, r.hex); err != nil {
+				return r, 0, hashError(where(), "unihash", err)
+			}
+			e.un = uint8(n)
+		}
+		if e.created, err = binary.ReadVarint(br); err != nil {
+			return r, 0, bad("created", err)
+		}
+		for _, f := range [...]struct {
+			dst  *uint32
+			what string
+		}{{&e.pn, "PN"}, {&e.pv, "PV"}, {&e.pr, "PR"}, {&e.task, "task"}, {&e.owner, "owner"}} {
+			if *f.dst, err = readID(f.what); err != nil {
+				return r, 0, err
+			}
+		}
+		if flags&eqFirstOut != 0 && e.on == 0 {
+			return r, 0, corrupt("%s: the first of its outhash without an outhash", where())
+		}
+		newGroup := true
+		if i > 0 {
+			if cmpEq(&r, &prev, &r, &e) >= 0 {
+				return r, 0, corrupt("equivalences not strictly increasing: %d (taskhash %s) follows taskhash %s", i,
+					unpack(r.taskhash(&e), int(e.tn)), unpack(r.taskhash(&prev), int(prev.tn)))
+			}
+			newGroup = r.cmpKey(&prev, r.taskhash(&e), int(e.tn), r.strs[e.method]) != 0
+		}
+		if newGroup {
+			groupWon, groupOK = false, false
+		}
+		prev = e
+		valid := validDigits(e.tn) && validDigits(e.un) && (e.on == 0 || validDigits(e.on)) &&
+			ok[e.method]&strMethodOK != 0 && ok[e.pn]&ok[e.pv]&ok[e.pr]&ok[e.task]&ok[e.owner]&strFieldOK != 0
+		if flags&eqWinner != 0 {
+			if groupWon {
+				return r, 0, corrupt("%s: a second record in force for taskhash %s", where(), unpack(r.taskhash(&e), int(e.tn)))
+			}
+			groupWon, groupOK = true, valid
+		} else if !groupOK {
+			valid = false // only the first of its outhash, but its taskhash has no valid record in force
+		}
+		if !valid {
+			invalid++
+			continue
+		}
+		r.es = append(r.es, e)
+	}
+	if cap(r.es)-len(r.es) > len(r.es)/64 {
+		r.es = slices.Clip(slices.Clone(r.es))
+	}
+	if cap(r.hex)-len(r.hex) > len(r.hex)/64 {
+		r.hex = slices.Clip(slices.Clone(r.hex))
+	}
+	r.index()
+	for i := 1; i < len(r.byOut); i++ {
+		if a, b := &r.es[r.byOut[i-1]], &r.es[r.byOut[i]]; r.cmpOut(a, b) == 0 {
+			return r, 0, corrupt("two equivalences are the first of method %s and outhash %s",
+				quoteKey(r.strs[a.method]), unpack(r.outhash(a), int(a.on)))
+		}
+	}
+	return r, invalid, nil
+}
+
+func validDigits(n uint8) bool { return n >= minHashLen && n <= maxHashLen }
 
 // decodeCovered reads n covered segment names.
 func decodeCovered(br *bufio.Reader, n uint64) ([]string, error) {

@@ -1,7 +1,9 @@
 // Package index is the metadata catalog of sstatefs: which objects a store
-// holds (key, size, modification time, SHA-256, last access), kept in
-// memory as an immutable, sorted index that answers existence checks and
-// directory listings without touching the network.
+// holds (key, size, modification time, SHA-256, last access) and the hash
+// equivalences reported for it (equiv.go: bitbake's taskhash → unihash
+// mappings with their outhash), kept in memory as an immutable, sorted
+// index that answers existence checks, directory listings and equivalence
+// queries without touching the network.
 //
 // The index lives in the store itself, beside the objects, so that any
 // number of mounts on any number of hosts share it without a server:
@@ -10,7 +12,7 @@
 //     atomically by `sstatefs index build` (build.go) and by compaction;
 //   - a journal (segment.go, under JournalPrefix): immutable segments, each
 //     created once by one writer (journal.go), recording the objects it
-//     published and the accesses bitbake made;
+//     published, the accesses bitbake made and the equivalences reported;
 //   - readers (load.go, LoadAll) apply the segments the snapshot does not
 //     cover on top of it, with merge rules that give the same index on
 //     every host (merge.go); compaction (compact.go) folds segments into a
@@ -54,11 +56,15 @@ type Entry struct {
 // The objects are held in two sorted runs with disjoint keys: base, from
 // the snapshot (or New), and extra, the objects journal segments added.
 // Applying segments thus copies neither the snapshot's entries nor its keys.
+// Equivalence records are split the same way (eqBase, eqExtra).
 type Index struct {
 	base    run
 	extra   run
 	total   int64 // sum of sizes, saturating
 	created int64 // unix nanoseconds, noTime if unknown
+
+	eqBase, eqExtra eqRun
+	invalid         int // equivalence records dropped as invalid when decoding
 
 	covered  []string // sorted keys of the journal segments whose records are included
 	snapshot bool     // read from a snapshot (Decode), not journal-only or New
@@ -323,6 +329,10 @@ type Sources struct {
 	// newer sstatefs), each error naming the segment. Their records are
 	// missing from the index.
 	Skipped []error
+	// Invalid: equivalence records dropped as invalid (see
+	// Equivalence.Validate) while reading the snapshot and the segments,
+	// which were otherwise read. Only a faulty writer makes them.
+	Invalid int
 }
 
 // Sources says what the index was assembled from.
@@ -330,7 +340,8 @@ func (ix *Index) Sources() Sources {
 	if ix == nil {
 		return Sources{}
 	}
-	return Sources{Snapshot: ix.snapshot, Complete: ix.complete, Covered: len(ix.covered), Applied: ix.applied, Skipped: slices.Clone(ix.skipped)}
+	return Sources{Snapshot: ix.snapshot, Complete: ix.complete, Covered: len(ix.covered), Applied: ix.applied,
+		Skipped: slices.Clone(ix.skipped), Invalid: ix.invalid}
 }
 
 // Covered returns the keys of the journal segments whose records the index

@@ -24,9 +24,9 @@ type JournalOptions struct {
 	// FlushInterval: Run writes pending access records this often; 0 means
 	// 2 s.
 	FlushInterval time.Duration
-	// MaxBatch: at most this many objects go into one segment; 0 means
-	// 1000, and more than 10,000 means 10,000 (a segment stays well under
-	// the format's limits even with the longest keys).
+	// MaxBatch: at most this many objects and equivalences go into one
+	// segment; 0 means 1000, and more than 10,000 means 10,000 (a segment
+	// stays well under the format's limits even with the longest keys).
 	MaxBatch int
 	// Logger receives failures of Run's background writes; nil discards.
 	Logger *slog.Logger
@@ -51,8 +51,8 @@ const (
 )
 
 // Journal writes this process's records into the store's index journal:
-// objects it published (Added, durable when it returns) and accesses
-// (Accessed, batched). Each write is a new immutable segment, created
+// objects it published (Added) and equivalences reported to it (Reported),
+// both durable when the call returns, and accesses (Accessed, batched). Each write is a new immutable segment, created
 // conditionally, so any number of writers on any number of hosts share one
 // store without coordination. Safe for concurrent use.
 type Journal struct {
@@ -77,9 +77,10 @@ type Journal struct {
 	failing  bool // Run's last flush failed (to log changes only)
 }
 
-// batch is a group of Added calls written as one segment.
+// batch is a group of Added and Reported calls written as one segment.
 type batch struct {
 	objs    []Object
+	eqs     []Equivalence
 	full    chan struct{} // closed when objs reaches MaxBatch
 	done    chan struct{} // closed when written or failed; err is set before
 	err     error
@@ -113,9 +114,9 @@ func NewJournal(s backend.Store, opt JournalOptions) *Journal {
 func (j *Journal) Writer() string { return j.writer }
 
 // OnWrite registers fn to be called with every segment once it is in the
-// store, before the Added calls it holds return: the mount applies its own
-// records to its index at once (Live.Apply). fn runs on the writing
-// goroutine, must be quick and must not modify the segment.
+// store, before the Added and Reported calls it holds return: the mount
+// applies its own records to its index at once (Live.Apply). fn runs on
+// the writing goroutine, must be quick and must not modify the segment.
 func (j *Journal) OnWrite(fn func(Segment)) {
 	j.mu.Lock()
 	j.hooks = append(j.hooks, fn)
@@ -135,6 +136,32 @@ func (j *Journal) Added(ctx context.Context, o Object) error {
 	if o.Size < 0 || !validKey(o.Key) {
 		return fmt.Errorf("index journal: invalid object %q (%d bytes) not recorded", o.Key, o.Size)
 	}
+	return j.enqueue(ctx, func(b *batch) { b.objs = append(b.objs, o) })
+}
+
+// Reported records the equivalence e, as bitbake's hash equivalence server
+// inserts a report; a zero Created is set to the journal's clock. Like
+// Added, it returns once a segment holding the record is in the store
+// (batched with other Added and Reported calls), or with an error: the
+// caller retries (a record written twice does no harm: the first one
+// stays in force). A record that fails Equivalence.Validate is not
+// recorded; the error wraps ErrInvalidEquivalence.
+//
+// Whether e is then in force depends on the records reported before it
+// (see the merge rules in merge.go): look it up after Reported returns.
+func (j *Journal) Reported(ctx context.Context, e Equivalence) error {
+	if e.Created.IsZero() {
+		e.Created = j.now()
+	}
+	if err := e.Validate(); err != nil {
+		return fmt.Errorf("index journal: equivalence not recorded: %w", err)
+	}
+	return j.enqueue(ctx, func(b *batch) { b.eqs = append(b.eqs, e) })
+}
+
+// enqueue adds a record to the open batch (with add) and waits until the
+// batch is written.
+func (j *Journal) enqueue(ctx context.Context, add func(*batch)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -145,8 +172,8 @@ func (j *Journal) Added(ctx context.Context, o Object) error {
 		j.open = b
 		go j.commit(context.WithoutCancel(ctx), b)
 	}
-	b.objs = append(b.objs, o)
-	if len(b.objs) >= j.maxBatch {
+	add(b)
+	if len(b.objs)+len(b.eqs) >= j.maxBatch {
 		j.open = nil
 		close(b.full)
 	}
@@ -182,7 +209,7 @@ func (j *Journal) commit(ctx context.Context, b *batch) {
 	j.mu.Unlock()
 	wctx, cancel := context.WithTimeout(ctx, journalWriteTimeout)
 	defer cancel()
-	b.err = j.write(wctx, b.objs, acc)
+	b.err = j.write(wctx, b.objs, b.eqs, acc)
 	close(b.done)
 }
 
@@ -251,8 +278,8 @@ func (j *Journal) Run(ctx context.Context) {
 	}
 }
 
-// Flush writes the pending access records (and objects waiting for their
-// batch) now, after any segment write in flight; used at shutdown. Records
+// Flush writes the pending access records (and objects and equivalences
+// waiting for their batch) now, after any segment write in flight; used at shutdown. Records
 // that could not be written stay pending.
 func (j *Journal) Flush(ctx context.Context) error {
 	for {
@@ -270,11 +297,14 @@ func (j *Journal) Flush(ctx context.Context) error {
 		acc := j.takeAccessLocked()
 		more := len(j.access) > 0
 		j.mu.Unlock()
-		var objs []Object
+		var (
+			objs []Object
+			eqs  []Equivalence
+		)
 		if b != nil {
-			objs = b.objs
+			objs, eqs = b.objs, b.eqs
 		}
-		err := j.write(ctx, objs, acc)
+		err := j.write(ctx, objs, eqs, acc)
 		<-j.sem
 		if b != nil {
 			b.err = err
@@ -306,14 +336,14 @@ func (j *Journal) takeAccessLocked() []Access {
 	return out
 }
 
-// write stores one segment of objs and acc. On failure the access records
-// go back to the pending ones (unless the store is read-only).
-func (j *Journal) write(ctx context.Context, objs []Object, acc []Access) error {
-	if len(objs) == 0 && len(acc) == 0 {
+// write stores one segment of objs, eqs and acc. On failure the access
+// records go back to the pending ones (unless the store is read-only).
+func (j *Journal) write(ctx context.Context, objs []Object, eqs []Equivalence, acc []Access) error {
+	if len(objs) == 0 && len(eqs) == 0 && len(acc) == 0 {
 		return nil
 	}
 	ns := max(j.now().UnixNano(), 0)
-	seg := Segment{Writer: j.writer, Time: time.Unix(0, ns), Added: objs, Accessed: acc}
+	seg := Segment{Writer: j.writer, Time: time.Unix(0, ns), Added: objs, Reported: eqs, Accessed: acc}
 	data, err := encodeSegment(&seg)
 	if err == nil {
 		// A new random part on the (unheard-of) clash with another segment.

@@ -151,7 +151,9 @@ func (l *Live) Run(ctx context.Context) {
 //
 // Its records are applied after those already loaded; the next refresh
 // puts them in key order, which can matter only for two different
-// records of one key.
+// records of one key: two objects, or two equivalences of one method and
+// taskhash (another host's report of an earlier segment, not loaded yet,
+// then takes over from this process's own).
 func (l *Live) Apply(seg Segment) {
 	if _, ok := parseSegmentKey(seg.Key); !ok {
 		return
@@ -260,10 +262,14 @@ func (l *Live) refreshLocked(ctx context.Context) error {
 			level = slog.LevelInfo // a new snapshot; new segments are routine
 		}
 		src := ix.Sources()
-		l.log.LogAttrs(ctx, level, "index loaded",
-			slog.String("store", l.store.Location()), slog.Int("objects", ix.Len()),
+		attrs := []slog.Attr{slog.String("store", l.store.Location()), slog.Int("objects", ix.Len()),
+			slog.Int("equivalences", ix.NumEquivalences()),
 			slog.Time("created", ix.Created()), slog.Int("segments", src.Applied),
-			slog.Bool("complete", src.Complete))
+			slog.Bool("complete", src.Complete)}
+		if src.Invalid > 0 {
+			attrs = append(attrs, slog.Int("invalid_equivalences", src.Invalid))
+		}
+		l.log.LogAttrs(ctx, level, "index loaded", attrs...)
 	}
 	return nil
 }

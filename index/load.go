@@ -266,6 +266,10 @@ func (ld *loader) fetch(ctx context.Context, keys []string) error {
 			if c.err != nil {
 				ld.logSkipped(ctx, keys[i], c.err)
 			}
+			if c.seg != nil && c.seg.Invalid > 0 {
+				ld.log.LogAttrs(ctx, slog.LevelWarn, "index journal segment holds invalid equivalence records; they are ignored",
+					slog.String("segment", keys[i]), slog.Int("records", c.seg.Invalid))
+			}
 		}
 	}
 	return err

@@ -16,11 +16,24 @@ import (
 //   - an object's access time is the latest recorded;
 //   - access records of keys without an object in the result are dropped
 //     (so an access recorded before the object's own record is kept only
-//     when both are applied together).
+//     when both are applied together);
+//   - of the equivalences reported for one (method, taskhash), the first
+//     is in force (snapshot before segments, earlier segment first, and in
+//     a segment the order recorded), as in bitbake's database, where the
+//     first insert wins; likewise the first record of a (method, outhash)
+//     is the one later reports of that output are matched against.
+//     Records that are neither are dropped.
+//
+// Every host applies the same snapshot and segments in the same order and
+// so puts the same records in force. A segment that turns up late with an
+// earlier key (a writer's slow upload, or a skewed clock) can still
+// displace a record in force until a compaction has folded the later one
+// into the snapshot; so can Live.Apply, which applies this process's own
+// segments at once, until the next refresh puts them in key order.
 //
 // The result shares base's entries and keys: only the objects the segments
 // add are new (in the extra run), and the access times are copied when a
-// segment changes one.
+// segment changes one; new equivalences make a new extra run of them.
 func apply(base *Index, segs []*Segment) *Index {
 	if base == nil {
 		base = &Index{created: noTime}
@@ -32,6 +45,8 @@ func apply(base *Index, segs []*Segment) *Index {
 		return &out
 	}
 	var (
+		reps []pendingEq
+		eqs  = eqSeen{winner: map[string]bool{}, out: map[string]bool{}}
 		adds []Object
 		seen = map[string]bool{}
 		acc  = map[string]uint32{}
@@ -69,6 +84,19 @@ func apply(base *Index, segs []*Segment) *Index {
 				latest(a.Key, at)
 			}
 		}
+		for i := range seg.Reported {
+			if e := &seg.Reported[i]; e.Validate() == nil { // else a caller's bug
+				reps = eqs.add(base, e, reps)
+			}
+		}
+		out.invalid += seg.Invalid
+	}
+	if len(reps) > 0 {
+		b := newEqBuilder(&base.eqExtra, len(reps))
+		for _, p := range reps {
+			b.add(p.e, p.flags)
+		}
+		out.eqExtra = b.finish()
 	}
 	out.applied += len(segs)
 	out.covered = unionSorted(base.covered, keys)
@@ -82,6 +110,44 @@ func apply(base *Index, segs []*Segment) *Index {
 		out.extra = withAccess(out.extra, acc)
 	}
 	return &out
+}
+
+// pendingEq is an equivalence record apply keeps, with its part.
+type pendingEq struct {
+	e     *Equivalence
+	flags uint8
+}
+
+// eqSeen holds the (method, taskhash) and (method, outhash) pairs of the
+// records apply has taken from its segments so far.
+type eqSeen struct {
+	winner, out map[string]bool
+}
+
+// add appends e to reps, if it is the first record of its (method,
+// taskhash) or of its (method, outhash) in base and what was seen before.
+func (s eqSeen) add(base *Index, e *Equivalence, reps []pendingEq) []pendingEq {
+	var flags uint8
+	tk := e.Method + "\x00" + e.Taskhash
+	if !s.winner[tk] {
+		s.winner[tk] = true
+		if !base.hasWinner(e.Method, e.Taskhash) {
+			flags |= eqWinner
+		}
+	}
+	if e.Outhash != "" {
+		ok := e.Method + "\x00" + e.Outhash
+		if !s.out[ok] {
+			s.out[ok] = true
+			if !base.hasFirstOut(e.Method, e.Outhash) {
+				flags |= eqFirstOut
+			}
+		}
+	}
+	if flags == 0 {
+		return reps
+	}
+	return append(reps, pendingEq{e, flags})
 }
 
 // withAccess returns r with the access times of acc that are later than

@@ -1,4 +1,4 @@
-// Journal segment format, version 1
+// Journal segment format, versions 1 and 2
 //
 // Every mount that writes keeps a journal of what it published and what
 // bitbake used, as immutable segments in the store, each under its own key
@@ -12,7 +12,7 @@
 //
 //	offset  size  field
 //	0       8     magic "SSTFSJNL"
-//	8       4     format version, uint32 = 1
+//	8       4     format version, uint32 = 2 (1 is still read and written)
 //	12      8     written: int64 unix nanoseconds, as in the key
 //	20      8     record count N, uint64 (at most 2^20)
 //	28      8     body length B in bytes, uint64
@@ -27,11 +27,26 @@
 //	            uvarint last access (unix seconds, 0 = none)
 //	2 Accessed: uvarint key length, key, uvarint access time (unix seconds,
 //	            not 0)
+//	3 Reported: string method, hash taskhash, hash outhash (0 digits:
+//	            none), hash unihash, varint created (unix ns,
+//	            math.MinInt64 = unknown), string PN, PV, PR, task, owner
+//	            (version 2 only)
 //
-// Keys are valid object keys (see validKey). Readers apply the segments a
-// snapshot does not cover in key order; of two Added records for one key
-// the first wins (the store keeps the first writer's object), and an
-// object's access time is the latest recorded.
+// where a string is a uvarint length (at most 4096) and the bytes, and a
+// hash is a uvarint count of hex digits (at most 255) and the digits
+// packed two a byte, high nibble first (an odd count leaves the last low
+// nibble 0). Version 2 is version 1 with Reported records; a writer uses
+// version 1 for a segment without them, which older readers then still
+// read.
+//
+// Keys are valid object keys (see validKey). A Reported record that breaks
+// Equivalence.Validate but is well formed is dropped by readers (and
+// counted in Segment.Invalid), not the whole segment; a writer that
+// relaxes those rules must therefore use a new version. Readers apply the
+// segments a snapshot does not cover in key order; of two Added records
+// for one key the first wins (the store keeps the first writer's object),
+// and an object's access time is the latest recorded. Equivalences follow
+// the rules of merge.go.
 
 package index
 
@@ -46,6 +61,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,6 +80,11 @@ type Segment struct {
 	Time     time.Time // when it was written, from the key
 	Added    []Object  // objects published, in the order recorded
 	Accessed []Access  // last accesses, one per key
+	// Reported: equivalences reported, in the order recorded.
+	Reported []Equivalence
+	// Invalid counts the Reported records DecodeSegment dropped as
+	// invalid (see the format description).
+	Invalid int
 }
 
 // Access records that bitbake used an object at Time (to the second).
@@ -74,11 +95,12 @@ type Access struct {
 
 const (
 	segmentMagic   = "SSTFSJNL"
-	segmentVersion = 1
-	segHeaderLen   = 36
+	segmentVersion = 2
+	segHeaderLen   = 36 // both versions
 
 	recAdded    = 1
 	recAccessed = 2
+	recReported = 3 // version 2
 
 	// maxSegmentRecords bounds the records a segment may declare; a
 	// Journal writes at most MaxBatch objects and maxAccessPerSegment
@@ -86,8 +108,16 @@ const (
 	maxSegmentRecords = 1 << 20
 	// maxSegmentBody bounds a segment's decompressed body.
 	maxSegmentBody = 64 << 20
-	// maxRecordLen is the longest encoded record.
-	maxRecordLen = 1 + 5*binary.MaxVarintLen64 + MaxKeyLen + 32
+	// maxRecordLen is the longest encoded record: an object, or an
+	// equivalence at the format's limits.
+	maxRecordLen = max(1+5*binary.MaxVarintLen64+MaxKeyLen+32, maxReportedLen)
+	// maxFormatString and maxFormatHash (hex digits) bound the strings
+	// and hashes of equivalence records in both formats; Validate allows
+	// far less.
+	maxFormatString = 4096
+	maxFormatHash   = 255
+	maxReportedLen  = 1 + 6*(binary.MaxVarintLen64+maxFormatString) +
+		3*(binary.MaxVarintLen64+(maxFormatHash+1)/2) + binary.MaxVarintLen64
 
 	maxWriterLen      = 63
 	segmentRandLen    = 16                                             // hex digits
@@ -188,11 +218,12 @@ var segmentEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
 		zstd.WithWindowSize(encoderWindow), zstd.WithEncoderConcurrency(1))
 })
 
-// EncodeSegment writes seg in the segment format. It fails on records a
-// reader would reject (invalid keys, negative sizes, zero access times)
-// and on segments with more than 2^20 records.
+// EncodeSegment writes seg in the segment format: version 2 if it holds
+// equivalences, else version 1. It fails on records a reader would reject
+// (invalid keys, negative sizes, zero access times, equivalences that fail
+// Validate) and on segments with more than 2^20 records.
 func EncodeSegment(w io.Writer, seg *Segment) error {
-	n := len(seg.Added) + len(seg.Accessed)
+	n := len(seg.Added) + len(seg.Accessed) + len(seg.Reported)
 	if n > maxSegmentRecords {
 		return fmt.Errorf("encode segment: %d records (limit %d)", n, maxSegmentRecords)
 	}
@@ -218,6 +249,23 @@ func EncodeSegment(w io.Writer, seg *Segment) error {
 		raw = append(raw, a.Key...)
 		raw = binary.AppendUvarint(raw, uint64(toSecs(a.Time)))
 	}
+	version := uint32(1)
+	for i := range seg.Reported {
+		e := &seg.Reported[i]
+		if err := e.Validate(); err != nil {
+			return fmt.Errorf("encode segment: %w", err)
+		}
+		version = 2
+		raw = append(raw, recReported)
+		raw = appendString(raw, e.Method)
+		raw = appendHash(raw, e.Taskhash)
+		raw = appendHash(raw, e.Outhash)
+		raw = appendHash(raw, e.Unihash)
+		raw = binary.AppendVarint(raw, toNanos(e.Created))
+		for _, f := range [...]string{e.PN, e.PV, e.PR, e.Task, e.Owner} {
+			raw = appendString(raw, f)
+		}
+	}
 	if len(raw) > maxSegmentBody {
 		return fmt.Errorf("encode segment: body of %d bytes (limit %d)", len(raw), maxSegmentBody)
 	}
@@ -228,7 +276,7 @@ func EncodeSegment(w io.Writer, seg *Segment) error {
 	body := enc.EncodeAll(raw, nil)
 	hdr := make([]byte, segHeaderLen)
 	copy(hdr, segmentMagic)
-	binary.LittleEndian.PutUint32(hdr[8:], segmentVersion)
+	binary.LittleEndian.PutUint32(hdr[8:], version)
 	binary.LittleEndian.PutUint64(hdr[12:], uint64(toNanos(seg.Time)))
 	binary.LittleEndian.PutUint64(hdr[20:], uint64(n))
 	binary.LittleEndian.PutUint64(hdr[28:], uint64(len(body)))
@@ -236,6 +284,19 @@ func EncodeSegment(w io.Writer, seg *Segment) error {
 		return fmt.Errorf("encode segment: %w", err)
 	}
 	return nil
+}
+
+// appendString appends a string of an equivalence record (at most
+// maxFormatString bytes, which Validate ensures).
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// appendHash appends a hash: its digit count, then the digits packed.
+func appendHash(b []byte, h string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(h)))
+	return appendPacked(b, h)
 }
 
 func encodeSegment(seg *Segment) ([]byte, error) {
@@ -247,7 +308,7 @@ func encodeSegment(seg *Segment) ([]byte, error) {
 var segmentSpec = frameSpec{
 	magic: segmentMagic, what: "journal segment", minHeader: segHeaderLen, latest: segmentVersion,
 	header: func(v uint32) int {
-		if v == segmentVersion {
+		if v == 1 || v == 2 {
 			return segHeaderLen
 		}
 		return 0
@@ -283,16 +344,19 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// DecodeSegment reads a segment written by EncodeSegment. Key and Writer
-// are left empty (they come from the store key); Time is the one in the
-// header. Damage is reported as an error wrapping ErrCorrupt that says what
-// is wrong; a failure of r is returned as it is. Memory is bounded by what
-// is actually read and by the format's limits.
+// DecodeSegment reads a segment written by EncodeSegment, of version 1 or
+// 2. Key and Writer are left empty (they come from the store key); Time is
+// the one in the header. Damage is reported as an error wrapping
+// ErrCorrupt that says what is wrong; a failure of r is returned as it is.
+// A well-formed equivalence record that fails Validate is dropped and
+// counted in Invalid. Memory is bounded by what is actually read and by
+// the format's limits.
 func DecodeSegment(r io.Reader) (*Segment, error) {
 	hdr, body, err := readFrame(r, &segmentSpec)
 	if err != nil {
 		return nil, err
 	}
+	version := binary.LittleEndian.Uint32(hdr[8:])
 	count := binary.LittleEndian.Uint64(hdr[20:])
 	bodyLen := segmentSpec.bodyLen(hdr)
 	seg := &Segment{Time: fromNanos(int64(binary.LittleEndian.Uint64(hdr[12:])))}
@@ -346,10 +410,42 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 		}
 		return uint32(s), nil
 	}
+	// Methods, PN and the like repeat: one string each per segment.
+	interned := map[string]string{}
+	readString := func(i uint64, what string) (string, error) {
+		n, err := binary.ReadUvarint(br)
+		if err != nil {
+			return "", bad(i, what+" length", err)
+		}
+		if n > maxFormatString {
+			return "", corrupt("record %d: absurd %s length %d (limit %d)", i, what, n, maxFormatString)
+		}
+		buf = resize(buf, int(n))
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return "", bad(i, what, err)
+		}
+		if s, ok := interned[string(buf)]; ok {
+			return s, nil
+		}
+		s := string(buf)
+		interned[s] = s
+		return s, nil
+	}
+	var hashBuf [(maxFormatHash + 1) / 2]byte
+	readHash := func(i uint64, what string) (string, error) {
+		p, n, err := readPacked(br, hashBuf[:0])
+		if err != nil {
+			return "", hashError(fmt.Sprintf("record %d", i), what, err)
+		}
+		return unpack(p, n), nil
+	}
 	for i := uint64(0); i < count; i++ {
 		kind, err := br.ReadByte()
 		if err != nil {
 			return nil, bad(i, "record kind", err)
+		}
+		if kind == recReported && version < 2 {
+			return nil, corrupt("record %d: unknown record kind %d in a version %d segment", i, kind, version)
 		}
 		switch kind {
 		case recAdded:
@@ -389,6 +485,37 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 				return nil, corrupt("record %d: access record without a time", i)
 			}
 			seg.Accessed = append(seg.Accessed, Access{Key: key, Time: fromSecs(at)})
+		case recReported:
+			var e Equivalence
+			if e.Method, err = readString(i, "method"); err != nil {
+				return nil, err
+			}
+			for _, h := range [...]struct {
+				dst  *string
+				what string
+			}{{&e.Taskhash, "taskhash"}, {&e.Outhash, "outhash"}, {&e.Unihash, "unihash"}} {
+				if *h.dst, err = readHash(i, h.what); err != nil {
+					return nil, err
+				}
+			}
+			created, err := binary.ReadVarint(br)
+			if err != nil {
+				return nil, bad(i, "created", err)
+			}
+			e.Created = fromNanos(created)
+			for _, f := range [...]struct {
+				dst  *string
+				what string
+			}{{&e.PN, "PN"}, {&e.PV, "PV"}, {&e.PR, "PR"}, {&e.Task, "task"}, {&e.Owner, "owner"}} {
+				if *f.dst, err = readString(i, f.what); err != nil {
+					return nil, err
+				}
+			}
+			if e.Validate() != nil {
+				seg.Invalid++
+				continue
+			}
+			seg.Reported = append(seg.Reported, e)
 		default:
 			return nil, corrupt("record %d: unknown record kind %d", i, kind)
 		}
@@ -400,4 +527,49 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 		seg.Added = added[:len(added):len(added)]
 	}
 	return seg, nil
+}
+
+// errHashPadding marks a hash whose unused low nibble is not zero.
+var errHashPadding = errors.New("hash with a non-zero pad nibble")
+
+// errHashLength marks a hash longer than maxFormatHash digits.
+type errHashLength uint64
+
+func (e errHashLength) Error() string {
+	return fmt.Sprintf("absurd hash length %d digits (limit %d)", uint64(e), maxFormatHash)
+}
+
+// readPacked reads a hash (digit count, packed digits) and appends the
+// packed digits to dst. Its errors are br's, errHashPadding and
+// errHashLength; hashError turns them into corrupt errors.
+func readPacked(br *bufio.Reader, dst []byte) ([]byte, int, error) {
+	n, err := binary.ReadUvarint(br)
+	if err != nil {
+		return dst, 0, err
+	}
+	if n > maxFormatHash {
+		return dst, 0, errHashLength(n)
+	}
+	k := packedLen(int(n))
+	dst = slices.Grow(dst, k)
+	p := dst[len(dst) : len(dst)+k]
+	if _, err := io.ReadFull(br, p); err != nil {
+		return dst, 0, err
+	}
+	if n%2 == 1 && p[k-1]&15 != 0 {
+		return dst, 0, errHashPadding
+	}
+	return dst[:len(dst)+k], int(n), nil
+}
+
+// hashError reports a readPacked failure in <where> as corruption.
+func hashError(where, what string, err error) error {
+	var hl errHashLength
+	switch {
+	case errors.As(err, &hl):
+		return corrupt("%s: %s: %v", where, what, err)
+	case errors.Is(err, errHashPadding):
+		return corrupt("%s: %s: %v", where, what, err)
+	}
+	return bodyError(where, what, err)
 }

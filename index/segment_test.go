@@ -95,11 +95,14 @@ func TestEncodeSegmentRejects(t *testing.T) {
 }
 
 // segFrame frames a raw segment body, as a hostile or buggy writer could.
-func segFrame(count uint64, raw []byte) []byte {
+func segFrame(count uint64, raw []byte) []byte { return segFrameV(segmentVersion, count, raw) }
+
+// segFrameV is segFrame with a version.
+func segFrameV(version uint32, count uint64, raw []byte) []byte {
 	body := testEncoder.EncodeAll(raw, nil)
 	hdr := make([]byte, segHeaderLen)
 	copy(hdr, segmentMagic)
-	binary.LittleEndian.PutUint32(hdr[8:], segmentVersion)
+	binary.LittleEndian.PutUint32(hdr[8:], version)
 	binary.LittleEndian.PutUint64(hdr[20:], count)
 	binary.LittleEndian.PutUint64(hdr[28:], uint64(len(body)))
 	var buf bytes.Buffer
@@ -139,8 +142,8 @@ func TestDecodeSegmentCorrupt(t *testing.T) {
 		{"empty", "truncated: 0 bytes, shorter than the 36-byte header", nil},
 		{"short header", "truncated: 30 bytes, shorter than the 36-byte header", good[:30]},
 		{"snapshot", `bad magic "SSTFSIDX", want "SSTFSJNL" (not an sstatefs journal segment)`, encode(t, New(nil, time.Time{}))},
-		{"version 2", "unsupported version 2 (this sstatefs reads versions up to 1)",
-			edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[8:], 2); return fixSum(b) })},
+		{"version 3", "unsupported version 3 (this sstatefs reads versions up to 2)",
+			edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[8:], 3); return fixSum(b) })},
 		{"bit flip", "checksum mismatch (the journal segment is damaged)", edit(func(b []byte) []byte { b[segHeaderLen+3] ^= 4; return b })},
 		{"cut", "truncated", good[:len(good)-5]},
 		{"trailing data", "trailing data after the checksum", append(bytes.Clone(good), 1)},
@@ -149,7 +152,9 @@ func TestDecodeSegmentCorrupt(t *testing.T) {
 		{"absurd count", "absurd record count 1048577", setU64(20, maxSegmentRecords+1)},
 		{"absurd body length", "absurd body length", setU64(28, 1<<40)},
 		{"body length too long", "truncated", setU64(28, bodyLen+1)},
-		{"unknown kind", "record 0: unknown record kind 3", segFrame(1, []byte{3, 1, 'a'})},
+		{"unknown kind", "record 0: unknown record kind 4", segFrame(1, []byte{4, 1, 'a'})},
+		{"reported in version 1", "record 1: unknown record kind 3 in a version 1 segment",
+			segFrameV(1, 2, cat(rawAccessed("a", 1), rawReported(testEq(1, "m"))))},
 		{"kind 0", "record 0: unknown record kind 0", segFrame(1, []byte{0})},
 		{"bad key", `record 0: invalid key "a//b"`, segFrame(1, rawAdded("a//b", 1, 0))},
 		{"meta key", `record 1: invalid key ".sstatefs/x"`, segFrame(2, cat(rawAdded("a", 1, 0), rawAccessed(".sstatefs/x", 1)))},

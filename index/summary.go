@@ -24,6 +24,9 @@ type Summary struct {
 	// the latest (zero if none).
 	Accessed   int
 	LastAccess time.Time
+	// Equivalences counts the equivalence records in force (one per
+	// method and taskhash).
+	Equivalences int
 	// Sources: the snapshot and journal segments the index was
 	// assembled from, including segments skipped as unreadable.
 	Sources Sources
@@ -38,6 +41,8 @@ func Summarize(ix *Index) Summary {
 		ByTask:   map[string]int{},
 		ByPrefix: map[string]int{},
 		Sources:  ix.Sources(),
+
+		Equivalences: ix.NumEquivalences(),
 	}
 	if ix == nil {
 		return s
