@@ -66,7 +66,7 @@ func (n *objectNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.S
 		if t.IsZero() || in.Valid&(fuse.FATTR_MTIME_NOW|fuse.FATTR_ATIME_NOW) != 0 {
 			t = time.Now()
 		}
-		n.fs.view.Touch(n.obj.Key, t)
+		n.fs.view.Touch(n.obj, t)
 		if n.fs.prefetch == PrefetchOnTouch {
 			n.fs.maybePrefetch(n.obj)
 		}

@@ -727,7 +727,7 @@ func decodeEquivalences(br *bufio.Reader, count, bodyLen uint64) (eqRun, int, er
 		buf   = make([]byte, 0, 256)
 	)
 	for i := uint64(1); i <= ns; i++ {
-		where := fmt.Sprintf("equivalence string %d", i)
+		where := fmt.Sprint("equivalence string ", i) // one a string, and strings are few
 		l, err := binary.ReadUvarint(br)
 		if err != nil {
 			return r, 0, bodyError(where, "length", err)
@@ -821,14 +821,13 @@ func decodeEquivalences(br *bufio.Reader, count, bodyLen uint64) (eqRun, int, er
 		if e.created, err = binary.ReadVarint(br); err != nil {
 			return r, 0, bad("created", err)
 		}
-		for _, f := range [...]struct {
-			dst  *uint32
-			what string
-		}{{&e.pn, "PN"}, {&e.pv, "PV"}, {&e.pr, "PR"}, {&e.task, "task"}, {&e.owner, "owner"}} {
-			if *f.dst, err = readID(f.what); err != nil {
+		var ids [5]uint32
+		for k, what := range [...]string{"PN", "PV", "PR", "task", "owner"} {
+			if ids[k], err = readID(what); err != nil {
 				return r, 0, err
 			}
 		}
+		e.pn, e.pv, e.pr, e.task, e.owner = ids[0], ids[1], ids[2], ids[3], ids[4]
 		if flags&eqFirstOut != 0 && e.on == 0 {
 			return r, 0, corrupt("%s: the first of its outhash without an outhash", where())
 		}

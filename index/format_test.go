@@ -362,6 +362,13 @@ func FuzzDecode(f *testing.F) {
 	f.Add(encode(f, New([]Object{{Key: "a/b", Size: 1}}, time.Unix(1, 0))))
 	f.Add(encode(f, New(randomObjects(realisticKeys(f)[:40], 1), time.Unix(1, 0))))
 	f.Add(frame(2, cat(entryOf("a/b"), rawEntry(2, 1, "c", 1, 1))))
+	if v2, err := os.ReadFile("testdata/snapshot-v2.bin"); err == nil {
+		f.Add(v2)
+	}
+	eqIx := withEqs(New([]Object{{Key: "a/b", Size: 1}}, time.Unix(1, 0)), testEq(1, "do_a"), testEq(1, "do_b"),
+		Equivalence{Method: "m", Taskhash: "abcde", Unihash: "01234", Outhash: testEq(1, "do_a").Outhash},
+		Equivalence{Method: "do_a", Taskhash: hexOf(1), Unihash: hexOf(7), Outhash: "9999"})
+	f.Add(encode(f, eqIx))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkDecode(t, data)
 		// Most mutations only break the checksum; repair it so the
@@ -414,14 +421,84 @@ func checkDecode(t *testing.T, data []byte) {
 		t.Fatalf("re-encoded index does not decode: %v", err)
 	}
 	if !reflect.DeepEqual(collect(again), collect(ix)) || again.created != ix.created ||
-		!slices.Equal(again.covered, ix.covered) || again.complete != ix.complete {
+		!slices.Equal(again.covered, ix.covered) || again.complete != ix.complete ||
+		!reflect.DeepEqual(eqDump(again), eqDump(ix)) || again.Sources().Invalid != 0 {
 		t.Fatal("round trip of an accepted index differs")
 	}
+	checkEquivalences(t, ix)
 	for _, k := range ix.covered {
 		if _, ok := parseSegmentKey(k); !ok {
 			t.Fatalf("accepted bad covered segment %q", k)
 		}
 	}
+}
+
+// checkEquivalences checks that the equivalences of an accepted index are
+// valid, ordered, and found by every query.
+func checkEquivalences(t *testing.T, ix *Index) {
+	t.Helper()
+	var prev *Equivalence
+	n := 0
+	for e := range ix.Equivalences {
+		if err := e.Validate(); err != nil {
+			t.Fatalf("accepted an invalid equivalence: %v", err)
+		}
+		if prev != nil && (e.Taskhash < prev.Taskhash || e.Taskhash == prev.Taskhash && e.Method <= prev.Method) {
+			t.Fatalf("equivalences out of order: %+v after %+v", e, *prev)
+		}
+		if g, ok := ix.Equivalence(e.Method, e.Taskhash); !ok || !reflect.DeepEqual(g, e) {
+			t.Fatalf("Equivalence(%s, %s) = %+v, %v", e.Method, e.Taskhash, g, ok)
+		}
+		if g, ok := ix.ByTaskhash(e.Taskhash); !ok || g.Method > e.Method {
+			t.Fatalf("ByTaskhash(%s) = %+v, %v", e.Taskhash, g, ok)
+		}
+		if !ix.UnihashKnown(e.Unihash) {
+			t.Fatalf("UnihashKnown(%s) = false", e.Unihash)
+		}
+		prev = &e
+		n++
+	}
+	if n != ix.NumEquivalences() {
+		t.Fatalf("NumEquivalences %d, listed %d", ix.NumEquivalences(), n)
+	}
+	for _, it := range eqDump(ix) {
+		if it.Flags&eqFirstOut == 0 {
+			continue
+		}
+		g, ok := ix.ByOuthash(it.E.Method, it.E.Outhash)
+		w, found := ix.Equivalence(it.E.Method, it.E.Taskhash)
+		if !ok || !found || g.Taskhash != it.E.Taskhash || g.Unihash != w.Unihash {
+			t.Fatalf("ByOuthash(%s, %s) = %+v, %v", it.E.Method, it.E.Outhash, g, ok)
+		}
+	}
+}
+
+// FuzzDecodeEquivalences feeds arbitrary uncompressed equivalence
+// sections to their parser.
+func FuzzDecodeEquivalences(f *testing.F) {
+	w := byte(eqWinner | eqFirstOut)
+	a, b := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	f.Add(uint16(0), []byte{0})
+	f.Add(uint16(2), cat(rawStrings("do_x"), rawEqs(rawEq{flags: w, method: 1, th: a, oh: "1111", uh: "abcd"},
+		rawEq{flags: w | eqSameUnihash, method: 1, th: b, oh: "2222"})))
+	f.Add(uint16(3), cat(rawStrings("bad\n", "do_x", "zlib"), rawEqs(
+		rawEq{flags: eqWinner, method: 2, th: a, oh: "abcde", uh: "0123", ids: [5]uint64{3, 1}},
+		rawEq{flags: eqFirstOut, method: 2, th: a, oh: "1234", uh: b},
+		rawEq{flags: w, method: 3, th: b, oh: "12", uh: "abc"})))
+	seed := realisticEquivalences(20, 5)
+	seed.covered = nil
+	full := encode(f, seed)
+	f.Add(uint16(20), func() []byte {
+		// The body of a real snapshot, decompressed: no entries, no
+		// covered names, just the equivalence section.
+		d, _ := zstd.NewReader(nil)
+		defer d.Close()
+		out, _ := d.DecodeAll(full[headerLenV3:len(full)-trailerLen], nil)
+		return out
+	}())
+	f.Fuzz(func(t *testing.T, count uint16, body []byte) {
+		checkDecode(t, frame3(0, 0, uint64(count), body))
+	})
 }
 
 // TestDecode100k measures what the benchmark target is about: decode time

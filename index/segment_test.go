@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -208,6 +209,14 @@ func FuzzDecodeSegment(f *testing.F) {
 	f.Add(encodeSeg(f, &Segment{Time: time.Unix(1, 0), Added: randomObjects(realisticKeys(f)[:5], 1),
 		Accessed: []Access{{Key: "a/b", Time: time.Unix(7, 0)}}}))
 	f.Add(segFrame(2, cat(rawAdded("a", 1, 0), rawAccessed("b", 1))))
+	f.Add(encodeSeg(f, &Segment{Time: time.Unix(2, 0), Added: randomObjects(realisticKeys(f)[:2], 1),
+		Reported: []Equivalence{testEq(1, "do_a"), {Method: "m", Taskhash: "abcde", Unihash: "0123"}}}))
+	bad := testEq(2, "do_a")
+	bad.PN = "a\nb"
+	f.Add(segFrame(3, cat(rawReported(testEq(1, "do_a")), rawReported(bad), rawAccessed("b", 1))))
+	if v1, err := os.ReadFile("testdata/segment-v1.bin"); err == nil {
+		f.Add(v1)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkDecodeSegment(t, data)
 		checkDecodeSegment(t, fixSum(bytes.Clone(data)))
@@ -232,10 +241,16 @@ func checkDecodeSegment(t *testing.T, data []byte) {
 			t.Fatalf("accepted bad object %+v", o)
 		}
 	}
+	for _, e := range seg.Reported {
+		if err := e.Validate(); err != nil {
+			t.Fatalf("accepted an invalid equivalence: %v", err)
+		}
+	}
 	again, err := DecodeSegment(bytes.NewReader(encodeSeg(t, seg)))
 	if err != nil {
 		t.Fatalf("re-encoded segment does not decode: %v", err)
 	}
+	seg.Invalid = 0 // dropped: not written again
 	if !reflect.DeepEqual(again, seg) {
 		t.Fatalf("round trip differs: %+v vs %+v", again, seg)
 	}

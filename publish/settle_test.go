@@ -63,7 +63,7 @@ func TestSettleMovesUploadedObjectsIntoTheCache(t *testing.T) {
 	}
 	o, _ := ix.Lookup(k1)
 	f, err := c.Open(context.Background(), cache.Object{ID: cache.IDFor(o.SHA256, "", o.Size, o.ModTime), Size: o.Size, SHA256: o.SHA256, Name: k1,
-		Fetch: func(context.Context) (io.ReadCloser, error) { t.Fatal("fetched"); return nil, nil }})
+		Fetch: func(context.Context, int64, int64) (io.ReadCloser, error) { t.Fatal("fetched"); return nil, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}

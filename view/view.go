@@ -28,6 +28,9 @@ type Object struct {
 	Size    int64
 	ModTime time.Time
 	SHA256  [32]byte // zero when the store has no index
+	// Source is the store key holding the bytes: Key, or for a name
+	// resolved through hash equivalence, the object of its unihash.
+	Source string
 }
 
 // Options configure a View.
@@ -56,7 +59,7 @@ type View struct {
 	mu      sync.Mutex           // protects touched
 	touched map[string]time.Time // access times recorded by utimensat/touch
 
-	hits, misses, probeCount, probeHits, probeErrors atomic.Int64
+	hits, misses, probeCount, probeHits, probeErrors, resolved atomic.Int64
 
 	prefetch                    chan Object // queued prefetches; nil when disabled
 	prefetchWorkers             int
@@ -77,7 +80,7 @@ type Stats struct {
 
 // Stats returns the lookup counters.
 func (v *View) Stats() Stats {
-	return Stats{Hits: v.hits.Load(), Misses: v.misses.Load(), Probes: v.probeCount.Load(), Prefetched: v.prefetched.Load(), PrefetchDropped: v.prefetchDropped.Load(), ProbeHits: v.probeHits.Load(), ProbeErrors: v.probeErrors.Load()}
+	return Stats{Hits: v.hits.Load(), Misses: v.misses.Load(), Probes: v.probeCount.Load(), Resolved: v.resolved.Load(), Prefetched: v.prefetched.Load(), PrefetchDropped: v.prefetchDropped.Load(), ProbeHits: v.probeHits.Load(), ProbeErrors: v.probeErrors.Load()}
 }
 
 // New returns a View.
@@ -124,20 +127,28 @@ func (v *View) stat(ctx context.Context, key string) (o Object, probed bool, err
 	ix := v.index.Current()
 	if ix != nil {
 		if o, ok := ix.Lookup(key); ok {
-			return Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256}, false, nil
-		}
-		if v.index.Fresh() {
-			return Object{}, false, notExist(key)
+			return Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256, Source: o.Key}, false, nil
 		}
 	}
-	if _, err := sstate.Parse(key); err != nil {
+	name, perr := sstate.Parse(key)
+	if ix != nil && perr == nil {
+		if o, ok := v.resolve(ix, name); ok {
+			o.Key = key
+			v.resolved.Add(1)
+			return o, false, nil
+		}
+	}
+	if ix != nil && v.index.Fresh() {
+		return Object{}, false, notExist(key)
+	}
+	if perr != nil {
 		return Object{}, false, notExist(key)
 	}
 	if info, present, known := v.probes.Get(key); known {
 		if !present {
 			return Object{}, false, notExist(key)
 		}
-		return Object{Key: key, Size: info.Size, ModTime: info.ModTime}, false, nil
+		return Object{Key: key, Size: info.Size, ModTime: info.ModTime, Source: key}, false, nil
 	}
 	v.probeCount.Add(1)
 	oi, err := v.store.Stat(ctx, key)
@@ -149,14 +160,31 @@ func (v *View) stat(ctx context.Context, key string) (o Object, probed bool, err
 		return Object{}, true, err
 	}
 	v.probes.Present(key, cache.Info{Size: oi.Size, ModTime: oi.ModTime})
-	return Object{Key: key, Size: oi.Size, ModTime: oi.ModTime}, true, nil
+	return Object{Key: key, Size: oi.Size, ModTime: oi.ModTime, Source: key}, true, nil
+}
+
+// resolve answers a name whose hash is a taskhash with a recorded unihash by
+// the object of that unihash (same task, same companion), if it exists: the
+// same bytes under the name bitbake asked for. Nothing is copied.
+func (v *View) resolve(ix *index.Index, name sstate.Name) (Object, bool) {
+	e, ok := ix.ByTaskhash(name.Hash)
+	if !ok || e.Unihash == name.Hash || len(e.Unihash) < 4 {
+		return Object{}, false
+	}
+	target := name
+	target.Hash = e.Unihash
+	o, ok := ix.Lookup(target.String())
+	if !ok {
+		return Object{}, false
+	}
+	return Object{Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256, Source: o.Key}, true
 }
 
 func notExist(key string) error { return fmt.Errorf("%s: %w", key, backend.ErrNotExist) }
 
-// IsDir reports whether dir ("" is the root) is a directory of the store.
-// With an index that is exact; without one, the SSTATE_DIR layout decides:
-// ab/, ab/cd/, <NATIVELSBSTRING>/, <NATIVELSBSTRING>/ab/ and .../ab/cd/.
+// IsDir reports whether dir ("" is the root) is a directory of the store:
+// one the index knows, or one of the SSTATE_DIR layout: ab/, ab/cd/,
+// <NATIVELSBSTRING>/, <NATIVELSBSTRING>/ab/ and .../ab/cd/.
 func (v *View) IsDir(dir string) bool {
 	if dir == "" {
 		return true
@@ -164,9 +192,9 @@ func (v *View) IsDir(dir string) bool {
 	if backend.IsMeta(dir+"/") || dir+"/" == backend.MetaPrefix {
 		return false
 	}
-	if ix := v.index.Current(); ix != nil && v.index.Fresh() {
-		return ix.IsDir(dir)
-	}
+	// Every directory of the SSTATE_DIR layout exists, also where the index
+	// has no object: a name resolved through hash equivalence lives in the
+	// directory of its taskhash, and bitbake's mkdir answers EEXIST anyway.
 	if ix := v.index.Current(); ix != nil && ix.IsDir(dir) {
 		return true
 	}
@@ -267,27 +295,36 @@ func (v *View) RunPrefetch(ctx context.Context) {
 }
 
 func (v *View) cacheObject(o Object) cache.Object {
+	src := o.Source
+	if src == "" {
+		src = o.Key
+	}
 	return cache.Object{
-		ID:     cache.IDFor(o.SHA256, v.store.Location()+"/"+o.Key, o.Size, o.ModTime),
+		ID:     cache.IDFor(o.SHA256, v.store.Location()+"/"+src, o.Size, o.ModTime),
 		Size:   o.Size,
 		SHA256: o.SHA256,
-		Name:   o.Key,
+		Name:   src,
 		Fetch: func(ctx context.Context, off, n int64) (io.ReadCloser, error) {
-			return v.store.Open(ctx, o.Key, off, n)
+			return v.store.Open(ctx, src, off, n)
 		},
 	}
 }
 
-// Touch records an access to key (bitbake's utimensat/touch on objects it
-// uses). The object's content and store copy are never changed.
-func (v *View) Touch(key string, t time.Time) {
+// Touch records an access to an object (bitbake's utimensat/touch on
+// objects it uses): shown as its mtime here, and reported for the object
+// that holds the bytes. The content and the store copy never change.
+func (v *View) Touch(o Object, t time.Time) {
 	v.mu.Lock()
-	if t.After(v.touched[key]) {
-		v.touched[key] = t
+	if t.After(v.touched[o.Key]) {
+		v.touched[o.Key] = t
 	}
 	v.mu.Unlock()
 	if v.access != nil {
-		v.access(key, t)
+		src := o.Source
+		if src == "" {
+			src = o.Key
+		}
+		v.access(src, t)
 	}
 }
 

@@ -26,7 +26,15 @@ type Config struct {
 	Publish  PublishConfig  `toml:"publish"`
 	Metrics  MetricsConfig  `toml:"metrics"`
 	Prefetch PrefetchConfig `toml:"prefetch"`
+	Hashserv HashservConfig `toml:"hashserv"`
 	Log      LogConfig      `toml:"log"`
+}
+
+// HashservConfig is the hash equivalence server a mount runs.
+type HashservConfig struct {
+	// Listen: unix:///path/to.sock or 127.0.0.1:PORT; "" (default) is off.
+	Listen   string `toml:"listen"`
+	ReadOnly bool   `toml:"read_only"` // answer reads, refuse reports
 }
 
 // PrefetchConfig is fetching objects before bitbake opens them.
@@ -271,7 +279,7 @@ func LoadFile(cfg *Config, path string) error {
 func decodeTOML(cfg *Config, path, data string) error {
 	// A file that lists stores replaces the default store list.
 	var fileCfg Config
-	fileCfg.Cache, fileCfg.Index, fileCfg.Mount, fileCfg.Publish, fileCfg.Metrics, fileCfg.Prefetch, fileCfg.Log = cfg.Cache, cfg.Index, cfg.Mount, cfg.Publish, cfg.Metrics, cfg.Prefetch, cfg.Log
+	fileCfg.Cache, fileCfg.Index, fileCfg.Mount, fileCfg.Publish, fileCfg.Metrics, fileCfg.Prefetch, fileCfg.Hashserv, fileCfg.Log = cfg.Cache, cfg.Index, cfg.Mount, cfg.Publish, cfg.Metrics, cfg.Prefetch, cfg.Hashserv, cfg.Log
 	md, err := toml.Decode(data, &fileCfg)
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
@@ -521,6 +529,8 @@ func newConfigFlags(fs *flag.FlagSet) *configFlags {
 	str("log-format", "text or json", func(c *Config, v string) { c.Log.Format = v })
 	str("prefetch-mode", "what starts a background fetch: touch (bitbake's check), lookup, or off (default touch)", func(c *Config, v string) { c.Prefetch.Mode = v })
 	integer("prefetch-concurrency", "background fetches at once (default 4)", func(c *Config, v int) { c.Prefetch.Concurrency = v })
+	str("hashserv", "serve bitbake's hash equivalence protocol on unix:///path or 127.0.0.1:PORT (off by default)", func(c *Config, v string) { c.Hashserv.Listen = v })
+	boolean("hashserv-read-only", "the hash equivalence server answers reads and refuses reports", func(c *Config, v bool) { c.Hashserv.ReadOnly = v })
 	boolean("mount-no-passthrough", "serve reads of cached objects from sstatefs instead of FUSE passthrough", func(c *Config, v bool) { c.Mount.NoPassthrough = v })
 	str("mount-ready-file", "file created once the mount is up and its index loaded (readiness gate)", func(c *Config, v string) { c.Mount.ReadyFile = v })
 	str("ready-file", "same as --mount-ready-file", func(c *Config, v string) { c.Mount.ReadyFile = v })

@@ -165,8 +165,9 @@ func indexShow(ctx context.Context, sc StoreConfig, out io.Writer) error {
 	fmt.Fprintf(out, "created:  %s (%s ago)\n", s.Created.UTC().Format(time.RFC3339), time.Since(s.Created).Round(time.Second))
 	fmt.Fprintf(out, "objects:  %d (%s)\n", s.Objects, humanBytes(s.Bytes))
 	fmt.Fprintf(out, "kinds:    %d packages, %d .siginfo, %d .sig\n", s.Packages, s.Siginfo, s.Sig)
+	fmt.Fprintf(out, "equivalences: %d hash equivalence records\n", s.Equivalences)
 	src := s.Sources
-	fmt.Fprintf(out, "sources:  snapshot %v (complete: %v), %d journal segments folded in it, %d applied on top\n", src.Snapshot, src.Complete, src.Covered, src.Applied)
+	fmt.Fprintf(out, "sources:  snapshot %v (complete: %v); %d journal segments included, %d of them applied on top of the snapshot\n", src.Snapshot, src.Complete, src.Covered, src.Applied)
 	for _, err := range src.Skipped {
 		fmt.Fprintf(out, "          skipped: %v\n", err)
 	}

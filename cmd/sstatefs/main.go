@@ -19,6 +19,8 @@ Usage:
   sstatefs push [flags] DIR             upload a local sstate-cache to the store
   sstatefs export [flags] DIR           write a plain SSTATE_DIR copy of the store (or of --list)
   sstatefs status [flags]               show the upload queue of a mount (by --cache-dir)
+  sstatefs hashserv serve [flags]       serve bitbake's hash equivalence protocol from the store's index
+  sstatefs hashserv import [flags]      import equivalences from a bitbake-hashserv database or server
   sstatefs index build [flags]          scan the store and write its index into it
   sstatefs index show [flags]           print a summary of the store's index
   sstatefs index compact [flags]        fold the index journal into a new snapshot
@@ -49,6 +51,8 @@ func run(args []string) int {
 		return cmdExport(args[1:])
 	case "status":
 		return cmdStatus(args[1:])
+	case "hashserv":
+		return cmdHashserv(args[1:])
 	case "index":
 		return cmdIndex(args[1:])
 	case "version", "--version":

@@ -23,6 +23,7 @@ import (
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/cache"
 	sfs "github.com/sstatefs/sstatefs/fs"
+	"github.com/sstatefs/sstatefs/hashserv"
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/publish"
 	"github.com/sstatefs/sstatefs/view"
@@ -102,6 +103,7 @@ type mounted struct {
 	journal    *index.Journal
 	view       *view.View
 	obs        *observer
+	hashserv   *hashserv.Server // nil unless --hashserv
 	cacheDir   string
 	readyFile  string
 	metrics    string // address of the metrics endpoint, "" when off
@@ -249,6 +251,15 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		cancel: cancel, done: make(chan struct{}), log: log, unlock: unlock,
 	}
 	go func() { server.Wait(); close(m.done) }()
+	if cfg.Hashserv.Listen != "" {
+		hs, addr, err := startHashserv(rctx, cfg.Hashserv.Listen, &equivBackend{live: live, journal: journal}, readOnly || cfg.Hashserv.ReadOnly, log)
+		if err != nil {
+			m.close()
+			return nil, err
+		}
+		m.hashserv = hs
+		log.Info("serving hash equivalence", "addr", addr, "equivalences", live.Current().NumEquivalences())
+	}
 	obs.attach(m)
 	if ln, err := listenControl(cfg.Cache.Dir); err != nil {
 		log.Warn("no control socket: `sstatefs status` shows only the queue on disk", "error", err)

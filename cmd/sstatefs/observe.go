@@ -205,6 +205,14 @@ func (o *observer) attach(m *mounted) {
 		}
 		return 0
 	})
+	if m.hashserv != nil {
+		hs := prometheus.NewDesc("sstatefs_hashserv_requests_total", "Hash equivalence protocol requests, by command.", []string{"command"}, nil)
+		o.reg.MustRegister(&funcCollector{desc: hs, collect: func(ch chan<- prometheus.Metric) {
+			for cmd, n := range m.hashserv.Stats().ByCommand {
+				ch <- prometheus.MustNewConstMetric(hs, prometheus.CounterValue, float64(n), cmd)
+			}
+		}})
+	}
 }
 
 // funcCollector collects labelled metrics computed on scrape.
@@ -336,7 +344,7 @@ func writeReadyFile(p string) error {
 }
 
 // numEquivalences counts the hash equivalence records of an index.
-func numEquivalences(ix *index.Index) int { return 0 }
+func numEquivalences(ix *index.Index) int { return ix.NumEquivalences() }
 
 // PrefetchRequest asks a running mount to fetch objects into its cache.
 type PrefetchRequest struct {
