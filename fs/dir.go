@@ -189,7 +189,7 @@ func (f *FS) ensureDir(key string) error {
 		switch {
 		case err == nil:
 			if os.Getuid() == 0 {
-				_ = syscall.Lchown(p, int(f.uid), int(f.gid))
+				f.chown(p, int(f.uid), int(f.gid))
 			}
 		case errors.Is(err, syscall.EEXIST):
 		default:
@@ -214,7 +214,7 @@ func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	if err := syscall.Mkdir(p, mode); err != nil {
 		return nil, d.fs.errno(ctx, "mkdir", key, err)
 	}
-	chownToCaller(ctx, p)
+	d.fs.chownToCaller(ctx, p)
 	d.fs.whiteouts.remove(key)
 	d.fs.dirAttr(key, &out.Attr)
 	return d.NewInode(ctx, &dirNode{fs: d.fs}, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: dirIno(key)}), 0
@@ -259,7 +259,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	if err != nil {
 		return nil, nil, 0, d.fs.errno(ctx, "create", key, err)
 	}
-	chownToCaller(ctx, p)
+	d.fs.chownToCaller(ctx, p)
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
 		syscall.Close(fd)
@@ -410,7 +410,7 @@ func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.En
 	if err := syscall.Symlink(target, p); err != nil {
 		return nil, d.fs.errno(ctx, "symlink", key, err)
 	}
-	chownToCaller(ctx, p)
+	d.fs.chownToCaller(ctx, p)
 	var st syscall.Stat_t
 	if err := syscall.Lstat(p, &st); err != nil {
 		return nil, d.fs.errno(ctx, "symlink", key, err)

@@ -79,6 +79,7 @@ type FS struct {
 
 	noPassthrough bool
 	prefetch      PrefetchMode
+	chownWarn     sync.Once
 
 	whiteouts *whiteouts
 }
@@ -160,12 +161,23 @@ func rel(n *gofs.Inode) string { return n.Path(n.Root()) }
 
 // chownToCaller gives a new overlay file to the process that created it
 // (a mount made by root serving a build user through allow_other).
-func chownToCaller(ctx context.Context, p string) {
+func (f *FS) chownToCaller(ctx context.Context, p string) {
 	if os.Getuid() != 0 {
 		return
 	}
 	if c, ok := fuse.FromContext(ctx); ok {
-		_ = syscall.Lchown(p, int(c.Uid), int(c.Gid))
+		f.chown(p, int(c.Uid), int(c.Gid))
+	}
+}
+
+// chown changes an overlay path's owner; a failure (no CAP_CHOWN) leaves
+// the file to root, which the build user may then not be able to change:
+// say so, once.
+func (f *FS) chown(p string, uid, gid int) {
+	if err := syscall.Lchown(p, uid, gid); err != nil {
+		f.chownWarn.Do(func() {
+			f.log.Warn("cannot give files created through the mount to their creator (needs CAP_CHOWN); they stay owned by the mount's user", "path", p, "error", err)
+		})
 	}
 }
 
