@@ -340,3 +340,32 @@ func TestAdopt(t *testing.T) {
 		t.Error("refused file was moved")
 	}
 }
+
+// BenchmarkCacheHit measures opening a verified cache entry and reading it.
+func BenchmarkCacheHit(b *testing.B) {
+	c, err := Open(Options{Dir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := make([]byte, 64<<10)
+	src := &source{data: map[string][]byte{"a": data}}
+	obj := src.object("a", true)
+	f, err := c.Open(context.Background(), obj)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f.Close()
+	buf := make([]byte, len(data))
+	b.SetBytes(int64(len(data)))
+	b.ResetTimer()
+	for b.Loop() {
+		h, err := c.OpenStream(context.Background(), obj)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := h.ReadAt(context.Background(), buf, 0); err != nil && err != io.EOF {
+			b.Fatal(err)
+		}
+		h.Close()
+	}
+}
