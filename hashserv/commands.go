@@ -6,9 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
+	"slices"
 	"time"
+	"unicode"
 )
 
 // command is one command of the protocol. Exactly one of run (normal
@@ -433,6 +437,25 @@ func pyStr(raw json.RawMessage) string {
 	}
 }
 
+// checkField vets a string a report stores in the index, shared by every
+// builder: at most maxField bytes, no control characters, and for a hash
+// or method (word) one non-empty word, since get-stream could never ask
+// for anything else. bitbake stores whatever it is sent.
+func checkField(name, key, v string, word bool) error {
+	if len(v) > maxField {
+		return protoErrorf("%s: %q is %d bytes, more than %d", name, key, len(v), maxField)
+	}
+	if word && v == "" {
+		return protoErrorf("%s: %q is empty", name, key)
+	}
+	for _, r := range v {
+		if unicode.IsControl(r) || word && pyIsSpace(r) {
+			return protoErrorf("%s: %q has a control or space character: %q", name, key, v)
+		}
+	}
+	return nil
+}
+
 // reportArgs decodes the arguments of report in bitbake's order: the
 // unihash first (invoke-error), then method, outhash and taskhash.
 func reportArgs(arg json.RawMessage) (Equivalence, error) {
@@ -464,15 +487,12 @@ func reportArgs(arg json.RawMessage) (Equivalence, error) {
 			v, err = a.optStr(name, f.key)
 		} else {
 			v, err = a.str(name, f.key)
-			if err == nil && v == "" {
-				err = protoErrorf("%s: %q is empty", name, f.key)
-			}
+		}
+		if err == nil {
+			err = checkField(name, f.key, v, !f.opt)
 		}
 		if err != nil {
 			return e, err
-		}
-		if len(v) > maxField {
-			return e, protoErrorf("%s: %q is %d bytes, more than %d", name, f.key, len(v), maxField)
 		}
 		*f.dst = v
 	}
@@ -501,10 +521,11 @@ func cmdReport(ctx context.Context, c *conn, arg json.RawMessage) (any, error) {
 	}
 	e.Created = c.srv.opt.Now()
 
-	if err := c.srv.lockReports(ctx); err != nil {
+	unlock, err := c.srv.locks.lock(ctx, e.Method+"\x00t"+e.Taskhash, e.Method+"\x00o"+e.Outhash)
+	if err != nil {
 		return nil, err
 	}
-	defer c.srv.unlockReports()
+	defer unlock()
 
 	if cur, ok := c.lookup(e.Method, e.Taskhash); ok {
 		// The taskhash keeps its unihash. A new outhash of it is recorded
@@ -548,15 +569,19 @@ func cmdReportEquiv(ctx context.Context, c *conn, arg json.RawMessage) (any, err
 	if e.Taskhash, err = a.str(name, "taskhash"); err != nil {
 		return nil, err
 	}
-	if e.Method == "" || e.Taskhash == "" || len(e.Method) > maxField || len(e.Taskhash) > maxField {
-		return nil, protoErrorf("%s: method and taskhash must be 1 to %d bytes", name, maxField)
+	if err := checkField(name, "method", e.Method, true); err != nil {
+		return nil, err
+	}
+	if err := checkField(name, "taskhash", e.Taskhash, true); err != nil {
+		return nil, err
 	}
 	e.Created = c.srv.opt.Now()
 
-	if err := c.srv.lockReports(ctx); err != nil {
+	unlock, err := c.srv.locks.lock(ctx, e.Method+"\x00t"+e.Taskhash)
+	if err != nil {
 		return nil, err
 	}
-	defer c.srv.unlockReports()
+	defer unlock()
 
 	if cur, ok := c.lookup(e.Method, e.Taskhash); ok {
 		return short(cur.Taskhash, cur.Method, cur.Unihash), nil
@@ -567,16 +592,52 @@ func cmdReportEquiv(ctx context.Context, c *conn, arg json.RawMessage) (any, err
 	return short(e.Taskhash, e.Method, c.srv.settled(e)), nil
 }
 
-func (s *Server) lockReports(ctx context.Context) error {
-	select {
-	case s.reportSem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+// hashLocks serialise the decide-then-Record sequences of report and
+// report-equiv that concern one taskhash or one outhash, so that two
+// equivalent outputs reported at once cannot both become first, and a
+// taskhash's outhashes all carry its unihash (bitbake's server is single
+// threaded). Unrelated reports run concurrently, so a Backend that
+// commits in groups gets groups. A key maps to one of a fixed set of
+// stripes; stripes are taken in index order, so two reports never wait
+// for each other both ways.
+type hashLocks struct {
+	seed    maphash.Seed
+	stripes [256]chan struct{}
 }
 
-func (s *Server) unlockReports() { <-s.reportSem }
+func newHashLocks() *hashLocks {
+	l := &hashLocks{seed: maphash.MakeSeed()}
+	for i := range l.stripes {
+		l.stripes[i] = make(chan struct{}, 1)
+	}
+	return l
+}
+
+// lock takes the stripes of keys, waiting until ctx is done at most.
+func (l *hashLocks) lock(ctx context.Context, keys ...string) (unlock func(), err error) {
+	idx := make([]int, 0, len(keys))
+	for _, k := range keys {
+		idx = append(idx, int(maphash.String(l.seed, k)%uint64(len(l.stripes))))
+	}
+	slices.Sort(idx)
+	idx = slices.Compact(idx)
+	unlock = func() {
+		for _, i := range idx {
+			<-l.stripes[i]
+		}
+	}
+	for n, i := range idx {
+		select {
+		case l.stripes[i] <- struct{}{}:
+		case <-ctx.Done():
+			for _, j := range idx[:n] {
+				<-l.stripes[j]
+			}
+			return nil, ctx.Err()
+		}
+	}
+	return unlock, nil
+}
 
 // outhashRecorded reports whether the Backend shows a record of
 // (method, taskhash, outhash): only the first record of an outhash is
@@ -591,6 +652,9 @@ func (s *Server) record(ctx context.Context, e Equivalence) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opt.RecordTimeout)
 	defer cancel()
 	if err := s.backend.Record(ctx, e); err != nil {
+		if errors.Is(err, ErrInvalidRecord) {
+			return protoErrorf("report of %s %s refused: %v", e.Method, e.Taskhash, err)
+		}
 		return &backendError{fmt.Errorf("record %s %s: %w", e.Method, e.Taskhash, err)}
 	}
 	s.records.Add(1)

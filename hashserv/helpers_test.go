@@ -26,8 +26,9 @@ type memBackend struct {
 	triples   map[[3]string]bool
 	objects   map[string]bool
 	recorded  []Equivalence
-	recordErr error         // returned by Record when set
-	block     chan struct{} // Record waits on it when set
+	recordErr error             // returned by Record when set
+	block     chan struct{}     // Record waits on it when set
+	hook      func(Equivalence) // called first by Record when set
 }
 
 func newMemBackend() *memBackend {
@@ -60,6 +61,9 @@ func (b *memBackend) ObjectExists(unihash string) bool {
 }
 
 func (b *memBackend) Record(ctx context.Context, e Equivalence) error {
+	if b.hook != nil {
+		b.hook(e)
+	}
 	if b.block != nil {
 		select {
 		case <-b.block:

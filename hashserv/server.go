@@ -8,11 +8,22 @@
 // The behaviour follows bitbake's own server (lib/hashserv/server.py and
 // lib/bb/asyncrpc, bitbake 2.19) and the bytes of
 // compat/hashserv-transcript.txt: framing and chunking (wire.go), the
-// handshake, normal and stream modes, and every command with bitbake's
-// answer (commands.go). Where bitbake stores something this package's
-// Equivalence cannot hold, or offers administration that makes no sense
-// over an index shared through the store, the difference is documented
-// at the command.
+// handshake, normal and stream modes (conn.go), and every command with
+// bitbake's answer (commands.go). It differs where the store or safety
+// asks for it, each documented at its place:
+//
+//   - exists-stream answers whether the sstate object exists, not
+//     whether the unihash was ever reported;
+//   - get with all answers a stable hash as "id" and null as
+//     "outhash_siginfo", which is not kept;
+//   - remove, gc-*, clean-unused and get-db-usage answer an invoke-error
+//     (the index is managed by sstatefs); backfill-wait answers 0 tasks;
+//   - there are no users: auth fails, user administration is refused, as
+//     bitbake answers an anonymous user;
+//   - limits bitbake lacks: MaxMessage, IdleTimeout, 1024-byte report
+//     fields without control characters, and records whose unihash is
+//     not 64 lowercase hex characters are never answered (bitbake aborts
+//     the build on one).
 package hashserv
 
 import (
@@ -34,8 +45,9 @@ import (
 // its outhashes_v2 row. Outhash is empty for an equivalence reported with
 // report-equiv (bitbake then stores no outhash row).
 type Equivalence struct {
-	Method, Taskhash, Outhash, Unihash, PN, PV, PR, Task, Owner string
-	Created                                                     time.Time
+	Method, Taskhash, Outhash, Unihash string
+	PN, PV, PR, Task, Owner            string // empty when not reported
+	Created                            time.Time
 }
 
 // Backend stores equivalences. Implementations are safe for concurrent use.
@@ -59,12 +71,22 @@ type Backend interface {
 	// bitbake asks for nothing it cannot restore.
 	ObjectExists(unihash string) bool
 	// Record stores a new report durably; it is called only when the
-	// server decided a record must be written, one call at a time per
-	// Server. A record for a (method, taskhash, outhash) already stored
-	// must leave the stored one as it is (first writer wins); the server
-	// avoids such calls where the Backend's answers let it tell.
+	// server decided a record must be written, and returns once Get and
+	// GetByOuthash show it. Calls for unrelated taskhashes and outhashes
+	// run concurrently; calls concerning one taskhash or one outhash
+	// come one at a time. A record for a (method, taskhash, outhash)
+	// already stored must leave the stored one as it is (first writer
+	// wins); the server avoids such calls where the Backend's answers let
+	// it tell. An error wrapping ErrInvalidRecord says the Backend refuses
+	// the record itself (a field it cannot store): the report is then
+	// bad input, not a failure of the Backend.
 	Record(ctx context.Context, e Equivalence) error
 }
+
+// ErrInvalidRecord is wrapped by a Backend's Record error for a record it
+// refuses as malformed. Either way the report gets no answer and the
+// connection is closed; the difference is in the log and the statistics.
+var ErrInvalidRecord = errors.New("invalid equivalence record")
 
 // Defaults of Options.
 const (
@@ -120,10 +142,7 @@ type Server struct {
 	// order (a message naming two commands runs the earlier one).
 	commands []command
 
-	// reportSem serialises the decide-then-Record sequences of report and
-	// report-equiv, so that two concurrent reports of equivalent outputs
-	// cannot both become first (bitbake's server is single-threaded).
-	reportSem chan struct{}
+	locks *hashLocks // serialise reports per taskhash and per outhash
 
 	// authDelay is how long auth waits before it fails, as bitbake's
 	// does to slow down guessing (a variable for tests).
@@ -166,7 +185,7 @@ func New(b Backend, opt Options) *Server {
 		opt:       opt,
 		log:       opt.Logger,
 		commands:  commandTable(opt.ReadOnly),
-		reportSem: make(chan struct{}, 1),
+		locks:     newHashLocks(),
 		authDelay: time.Second,
 		byCommand: make(map[string]*atomic.Uint64),
 	}

@@ -1,8 +1,12 @@
 package hashserv
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"hash/maphash"
+	"net"
 	"reflect"
 	"strings"
 	"testing"
@@ -262,6 +266,9 @@ func TestCommands(t *testing.T) {
 		{"report without outhash", `{"report": {"taskhash": "x", "method": "m", "unihash": "` + h64(1) + `"}}`, ""},
 		{"report with empty taskhash", `{"report": {"taskhash": "", "method": "m", "outhash": "o", "unihash": "` + h64(1) + `"}}`, ""},
 		{"report with a huge PN", `{"report": {"taskhash": "t", "method": "m", "outhash": "o", "unihash": "` + h64(1) + `", "PN": "` + strings.Repeat("p", 2000) + `"}}`, ""},
+		{"report with a space in taskhash", `{"report": {"taskhash": "t t", "method": "m", "outhash": "o", "unihash": "` + h64(1) + `"}}`, ""},
+		{"report with a newline in PV", `{"report": {"taskhash": "t", "method": "m", "outhash": "o", "unihash": "` + h64(1) + `", "PV": "1\n2"}}`, ""},
+		{"report-equiv with an empty method", `{"report-equiv": {"taskhash": "t", "method": "", "unihash": "` + h64(1) + `"}}`, ""},
 		{"report with a numeric PN", `{"report": {"taskhash": "t", "method": "m", "outhash": "o", "unihash": "` + h64(1) + `", "PN": 5}}`, ""},
 		{"auth without token", `{"auth": {"username": "bob"}}`, ""},
 	} {
@@ -422,6 +429,17 @@ func TestRecordFailure(t *testing.T) {
 			t.Errorf("stats %+v", st)
 		}
 	})
+	t.Run("refused", func(t *testing.T) {
+		b := newMemBackend()
+		b.recordErr = fmt.Errorf("index: %w: PN too long", ErrInvalidRecord)
+		s, addr := startServer(t, b, Options{}, "unix")
+		cl := connect(t, addr)
+		cl.send(report)
+		cl.closed()
+		if st := s.Stats(); st.Records != 0 || st.Errors != 1 {
+			t.Errorf("stats %+v", st)
+		}
+	})
 	t.Run("timeout", func(t *testing.T) {
 		b := newMemBackend()
 		b.block = make(chan struct{})
@@ -521,4 +539,73 @@ func chunk(msg string) string {
 	}
 	s.WriteString("\n")
 	return s.String()
+}
+
+// Reports of unrelated hashes are recorded concurrently; a report sharing
+// an outhash with one being recorded waits for it and matches it.
+func TestReportLocking(t *testing.T) {
+	b := newMemBackend()
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	b.hook = func(e Equivalence) {
+		if e.Taskhash == h64(1) {
+			entered <- struct{}{}
+			<-release
+		}
+	}
+	s, addr := startServer(t, b, Options{}, "unix")
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	stripe := func(kind string, h string) uint64 {
+		return maphash.String(s.locks.seed, method+"\x00"+kind+h) % uint64(len(s.locks.stripes))
+	}
+	// An unrelated report whose hashes fall in other stripes.
+	th, oh := 2, 0xb
+	for stripe("t", h64(th)) == stripe("t", h64(1)) || stripe("t", h64(th)) == stripe("o", h64(0xa)) {
+		th++
+	}
+	for stripe("o", h64(oh)) == stripe("t", h64(1)) || stripe("o", h64(oh)) == stripe("o", h64(0xa)) {
+		oh++
+	}
+	dialReport := func(th, oh, uh string, out chan<- string) {
+		c, err := net.Dial("unix", strings.TrimPrefix(addr, "unix://"))
+		if err != nil {
+			out <- err.Error()
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		fmt.Fprintf(c, "OEHASHEQUIV 1.1\n\n{\"report\": {\"taskhash\": %q, \"method\": %q, \"outhash\": %q, \"unihash\": %q}}\n", th, method, oh, uh)
+		l, _ := bufio.NewReader(c).ReadString('\n')
+		var r map[string]string
+		json.Unmarshal([]byte(l), &r)
+		out <- r["unihash"]
+	}
+
+	a := make(chan string, 1)
+	go dialReport(h64(1), h64(0xa), h64(0x100), a)
+	<-entered // A is inside Record
+
+	if u := connect(t, addr).report(h64(th), h64(oh), h64(0x200)); u != h64(0x200) {
+		t.Fatalf("unrelated report answered %s", u)
+	}
+	c := make(chan string, 1)
+	go dialReport(h64(3), h64(0xa), h64(0x300), c)
+	select {
+	case u := <-c:
+		t.Fatalf("report with the same outhash answered %s while the first was being recorded", u)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if u := <-a; u != h64(0x100) {
+		t.Fatalf("first report answered %s", u)
+	}
+	if u := <-c; u != h64(0x100) {
+		t.Fatalf("equivalent report answered %s, want the first's %s", u, h64(0x100))
+	}
 }

@@ -34,7 +34,7 @@ type Config struct {
 type HashservConfig struct {
 	// Listen: unix:///path/to.sock or 127.0.0.1:PORT; "" (default) is off.
 	Listen   string `toml:"listen"`
-	ReadOnly bool   `toml:"read_only"` // answer reads, refuse reports
+	ReadOnly bool   `toml:"read_only"` // answer reports without recording them
 }
 
 // PrefetchConfig is fetching objects before bitbake opens them.
@@ -530,7 +530,7 @@ func newConfigFlags(fs *flag.FlagSet) *configFlags {
 	str("prefetch-mode", "what starts a background fetch: touch (bitbake's check), lookup, or off (default touch)", func(c *Config, v string) { c.Prefetch.Mode = v })
 	integer("prefetch-concurrency", "background fetches at once (default 4)", func(c *Config, v int) { c.Prefetch.Concurrency = v })
 	str("hashserv", "serve bitbake's hash equivalence protocol on unix:///path or 127.0.0.1:PORT (off by default)", func(c *Config, v string) { c.Hashserv.Listen = v })
-	boolean("hashserv-read-only", "the hash equivalence server answers reads and refuses reports", func(c *Config, v bool) { c.Hashserv.ReadOnly = v })
+	boolean("hashserv-read-only", "the hash equivalence server answers reports without recording them (like bitbake's --read-only server)", func(c *Config, v bool) { c.Hashserv.ReadOnly = v })
 	boolean("mount-no-passthrough", "serve reads of cached objects from sstatefs instead of FUSE passthrough", func(c *Config, v bool) { c.Mount.NoPassthrough = v })
 	str("mount-ready-file", "file created once the mount is up and its index loaded (readiness gate)", func(c *Config, v string) { c.Mount.ReadyFile = v })
 	str("ready-file", "same as --mount-ready-file", func(c *Config, v string) { c.Mount.ReadyFile = v })

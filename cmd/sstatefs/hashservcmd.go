@@ -73,8 +73,13 @@ func (b *equivBackend) ObjectExists(unihash string) bool {
 }
 
 func (b *equivBackend) Record(ctx context.Context, e hashserv.Equivalence) error {
-	return b.journal.Reported(ctx, index.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
+	err := b.journal.Reported(ctx, index.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
 		PN: e.PN, PV: e.PV, PR: e.PR, Task: e.Task, Owner: e.Owner, Created: e.Created})
+	if errors.Is(err, index.ErrInvalidEquivalence) {
+		// the client's fault, not the store's: bitbake gets an error answer
+		return fmt.Errorf("%w: %w", hashserv.ErrInvalidRecord, err)
+	}
+	return err
 }
 
 // startHashserv listens on addr and serves the protocol until ctx ends.
@@ -117,7 +122,7 @@ func cmdHashservServe(args []string) int {
 	fset := flag.NewFlagSet("hashserv serve", flag.ContinueOnError)
 	cf := newConfigFlags(fset)
 	listen := fset.String("listen", "", "where to serve: unix:///path/to.sock or 127.0.0.1:PORT, as in BB_HASHSERVE (default: hashserv.listen, else unix:///run/sstatefs/hashserv.sock)")
-	readOnly := fset.Bool("read-only", false, "answer reads, refuse reports (for BB_HASHSERVE_UPSTREAM)")
+	readOnly := fset.Bool("read-only", false, "answer reports without recording them, like bitbake's --read-only server (for BB_HASHSERVE_UPSTREAM)")
 	fset.Usage = func() {
 		fmt.Fprintf(fset.Output(), `Usage: sstatefs hashserv serve [flags]
 
