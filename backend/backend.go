@@ -117,3 +117,19 @@ func IsReadOnly(s Store) bool {
 	}
 	return false
 }
+
+type sha256Key struct{}
+
+// WithSHA256 tells a Create or Put the SHA-256 of the data it is about to
+// store, which the caller has computed anyway (for the index): a store may
+// use it instead of hashing the data again (S3 signs the payload with it and
+// has the server check it).
+func WithSHA256(ctx context.Context, sum [32]byte) context.Context {
+	return context.WithValue(ctx, sha256Key{}, sum)
+}
+
+// SHA256From returns the digest given by WithSHA256.
+func SHA256From(ctx context.Context) ([32]byte, bool) {
+	sum, ok := ctx.Value(sha256Key{}).([32]byte)
+	return sum, ok
+}

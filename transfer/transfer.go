@@ -194,7 +194,7 @@ func pushOne(ctx context.Context, opt PushOptions, o localObject) (string, error
 	}
 	defer f.Close()
 	outcome := "uploaded"
-	err = opt.Store.Create(ctx, o.key, io.NewSectionReader(f, 0, o.size), o.size)
+	err = opt.Store.Create(backend.WithSHA256(ctx, sum), o.key, io.NewSectionReader(f, 0, o.size), o.size)
 	if errors.Is(err, backend.ErrExist) {
 		theirs, herr := hashStore(ctx, opt.Store, o.key)
 		if herr != nil {

@@ -7,6 +7,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +31,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	smithymw "github.com/aws/smithy-go/middleware"
 
 	"github.com/sstatefs/sstatefs/backend"
 )
@@ -547,6 +550,13 @@ func (s *Store) upload(ctx context.Context, op, key string, r io.Reader, size in
 			return fmt.Errorf("s3 %s %s: reader holds %d bytes, want %d", op, key, n, size)
 		}
 		in.Body = rs
+		if sum, ok := backend.SHA256From(ctx); ok {
+			// The caller hashed the data already: sign with that digest and
+			// let the server check it, instead of two more passes (the
+			// SDK's SHA-256 and CRC32) over the body.
+			in.ChecksumSHA256 = aws.String(base64.StdEncoding.EncodeToString(sum[:]))
+			optFns = append(optFns, knownPayloadHash(hex.EncodeToString(sum[:])))
+		}
 	} else {
 		in.Body = &exactReader{r: r, left: size}
 		if s.plainHTTP {
@@ -578,6 +588,17 @@ func (s *Store) uploadFailed(ctx context.Context, op, key string, err error) err
 		return fmt.Errorf("%s: %w", key, backend.ErrExist)
 	}
 	return err
+}
+
+// knownPayloadHash makes the SDK sign with a payload hash the caller knows
+// rather than reading the body to compute it.
+func knownPayloadHash(hexSum string) func(*s3.Options) {
+	return s3.WithAPIOptions(func(st *smithymw.Stack) error {
+		return st.Build.Add(smithymw.BuildMiddlewareFunc("sstatefsKnownPayloadHash",
+			func(ctx context.Context, in smithymw.BuildInput, next smithymw.BuildHandler) (smithymw.BuildOutput, smithymw.Metadata, error) {
+				return next.HandleBuild(v4.SetPayloadHash(ctx, hexSum), in)
+			}), smithymw.After)
+	})
 }
 
 // unsignedOpts lets PutObject send a body it cannot seek over http://,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"os"
@@ -612,4 +613,35 @@ func TestMultipartIfNoneMatch(t *testing.T) {
 		t.Fatalf("object reads %q, %v; want the first writer's", got, err)
 	}
 	s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &k, UploadId: cm.UploadId})
+}
+
+// TestCreateWithKnownDigest: a caller-supplied SHA-256 is used to sign and
+// is checked by the server: the right digest stores the object, a wrong one
+// is refused and leaves nothing.
+func TestCreateWithKnownDigest(t *testing.T) {
+	env := testutil.S3Server(t)
+	useCreds(t, env)
+	s := newStore(t, envConfig(env, env.NewBucket(t), ""))
+	ctx := context.Background()
+	data := bytes.Repeat([]byte("sstate"), 100_000)
+	sum := sha256.Sum256(data)
+	if err := s.Create(backend.WithSHA256(ctx, sum), "ab/cd/good", bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatalf("create with the right digest: %v", err)
+	}
+	rc, err := s.Open(ctx, "ab/cd/good", 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, data) {
+		t.Fatal("stored bytes differ")
+	}
+	wrong := sha256.Sum256([]byte("other"))
+	if err := s.Create(backend.WithSHA256(ctx, wrong), "ab/cd/bad", bytes.NewReader(data), int64(len(data))); err == nil {
+		t.Fatal("create with a wrong digest succeeded")
+	}
+	if _, err := s.Stat(ctx, "ab/cd/bad"); !errors.Is(err, backend.ErrNotExist) {
+		t.Fatalf("a refused create left an object: %v", err)
+	}
 }

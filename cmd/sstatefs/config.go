@@ -221,7 +221,7 @@ func Defaults() Config {
 			NegativeTTL:     Duration{Duration: time.Minute},
 			CompactInterval: Duration{Duration: time.Hour},
 		},
-		Publish:  PublishConfig{Concurrency: 4, DrainTimeout: Duration{Duration: 30 * time.Second}, WriterID: defaultWriterID()},
+		Publish:  PublishConfig{Concurrency: 8, DrainTimeout: Duration{Duration: 30 * time.Second}, WriterID: defaultWriterID()},
 		Prefetch: PrefetchConfig{Mode: "touch", Concurrency: 4},
 		Log:      LogConfig{Level: "info", Format: "text"},
 	}
@@ -522,7 +522,7 @@ func newConfigFlags(fs *flag.FlagSet) *configFlags {
 	str("mount-owner", "uid:gid owning store objects (default: the mountpoint's owner)", func(c *Config, v string) { c.Mount.Owner = v })
 	boolean("mount-debug", "log every FUSE request", func(c *Config, v bool) { c.Mount.Debug = v })
 	boolean("debug", "debug logging, including every FUSE request", func(c *Config, v bool) { c.Mount.Debug = v; c.Log.Level = "debug" })
-	integer("publish-concurrency", "uploads to the store at once (default 4)", func(c *Config, v int) { c.Publish.Concurrency = v })
+	integer("publish-concurrency", "uploads to the store at once (default 8)", func(c *Config, v int) { c.Publish.Concurrency = v })
 	text("publish-drain-timeout", "at SIGTERM, how long to keep uploading queued objects before exiting (default 30s)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Publish.DrainTimeout })
 	str("publish-writer-id", "name of this mount in the index journal (default: the host name)", func(c *Config, v string) { c.Publish.WriterID = v })
 	str("log-level", "debug, info, warn or error", func(c *Config, v string) { c.Log.Level = v })

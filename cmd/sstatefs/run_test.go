@@ -48,8 +48,8 @@ exit 3`, "sh", k1)...)
 	k2 := testKey(501, "populate_sysroot")
 	ready := filepath.Join(t.TempDir(), "ready")
 	cmd = exec.Command(bin, append(base, "--cache-dir", t.TempDir(), "--", "sh", "-c", publishScript+`
-touch "$2"
 trap 'echo got TERM; exit 143' TERM
+touch "$2"
 while :; do sleep 0.1; done`, "sh", k2, ready)...)
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
