@@ -70,10 +70,12 @@ type Cache struct {
 	dlMu      sync.Mutex           // protects downloads
 	downloads map[string]*download // running downloads by id
 
-	mu       sync.Mutex                    // protects lru, bytes, verified
-	lru      *simplelru.LRU[string, int64] // id -> size, oldest first
-	bytes    int64                         // sum of sizes in lru
-	verified map[string]bool               // entries checked since this process started
+	mu        sync.Mutex                    // protects lru, bytes, verified, lastUse, persisted
+	lru       *simplelru.LRU[string, int64] // id -> size, oldest first
+	bytes     int64                         // sum of sizes in lru
+	verified  map[string]bool               // entries checked since this process started
+	lastUse   map[string]time.Time          // last use of an entry in this process
+	persisted map[string]time.Time          // last use written to the entry's file mtime
 
 	hits, misses, evictions, corrupted, fetched atomic.Int64
 }
@@ -90,7 +92,7 @@ func Open(opt Options) (*Cache, error) {
 	if opt.FetchTimeout <= 0 {
 		opt.FetchTimeout = 10 * time.Minute
 	}
-	c := &Cache{dir: opt.Dir, max: opt.MaxBytes, log: opt.Logger, timeout: opt.FetchTimeout, onFetch: opt.OnFetch, chunkSize: opt.ChunkSize, verified: map[string]bool{}, downloads: map[string]*download{}}
+	c := &Cache{dir: opt.Dir, max: opt.MaxBytes, log: opt.Logger, timeout: opt.FetchTimeout, onFetch: opt.OnFetch, chunkSize: opt.ChunkSize, verified: map[string]bool{}, lastUse: map[string]time.Time{}, persisted: map[string]time.Time{}, downloads: map[string]*download{}}
 	lru, err := simplelru.NewLRU[string, int64](1<<62, nil)
 	if err != nil {
 		return nil, err
@@ -241,8 +243,20 @@ func (c *Cache) openCached(obj Object) (*os.File, error) {
 		c.mu.Unlock()
 	}
 	c.hits.Add(1)
+	// Record the last use on disk for the LRU order after a restart, at
+	// most once a minute per entry: a metadata write per open costs more
+	// than the open itself on a warm restore.
 	now := time.Now()
-	_ = os.Chtimes(p, now, now) // last use, for LRU order after a restart
+	c.mu.Lock()
+	stale := now.Sub(c.persisted[obj.ID]) > time.Minute
+	if stale {
+		c.persisted[obj.ID] = now
+	}
+	c.lastUse[obj.ID] = now
+	c.mu.Unlock()
+	if stale {
+		_ = os.Chtimes(p, now, now)
+	}
 	return f, nil
 }
 
@@ -302,6 +316,21 @@ func (c *Cache) evictLocked(keep string) {
 			c.log.Warn("cache eviction", "id", id, "error", err)
 		}
 	}
+}
+
+// Close writes the last uses not yet on disk, so that the LRU order
+// survives a clean restart exactly (after a crash it is off by at most a
+// minute).
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, t := range c.lastUse {
+		if t.After(c.persisted[id]) && c.lru.Contains(id) {
+			_ = os.Chtimes(c.path(id), t, t)
+			c.persisted[id] = t
+		}
+	}
+	return nil
 }
 
 // Stats returns current counters.

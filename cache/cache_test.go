@@ -226,7 +226,8 @@ func TestEvictionBound(t *testing.T) {
 	if !c.Has(src.object("o0", true).ID) {
 		t.Error("the most recently used entry was evicted")
 	}
-	// a smaller bound on restart evicts at once
+	// a smaller bound on restart evicts at once, in LRU order
+	c.Close()
 	c2, err := Open(Options{Dir: dir, MaxBytes: 30_000})
 	if err != nil {
 		t.Fatal(err)

@@ -299,6 +299,7 @@ func (m *mounted) close() error {
 	}
 	err := m.unmount()
 	m.drainQueue()
+	m.cache.Close()
 	if ferr := m.fs.Close(); err == nil {
 		err = ferr
 	}
