@@ -229,19 +229,20 @@ func encodeBody(ix *Index) ([]byte, error) {
 		scratch = append(scratch, name...)
 		bw.Write(scratch) // a bufio.Writer keeps its first error for Flush
 	}
-	prev := ""
+	var prev, key []byte
 	ix.each(func(r *run, i int) bool {
-		e := &r.es[i]
-		shared := commonPrefixLen(prev, e.key)
+		key = r.appendKey(key[:0], i)
+		size, mtime, sha := r.meta(i)
+		shared := commonPrefixLen(prev, key)
 		scratch = binary.AppendUvarint(scratch[:0], uint64(shared))
-		scratch = binary.AppendUvarint(scratch, uint64(len(e.key)-shared))
-		scratch = append(scratch, e.key[shared:]...)
-		scratch = binary.AppendUvarint(scratch, uint64(e.size))
-		scratch = binary.AppendVarint(scratch, e.mtime)
-		scratch = append(scratch, e.sha[:]...)
+		scratch = binary.AppendUvarint(scratch, uint64(len(key)-shared))
+		scratch = append(scratch, key[shared:]...)
+		scratch = binary.AppendUvarint(scratch, uint64(size))
+		scratch = binary.AppendVarint(scratch, mtime)
+		scratch = append(scratch, sha[:]...)
 		scratch = binary.AppendUvarint(scratch, uint64(r.atime(i)))
 		bw.Write(scratch)
-		prev = e.key
+		prev, key = key, prev
 		return true
 	})
 	if ix.numEqEntries() > 0 {
@@ -310,7 +311,7 @@ func encodeEquivalences(bw *bufio.Writer, ix *Index) {
 	})
 }
 
-func commonPrefixLen(a, b string) int {
+func commonPrefixLen(a, b []byte) int {
 	n := min(len(a), len(b))
 	for i := 0; i < n; i++ {
 		if a[i] != b[i] {
@@ -608,14 +609,14 @@ func (d *snapshotHeader) decode(body io.Reader) (*Index, error) {
 
 	// Trust the count for preallocation only as far as the body could
 	// plausibly hold it; beyond that, grow with the data.
-	es := make([]entry, 0, min(d.count, d.bodyLen/16+1024))
+	capacity := min(d.count, d.bodyLen/16+1024)
+	pk := newPacker(int(capacity))
 	var (
-		at     []uint32 // allocated at the first access time
-		keys   keyArena
-		prev   string
-		total  int64
-		suffix = make([]byte, 0, 256)
-		sha    [32]byte // outside the loop: passing it to a reader moves it to the heap
+		at    []uint32 // allocated at the first access time
+		prev  = make([]byte, 0, 256)
+		key   = make([]byte, 0, 256)
+		total int64
+		sha   [32]byte // outside the loop: passing it to a reader moves it to the heap
 	)
 	bad := func(i uint64, what string, err error) error {
 		if errors.Is(err, io.EOF) && what == "shared prefix length" {
@@ -638,8 +639,9 @@ func (d *snapshotHeader) decode(body io.Reader) (*Index, error) {
 		if n > MaxKeyLen || shared+n > MaxKeyLen {
 			return nil, corrupt("entry %d: absurd key length %d+%d (limit %d)", i, shared, n, MaxKeyLen)
 		}
-		suffix = resize(suffix, int(n))
-		if _, err := io.ReadFull(br, suffix); err != nil {
+		key = append(key[:0], prev[:shared]...)
+		key = slices.Grow(key, int(n))[:shared+n]
+		if _, err := io.ReadFull(br, key[shared:]); err != nil {
 			return nil, bad(i, "key", err)
 		}
 		size, err := binary.ReadUvarint(br)
@@ -662,29 +664,27 @@ func (d *snapshotHeader) decode(body io.Reader) (*Index, error) {
 				return nil, corrupt("entry %d: absurd access time %d", i, atime)
 			}
 		}
-		e := entry{size: int64(size), mtime: mtime, sha: sha}
 		if size > math.MaxInt64 {
 			return nil, corrupt("entry %d: absurd size %d", i, size)
 		}
-		if total > math.MaxInt64-e.size {
+		if total > math.MaxInt64-int64(size) {
 			return nil, corrupt("entry %d: total size overflows", i)
 		}
-		total += e.size
-		e.key = keys.add(prev[:shared], suffix)
-		if i > 0 && e.key <= prev {
-			return nil, corrupt("keys not strictly increasing: entry %d %s follows %s", i, quoteKey(e.key), quoteKey(prev))
+		total += int64(size)
+		if i > 0 && string(key) <= string(prev) {
+			return nil, corrupt("keys not strictly increasing: entry %d %s follows %s", i, quoteKey(key), quoteKey(prev))
 		}
-		if !validKey(e.key) {
-			return nil, corrupt("entry %d: invalid key %s", i, quoteKey(e.key))
+		if !validKey(key) {
+			return nil, corrupt("entry %d: invalid key %s", i, quoteKey(key))
 		}
 		if atime != 0 && at == nil {
-			at = make([]uint32, len(es), cap(es))
+			at = make([]uint32, i, max(capacity, i+1))
 		}
-		es = append(es, e)
+		pk.add(key, int64(size), mtime, &sha)
 		if at != nil {
 			at = append(at, uint32(atime))
 		}
-		prev = e.key
+		prev, key = key, prev
 	}
 	ix := &Index{total: total, covered: covered}
 	if d.version >= 3 {
@@ -697,8 +697,7 @@ func (d *snapshotHeader) decode(body io.Reader) (*Index, error) {
 	} else if err := checkBodyEnd(br, d.count, "entry", "entries"); err != nil {
 		return nil, err
 	}
-	es, at = clipRun(es, at)
-	ix.base = run{es: es, at: at}
+	ix.base = run{pk: pk.finish(), at: clip(at)}
 	return ix, nil
 }
 
@@ -932,20 +931,6 @@ func resize(b []byte, n int) []byte {
 		return make([]byte, n)
 	}
 	return b[:n]
-}
-
-// clipRun drops unused capacity of large slices, which would otherwise
-// stay allocated for the snapshot's lifetime.
-func clipRun(es []entry, at []uint32) ([]entry, []uint32) {
-	if cap(es)-len(es) <= len(es)/64 {
-		return es, at
-	}
-	out := make([]entry, len(es))
-	copy(out, es)
-	if at != nil {
-		at = append([]uint32(nil), at...)
-	}
-	return out, at
 }
 
 // keyArena packs keys into large blocks: one allocation per 64 KiB of keys

@@ -73,17 +73,22 @@ type Index struct {
 	skipped  []error  // segments that could not be read, each error naming its key
 }
 
-// run is a sorted slice of entries with unique keys and their access times.
+// run is a sorted sequence of objects with unique keys and their access
+// times, in one of two forms: plain entries (New, journal segments: few
+// objects, or a build's, whose keys are allocated anyway), or packed
+// (Decode: a snapshot's objects, in a third of the memory; see packed.go).
 type run struct {
-	es []entry
-	// at is nil when no entry has an access time, else parallel to es:
-	// unix seconds, 0 for none. Four bytes an object, and none at all in
-	// an index without access records.
+	es []entry // the entries of a plain run
+	pk *packed // the entries of a packed run, nil for a plain one
+	// at is nil when no entry has an access time, else parallel to the
+	// entries: unix seconds, 0 for none. Four bytes an object, and none
+	// at all in an index without access records.
 	at []uint32
 }
 
-// entry is the in-memory form of an Object: times as integers, which keeps
-// it at 64 bytes plus the key and makes encoding exact.
+// entry is the in-memory form of an Object in a plain run: times as
+// integers, which keeps it at 64 bytes plus the key and makes encoding
+// exact.
 type entry struct {
 	key   string
 	size  int64
@@ -91,9 +96,63 @@ type entry struct {
 	sha   [32]byte
 }
 
-func (r *run) object(i int) Object {
+func (r *run) len() int {
+	if r.pk != nil {
+		return len(r.pk.recs)
+	}
+	return len(r.es)
+}
+
+// key returns the key of entry i (allocated, in a packed run).
+func (r *run) key(i int) string {
+	if r.pk != nil {
+		return r.pk.key(i)
+	}
+	return r.es[i].key
+}
+
+// appendKey appends the key of entry i to dst.
+func (r *run) appendKey(dst []byte, i int) []byte {
+	if r.pk != nil {
+		return r.pk.appendKey(dst, i, -1)
+	}
+	return append(dst, r.es[i].key...)
+}
+
+// cmp compares the key of entry i with key, like strings.Compare.
+func (r *run) cmp(i int, key string) int {
+	if r.pk != nil {
+		return r.pk.cmp(i, key, false)
+	}
+	return compare(r.es[i].key, key)
+}
+
+// meta returns the size, modification time (unix nanoseconds or noTime)
+// and digest of entry i.
+func (r *run) meta(i int) (size, mtime int64, sha *[32]byte) {
+	if r.pk != nil {
+		rec := &r.pk.recs[i]
+		return rec.size, rec.mtime, &rec.sha
+	}
 	e := &r.es[i]
-	return Object{Key: e.key, Size: e.size, ModTime: fromNanos(e.mtime), SHA256: e.sha, Accessed: fromSecs(r.atime(i))}
+	return e.size, e.mtime, &e.sha
+}
+
+// entry returns entry i in the plain form.
+func (r *run) entry(i int) entry {
+	if r.pk == nil {
+		return r.es[i]
+	}
+	size, mtime, sha := r.meta(i)
+	return entry{key: r.key(i), size: size, mtime: mtime, sha: *sha}
+}
+
+func (r *run) object(i int) Object { return r.objectAs(i, r.key(i)) }
+
+// objectAs returns entry i with key, which must be its key.
+func (r *run) objectAs(i int, key string) Object {
+	size, mtime, sha := r.meta(i)
+	return Object{Key: key, Size: size, ModTime: fromNanos(mtime), SHA256: *sha, Accessed: fromSecs(r.atime(i))}
 }
 
 func (r *run) atime(i int) uint32 {
@@ -104,8 +163,21 @@ func (r *run) atime(i int) uint32 {
 }
 
 // lowerBound returns the first position in [lo, len) whose key is >= key.
-func (r *run) lowerBound(lo int, key string) int {
-	hi := len(r.es)
+func (r *run) lowerBound(lo int, key string) int { return r.search(lo, r.len(), key) }
+
+// search returns the first position in [lo, hi) whose key is >= key, or hi.
+func (r *run) search(lo, hi int, key string) int {
+	if r.pk != nil {
+		for lo < hi {
+			m := int(uint(lo+hi) >> 1)
+			if r.pk.cmp(m, key, false) < 0 {
+				lo = m + 1
+			} else {
+				hi = m
+			}
+		}
+		return lo
+	}
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
 		if r.es[m].key < key {
@@ -117,8 +189,24 @@ func (r *run) lowerBound(lo int, key string) int {
 	return lo
 }
 
+// seek is lowerBound for a key expected near lo: it gallops from lo, so
+// that walking a run to n keys in order costs O(n log(len/n)).
+func (r *run) seek(lo int, key string) int {
+	n := r.len()
+	hi, step := lo, 1
+	for hi < n && r.cmp(hi, key) < 0 {
+		lo = hi + 1
+		hi += step
+		step <<= 1
+	}
+	return r.search(lo, min(hi, n), key)
+}
+
 // find returns the position of key.
 func (r *run) find(key string) (int, bool) {
+	if r.pk != nil {
+		return r.pk.find(key)
+	}
 	i := r.lowerBound(0, key)
 	return i, i < len(r.es) && r.es[i].key == key
 }
@@ -181,19 +269,24 @@ const MaxKeyLen = 4096
 // backend.CheckKey (relative, no empty, "." or ".." elements, no NUL), not
 // longer than MaxKeyLen and not under backend.MetaPrefix. It does not
 // allocate, as Decode calls it for every key.
-func validKey(key string) bool {
-	if key == "" || len(key) > MaxKeyLen || backend.IsMeta(key) || strings.IndexByte(key, 0) >= 0 {
+func validKey[K string | []byte](key K) bool {
+	if len(key) == 0 || len(key) > MaxKeyLen || indexByte(key, 0) >= 0 ||
+		len(key) >= len(backend.MetaPrefix) && string(key[:len(backend.MetaPrefix)]) == backend.MetaPrefix {
 		return false
 	}
 	for rest := key; ; {
-		el, after, more := strings.Cut(rest, "/")
-		if el == "" || el == "." || el == ".." {
+		i := indexByte(rest, '/')
+		el := rest
+		if i >= 0 {
+			el = rest[:i]
+		}
+		if len(el) == 0 || el[0] == '.' && (len(el) == 1 || len(el) == 2 && el[1] == '.') {
 			return false
 		}
-		if !more {
+		if i < 0 {
 			return true
 		}
-		rest = after
+		rest = rest[i+1:]
 	}
 }
 
@@ -252,8 +345,9 @@ func newRun(objs []Object) run {
 
 func (r *run) size() int64 {
 	var t int64
-	for i := range r.es {
-		t = addSat(t, r.es[i].size)
+	for i := range r.len() {
+		size, _, _ := r.meta(i)
+		t = addSat(t, size)
 	}
 	return t
 }
@@ -272,11 +366,11 @@ func (ix *Index) Lookup(key string) (Object, bool) {
 		return Object{}, false
 	}
 	if i, ok := ix.base.find(key); ok {
-		return ix.base.object(i), true
+		return ix.base.objectAs(i, key), true
 	}
-	if len(ix.extra.es) > 0 {
+	if ix.extra.len() > 0 {
 		if i, ok := ix.extra.find(key); ok {
-			return ix.extra.object(i), true
+			return ix.extra.objectAs(i, key), true
 		}
 	}
 	return Object{}, false
@@ -287,7 +381,7 @@ func (ix *Index) Len() int {
 	if ix == nil {
 		return 0
 	}
-	return len(ix.base.es) + len(ix.extra.es)
+	return ix.base.len() + ix.extra.len()
 }
 
 // TotalSize is the sum of the objects' sizes (saturating at math.MaxInt64).
@@ -367,18 +461,21 @@ func (ix *Index) Objects(fn func(Object) bool) {
 // false.
 func (ix *Index) each(fn func(r *run, i int) bool) {
 	a, b := &ix.base, &ix.extra
-	i, j := 0, 0
-	for i < len(a.es) || j < len(b.es) {
-		if j == len(b.es) || (i < len(a.es) && a.es[i].key < b.es[j].key) {
+	i := 0
+	for j := range b.len() {
+		// The runs' keys are disjoint. extra is the short one, and plain.
+		for end := a.seek(i, b.key(j)); i < end; i++ {
 			if !fn(a, i) {
 				return
 			}
-			i++
-		} else {
-			if !fn(b, j) {
-				return
-			}
-			j++
+		}
+		if !fn(b, j) {
+			return
+		}
+	}
+	for ; i < a.len(); i++ {
+		if !fn(a, i) {
+			return
 		}
 	}
 }
@@ -399,7 +496,13 @@ func (ix *Index) IsDir(dir string) bool {
 
 func (r *run) hasPrefix(p string) bool {
 	i := r.lowerBound(0, p)
-	return i < len(r.es) && strings.HasPrefix(r.es[i].key, p)
+	if i == r.len() {
+		return false
+	}
+	if r.pk != nil {
+		return r.pk.cmp(i, p, true) == 0
+	}
+	return strings.HasPrefix(r.es[i].key, p)
 }
 
 // Children lists the entries directly in dir: names of subdirectories
@@ -439,8 +542,11 @@ func (ix *Index) Children(dir string) []Entry {
 
 // children appends the entries of r directly under prefix p to out.
 func (r *run) children(p string, out []Entry) []Entry {
-	for i := r.lowerBound(0, p); i < len(r.es); {
-		k := r.es[i].key
+	for i := r.lowerBound(0, p); i < r.len(); {
+		if r.pk != nil && r.pk.cmp(i, p, true) != 0 {
+			break // before building the key
+		}
+		k := r.key(i)
 		if !strings.HasPrefix(k, p) {
 			break
 		}

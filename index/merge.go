@@ -160,7 +160,7 @@ func withAccess(r run, acc map[string]uint32) run {
 			continue
 		}
 		if !copied {
-			nat := make([]uint32, len(r.es))
+			nat := make([]uint32, r.len())
 			copy(nat, r.at)
 			r.at = nat
 			copied = true
@@ -170,25 +170,27 @@ func withAccess(r run, acc map[string]uint32) run {
 	return r
 }
 
-// mergeRuns merges two sorted runs with disjoint keys.
+// mergeRuns merges two sorted runs with disjoint keys. The result is
+// plain, unless one run is empty and the other is returned.
 func mergeRuns(a, b run) run {
-	if len(a.es) == 0 {
+	if a.len() == 0 {
 		return b
 	}
-	if len(b.es) == 0 {
+	if b.len() == 0 {
 		return a
 	}
-	out := run{es: make([]entry, 0, len(a.es)+len(b.es))}
+	na, nb := a.len(), b.len()
+	out := run{es: make([]entry, 0, na+nb)}
 	if a.at != nil || b.at != nil {
-		out.at = make([]uint32, 0, len(a.es)+len(b.es))
+		out.at = make([]uint32, 0, na+nb)
 	}
 	i, j := 0, 0
-	for i < len(a.es) || j < len(b.es) {
+	for i < na || j < nb {
 		src, k := &b, &j
-		if j == len(b.es) || (i < len(a.es) && a.es[i].key < b.es[j].key) {
+		if j == nb || (i < na && a.cmp(i, b.key(j)) < 0) {
 			src, k = &a, &i
 		}
-		out.es = append(out.es, src.es[*k])
+		out.es = append(out.es, src.entry(*k))
 		if out.at != nil {
 			out.at = append(out.at, src.atime(*k))
 		}

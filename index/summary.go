@@ -49,7 +49,7 @@ func Summarize(ix *Index) Summary {
 	}
 	var last uint32
 	ix.each(func(r *run, i int) bool {
-		key := r.es[i].key
+		key := r.key(i)
 		if at := r.atime(i); at != 0 {
 			s.Accessed++
 			last = max(last, at)
