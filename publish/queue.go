@@ -324,17 +324,22 @@ slots:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem; q.kick() }()
-			q.work(ctx, e)
+			defer q.kick()
+			// The upload slot is given back once the bytes are in the
+			// store: waiting for the journal's group commit must not keep
+			// the next upload from starting.
+			release := sync.OnceFunc(func() { <-sem })
+			defer release()
+			q.work(ctx, e, release)
 		}()
 	}
 	return wait
 }
 
 // work moves one entry on as far as it can.
-func (q *Queue) work(ctx context.Context, e Entry) {
+func (q *Queue) work(ctx context.Context, e Entry, uploaded func()) {
 	q.log.Debug("upload starting", "object", e.Key, "state", e.State, "attempts", e.Attempts)
-	err := q.advance(ctx, &e)
+	err := q.advance(ctx, &e, uploaded)
 	q.log.Debug("upload finished", "object", e.Key, "error", err)
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -378,8 +383,9 @@ func (q *Queue) backoff(attempts int) time.Duration {
 	return time.Duration(float64(d) * (0.75 + rand.Float64()/2))
 }
 
-// advance does the next steps of an entry: hash, upload, record.
-func (q *Queue) advance(ctx context.Context, e *Entry) error {
+// advance does the next steps of an entry: hash, upload, record; it calls
+// uploaded once the object is in the store.
+func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 	if e.State == Pending {
 		f, err := os.Open(q.dataPath(e.Data))
 		if err != nil {
@@ -423,6 +429,7 @@ func (q *Queue) advance(ctx context.Context, e *Entry) error {
 		e.State = Uploaded
 		q.update(e)
 	}
+	uploaded()
 	digest, err := hex.DecodeString(e.SHA256)
 	if err != nil || len(digest) != 32 {
 		return fmt.Errorf("entry %s: bad sha256 %q", e.Key, e.SHA256)
