@@ -78,7 +78,9 @@ func (d *dirNode) child(ctx context.Context, key string) (gofs.InodeEmbedder, go
 		d.fs.log.Warn("lookup: store unreachable, answering ENOENT", "object", key, "error", err)
 		return nil, gofs.StableAttr{}, nil, syscall.ENOENT
 	}
-	if d.fs.view.IsDir(key) {
+	// an sstate object name is never a directory: skip the directory check
+	// on the hot path of absent objects
+	if !looksLikeObject(key) && d.fs.view.IsDir(key) {
 		d.fs.dirAttr(key, &attr)
 		return &dirNode{fs: d.fs}, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: dirIno(key)}, &attr, 0
 	}
@@ -471,4 +473,10 @@ func setattrPath(p string, in *fuse.SetAttrIn) error {
 		}
 	}
 	return nil
+}
+
+// looksLikeObject is a cheap test for names that can only be objects.
+func looksLikeObject(key string) bool {
+	i := strings.LastIndexByte(key, '/')
+	return strings.HasPrefix(key[i+1:], "sstate:")
 }

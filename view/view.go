@@ -130,19 +130,22 @@ func (v *View) stat(ctx context.Context, key string) (o Object, probed bool, err
 			return Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256, Source: o.Key}, false, nil
 		}
 	}
-	name, perr := sstate.Parse(key)
-	if ix != nil && perr == nil {
-		if o, ok := v.resolve(ix, name); ok {
-			o.Key = key
-			v.resolved.Add(1)
-			return o, false, nil
+	// Resolution through hash equivalence costs a parse and a lookup: only
+	// when the index has equivalences at all.
+	if ix != nil && ix.NumEquivalences() > 0 {
+		if name, err := sstate.Parse(key); err == nil {
+			if o, ok := v.resolve(ix, name); ok {
+				o.Key = key
+				v.resolved.Add(1)
+				return o, false, nil
+			}
 		}
 	}
 	if ix != nil && v.index.Fresh() {
-		return Object{}, false, notExist(key)
+		return Object{}, false, errNotExist
 	}
-	if perr != nil {
-		return Object{}, false, notExist(key)
+	if _, err := sstate.Parse(key); err != nil {
+		return Object{}, false, errNotExist
 	}
 	if info, present, known := v.probes.Get(key); known {
 		if !present {
@@ -181,6 +184,10 @@ func (v *View) resolve(ix *index.Index, name sstate.Name) (Object, bool) {
 }
 
 func notExist(key string) error { return fmt.Errorf("%s: %w", key, backend.ErrNotExist) }
+
+// errNotExist answers the misses of the hot path (thousands per build)
+// without building an error per name.
+var errNotExist = fmt.Errorf("answered from the index: %w", backend.ErrNotExist)
 
 // IsDir reports whether dir ("" is the root) is a directory of the store:
 // one the index knows, or one of the SSTATE_DIR layout: ab/, ab/cd/,
