@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sstatefs/sstatefs/internal/netem"
 	"github.com/sstatefs/sstatefs/sstate"
 )
 
@@ -153,7 +154,7 @@ func TestProxyKeepsThroughput(t *testing.T) {
 	if delayed < 0.4*base {
 		t.Errorf("with 20 ms RTT the proxy moves %.0f MB/s, under 40%% of its %.0f MB/s without delay", delayed/1e6, base/1e6)
 	}
-	if serial := float64(proxyChunk) / 0.010; delayed < 5*serial {
+	if serial := float64(netem.ChunkSize) / 0.010; delayed < 5*serial {
 		t.Errorf("with 20 ms RTT the proxy moves %.1f MB/s: chunks look serialised (%.1f MB/s)", delayed/1e6, serial/1e6)
 	}
 }
