@@ -61,19 +61,8 @@ Flags:
 `)
 		fset.PrintDefaults()
 	}
-	if err := fset.Parse(args); err != nil {
-		return 2
-	}
-	if fset.NArg() != 1 {
-		fset.Usage()
-		return 2
-	}
-	cfg, err := cf.load()
-	if err == nil && *jobs < 1 {
-		err = errors.New("--jobs must be at least 1")
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs push: %v\n", err)
+	cfg, ok := parseTransfer("push", fset, cf, args, jobs)
+	if !ok {
 		return 2
 	}
 	dir := fset.Arg(0)
@@ -93,8 +82,8 @@ Flags:
 		fmt.Fprintf(os.Stderr, "sstatefs push: %s is read-only (a plain HTTP mirror takes no writes); push to an s3:// or file:// store\n", store.Location())
 		return 1
 	}
-	known, err := index.Load(ctx, store)
-	if err != nil && !errors.Is(err, index.ErrNoIndex) {
+	known, err := indexOf(ctx, store)
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "sstatefs push: %v\n", err)
 		return 1
 	}
@@ -132,22 +121,12 @@ Flags:
 `)
 		fset.PrintDefaults()
 	}
-	if err := fset.Parse(args); err != nil {
-		return 2
-	}
-	if fset.NArg() != 1 {
-		fset.Usage()
-		return 2
-	}
-	cfg, err := cf.load()
-	if err == nil && *jobs < 1 {
-		err = errors.New("--jobs must be at least 1")
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs export: %v\n", err)
+	cfg, ok := parseTransfer("export", fset, cf, args, jobs)
+	if !ok {
 		return 2
 	}
 	var keys []string
+	var err error
 	if *list != "" {
 		keys, err = readList(*list)
 		if err != nil {
@@ -163,8 +142,8 @@ Flags:
 		fmt.Fprintf(os.Stderr, "sstatefs export: %v\n", err)
 		return 1
 	}
-	ix, err := index.Load(ctx, store)
-	if err != nil && !errors.Is(err, index.ErrNoIndex) {
+	ix, err := indexOf(ctx, store)
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "sstatefs export: %v\n", err)
 		return 1
 	}
@@ -208,4 +187,35 @@ func readList(path string) ([]string, error) {
 		}
 	}
 	return keys, sc.Err()
+}
+
+// parseTransfer parses the flags of push and export: one DIR argument,
+// the configuration, --jobs. ok is false when the command must stop
+// (with exit status 2, the problem already reported).
+func parseTransfer(name string, fset *flag.FlagSet, cf *configFlags, args []string, jobs *int) (cfg Config, ok bool) {
+	if err := fset.Parse(args); err != nil {
+		return cfg, false
+	}
+	if fset.NArg() != 1 {
+		fset.Usage()
+		return cfg, false
+	}
+	cfg, err := cf.load()
+	if err == nil && *jobs < 1 {
+		err = errors.New("--jobs must be at least 1")
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs %s: %v\n", name, err)
+		return cfg, false
+	}
+	return cfg, true
+}
+
+// indexOf loads the store's index; a store without one gives nil.
+func indexOf(ctx context.Context, store backend.Store) (*index.Index, error) {
+	ix, err := index.Load(ctx, store)
+	if errors.Is(err, index.ErrNoIndex) {
+		return nil, nil
+	}
+	return ix, err
 }
