@@ -18,7 +18,7 @@ Usage:
   sstatefs prefetch [flags] [MOUNTPOINT] fetch objects into a running mount's cache ahead of a build
   sstatefs push [flags] DIR             upload a local sstate-cache to the store
   sstatefs export [flags] DIR           write a plain SSTATE_DIR copy of the store (or of --list)
-  sstatefs status [flags]               show the upload queue of a mount (by --cache-dir)
+  sstatefs status [flags] [MOUNTPOINT]  show the live state of a mount (or the queue it left on disk)
   sstatefs hashserv serve [flags]       serve bitbake's hash equivalence protocol from the store's index
   sstatefs hashserv import [flags]      import equivalences from a bitbake-hashserv database or server
   sstatefs index build [flags]          scan the store and write its index into it
