@@ -387,22 +387,7 @@ func TestPopulateSequence(t *testing.T) {
 		t.Fatalf("link onto an existing name = %v, want EEXIST", err)
 	}
 	// siginfo: mkstemp, zstd writes, chmod, rename
-	sig := filepath.Join(dir, "sigtask.Ab12Cd")
-	sf, err := os.OpenFile(sig, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("zstd", "-c")
-	cmd.Stdin = strings.NewReader(`{"task": "populate_sysroot"}`)
-	cmd.Stdout = sf
-	if err := cmd.Run(); err != nil {
-		t.Fatal(err)
-	}
-	sf.Close()
-	os.Chmod(sig, 0o664)
-	if err := os.Rename(sig, final+".siginfo"); err != nil {
-		t.Fatalf("rename siginfo: %v", err)
-	}
+	testutil.DumpSiginfo(t, final, `{"task": "populate_sysroot"}`)
 	// what was published reads back and extracts
 	fi, err := os.Stat(final)
 	if err != nil || fi.Mode().Perm() != 0o664 {

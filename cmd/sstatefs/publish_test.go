@@ -74,22 +74,7 @@ func publishLikeBitbake(t *testing.T, mp, key string, payload []byte) []byte {
 	if err := os.Remove(tmp); err != nil {
 		t.Fatal(err)
 	}
-	sig := filepath.Join(dir, "sigtask.k2Jd9a")
-	sf, err := os.OpenFile(sig, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("zstd", "-c")
-	cmd.Stdin = strings.NewReader(`{"task": "` + key + `"}`)
-	cmd.Stdout = sf
-	if err := cmd.Run(); err != nil {
-		t.Fatal(err)
-	}
-	sf.Close()
-	os.Chmod(sig, 0o664)
-	if err := os.Rename(sig, final+".siginfo"); err != nil {
-		t.Fatalf("rename siginfo: %v", err)
-	}
+	testutil.DumpSiginfo(t, final, `{"task": "`+key+`"}`)
 	data, err := os.ReadFile(final)
 	if err != nil {
 		t.Fatal(err)
