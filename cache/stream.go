@@ -25,6 +25,9 @@ type Handle interface {
 	// File is the verified cache file, or nil while the object downloads
 	// (for FUSE passthrough and kernel page caching).
 	File() *os.File
+	// Wait blocks until the content is whole and verified (at once for a
+	// cached entry) and returns why the download failed, if it did.
+	Wait() error
 	Close() error
 }
 
@@ -45,6 +48,7 @@ func (h fileHandle) ReadAt(_ context.Context, p []byte, off int64) (int, error) 
 	return h.f.ReadAt(p, off)
 }
 func (h fileHandle) File() *os.File { return h.f }
+func (h fileHandle) Wait() error    { return nil }
 func (h fileHandle) Close() error   { return h.f.Close() }
 
 // download is one object being fetched into a temp file, shared by every
@@ -399,6 +403,8 @@ func (d *download) wait(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+func (h *streamHandle) Wait() error { return h.d.wait(context.Background()) }
 
 func (h *streamHandle) Close() error {
 	h.closed.Do(h.d.release)

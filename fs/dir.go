@@ -50,7 +50,9 @@ func (d *dirNode) child(ctx context.Context, key string) (gofs.InodeEmbedder, go
 		return nil, gofs.StableAttr{}, nil, syscall.ENOENT
 	}
 	var st syscall.Stat_t
-	if err := syscall.Lstat(d.fs.overlayPath(key), &st); err == nil {
+	if !d.fs.names.has(key) {
+		// not in the overlay: no syscall on the hot path of store lookups
+	} else if err := syscall.Lstat(d.fs.overlayPath(key), &st); err == nil {
 		attr.FromStat(&st)
 		if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
 			d.fs.dirAttr(key, &attr)
@@ -101,6 +103,10 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	}
 	out.Attr = *attr
 	out.Attr.Ino = sa.Ino
+	if _, ok := node.(*objectNode); ok {
+		out.SetEntryTimeout(d.fs.objectTimeout)
+		out.SetAttrTimeout(d.fs.objectTimeout)
+	}
 	return d.NewInode(ctx, node, sa), 0
 }
 
@@ -108,7 +114,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 // directory, else synthetic ones owned by the configured owner.
 func (f *FS) dirAttr(key string, out *fuse.Attr) {
 	var st syscall.Stat_t
-	if err := syscall.Stat(f.overlayPath(key), &st); err == nil && st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+	if (key == "" || f.names.has(key)) && syscall.Stat(f.overlayPath(key), &st) == nil && st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
 		out.FromStat(&st)
 	} else {
 		out.Mode = fuse.S_IFDIR | 0o775
@@ -184,10 +190,17 @@ func (f *FS) ensureDir(key string) error {
 	if dir == "." {
 		return nil
 	}
-	p := f.overlay
-	for _, el := range strings.Split(dir, "/") {
-		p = filepath.Join(p, el)
+	var k string
+	for _, el := range strings.Split(filepath.ToSlash(dir), "/") {
+		k = join(k, el)
+		if f.names.has(k) {
+			continue // made through the mount already: no syscall
+		}
+		p := f.overlayPath(k)
 		err := syscall.Mkdir(p, 0o775)
+		if err == nil || errors.Is(err, syscall.EEXIST) {
+			f.names.add(k)
+		}
 		switch {
 		case err == nil:
 			if os.Getuid() == 0 {
@@ -216,6 +229,7 @@ func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	if err := syscall.Mkdir(p, mode); err != nil {
 		return nil, d.fs.errno(ctx, "mkdir", key, err)
 	}
+	d.fs.names.add(key)
 	d.fs.chownToCaller(ctx, p)
 	d.fs.whiteouts.remove(key)
 	d.fs.dirAttr(key, &out.Attr)
@@ -231,6 +245,9 @@ func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 		}
 	}
 	err := syscall.Rmdir(d.fs.overlayPath(key))
+	if err == nil {
+		d.fs.names.remove(key)
+	}
 	inStore := d.fs.view.IsDir(key)
 	switch {
 	case err == nil || (errors.Is(err, syscall.ENOENT) && inStore):
@@ -261,6 +278,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	if err != nil {
 		return nil, nil, 0, d.fs.errno(ctx, "create", key, err)
 	}
+	d.fs.names.add(key)
 	d.fs.chownToCaller(ctx, p)
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
@@ -271,7 +289,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	d.fs.view.Forget(key)
 	out.Attr.FromStat(&st)
 	n := d.NewInode(ctx, &localNode{fs: d.fs}, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: st.Ino})
-	return n, gofs.NewLoopbackFile(fd), 0, 0
+	return n, d.fs.overlayFile(fd), 0, 0
 }
 
 func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
@@ -283,6 +301,7 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	err := syscall.Unlink(d.fs.overlayPath(key))
 	switch {
 	case err == nil:
+		d.fs.names.remove(key)
 		removed = true
 	case errors.Is(err, syscall.ENOENT):
 	default:
@@ -350,6 +369,15 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 			return d.fs.errno(ctx, "publish", to, err)
 		}
 	}
+	if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+		d.fs.names.removeTree(from)
+		if err := d.fs.names.addTree(d.fs.overlay, to); err != nil {
+			d.fs.log.Error("rename: could not list the moved directory", "dir", to, "error", err)
+		}
+	} else {
+		d.fs.names.remove(from)
+		d.fs.names.add(to)
+	}
 	// The source name must not fall back to a store object of that name.
 	if _, err := d.fs.view.Stat(ctx, from); err == nil {
 		d.fs.whiteouts.add(from)
@@ -391,6 +419,7 @@ func (d *dirNode) Link(ctx context.Context, target gofs.InodeEmbedder, name stri
 			return nil, d.fs.errno(ctx, "publish", key, err)
 		}
 	}
+	d.fs.names.add(key)
 	d.fs.whiteouts.remove(key)
 	d.fs.view.Forget(key)
 	out.Attr.FromStat(&st)
@@ -412,6 +441,7 @@ func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.En
 	if err := syscall.Symlink(target, p); err != nil {
 		return nil, d.fs.errno(ctx, "symlink", key, err)
 	}
+	d.fs.names.add(key)
 	d.fs.chownToCaller(ctx, p)
 	var st syscall.Stat_t
 	if err := syscall.Lstat(p, &st); err != nil {

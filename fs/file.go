@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,12 +21,18 @@ type objectNode struct {
 	gofs.Inode
 	fs  *FS
 	obj view.Object
+
+	watching atomic.Bool // a watchDownload goroutine is running
 }
 
 var (
 	_ = (gofs.NodeGetattrer)((*objectNode)(nil))
 	_ = (gofs.NodeSetattrer)((*objectNode)(nil))
 	_ = (gofs.NodeOpener)((*objectNode)(nil))
+	_ = (gofs.NodeReader)((*objectNode)(nil))
+	_ = (gofs.NodeWriter)((*objectNode)(nil))
+	_ = (gofs.NodeFlusher)((*objectNode)(nil))
+	_ = (gofs.NodeFsyncer)((*objectNode)(nil))
 )
 
 func (n *objectNode) fill(out *fuse.Attr) {
@@ -43,6 +50,7 @@ func (n *objectNode) fill(out *fuse.Attr) {
 
 func (n *objectNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	n.fill(&out.Attr)
+	out.SetTimeout(n.fs.objectTimeout)
 	return 0
 }
 
@@ -75,9 +83,16 @@ func (n *objectNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.S
 	return 0
 }
 
-// Open fetches the object into the cache for reading. Opens for writing
-// (touch opens O_WRONLY|O_CREAT) succeed without a fetch; writes then fail.
+// Open answers ENOSYS unless the mount answers opens itself
+// (Options.DaemonOpens): the kernel then opens every file of the mount by
+// itself from then on, with no round trip, and keeps the pages it read
+// (objects are immutable); reads come to Read with no handle. Otherwise it
+// fetches the object into the cache for reading; opens for writing (touch
+// opens O_WRONLY|O_CREAT) succeed without a fetch, and writes then fail.
 func (n *objectNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if !n.fs.daemonOpens {
+		return nil, 0, syscall.ENOSYS
+	}
 	if flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
@@ -96,6 +111,74 @@ func (n *objectNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	// Still downloading: no KEEP_CACHE, so that pages of a download that
 	// fails verification never outlive this open.
 	return oh, 0, 0
+}
+
+// Read serves a read made without a handle (the kernel opened the file
+// itself): from the verified cache file, or from the download in progress,
+// which the first read starts. Each read takes the object anew, so nothing
+// stays open between reads and a failed download is retried by the next
+// read. Pages the kernel cached from a download that then fails
+// verification are dropped (watchDownload).
+func (n *objectNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if oh, ok := fh.(*objectHandle); ok {
+		return oh.Read(ctx, dest, off)
+	}
+	h, err := n.fs.view.Open(ctx, n.obj)
+	if err != nil {
+		return nil, n.fs.errno(ctx, "read", n.obj.Key, err)
+	}
+	defer h.Close()
+	if h.File() == nil {
+		n.watchDownload()
+	}
+	k, err := h.ReadAt(ctx, dest, off)
+	if err != nil && err != io.EOF {
+		return nil, n.fs.errno(ctx, "read", n.obj.Key, err)
+	}
+	return fuse.ReadResultData(dest[:k]), 0
+}
+
+// watchDownload makes sure that, if the object's download in progress
+// fails (a corrupt object), the kernel forgets the pages it cached from it:
+// with the kernel opening files itself, pages are kept across opens, and
+// the bytes read before the digest was checked must not outlive the
+// failure. One watcher per node at a time.
+func (n *objectNode) watchDownload() {
+	if !n.watching.CompareAndSwap(false, true) {
+		return
+	}
+	h, err := n.fs.view.Open(context.Background(), n.obj)
+	if err != nil {
+		n.watching.Store(false)
+		return
+	}
+	go func() {
+		defer n.watching.Store(false)
+		defer h.Close()
+		if h.Wait() != nil {
+			// After the failing reads have been answered (they hold the
+			// pages locked), drop every cached page of the object.
+			n.NotifyContent(0, 0)
+		}
+	}()
+}
+
+// Write refuses: objects are read-only (an open for writing succeeds so
+// that touch works).
+func (n *objectNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	return 0, syscall.EROFS
+}
+
+// Flush answers ENOSYS: the kernel then stops sending FLUSH on every close
+// of this mount (nothing here needs it: objects are read-only, and overlay
+// writes go straight to their file), which saves a round trip per object
+// bitbake reads.
+func (n *objectNode) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
+	return syscall.ENOSYS
+}
+
+func (n *objectNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
+	return 0
 }
 
 // objectHandle is an open store object: reads come from the verified cache
@@ -156,10 +239,7 @@ func (h *objectHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.E
 	return 0
 }
 
-// Flush answers ENOSYS: the kernel then stops sending FLUSH on every close
-// of this mount (nothing here needs it: object handles write nothing, and
-// overlay writes go straight to their file), which saves a round trip per
-// object bitbake reads.
+// Flush answers ENOSYS, as objectNode.Flush does.
 func (h *objectHandle) Flush(ctx context.Context) syscall.Errno               { return syscall.ENOSYS }
 func (h *objectHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return 0 }
 
@@ -174,6 +254,11 @@ var (
 	_ = (gofs.NodeSetattrer)((*localNode)(nil))
 	_ = (gofs.NodeOpener)((*localNode)(nil))
 	_ = (gofs.NodeReadlinker)((*localNode)(nil))
+	_ = (gofs.NodeReader)((*localNode)(nil))
+	_ = (gofs.NodeWriter)((*localNode)(nil))
+	_ = (gofs.NodeFlusher)((*localNode)(nil))
+	_ = (gofs.NodeFsyncer)((*localNode)(nil))
+	_ = (gofs.NodeAllocater)((*localNode)(nil))
 )
 
 func (n *localNode) key() string { return rel(&n.Inode) }
@@ -201,13 +286,102 @@ func (n *localNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.Se
 	return n.Getattr(ctx, nil, out)
 }
 
+// Open answers ENOSYS unless the mount answers opens itself (see
+// objectNode.Open); reads and writes then come without a handle and go to
+// the overlay file by path. Files created through the mount keep the
+// handle of their create.
 func (n *localNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if !n.fs.daemonOpens {
+		return nil, 0, syscall.ENOSYS
+	}
 	key := n.key()
 	fd, err := syscall.Open(n.fs.overlayPath(key), int(flags&^(syscall.O_APPEND|fuse.FMODE_EXEC))|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, 0, n.fs.errno(ctx, "open", key, err)
 	}
-	return gofs.NewLoopbackFile(fd), 0, 0
+	return n.fs.overlayFile(fd), 0, 0
+}
+
+// overlayFile is the handle of an overlay file created or opened through
+// the mount. When the kernel opens files by itself (no DaemonOpens), the
+// handle must not offer FUSE passthrough: the kernel refuses, with EIO, an
+// open it made itself of an inode another process holds in passthrough
+// mode (a lock file held by one bitbake process and opened by another).
+func (f *FS) overlayFile(fd int) gofs.FileHandle {
+	lf := gofs.NewLoopbackFile(fd)
+	if f.daemonOpens {
+		return lf
+	}
+	return noPassthrough{lf.(*gofs.LoopbackFile)}
+}
+
+// noPassthrough is a loopback file without PassthroughFd.
+type noPassthrough struct{ *gofs.LoopbackFile }
+
+func (noPassthrough) PassthroughFd() (int, bool) { return 0, false }
+
+// withFile runs op on the overlay file opened with flags, for an operation
+// that came without a handle.
+func (n *localNode) withFile(ctx context.Context, what string, flags int, op func(fd int) error) syscall.Errno {
+	key := n.key()
+	fd, err := syscall.Open(n.fs.overlayPath(key), flags|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return n.fs.errno(ctx, what, key, err)
+	}
+	defer syscall.Close(fd)
+	if err := op(fd); err != nil {
+		return n.fs.errno(ctx, what, key, err)
+	}
+	return 0
+}
+
+func (n *localNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if r, ok := fh.(gofs.FileReader); ok {
+		return r.Read(ctx, dest, off)
+	}
+	var k int
+	en := n.withFile(ctx, "read", syscall.O_RDONLY, func(fd int) (err error) {
+		k, err = syscall.Pread(fd, dest, off)
+		return err
+	})
+	if en != 0 {
+		return nil, en
+	}
+	return fuse.ReadResultData(dest[:k]), 0
+}
+
+func (n *localNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	if w, ok := fh.(gofs.FileWriter); ok {
+		return w.Write(ctx, data, off)
+	}
+	var k int
+	en := n.withFile(ctx, "write", syscall.O_WRONLY, func(fd int) (err error) {
+		k, err = syscall.Pwrite(fd, data, off)
+		return err
+	})
+	return uint32(k), en
+}
+
+// Flush answers ENOSYS (see objectNode.Flush): overlay writes go straight
+// to the file.
+func (n *localNode) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
+	return syscall.ENOSYS
+}
+
+func (n *localNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
+	if s, ok := fh.(gofs.FileFsyncer); ok {
+		return s.Fsync(ctx, flags)
+	}
+	return n.withFile(ctx, "fsync", syscall.O_RDONLY, syscall.Fsync)
+}
+
+func (n *localNode) Allocate(ctx context.Context, fh gofs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
+	if a, ok := fh.(gofs.FileAllocater); ok {
+		return a.Allocate(ctx, off, size, mode)
+	}
+	return n.withFile(ctx, "fallocate", syscall.O_WRONLY, func(fd int) error {
+		return syscall.Fallocate(fd, mode, int64(off), int64(size))
+	})
 }
 
 func (n *localNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {

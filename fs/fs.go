@@ -16,16 +16,19 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/sstatefs/sstatefs/sstate"
 	"github.com/sstatefs/sstatefs/view"
@@ -49,9 +52,18 @@ type Options struct {
 	// and fails it with EIO, so bitbake never sees a publish succeed that
 	// would be lost. May be nil.
 	Publish func(ctx context.Context, key, path string) error
-	// NoPassthrough keeps reads of cached objects in this process instead
-	// of letting the kernel read the cache file directly.
+	// DaemonOpens answers every open in this process (a round trip per
+	// open, and FUSE passthrough of cached objects) instead of letting the
+	// kernel open files by itself and keep their pages across opens.
+	DaemonOpens bool
+	// NoPassthrough (with DaemonOpens) keeps reads of cached objects in
+	// this process instead of letting the kernel read the cache file.
 	NoPassthrough bool
+	// ObjectTimeout is how long the kernel may keep a store object's name
+	// and attributes without asking again: objects never change, so only
+	// an object deleted from the store by other means can be seen late.
+	// Zero: one hour.
+	ObjectTimeout time.Duration
 	// Prefetch says when a store object is fetched ahead of its open:
 	// PrefetchOnTouch (bitbake touches every object it is going to use
 	// right after checking it), PrefetchOnLookup, or PrefetchOff.
@@ -77,11 +89,14 @@ type FS struct {
 	publish  func(ctx context.Context, key, path string) error
 	start    time.Time
 
+	daemonOpens   bool
 	noPassthrough bool
+	objectTimeout time.Duration
 	prefetch      PrefetchMode
 	chownWarn     sync.Once
 
 	whiteouts *whiteouts
+	names     *overlayNames
 }
 
 // New prepares the file system and returns its root node.
@@ -98,10 +113,18 @@ func New(opt Options) (*FS, gofs.InodeEmbedder, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	names, err := loadOverlayNames(opt.Overlay)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading overlay %s: %w", opt.Overlay, err)
+	}
 	f := &FS{
 		view: opt.View, overlay: opt.Overlay, uid: opt.UID, gid: opt.GID,
 		cacheDir: opt.CacheDir, log: opt.Logger, publish: opt.Publish,
-		start: time.Now(), whiteouts: wo, noPassthrough: opt.NoPassthrough, prefetch: opt.Prefetch,
+		start: time.Now(), whiteouts: wo, names: names, prefetch: opt.Prefetch,
+		daemonOpens: opt.DaemonOpens, noPassthrough: opt.NoPassthrough, objectTimeout: opt.ObjectTimeout,
+	}
+	if f.objectTimeout <= 0 {
+		f.objectTimeout = time.Hour
 	}
 	if f.cacheDir == "" {
 		f.cacheDir = opt.Overlay
@@ -301,3 +324,19 @@ func (w *whiteouts) saveLocked() error {
 }
 
 func (w *whiteouts) close() error { return nil }
+
+// ReadAheadKB is the kernel read-ahead SetReadAhead gives a mount: the
+// kernel's default (128 KiB) splits a streamed object into many small READ
+// requests, each a round trip through this process.
+const ReadAheadKB = 1024
+
+// SetReadAhead sets the kernel's read-ahead of the mount at mountpoint (its
+// backing device info in /sys/class/bdi; root only).
+func SetReadAhead(mountpoint string, kb int) error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(mountpoint, &st); err != nil {
+		return err
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	return os.WriteFile(p, []byte(strconv.Itoa(kb)), 0)
+}

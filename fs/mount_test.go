@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -75,6 +76,7 @@ type testMount struct {
 	cacheDir string
 	fault    *faultStore
 	live     *index.Live
+	cache    *cache.Cache
 	server   interface{ Unmount() error }
 }
 
@@ -84,6 +86,9 @@ type mountOpts struct {
 	timeout    time.Duration
 	storeDir   string
 	cacheDir   string
+	// daemonOpens answers opens in the FS (passthrough) instead of
+	// letting the kernel open files itself
+	daemonOpens bool
 }
 
 // mount builds the real stack (file store, index, cache, view, fs) over the
@@ -132,6 +137,7 @@ func mount(t *testing.T, o mountOpts) *testMount {
 	f, root, err := sfs.New(sfs.Options{
 		View: v, Overlay: filepath.Join(o.cacheDir, "overlay"), StateDir: filepath.Join(o.cacheDir, "state"),
 		UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), CacheDir: o.cacheDir,
+		DaemonOpens: o.daemonOpens,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +148,10 @@ func mount(t *testing.T, o mountOpts) *testMount {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, server: server}
+	if err := sfs.SetReadAhead(mp, sfs.ReadAheadKB); err != nil {
+		t.Errorf("read-ahead: %v", err)
+	}
+	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, cache: c, server: server}
 	t.Cleanup(func() {
 		fault.down.Store(false)
 		if err := server.Unmount(); err != nil {
@@ -789,4 +798,185 @@ func TestStreamingLargeObjectExact(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("cached read: %v", err)
 	}
+}
+
+// TestKernelOpensKeepPages: with the kernel opening files itself (the
+// default), a second read of an object is served from the kernel's pages
+// without reaching sstatefs, and overlay files opened again (no handle)
+// read and write correctly, including O_TRUNC and O_APPEND; with
+// DaemonOpens every open reaches sstatefs and the reads are the same.
+func TestKernelOpensKeepPages(t *testing.T) {
+	for _, daemon := range []bool{false, true} {
+		t.Run(fmt.Sprintf("daemonOpens=%v", daemon), func(t *testing.T) {
+			storeDir := t.TempDir()
+			data := rnd(3 << 20)
+			writeStore(t, storeDir, pkgKey, data)
+			m := mount(t, mountOpts{storeDir: storeDir, daemonOpens: daemon})
+			p := filepath.Join(m.dir, pkgKey)
+			var first cache.Stats
+			for i := range 3 {
+				got, err := os.ReadFile(p)
+				if err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("read %d: %d bytes, %v", i, len(got), err)
+				}
+				if i == 0 {
+					first = m.cache.Stats()
+				}
+			}
+			st := m.cache.Stats()
+			if st.Misses != 1 {
+				t.Errorf("downloads = %d, want 1", st.Misses)
+			}
+			if !daemon && st.Hits != first.Hits {
+				t.Errorf("%d reads reached the disk cache after the first read; want 0 (kernel pages)", st.Hits-first.Hits)
+			}
+			if daemon && st.Hits < first.Hits+2 {
+				t.Errorf("cache hits %d after the first read, %d after three: want an open per read", first.Hits, st.Hits)
+			}
+
+			// an overlay file, reopened: truncate, write, append, read back
+			f := filepath.Join(m.dir, "scratch")
+			if err := os.WriteFile(f, []byte("0123456789"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(f, []byte("abc"), 0o644); err != nil { // O_TRUNC of an existing file
+				t.Fatal(err)
+			}
+			af, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := af.WriteString("def"); err != nil {
+				t.Fatal(err)
+			}
+			af.Close()
+			if got, err := os.ReadFile(f); err != nil || string(got) != "abcdef" {
+				t.Fatalf("overlay file = %q, %v; want abcdef", got, err)
+			}
+			if got, err := os.ReadFile(filepath.Join(m.cacheDir, "overlay", "scratch")); err != nil || string(got) != "abcdef" {
+				t.Fatalf("overlay file on disk = %q, %v; want abcdef", got, err)
+			}
+			// an object stays read-only when opened for writing
+			wf, err := os.OpenFile(p, os.O_WRONLY, 0)
+			if err == nil {
+				_, err = wf.Write([]byte("x"))
+				wf.Close()
+			}
+			if !errors.Is(err, syscall.EROFS) {
+				t.Fatalf("write to an object = %v, want EROFS", err)
+			}
+			if _, err := os.OpenFile(p, os.O_WRONLY|os.O_TRUNC, 0); !errors.Is(err, syscall.EROFS) {
+				t.Fatalf("truncating open of an object = %v, want EROFS", err)
+			}
+			if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("object after write attempts: %d bytes, %v", len(got), err)
+			}
+		})
+	}
+}
+
+// TestCorruptDownloadLeavesNoPages: bytes a reader took from a download
+// before it failed verification do not stay in the kernel's page cache
+// (the kernel keeps pages across its own opens): once the store holds the
+// right object again, a reader gets exactly it.
+func TestCorruptDownloadLeavesNoPages(t *testing.T) {
+	storeDir := t.TempDir()
+	data := rnd(4 << 20)
+	writeStore(t, storeDir, pkgKey, data)
+	m := mount(t, mountOpts{storeDir: storeDir})
+	sp := filepath.Join(storeDir, pkgKey)
+	fi, _ := os.Stat(sp)
+	bad := append([]byte(nil), data...)
+	for i := range 1 << 20 {
+		bad[i] ^= 0x5a
+	}
+	os.WriteFile(sp, bad, 0o644)
+	os.Chtimes(sp, fi.ModTime(), fi.ModTime())
+
+	// read only the start: those bytes come before the digest is known
+	f, err := os.Open(filepath.Join(m.dir, pkgKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := make([]byte, 64<<10)
+	if _, err := io.ReadFull(f, head); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if !bytes.Equal(head, bad[:len(head)]) {
+		t.Fatal("the first read did not stream the store's (corrupt) bytes; the test proves nothing")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for m.cache.Stats().Corrupted == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the corrupt download was never detected")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // the invalidation follows the failure
+	os.WriteFile(sp, data, 0o644)
+	os.Chtimes(sp, fi.ModTime(), fi.ModTime())
+	got, err := os.ReadFile(filepath.Join(m.dir, pkgKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		i := 0
+		for i < len(got) && i < len(data) && got[i] == data[i] {
+			i++
+		}
+		t.Fatalf("read after the store was repaired differs from the object at byte %d (of %d): pages of the corrupt download were kept", i, len(got))
+	}
+}
+
+// TestOverlayNamesFollowChanges: the in-memory list of overlay names that
+// spares store lookups a syscall follows every change made through the
+// mount (after the kernel's entry cache expired, lookups reach the FS
+// again), and is rebuilt from the overlay directory by a new mount.
+func TestOverlayNamesFollowChanges(t *testing.T) {
+	storeDir := t.TempDir()
+	writeStore(t, storeDir, pkgKey, []byte("pkg"))
+	cacheDir := t.TempDir()
+	m := mount(t, mountOpts{storeDir: storeDir, cacheDir: cacheDir})
+	at := func(p string) string { return filepath.Join(m.dir, p) }
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(at("a/b"), 0o755))
+	must(os.WriteFile(at("a/b/f"), []byte("f"), 0o644))
+	must(os.WriteFile(at("a/g"), []byte("g"), 0o644))
+	must(os.Rename(at("a"), at("c")))
+	must(os.WriteFile(at("tmp1"), []byte("t"), 0o644))
+	must(os.Link(at("tmp1"), at("hard")))
+	must(os.Rename(at("tmp1"), at("moved")))
+	must(os.Symlink("moved", at("sym")))
+	must(os.WriteFile(at("gone"), []byte("x"), 0o644))
+	must(os.Remove(at("gone")))
+	// an overlay file over a store object's name, then removed again
+	must(os.MkdirAll(filepath.Dir(at(pkgKey)), 0o755))
+	must(os.WriteFile(at(pkgKey+".tmp"), []byte("local"), 0o644))
+	must(os.Rename(at(pkgKey+".tmp"), at(pkgKey)))
+
+	check := func(m *testMount, when string) {
+		t.Helper()
+		for p, want := range map[string]string{"c/b/f": "f", "c/g": "g", "hard": "t", "moved": "t", "sym": "t", pkgKey: "local"} {
+			got, err := os.ReadFile(filepath.Join(m.dir, p))
+			if err != nil || string(got) != want {
+				t.Errorf("%s: %s = %q, %v; want %q", when, p, got, err, want)
+			}
+		}
+		for _, p := range []string{"a", "a/b/f", "tmp1", "gone", pkgKey + ".tmp"} {
+			if _, err := os.Lstat(filepath.Join(m.dir, p)); !errors.Is(err, syscall.ENOENT) {
+				t.Errorf("%s: %s = %v, want ENOENT", when, p, err)
+			}
+		}
+	}
+	time.Sleep(1200 * time.Millisecond) // past the kernel's entry cache
+	check(m, "same mount")
+	m.unmount(t)
+	m2 := mount(t, mountOpts{storeDir: storeDir, cacheDir: cacheDir})
+	check(m2, "new mount")
 }

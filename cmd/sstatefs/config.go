@@ -93,8 +93,12 @@ type MountConfig struct {
 	Owner      string `toml:"owner"`      // uid:gid of store objects; default: the mountpoint's owner
 	Debug      bool   `toml:"debug"`      // log every FUSE request
 	ReadyFile  string `toml:"ready_file"` // created once the mount is up and its index loaded; removed at shutdown
-	// NoPassthrough keeps reads of cached objects in sstatefs instead of
-	// letting the kernel read the cache file directly (FUSE passthrough).
+	// DaemonOpens answers every open in sstatefs (a round trip per open;
+	// cached objects are then read by FUSE passthrough) instead of letting
+	// the kernel open files by itself and keep their pages across opens.
+	DaemonOpens bool `toml:"daemon_opens"`
+	// NoPassthrough (with DaemonOpens) keeps reads of cached objects in
+	// sstatefs instead of letting the kernel read the cache file directly.
 	NoPassthrough bool `toml:"no_passthrough"`
 }
 
@@ -531,7 +535,8 @@ func newConfigFlags(fs *flag.FlagSet) *configFlags {
 	integer("prefetch-concurrency", "background fetches at once (default 4)", func(c *Config, v int) { c.Prefetch.Concurrency = v })
 	str("hashserv", "serve bitbake's hash equivalence protocol on unix:///path or 127.0.0.1:PORT (off by default)", func(c *Config, v string) { c.Hashserv.Listen = v })
 	boolean("hashserv-read-only", "the hash equivalence server answers reports without recording them (like bitbake's --read-only server)", func(c *Config, v bool) { c.Hashserv.ReadOnly = v })
-	boolean("mount-no-passthrough", "serve reads of cached objects from sstatefs instead of FUSE passthrough", func(c *Config, v bool) { c.Mount.NoPassthrough = v })
+	boolean("mount-daemon-opens", "answer every open in sstatefs (one round trip per open, FUSE passthrough of cached objects) instead of letting the kernel open files itself", func(c *Config, v bool) { c.Mount.DaemonOpens = v })
+	boolean("mount-no-passthrough", "with --mount-daemon-opens: serve reads of cached objects from sstatefs instead of FUSE passthrough", func(c *Config, v bool) { c.Mount.NoPassthrough = v })
 	str("mount-ready-file", "file created once the mount is up and its index loaded (readiness gate)", func(c *Config, v string) { c.Mount.ReadyFile = v })
 	str("ready-file", "same as --mount-ready-file", func(c *Config, v string) { c.Mount.ReadyFile = v })
 	str("metrics-addr", "serve /metrics, /healthz, /readyz and /status on host:port (off by default)", func(c *Config, v string) { c.Metrics.Addr = v })

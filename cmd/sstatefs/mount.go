@@ -219,6 +219,7 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		Logger:        log,
 		Publish:       publishFn,
 		Prefetch:      sfs.PrefetchMode(cfg.Prefetch.Mode),
+		DaemonOpens:   cfg.Mount.DaemonOpens,
 		NoPassthrough: cfg.Mount.NoPassthrough,
 	})
 	if err != nil {
@@ -235,6 +236,9 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 	server, err := gofs.Mount(mp, root, opts)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
+	if err := sfs.SetReadAhead(mp, sfs.ReadAheadKB); err != nil {
+		log.Debug("kernel read-ahead left at its default (needs root)", "error", err)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	go live.Run(rctx)
