@@ -123,7 +123,9 @@ type sha256Key struct{}
 // WithSHA256 tells a Create or Put the SHA-256 of the data it is about to
 // store, which the caller has computed anyway (for the index): a store may
 // use it instead of hashing the data again (S3 signs the payload with it and
-// has the server check it).
+// has the server check it). Given to Open, it says that the caller checks
+// the object's bytes against this digest, so the store may skip checksums
+// of its own over the response.
 func WithSHA256(ctx context.Context, sum [32]byte) context.Context {
 	return context.WithValue(ctx, sha256Key{}, sum)
 }

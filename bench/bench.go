@@ -162,7 +162,7 @@ func (b *Bench) systems() ([]System, []string, error) {
 			if err != nil {
 				return nil, nil, err
 			}
-			sys = &sstatefsSystem{root: root}
+			sys = &sstatefsSystem{root: root, extra: b.Opts.SstatefsFlags}
 		case "rclone":
 			sys = &rcloneSystem{extra: b.Opts.RcloneFlags}
 		case "s3fs":
@@ -581,7 +581,16 @@ func argsSummary(o Options) string {
 	if o.Quick {
 		s += " --quick"
 	}
-	return s + fmt.Sprintf(" --rtt %v --size %s --readers %s --runs %d", o.RTT, formatBytes(o.Size), joinInts(o.Readers), o.Runs)
+	s += fmt.Sprintf(" --rtt %v --size %s --readers %s --runs %d", o.RTT, formatBytes(o.Size), joinInts(o.Readers), o.Runs)
+	for _, f := range []struct {
+		name, sep string
+		value     []string
+	}{{"sstatefs-flags", " ", o.SstatefsFlags}, {"rclone-flags", " ", o.RcloneFlags}, {"s3fs-options", ",", o.S3fsOptions}} {
+		if len(f.value) > 0 {
+			s += fmt.Sprintf(" --%s %q", f.name, strings.Join(f.value, f.sep))
+		}
+	}
+	return s
 }
 
 func joinInts(v []int) string {

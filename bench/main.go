@@ -50,6 +50,7 @@ type Options struct {
 	IndexObjects    int
 	Seed            uint64
 	RcloneFlags     []string
+	SstatefsFlags   []string
 	S3fsOptions     []string
 }
 
@@ -82,6 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.IndexObjects, "index-objects", 1_000_000, "objects in the index scale workload (0: skip it)")
 	seed := fs.Uint64("seed", 1, "seed of the synthetic store")
 	rcloneFlags := fs.String("rclone-flags", "", "extra flags for rclone mount, space-separated")
+	sstatefsFlags := fs.String("sstatefs-flags", "", "extra flags for sstatefs mount, space-separated")
 	s3fsOptions := fs.String("s3fs-options", "", "extra -o options for s3fs, comma-separated")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: go run ./bench [flags]\n\nMeasures sstatefs, rclone mount, s3fs, a plain S3 client and the local disk on a synthetic\nsstate store served by versitygw behind a latency proxy on 127.0.0.1. See bench/README.md.\n\nFlags:\n")
@@ -166,6 +168,7 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	}
 	o.Seed = *seed
 	o.RcloneFlags = strings.Fields(*rcloneFlags)
+	o.SstatefsFlags = strings.Fields(*sstatefsFlags)
 	for _, opt := range strings.Split(*s3fsOptions, ",") {
 		if opt = strings.TrimSpace(opt); opt != "" {
 			o.S3fsOptions = append(o.S3fsOptions, opt)

@@ -84,6 +84,7 @@ type sstatefsSystem struct {
 	root    string // the module's directory
 	bin     string // built from the tree by Bench.buildSstatefs
 	version string
+	extra   []string // more flags for sstatefs mount (--sstatefs-flags)
 }
 
 func (s *sstatefsSystem) Name() string     { return "sstatefs" }
@@ -99,16 +100,16 @@ func (s *sstatefsSystem) Mount(ctx context.Context, env *Env, dir string) (Mount
 	if err := mkdirs(mnt, cache); err != nil {
 		return nil, err
 	}
-	m, err := StartFUSE(ctx, "sstatefs", mnt, filepath.Join(dir, "sstatefs.log"), env.awsEnv(), mountTimeout,
-		s.bin, "mount",
+	args := []string{s.bin, "mount",
 		"--config", env.EmptyConfig,
-		"--store", "s3://"+env.Bucket,
-		"--store-endpoint", "http://"+env.Proxy.Addr,
+		"--store", "s3://" + env.Bucket,
+		"--store-endpoint", "http://" + env.Proxy.Addr,
 		"--store-path-style",
 		"--cache-dir", cache,
 		"--publish-writer-id", "bench",
-		"--publish-drain-timeout", "10s",
-		mnt)
+		"--publish-drain-timeout", "10s"}
+	args = append(append(args, s.extra...), mnt)
+	m, err := StartFUSE(ctx, "sstatefs", mnt, filepath.Join(dir, "sstatefs.log"), env.awsEnv(), mountTimeout, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -22,6 +22,11 @@ type Handle interface {
 	// verified, so a reader of a corrupt object gets an error, never a
 	// clean end of file.
 	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+	// ReadFile waits, as ReadAt does, for the n bytes at off and returns
+	// the file that holds them and how many there are (fewer only at the
+	// end of the object, 0 there), for a reader that copies them itself
+	// (splice). The file stays valid until Close.
+	ReadFile(ctx context.Context, off int64, n int) (*os.File, int, error)
 	// File is the verified cache file, or nil while the object downloads
 	// (for FUSE passthrough and kernel page caching).
 	File() *os.File
@@ -42,10 +47,17 @@ const (
 var ErrFetchFailed = errors.New("download failed")
 
 // fileHandle is a complete, verified entry.
-type fileHandle struct{ f *os.File }
+type fileHandle struct {
+	f    *os.File
+	size int64
+}
 
 func (h fileHandle) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
 	return h.f.ReadAt(p, off)
+}
+
+func (h fileHandle) ReadFile(_ context.Context, off int64, n int) (*os.File, int, error) {
+	return h.f, int(max(0, min(int64(n), h.size-off))), nil
 }
 func (h fileHandle) File() *os.File { return h.f }
 func (h fileHandle) Wait() error    { return nil }
@@ -91,7 +103,7 @@ func (c *Cache) OpenStream(ctx context.Context, obj Object) (Handle, error) {
 		if err != nil {
 			return nil, err
 		}
-		return fileHandle{f}, nil
+		return fileHandle{f, obj.Size}, nil
 	}
 	d, err := c.startDownload(obj)
 	if err != nil {
@@ -189,6 +201,10 @@ func (c *Cache) fetchChunks(ctx context.Context, d *download) error {
 		next <- i
 	}
 	close(next)
+	if n == 1 {
+		// one request: hash the bytes as they arrive, no read back
+		return c.fetchChunk(ctx, d, 0, true)
+	}
 	errs := make(chan error, chunkWorkers+1)
 	var wg sync.WaitGroup
 	workers := min(chunkWorkers, n)
@@ -200,7 +216,7 @@ func (c *Cache) fetchChunks(ctx context.Context, d *download) error {
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				if err := c.fetchChunk(ctx, d, i); err != nil {
+				if err := c.fetchChunk(ctx, d, i, false); err != nil {
 					errs <- err
 					cancel()
 					d.mu.Lock()
@@ -220,8 +236,10 @@ func (c *Cache) fetchChunks(ctx context.Context, d *download) error {
 	return herr
 }
 
-// fetchChunk writes chunk i from a ranged read, reporting progress.
-func (c *Cache) fetchChunk(ctx context.Context, d *download, i int) error {
+// fetchChunk writes chunk i from a ranged read, reporting progress. With
+// inline (an object of one chunk) it also hashes the bytes as they arrive
+// and checks the digest, instead of leaving that to d.hash.
+func (c *Cache) fetchChunk(ctx context.Context, d *download, i int, inline bool) error {
 	start, length := d.chunkRange(i)
 	if d.size == 0 {
 		length = 0
@@ -235,6 +253,10 @@ func (c *Cache) fetchChunk(ctx context.Context, d *download, i int) error {
 		return err
 	}
 	defer rc.Close()
+	var h hash.Hash
+	if inline && d.obj.SHA256 != ([32]byte{}) {
+		h = sha256.New()
+	}
 	buf := make([]byte, 256<<10)
 	var got int64
 	for got < length {
@@ -243,9 +265,16 @@ func (c *Cache) fetchChunk(ctx context.Context, d *download, i int) error {
 			if _, werr := d.tmp.WriteAt(buf[:k], start+got); werr != nil {
 				return fmt.Errorf("cache: %w", werr)
 			}
+			if h != nil {
+				h.Write(buf[:k])
+			}
 			got += int64(k)
 			d.mu.Lock()
 			d.written[i] = got
+			if inline {
+				// the last byte stays held back until the digest matched
+				d.verified = min(start+got, d.size-1)
+			}
 			d.cond.Broadcast()
 			d.mu.Unlock()
 		}
@@ -265,6 +294,15 @@ func (c *Cache) fetchChunk(ctx context.Context, d *download, i int) error {
 		if k, _ := rc.Read(one[:]); k > 0 {
 			return fmt.Errorf("fetch %s: %w: longer than %d bytes", d.obj.Name, ErrCorrupt, d.size)
 		}
+	}
+	if inline {
+		if h != nil && [32]byte(h.Sum(nil)) != d.obj.SHA256 {
+			return fmt.Errorf("fetch %s: %w: sha256 %x, want %x", d.obj.Name, ErrCorrupt, h.Sum(nil), d.obj.SHA256)
+		}
+		d.mu.Lock()
+		d.verified = d.size
+		d.cond.Broadcast()
+		d.mu.Unlock()
 	}
 	return nil
 }
@@ -346,6 +384,24 @@ type streamHandle struct {
 func (h *streamHandle) File() *os.File { return nil }
 
 func (h *streamHandle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	f, k, err := h.ReadFile(ctx, off, len(p))
+	if err != nil {
+		return 0, err
+	}
+	if k == 0 {
+		return 0, io.EOF
+	}
+	n, rerr := f.ReadAt(p[:k], off)
+	if rerr == nil && off+int64(n) >= h.d.size {
+		rerr = io.EOF
+	}
+	if rerr == io.EOF && off+int64(n) < h.d.size {
+		rerr = io.ErrUnexpectedEOF
+	}
+	return n, rerr
+}
+
+func (h *streamHandle) ReadFile(ctx context.Context, off int64, n int) (*os.File, int, error) {
 	d := h.d
 	// wake the waits below when the caller is interrupted
 	stop := context.AfterFunc(ctx, func() {
@@ -354,7 +410,7 @@ func (h *streamHandle) ReadAt(ctx context.Context, p []byte, off int64) (int, er
 		d.mu.Unlock()
 	})
 	defer stop()
-	want := min(off+int64(len(p)), d.size)
+	want := min(off+int64(n), d.size)
 	if off >= d.size {
 		want = d.size
 	}
@@ -368,28 +424,24 @@ func (h *streamHandle) ReadAt(ctx context.Context, p []byte, off int64) (int, er
 	avail, done, err := d.verified, d.done, d.err
 	d.mu.Unlock()
 	if cerr := ctx.Err(); cerr != nil && avail < want {
-		return 0, cerr
+		return nil, 0, cerr
 	}
 	if off >= d.size {
-		if done && err == nil {
-			return 0, io.EOF
+		if avail >= d.size || (done && err == nil) {
+			return d.tmp, 0, nil // verified whole: the end
 		}
-		return 0, fmt.Errorf("%w: %w", ErrFetchFailed, err)
+		if err == nil {
+			err = errors.New("download ended early")
+		}
+		return nil, 0, fmt.Errorf("%w: %w", ErrFetchFailed, err)
 	}
 	if avail < want {
 		if err == nil {
 			err = errors.New("download ended early")
 		}
-		return 0, fmt.Errorf("%w: %w", ErrFetchFailed, err)
+		return nil, 0, fmt.Errorf("%w: %w", ErrFetchFailed, err)
 	}
-	n, rerr := d.tmp.ReadAt(p[:want-off], off)
-	if rerr == nil && off+int64(n) >= d.size {
-		rerr = io.EOF
-	}
-	if rerr == io.EOF && off+int64(n) < d.size {
-		rerr = io.ErrUnexpectedEOF
-	}
-	return n, rerr
+	return d.tmp, int(want - off), nil
 }
 
 // wait blocks until the download is finished or ctx ends.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -118,9 +119,30 @@ func TestStreamFirstBytesBeforeTheRest(t *testing.T) {
 	}
 }
 
+// TestStreamCorruptNeverCleanEOF, for an object in many chunks (hashed by a
+// follower reading the temp file) and in one (hashed as it arrives).
 func TestStreamCorruptNeverCleanEOF(t *testing.T) {
-	c, _ := Open(Options{Dir: t.TempDir(), ChunkSize: smallChunks})
+	for _, chunk := range []int64{smallChunks, 1 << 20} {
+		t.Run(fmt.Sprintf("chunk=%d", chunk), func(t *testing.T) { testStreamCorrupt(t, chunk) })
+	}
+}
+
+func testStreamCorrupt(t *testing.T, chunk int64) {
+	c, _ := Open(Options{Dir: t.TempDir(), ChunkSize: chunk})
 	data := rnd(t, 300<<10)
+	// the right object streams whole, then is cached
+	good := Object{ID: "good", Size: int64(len(data)), SHA256: sha256.Sum256(data), Name: "g", Fetch: (&rangedSource{data: data}).fetch}
+	hg, err := c.OpenStream(context.Background(), good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readAllStream(context.Background(), hg); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("good object: %d bytes, %v", len(got), err)
+	}
+	hg.Close()
+	if !c.Has("good") {
+		t.Fatal("verified download not cached")
+	}
 	want := sha256.Sum256(data)
 	bad := append([]byte(nil), data...)
 	bad[len(bad)-10] ^= 1 // corrupt near the end

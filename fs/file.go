@@ -127,16 +127,50 @@ func (n *objectNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, 
 	if err != nil {
 		return nil, n.fs.errno(ctx, "read", n.obj.Key, err)
 	}
-	defer h.Close()
 	if h.File() == nil {
 		n.watchDownload()
 	}
-	k, err := h.ReadAt(ctx, dest, off)
-	if err != nil && err != io.EOF {
+	f, k, err := h.ReadFile(ctx, off, len(dest))
+	if err != nil {
+		h.Close()
 		return nil, n.fs.errno(ctx, "read", n.obj.Key, err)
 	}
-	return fuse.ReadResultData(dest[:k]), 0
+	return &fileResult{h: h, fd: f.Fd(), off: off, size: k}, 0
 }
+
+// fileResult is the answer to a read: size bytes at off of a cache file
+// (verified, or of a download whose bytes up to there are). go-fuse splices
+// them from the file into the reply (no copy through this process), or
+// falls back to Bytes; Done, after the reply, releases the handle that
+// keeps the file open.
+type fileResult struct {
+	h    cache.Handle
+	fd   uintptr
+	off  int64
+	size int
+}
+
+// Seekable lets go-fuse splice from the file.
+func (r *fileResult) Seekable() (uintptr, int64, int) { return r.fd, r.off, r.size }
+
+func (r *fileResult) Size() int { return r.size }
+
+func (r *fileResult) Bytes(buf []byte) ([]byte, fuse.Status) {
+	if len(buf) < r.size {
+		buf = make([]byte, r.size)
+	}
+	k, err := syscall.Pread(int(r.fd), buf[:r.size], r.off)
+	if err != nil {
+		return nil, fuse.ToStatus(err)
+	}
+	if k < r.size {
+		// the bytes were there when the read was answered
+		return nil, fuse.EIO
+	}
+	return buf[:k], fuse.OK
+}
+
+func (r *fileResult) Done() { r.h.Close() }
 
 // watchDownload makes sure that, if the object's download in progress
 // fails (a corrupt object), the kernel forgets the pages it cached from it:

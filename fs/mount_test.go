@@ -93,7 +93,7 @@ type mountOpts struct {
 
 // mount builds the real stack (file store, index, cache, view, fs) over the
 // objects already in storeDir and mounts it.
-func mount(t *testing.T, o mountOpts) *testMount {
+func mount(t testing.TB, o mountOpts) *testMount {
 	t.Helper()
 	testutil.RequireFUSE(t)
 	if o.storeDir == "" {
@@ -184,7 +184,7 @@ const (
 
 var missKey = "debian-12/aa/bb/sstate:sstate-probe-native:x86_64-linux:1.0:r0:x86_64:14:aabb" + h1[4:] + "_populate_sysroot.tar.zst"
 
-func writeStore(t *testing.T, dir, key string, data []byte) {
+func writeStore(t testing.TB, dir, key string, data []byte) {
 	t.Helper()
 	p := filepath.Join(dir, key)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {

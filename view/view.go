@@ -312,6 +312,11 @@ func (v *View) cacheObject(o Object) cache.Object {
 		SHA256: o.SHA256,
 		Name:   src,
 		Fetch: func(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+			if o.SHA256 != ([32]byte{}) {
+				// the cache verifies the digest: stores may skip their own
+				// checksums of the response
+				ctx = backend.WithSHA256(ctx, o.SHA256)
+			}
 			return v.store.Open(ctx, src, off, n)
 		},
 	}

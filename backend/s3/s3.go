@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -366,7 +365,13 @@ func (s *Store) Open(ctx context.Context, key string, offset, length int64) (io.
 		}
 		in.Range = &r
 	}
-	out, err := s.client.GetObject(ctx, in)
+	var optFns []func(*s3.Options)
+	if _, ok := backend.SHA256From(ctx); ok {
+		// The caller checks the object's SHA-256: no CRC pass of the SDK's
+		// over the same bytes.
+		optFns = append(optFns, func(o *s3.Options) { o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired })
+	}
+	out, err := s.client.GetObject(ctx, in, optFns...)
 	if err != nil {
 		if httpStatus(err) == http.StatusRequestedRangeNotSatisfiable {
 			// Reading at the end of the object (an empty one included)
@@ -551,10 +556,11 @@ func (s *Store) upload(ctx context.Context, op, key string, r io.Reader, size in
 		}
 		in.Body = rs
 		if sum, ok := backend.SHA256From(ctx); ok {
-			// The caller hashed the data already: sign with that digest and
-			// let the server check it, instead of two more passes (the
-			// SDK's SHA-256 and CRC32) over the body.
-			in.ChecksumSHA256 = aws.String(base64.StdEncoding.EncodeToString(sum[:]))
+			// The caller hashed the data already: sign with that digest
+			// instead of another pass over the body. The server checks the
+			// body against the signed digest and refuses a mismatch, so no
+			// checksum header (a second SHA-256 pass on the server) is
+			// needed.
 			optFns = append(optFns, knownPayloadHash(hex.EncodeToString(sum[:])))
 		}
 	} else {

@@ -645,3 +645,29 @@ func TestCreateWithKnownDigest(t *testing.T) {
 		t.Fatalf("a refused create left an object: %v", err)
 	}
 }
+
+// TestKnownDigestIsChecked: an upload signed with the digest the caller
+// computed is checked by the server against the body: a digest that does
+// not match the bytes fails the upload and leaves no object.
+func TestKnownDigestIsChecked(t *testing.T) {
+	env := testutil.S3Server(t)
+	useCreds(t, env)
+	s := newStore(t, envConfig(env, env.NewBucket(t), "p"))
+	data := randBytes(t, 100_000)
+	ctx := context.Background()
+	good := sha256.Sum256(data)
+	if err := s.Create(backend.WithSHA256(ctx, good), "a/good", bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatalf("create with the right digest: %v", err)
+	}
+	if got, err := readAll(t, s, "a/good", 0, -1); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back: %d bytes, %v", len(got), err)
+	}
+	bad := good
+	bad[0] ^= 1
+	if err := s.Create(backend.WithSHA256(ctx, bad), "a/bad", bytes.NewReader(data), int64(len(data))); err == nil {
+		t.Fatal("create with a digest that does not match the body succeeded")
+	}
+	if _, err := s.Stat(ctx, "a/bad"); !errors.Is(err, backend.ErrNotExist) {
+		t.Fatalf("after a refused upload: stat = %v, want not found", err)
+	}
+}

@@ -5,6 +5,9 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -30,7 +33,30 @@ Run "sstatefs COMMAND -h" for the flags of a command.
 `
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(profiled(func() int { return run(os.Args[1:]) }))
+}
+
+// profiled runs f, writing a CPU profile of the whole run to the file
+// SSTATEFS_CPUPROFILE names, if set ("%p" in it becomes the process id;
+// for `go tool pprof`, see bench/README.md).
+func profiled(f func() int) int {
+	p := os.Getenv("SSTATEFS_CPUPROFILE")
+	if p == "" {
+		return f()
+	}
+	p = strings.ReplaceAll(p, "%p", strconv.Itoa(os.Getpid()))
+	out, err := os.Create(p)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs: SSTATEFS_CPUPROFILE: %v\n", err)
+		return 1
+	}
+	defer out.Close()
+	if err := pprof.StartCPUProfile(out); err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs: SSTATEFS_CPUPROFILE: %v\n", err)
+		return 1
+	}
+	defer pprof.StopCPUProfile()
+	return f()
 }
 
 func run(args []string) int {

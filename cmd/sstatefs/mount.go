@@ -237,8 +237,10 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
 	}
-	if err := sfs.SetReadAhead(mp, sfs.ReadAheadKB); err != nil {
-		log.Debug("kernel read-ahead left at its default (needs root)", "error", err)
+	if ra := cfg.Mount.ReadAhead.Bytes; ra > 0 {
+		if err := sfs.SetReadAhead(mp, int((ra+1023)>>10)); err != nil {
+			log.Debug("kernel read-ahead left at its default (needs root)", "error", err)
+		}
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	go live.Run(rctx)
