@@ -248,6 +248,11 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		// Ranged GETs carry no checksum to validate; without this the SDK
 		// logs a line for each of them.
 		o.DisableLogOutputChecksumValidationSkipped = true
+		// No "Expect: 100-continue" on large uploads: it costs a round
+		// trip before every body of 2 MB or more, to spare sending the
+		// body when the server refuses it; sstate objects are nearly all
+		// new, and a refused body (412 of a create) is handled anyway.
+		o.ContinueHeaderThresholdBytes = -1
 	})
 	// The endpoint may also come from AWS_ENDPOINT_URL(_S3) or the profile.
 	if ep := aws.ToString(s.client.Options().BaseEndpoint); ep != "" {
