@@ -4,7 +4,9 @@ import (
 	"context"
 	"io"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -135,14 +137,39 @@ func (n *objectNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, 
 		h.Close()
 		return nil, n.fs.errno(ctx, "read", n.obj.Key, err)
 	}
+	if k > spliceMax() {
+		// too large for the pipe a splice goes through (go-fuse would
+		// try, fail and log): copy
+		defer h.Close()
+		got, err := f.ReadAt(dest[:k], off)
+		if got < k {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, n.fs.errno(ctx, "read", n.obj.Key, err)
+		}
+		return sliceResult(dest[:k]), 0
+	}
 	return &fileResult{h: h, fd: f.Fd(), off: off, size: k}, 0
 }
 
+// sliceResult is an answer in memory that go-fuse writes as it is (where
+// fuse.ReadResultData would first try, and for a read larger than a splice
+// pipe fail and log, to splice it).
+type sliceResult []byte
+
+func (r sliceResult) Bytes([]byte) ([]byte, fuse.Status) { return r, fuse.OK }
+func (r sliceResult) Size() int                          { return len(r) }
+func (r sliceResult) Done()                              {}
+func (r sliceResult) Slices() ([][]byte, fuse.Status)    { return [][]byte{r}, fuse.OK }
+
 // fileResult is the answer to a read: size bytes at off of a cache file
-// (verified, or of a download whose bytes up to there are). go-fuse splices
-// them from the file into the reply (no copy through this process), or
-// falls back to Bytes; Done, after the reply, releases the handle that
-// keeps the file open.
+// (verified, or of a download whose bytes up to there are), which go-fuse
+// splices from the file into the reply, with no copy through this process
+// (or copies with Bytes where splicing fails). Done, after the reply,
+// releases the handle that keeps the file open. The pipe a splice goes
+// through holds at most /proc/sys/fs/pipe-max-size (1 MiB by default)
+// with the reply's header: larger reads do not come here.
 type fileResult struct {
 	h    cache.Handle
 	fd   uintptr
@@ -152,6 +179,18 @@ type fileResult struct {
 
 // Seekable lets go-fuse splice from the file.
 func (r *fileResult) Seekable() (uintptr, int64, int) { return r.fd, r.off, r.size }
+
+// spliceMax is the largest read spliced: the pipe's limit less a page for
+// the reply header and one that go-fuse keeps free.
+var spliceMax = sync.OnceValue(func() int {
+	limit := 1 << 20
+	if b, err := os.ReadFile("/proc/sys/fs/pipe-max-size"); err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
+			limit = v
+		}
+	}
+	return limit - 2*os.Getpagesize()
+})
 
 func (r *fileResult) Size() int { return r.size }
 
@@ -254,7 +293,7 @@ func (h *objectHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.R
 	if err != nil && err != io.EOF {
 		return nil, h.node.fs.errno(ctx, "read", h.node.obj.Key, err)
 	}
-	return fuse.ReadResultData(dest[:n]), 0
+	return sliceResult(dest[:n]), 0
 }
 
 func (h *objectHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
@@ -381,7 +420,7 @@ func (n *localNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 	if en != 0 {
 		return nil, en
 	}
-	return fuse.ReadResultData(dest[:k]), 0
+	return sliceResult(dest[:k]), 0
 }
 
 func (n *localNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {

@@ -240,8 +240,11 @@ func MountOptions(mc MountConfig) *gofs.Options {
 			Debug:         mc.Debug,
 			DirectMount:   true, // root mounts without fusermount3; others fall back to it
 			MaxBackground: 64,
-			MaxWrite:      1 << 20, // 1 MiB reads and writes
-			MaxReadAhead:  1 << 20,
+			// Reads and writes of up to 1 MiB less two pages: a read's
+			// answer and its header then fit the pipe go-fuse splices it
+			// through (1 MiB by default).
+			MaxWrite:     1<<20 - 8<<10,
+			MaxReadAhead: 1 << 20,
 			// No default_permissions: the kernel passes every operation on
 			// (bitbake, not the owner, touches objects), and this FS decides.
 		},
@@ -325,10 +328,13 @@ func (w *whiteouts) saveLocked() error {
 
 func (w *whiteouts) close() error { return nil }
 
-// ReadAheadKB is the kernel read-ahead SetReadAhead gives a mount: the
+// ReadAheadKB is the kernel read-ahead a mount gets (SetReadAhead): the
 // kernel's default (128 KiB) splits a streamed object into many small READ
-// requests, each a round trip through this process.
-const ReadAheadKB = 1024
+// requests, each a round trip through this process; with 512 KiB a READ
+// still fits the pipe its answer is spliced through (1 MiB by default),
+// and the first bytes of a download reach the reader sooner than with
+// larger requests (measured with the benchmark: see BENCHMARKS.md).
+const ReadAheadKB = 512
 
 // SetReadAhead sets the kernel's read-ahead of the mount at mountpoint (its
 // backing device info in /sys/class/bdi; root only).

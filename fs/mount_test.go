@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,6 +79,25 @@ type testMount struct {
 	live     *index.Live
 	cache    *cache.Cache
 	server   interface{ Unmount() error }
+	fuseLog  *syncBuffer // what go-fuse logged
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 type mountOpts struct {
@@ -89,6 +109,8 @@ type mountOpts struct {
 	// daemonOpens answers opens in the FS (passthrough) instead of
 	// letting the kernel open files itself
 	daemonOpens bool
+	// readAheadKB is the mount's read-ahead (0: sfs.ReadAheadKB)
+	readAheadKB int
 }
 
 // mount builds the real stack (file store, index, cache, view, fs) over the
@@ -144,14 +166,22 @@ func mount(t testing.TB, o mountOpts) *testMount {
 	}
 	mp := t.TempDir()
 	opts := sfs.MountOptions(sfs.MountConfig{Debug: testing.Verbose() && os.Getenv("SSTATEFS_FUSE_DEBUG") != ""})
+	fuseLog := &syncBuffer{}
+	if !opts.Debug {
+		opts.Logger = log.New(fuseLog, "", 0)
+		opts.MountOptions.Logger = opts.Logger
+	}
 	server, err := gofs.Mount(mp, root, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sfs.SetReadAhead(mp, sfs.ReadAheadKB); err != nil {
+	if o.readAheadKB == 0 {
+		o.readAheadKB = sfs.ReadAheadKB
+	}
+	if err := sfs.SetReadAhead(mp, o.readAheadKB); err != nil {
 		t.Errorf("read-ahead: %v", err)
 	}
-	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, cache: c, server: server}
+	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, cache: c, server: server, fuseLog: fuseLog}
 	t.Cleanup(func() {
 		fault.down.Store(false)
 		if err := server.Unmount(); err != nil {
@@ -806,12 +836,23 @@ func TestStreamingLargeObjectExact(t *testing.T) {
 // read and write correctly, including O_TRUNC and O_APPEND; with
 // DaemonOpens every open reaches sstatefs and the reads are the same.
 func TestKernelOpensKeepPages(t *testing.T) {
-	for _, daemon := range []bool{false, true} {
-		t.Run(fmt.Sprintf("daemonOpens=%v", daemon), func(t *testing.T) {
+	for _, c := range []struct {
+		daemon bool
+		ra     int
+	}{{false, 0}, {false, 1024}, {true, 0}} {
+		daemon := c.daemon
+		t.Run(fmt.Sprintf("daemonOpens=%v,readAhead=%d", daemon, c.ra), func(t *testing.T) {
 			storeDir := t.TempDir()
 			data := rnd(3 << 20)
 			writeStore(t, storeDir, pkgKey, data)
-			m := mount(t, mountOpts{storeDir: storeDir, daemonOpens: daemon})
+			m := mount(t, mountOpts{storeDir: storeDir, daemonOpens: daemon, readAheadKB: c.ra})
+			defer func() {
+				// reads larger than a splice pipe are copied, not tried
+				// and failed (go-fuse would log each failure)
+				if l := m.fuseLog.String(); strings.Contains(l, "trySplice") {
+					t.Errorf("go-fuse failed to splice replies:\n%s", l)
+				}
+			}()
 			p := filepath.Join(m.dir, pkgKey)
 			var first cache.Stats
 			for i := range 3 {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	sfs "github.com/sstatefs/sstatefs/fs"
 )
 
 // Config is the whole configuration: defaults, then the TOML file, then
@@ -224,7 +226,7 @@ func Defaults() Config {
 	return Config{
 		Stores: []StoreConfig{{URL: "file://" + filepath.Join(DataDir(), "store")}},
 		Cache:  CacheConfig{Dir: CacheDir(), Size: Size{Bytes: 20 << 30}},
-		Mount:  MountConfig{ReadAhead: Size{Bytes: 1 << 20}},
+		Mount:  MountConfig{ReadAhead: Size{Bytes: sfs.ReadAheadKB << 10}},
 		Index: IndexConfig{
 			RefreshInterval: Duration{Duration: time.Minute},
 			NegativeTTL:     Duration{Duration: time.Minute},
@@ -543,7 +545,7 @@ func newConfigFlags(fs *flag.FlagSet) *configFlags {
 	boolean("hashserv-read-only", "the hash equivalence server answers reports without recording them (like bitbake's --read-only server)", func(c *Config, v bool) { c.Hashserv.ReadOnly = v })
 	boolean("mount-daemon-opens", "answer every open in sstatefs (one round trip per open, FUSE passthrough of cached objects) instead of letting the kernel open files itself", func(c *Config, v bool) { c.Mount.DaemonOpens = v })
 	boolean("mount-no-passthrough", "with --mount-daemon-opens: serve reads of cached objects from sstatefs instead of FUSE passthrough", func(c *Config, v bool) { c.Mount.NoPassthrough = v })
-	text("mount-read-ahead", "kernel read-ahead of the mount, the size of streamed READ requests (default 1MiB; 0: the kernel's 128KiB)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Mount.ReadAhead })
+	text("mount-read-ahead", "kernel read-ahead of the mount, the size of streamed READ requests (default 512KiB; 0: the kernel's 128KiB)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Mount.ReadAhead })
 	str("mount-ready-file", "file created once the mount is up and its index loaded (readiness gate)", func(c *Config, v string) { c.Mount.ReadyFile = v })
 	str("ready-file", "same as --mount-ready-file", func(c *Config, v string) { c.Mount.ReadyFile = v })
 	str("metrics-addr", "serve /metrics, /healthz, /readyz and /status on host:port (off by default)", func(c *Config, v string) { c.Metrics.Addr = v })

@@ -230,9 +230,15 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		EntryTimeout:    cfg.Index.RefreshInterval.Duration,
 		NegativeTimeout: min(cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
 	})
+	// go-fuse's messages (the server's and the node bridge's) go to the
+	// log: every request at debug level with --mount-debug, otherwise
+	// only what goes wrong, as warnings
+	level := slog.LevelWarn
 	if cfg.Mount.Debug {
-		opts.Logger = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+		level = slog.LevelDebug
 	}
+	opts.Logger = slog.NewLogLogger(log.Handler(), level)
+	opts.MountOptions.Logger = opts.Logger
 	server, err := gofs.Mount(mp, root, opts)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
