@@ -133,6 +133,13 @@ func Open(opt Options) (*Queue, error) {
 			return nil, fmt.Errorf("upload queue: %w", err)
 		}
 	}
+	// what a crash left half-written (the mount holding the cache
+	// directory's lock is the queue's only user)
+	if tmps, err := os.ReadDir(filepath.Join(q.dir, "tmp")); err == nil {
+		for _, de := range tmps {
+			os.Remove(filepath.Join(q.dir, "tmp", de.Name()))
+		}
+	}
 	ents, err := os.ReadDir(filepath.Join(q.dir, "entries"))
 	if err != nil {
 		return nil, fmt.Errorf("upload queue: %w", err)
@@ -215,9 +222,16 @@ func (q *Queue) Enqueue(key, path string) error {
 		return fmt.Errorf("enqueue %s: %w", key, err)
 	}
 	e := &Entry{Key: key, Data: name, Size: fi.Size(), ModTime: fi.ModTime(), State: Pending, Enqueued: q.now()}
+	// the entry is written outside the lock; only its rename into place
+	// is serialised with the other changes of the queue
+	tmpEntry, err := q.writeEntry(e)
+	if err != nil {
+		os.Remove(data)
+		return err
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if err := q.saveLocked(e); err != nil {
+	if err := q.placeEntry(tmpEntry, e); err != nil {
 		os.Remove(data)
 		return err
 	}
@@ -249,15 +263,33 @@ func copyFile(src, dst string) error {
 
 // saveLocked writes the entry atomically.
 func (q *Queue) saveLocked(e *Entry) error {
-	b, err := json.Marshal(e)
+	tmp, err := q.writeEntry(e)
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(q.dir, "tmp", idFor(e.Key)+".json")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("upload queue: %w", err)
+	return q.placeEntry(tmp, e)
+}
+
+// writeEntry writes e to a new temp file (no lock needed) and returns its
+// path, for placeEntry.
+func (q *Queue) writeEntry(e *Entry) (string, error) {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return "", err
 	}
+	tmp := filepath.Join(q.dir, "tmp", fmt.Sprintf("%s.%x.json", idFor(e.Key), rand.Uint64()))
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("upload queue: %w", err)
+	}
+	return tmp, nil
+}
+
+// placeEntry renames an entry written by writeEntry into place (with q.mu
+// held, so that entries of one key replace each other in order).
+func (q *Queue) placeEntry(tmp string, e *Entry) error {
 	if err := os.Rename(tmp, q.entryPath(e.Key)); err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("upload queue: %w", err)
 	}
 	return nil
@@ -397,8 +429,8 @@ func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 			if _, err := io.Copy(h, f); err != nil {
 				return err
 			}
+			// kept in memory only: after a restart it is computed again
 			e.SHA256 = hex.EncodeToString(h.Sum(nil))
-			q.update(e)
 		}
 		var sum [32]byte
 		if b, err := hex.DecodeString(e.SHA256); err == nil && len(b) == 32 {
@@ -455,13 +487,21 @@ func (q *Queue) sameAsStore(ctx context.Context, e *Entry) (bool, error) {
 }
 
 func (q *Queue) update(e *Entry) {
+	tmp, err := q.writeEntry(e)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if cur, ok := q.entries[e.Key]; ok && cur.Data == e.Data {
 		*cur = *e
-		if err := q.saveLocked(cur); err != nil {
+		if err == nil {
+			err = q.placeEntry(tmp, cur)
+		}
+		if err != nil {
 			q.log.Error("upload queue: saving entry", "object", e.Key, "error", err)
 		}
+		return
+	}
+	if err == nil {
+		os.Remove(tmp) // a newer generation replaced this one
 	}
 }
 

@@ -202,9 +202,16 @@ func TestResumeAfterRestart(t *testing.T) {
 	if err := q.Enqueue(key, e.file(t, "a", data)); err != nil {
 		t.Fatal(err)
 	}
+	// a crash in the middle of writing an entry or linking data leaves
+	// temp files: a restart clears them
+	torn := filepath.Join(e.dir, "tmp", idFor(key)+".1234.json")
+	os.WriteFile(torn, []byte("{half"), 0o600)
 	q2 := e.open(t)
 	if q2.Len() != 1 {
 		t.Fatalf("restarted queue has %d entries", q2.Len())
+	}
+	if _, err := os.Stat(torn); !os.IsNotExist(err) {
+		t.Errorf("half-written temp file kept after a restart: %v", err)
 	}
 	run(t, q2)
 	if left := drain(t, q2, 10*time.Second); len(left) != 0 {
