@@ -58,7 +58,10 @@ func readAllStream(ctx context.Context, h Handle) ([]byte, error) {
 		out = append(out, buf[:n]...)
 		off += int64(n)
 		if err == io.EOF {
-			return out, nil
+			// the end is served once verified, maybe before the download
+			// has filed the object: wait, so the test ends with no work
+			// left behind in its directory
+			return out, h.Wait()
 		}
 		if err != nil {
 			return out, err

@@ -103,9 +103,15 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	}
 	out.Attr = *attr
 	out.Attr.Ino = sa.Ino
-	if _, ok := node.(*objectNode); ok {
+	switch node.(type) {
+	case *objectNode:
 		out.SetEntryTimeout(d.fs.objectTimeout)
 		out.SetAttrTimeout(d.fs.objectTimeout)
+	case *dirNode:
+		// A directory stays one: changes made through the mount are seen
+		// by the kernel, and one that the store no longer fills shows
+		// empty, which is harmless.
+		out.SetEntryTimeout(d.fs.objectTimeout)
 	}
 	return d.NewInode(ctx, node, sa), 0
 }

@@ -60,9 +60,9 @@ type Options struct {
 	// this process instead of letting the kernel read the cache file.
 	NoPassthrough bool
 	// ObjectTimeout is how long the kernel may keep a store object's name
-	// and attributes without asking again: objects never change, so only
-	// an object deleted from the store by other means can be seen late.
-	// Zero: one hour.
+	// and attributes, and a directory's name, without asking again:
+	// objects never change, so only an object deleted from the store by
+	// other means can be seen late. Zero: one hour.
 	ObjectTimeout time.Duration
 	// Prefetch says when a store object is fetched ahead of its open:
 	// PrefetchOnTouch (bitbake touches every object it is going to use

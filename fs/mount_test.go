@@ -80,6 +80,7 @@ type testMount struct {
 	cache    *cache.Cache
 	server   interface{ Unmount() error }
 	fuseLog  *syncBuffer // what go-fuse logged
+	fs       *sfs.FS
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
@@ -111,6 +112,8 @@ type mountOpts struct {
 	daemonOpens bool
 	// readAheadKB is the mount's read-ahead (0: sfs.ReadAheadKB)
 	readAheadKB int
+	// debugLog has go-fuse log every request into fuseLog
+	debugLog bool
 }
 
 // mount builds the real stack (file store, index, cache, view, fs) over the
@@ -170,6 +173,7 @@ func mount(t testing.TB, o mountOpts) *testMount {
 	if !opts.Debug {
 		opts.Logger = log.New(fuseLog, "", 0)
 		opts.MountOptions.Logger = opts.Logger
+		opts.Debug = o.debugLog
 	}
 	server, err := gofs.Mount(mp, root, opts)
 	if err != nil {
@@ -181,7 +185,7 @@ func mount(t testing.TB, o mountOpts) *testMount {
 	if err := sfs.SetReadAhead(mp, o.readAheadKB); err != nil {
 		t.Errorf("read-ahead: %v", err)
 	}
-	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, cache: c, server: server, fuseLog: fuseLog}
+	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, cache: c, server: server, fuseLog: fuseLog, fs: f}
 	t.Cleanup(func() {
 		fault.down.Store(false)
 		if err := server.Unmount(); err != nil {
@@ -1020,4 +1024,41 @@ func TestOverlayNamesFollowChanges(t *testing.T) {
 	m.unmount(t)
 	m2 := mount(t, mountOpts{storeDir: storeDir, cacheDir: cacheDir})
 	check(m2, "new mount")
+}
+
+// TestWarmDirs: after WarmDirs the kernel knows every store directory, so
+// a stat of an object costs one lookup (of its own name), not one per
+// directory level; a store with more directories than the limit is left
+// alone.
+func TestWarmDirs(t *testing.T) {
+	storeDir := t.TempDir()
+	keys := []string{
+		"aa/bb/sstate:a::1:r0::14:aabb000000000000000000000000000000000000000000000000000000000000_populate_lic.tar.zst",
+		"cc/dd/sstate:c::1:r0::14:ccdd000000000000000000000000000000000000000000000000000000000000_populate_lic.tar.zst",
+		pkgKey, // debian-12/c3/69/...
+	}
+	for _, k := range keys {
+		writeStore(t, storeDir, k, []byte("x"))
+	}
+	m := mount(t, mountOpts{storeDir: storeDir, debugLog: true})
+	if n, err := m.fs.WarmDirs(m.dir, 6); err != nil || n != 0 {
+		t.Fatalf("WarmDirs over its limit = %d, %v; want 0 (left alone)", n, err)
+	}
+	n, err := m.fs.WarmDirs(m.dir, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// aa aa/bb cc cc/dd debian-12 debian-12/c3 debian-12/c3/69
+	if n != 7 {
+		t.Fatalf("WarmDirs showed %d directories, want 7", n)
+	}
+	before := strings.Count(m.fuseLog.String(), ": LOOKUP ")
+	for _, k := range keys {
+		if _, err := os.Stat(filepath.Join(m.dir, k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := strings.Count(m.fuseLog.String(), ": LOOKUP ") - before; got != len(keys) {
+		t.Errorf("%d lookups for %d objects in warmed directories, want one each", got, len(keys))
+	}
 }

@@ -231,11 +231,12 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		NegativeTimeout: min(cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
 	})
 	// go-fuse's messages (the server's and the node bridge's) go to the
-	// log: every request at debug level with --mount-debug, otherwise
-	// only what goes wrong, as warnings
+	// log: every request with --mount-debug (at info level, so that they
+	// show whatever --log-level says), otherwise only what goes wrong, as
+	// warnings
 	level := slog.LevelWarn
 	if cfg.Mount.Debug {
-		level = slog.LevelDebug
+		level = slog.LevelInfo
 	}
 	opts.Logger = slog.NewLogLogger(log.Handler(), level)
 	opts.MountOptions.Logger = opts.Logger
@@ -287,6 +288,12 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		m.metrics = ln.Addr().String()
 		log.Info("serving metrics and health", "addr", m.metrics, "paths", "/metrics /healthz /readyz /status")
 		go serveHTTP(rctx, ln, obs.handler(), log)
+	}
+	warmStart := time.Now()
+	if n, err := f.WarmDirs(mp, sfs.WarmDirsMax); err != nil {
+		log.Warn("could not list the store's directories ahead of the build", "error", err)
+	} else if n > 0 {
+		log.Debug("store directories shown to the kernel", "dirs", n, "took", time.Since(warmStart).Round(time.Millisecond))
 	}
 	obs.ready.Store(true)
 	if m.readyFile != "" {
