@@ -43,6 +43,14 @@ const (
 	chunkWorkers     = 4
 )
 
+// Buffers of the fetch and hash loops, reused: a restore downloads
+// thousands of objects, and fresh buffers cost an allocation, zeroing and
+// garbage collection each.
+var (
+	fetchBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+	hashBufs  = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+)
+
 // ErrFetchFailed wraps download failures seen by streaming readers.
 var ErrFetchFailed = errors.New("download failed")
 
@@ -257,7 +265,9 @@ func (c *Cache) fetchChunk(ctx context.Context, d *download, i int, inline bool)
 	if inline && d.obj.SHA256 != ([32]byte{}) {
 		h = sha256.New()
 	}
-	buf := make([]byte, 256<<10)
+	bp := fetchBufs.Get().(*[]byte)
+	defer fetchBufs.Put(bp)
+	buf := *bp
 	var got int64
 	for got < length {
 		k, err := rc.Read(buf[:min(int64(len(buf)), length-got)])
@@ -314,7 +324,9 @@ func (d *download) hash(ctx context.Context) error {
 	if d.obj.SHA256 != ([32]byte{}) {
 		h = sha256.New()
 	}
-	buf := make([]byte, 1<<20)
+	bp := hashBufs.Get().(*[]byte)
+	defer hashBufs.Put(bp)
+	buf := *bp
 	var pos int64
 	for pos < d.size {
 		i := int(pos / d.chunk)
