@@ -371,18 +371,23 @@ func (c *Cache) file(d *download) error {
 	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
-	if err := os.Rename(d.tmp.Name(), final); err != nil {
-		return fmt.Errorf("cache: %w", err)
-	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if old, ok := c.lru.Peek(d.obj.ID); ok {
+		c.lru.Remove(d.obj.ID)
 		c.bytes -= old
 	}
-	c.lru.Add(d.obj.ID, d.size)
+	// Make room before the object appears, so that the cache never holds
+	// more than its bound, not even while one is filed (readers may have
+	// had its last byte already).
 	c.bytes += d.size
+	c.evictLocked("")
+	if err := os.Rename(d.tmp.Name(), final); err != nil {
+		c.bytes -= d.size
+		return fmt.Errorf("cache: %w", err)
+	}
+	c.lru.Add(d.obj.ID, d.size)
 	c.verified[d.obj.ID] = true
-	c.evictLocked(d.obj.ID)
-	c.mu.Unlock()
 	return nil
 }
 
