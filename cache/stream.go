@@ -211,7 +211,7 @@ func (c *Cache) fetchChunks(ctx context.Context, d *download) error {
 	close(next)
 	if n == 1 {
 		// one request: hash the bytes as they arrive, no read back
-		return c.fetchChunk(ctx, d, 0, true)
+		return c.fetchChunk(ctx, d, 0, true, nil)
 	}
 	errs := make(chan error, chunkWorkers+1)
 	var wg sync.WaitGroup
@@ -219,12 +219,25 @@ func (c *Cache) fetchChunks(ctx context.Context, d *download) error {
 	if d.size <= d.chunk {
 		workers = 1
 	}
-	for range workers {
+	// The first chunk goes first: its request gets the connection that is
+	// already open and, for a moment, all the bandwidth, so that the
+	// reader's first bytes come as soon as they can; the other workers
+	// start once its answer has begun.
+	first := make(chan struct{})
+	var firstOnce sync.Once
+	begun := func() { firstOnce.Do(func() { close(first) }) }
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if w > 0 {
+				select {
+				case <-first:
+				case <-ctx.Done():
+				}
+			}
 			for i := range next {
-				if err := c.fetchChunk(ctx, d, i, false); err != nil {
+				if err := c.fetchChunk(ctx, d, i, false, begun); err != nil {
 					errs <- err
 					cancel()
 					d.mu.Lock()
@@ -246,8 +259,9 @@ func (c *Cache) fetchChunks(ctx context.Context, d *download) error {
 
 // fetchChunk writes chunk i from a ranged read, reporting progress. With
 // inline (an object of one chunk) it also hashes the bytes as they arrive
-// and checks the digest, instead of leaving that to d.hash.
-func (c *Cache) fetchChunk(ctx context.Context, d *download, i int, inline bool) error {
+// and checks the digest, instead of leaving that to d.hash. begun, if not
+// nil, is called once the read has been answered (or has failed).
+func (c *Cache) fetchChunk(ctx context.Context, d *download, i int, inline bool, begun func()) error {
 	start, length := d.chunkRange(i)
 	if d.size == 0 {
 		length = 0
@@ -257,6 +271,9 @@ func (c *Cache) fetchChunk(ctx context.Context, d *download, i int, inline bool)
 		ask = -1 // the last chunk reads to the end: an object that grew is noticed
 	}
 	rc, err := d.obj.Fetch(ctx, start, ask)
+	if begun != nil {
+		begun()
+	}
 	if err != nil {
 		return err
 	}
