@@ -1062,3 +1062,39 @@ func TestWarmDirs(t *testing.T) {
 		t.Errorf("%d lookups for %d objects in warmed directories, want one each", got, len(keys))
 	}
 }
+
+// TestAbsentLayoutDirs: with a fresh index and no equivalences, a layout
+// directory the store does not have is absent, so the kernel answers the
+// names bitbake checks below it without asking; it can still be created
+// through the mount, and a mount without an index shows it (names there
+// are probed).
+func TestAbsentLayoutDirs(t *testing.T) {
+	storeDir := t.TempDir()
+	writeStore(t, storeDir, pkgKey, []byte("pkg"))
+	absent := "ee/ff/sstate:x::1:r0::14:eeff000000000000000000000000000000000000000000000000000000000000_populate_lic.tar.zst"
+	m := mount(t, mountOpts{storeDir: storeDir, debugLog: true})
+	before := strings.Count(m.fuseLog.String(), ": LOOKUP ")
+	for _, suffix := range []string{"", ".sig", ".siginfo"} {
+		if _, err := os.Stat(filepath.Join(m.dir, absent+suffix)); !errors.Is(err, syscall.ENOENT) {
+			t.Fatalf("stat %s = %v, want ENOENT", absent+suffix, err)
+		}
+	}
+	// the store has no ee/ at all: one lookup, then the kernel knows
+	if got := strings.Count(m.fuseLog.String(), ": LOOKUP ") - before; got != 1 {
+		t.Errorf("%d lookups for three names in an absent directory, want 1", got)
+	}
+	if err := os.MkdirAll(filepath.Join(m.dir, "ee/ff"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(m.dir, absent), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(m.dir, absent)); err != nil || string(got) != "new" {
+		t.Fatalf("file in a created layout directory = %q, %v", got, err)
+	}
+
+	m2 := mount(t, mountOpts{storeDir: t.TempDir(), noIndex: true})
+	if fi, err := os.Stat(filepath.Join(m2.dir, "ee/ff")); err != nil || !fi.IsDir() {
+		t.Fatalf("without an index, layout directory ee/ff = %v, %v; want a directory", fi, err)
+	}
+}

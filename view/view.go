@@ -191,7 +191,15 @@ var errNotExist = fmt.Errorf("answered from the index: %w", backend.ErrNotExist)
 
 // IsDir reports whether dir ("" is the root) is a directory of the store:
 // one the index knows, or one of the SSTATE_DIR layout: ab/, ab/cd/,
-// <NATIVELSBSTRING>/, <NATIVELSBSTRING>/ab/ and .../ab/cd/.
+// <NATIVELSBSTRING>/, <NATIVELSBSTRING>/ab/ and .../ab/cd/. A layout
+// directory the index does not know is absent while the index is fresh and
+// has no hash equivalences: nothing can be in it then, and the kernel,
+// told so once, answers every name below it without asking (bitbake
+// checks three names for every object it wants, and in a store of a few
+// thousand objects the directory of a missing one is almost always
+// missing too). With equivalences a name in any directory may resolve to
+// an object elsewhere, and without a fresh index names are probed: then
+// every layout directory exists.
 func (v *View) IsDir(dir string) bool {
 	if dir == "" {
 		return true
@@ -199,12 +207,16 @@ func (v *View) IsDir(dir string) bool {
 	if backend.IsMeta(dir+"/") || dir+"/" == backend.MetaPrefix {
 		return false
 	}
-	// Every directory of the SSTATE_DIR layout exists, also where the index
-	// has no object: a name resolved through hash equivalence lives in the
-	// directory of its taskhash, and bitbake's mkdir answers EEXIST anyway.
-	if ix := v.index.Current(); ix != nil && ix.IsDir(dir) {
+	ix := v.index.Current()
+	if ix != nil && ix.IsDir(dir) {
 		return true
 	}
+	if ix != nil && ix.NumEquivalences() == 0 && v.index.Fresh() {
+		return false
+	}
+	// Otherwise every directory of the SSTATE_DIR layout exists, also where
+	// the index has no object: a name resolved through hash equivalence
+	// lives in the directory of its taskhash.
 	parts := strings.Split(dir, "/")
 	if sstate.IsNativeDir(parts[0]) {
 		parts = parts[1:]
