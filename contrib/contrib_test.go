@@ -32,6 +32,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"go.yaml.in/yaml/v2"
+
+	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
 const (
@@ -1230,7 +1232,7 @@ echo "store-object-owner=$(stat -c %u "$SSTATE_DIR/$2") $(cat "$SSTATE_DIR/$2")"
 			`trap 'echo got-TERM; exit 143' TERM; echo started; while :; do sleep 0.1; done`)
 		cmd.Env = cleanEnv(append(s.env("SSTATEFS_BUILD_USER=nobody"), "PATH="+filepath.Dir(bin)+":"+os.Getenv("PATH"))...)
 		cmd.Dir = "/"
-		var out syncBuffer
+		var out testutil.SyncBuffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -1308,22 +1310,6 @@ func hashservPing(t *testing.T, sock string) string {
 	return line
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // ---- the unit's privileges, for real --------------------------------------
 
@@ -1358,7 +1344,7 @@ func TestSystemdUnitPrivileges(t *testing.T) {
 		}
 		argv = append(argv, s.mnt)
 		cmd := exec.Command("setpriv", argv...)
-		var log syncBuffer
+		var log testutil.SyncBuffer
 		cmd.Stdout, cmd.Stderr = &log, &log
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -79,27 +79,10 @@ type testMount struct {
 	live     *index.Live
 	cache    *cache.Cache
 	server   interface{ Unmount() error }
-	fuseLog  *syncBuffer // what go-fuse logged
+	fuseLog  *testutil.SyncBuffer // what go-fuse logged
 	fs       *sfs.FS
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type mountOpts struct {
 	noIndex    bool
@@ -169,7 +152,7 @@ func mount(t testing.TB, o mountOpts) *testMount {
 	}
 	mp := t.TempDir()
 	opts := sfs.MountOptions(sfs.MountConfig{Debug: testing.Verbose() && os.Getenv("SSTATEFS_FUSE_DEBUG") != ""})
-	fuseLog := &syncBuffer{}
+	fuseLog := &testutil.SyncBuffer{}
 	if !opts.Debug {
 		opts.Logger = log.New(fuseLog, "", 0)
 		opts.MountOptions.Logger = opts.Logger
