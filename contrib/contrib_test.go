@@ -1310,7 +1310,6 @@ func hashservPing(t *testing.T, sock string) string {
 	return line
 }
 
-
 // ---- the unit's privileges, for real --------------------------------------
 
 // TestSystemdUnitPrivileges mounts with exactly the unit's capability

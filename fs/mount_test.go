@@ -83,7 +83,6 @@ type testMount struct {
 	fs       *sfs.FS
 }
 
-
 type mountOpts struct {
 	noIndex    bool
 	cacheBytes int64
