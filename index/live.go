@@ -263,12 +263,13 @@ func (l *Live) refreshLocked(ctx context.Context) error {
 		}
 		src := ix.Sources()
 		attrs := []slog.Attr{slog.String("store", l.store.Location()), slog.Int("objects", ix.Len()),
-			slog.Int("equivalences", ix.NumEquivalences()),
+			slog.Int64("bytes", ix.TotalSize()), slog.Int("equivalences", ix.NumEquivalences()),
 			slog.Time("created", ix.Created()), slog.Int("segments", src.Applied),
 			slog.Bool("complete", src.Complete)}
 		if src.Invalid > 0 {
 			attrs = append(attrs, slog.Int("invalid_equivalences", src.Invalid))
 		}
+		attrs = append(attrs, slog.Duration("took", l.now().Sub(start).Round(time.Millisecond)))
 		l.log.LogAttrs(ctx, level, "index loaded", attrs...)
 	}
 	return nil

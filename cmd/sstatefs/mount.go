@@ -150,11 +150,9 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		return nil, err
 	}
 	live := index.NewLive(store, index.LiveOptions{Interval: cfg.Index.RefreshInterval.Duration, MaxAge: cfg.Index.MaxAge.Duration, Logger: log})
-	start := time.Now()
 	switch err := live.LoadOnce(ctx); {
 	case err == nil:
-		ix := live.Current()
-		log.Info("index loaded", "store", store.Location(), "objects", ix.Len(), "bytes", ix.TotalSize(), "took", time.Since(start).Round(time.Millisecond))
+		// the live index logged it, with its size and how long it took
 	case errors.Is(err, index.ErrNoIndex):
 		log.Info("store has no index: lookups probe the store", "store", store.Location(), "negative_ttl", cfg.Index.NegativeTTL.Duration)
 	default:
