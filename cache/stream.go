@@ -204,21 +204,18 @@ func (c *Cache) fetchChunks(ctx context.Context, d *download) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	n := d.chunks()
+	if n == 1 {
+		// one request: hash the bytes as they arrive, no read back
+		return c.fetchChunk(ctx, d, 0, true, nil)
+	}
 	next := make(chan int, n)
 	for i := range n {
 		next <- i
 	}
 	close(next)
-	if n == 1 {
-		// one request: hash the bytes as they arrive, no read back
-		return c.fetchChunk(ctx, d, 0, true, nil)
-	}
 	errs := make(chan error, chunkWorkers+1)
 	var wg sync.WaitGroup
 	workers := min(chunkWorkers, n)
-	if d.size <= d.chunk {
-		workers = 1
-	}
 	// The first chunk goes first: its request gets the connection that is
 	// already open and, for a moment, all the bandwidth, so that the
 	// reader's first bytes come as soon as they can; the other workers

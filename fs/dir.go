@@ -203,16 +203,14 @@ func (f *FS) ensureDir(key string) error {
 			continue // made through the mount already: no syscall
 		}
 		p := f.overlayPath(k)
-		err := syscall.Mkdir(p, 0o775)
-		if err == nil || errors.Is(err, syscall.EEXIST) {
-			f.names.add(k)
-		}
-		switch {
+		switch err := syscall.Mkdir(p, 0o775); {
 		case err == nil:
+			f.names.add(k)
 			if os.Getuid() == 0 {
 				f.chown(p, int(f.uid), int(f.gid))
 			}
 		case errors.Is(err, syscall.EEXIST):
+			f.names.add(k)
 		default:
 			return err
 		}

@@ -153,6 +153,18 @@ func (n *objectNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, 
 	return &fileResult{h: h, fd: f.Fd(), off: off, size: k}, 0
 }
 
+// spliceMax is the largest read spliced: the pipe's limit less a page for
+// the reply header and one that go-fuse keeps free.
+var spliceMax = sync.OnceValue(func() int {
+	limit := 1 << 20
+	if b, err := os.ReadFile("/proc/sys/fs/pipe-max-size"); err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
+			limit = v
+		}
+	}
+	return limit - 2*os.Getpagesize()
+})
+
 // sliceResult is an answer in memory that go-fuse writes as it is (where
 // fuse.ReadResultData would first try, and for a read larger than a splice
 // pipe fail and log, to splice it).
@@ -179,18 +191,6 @@ type fileResult struct {
 
 // Seekable lets go-fuse splice from the file.
 func (r *fileResult) Seekable() (uintptr, int64, int) { return r.fd, r.off, r.size }
-
-// spliceMax is the largest read spliced: the pipe's limit less a page for
-// the reply header and one that go-fuse keeps free.
-var spliceMax = sync.OnceValue(func() int {
-	limit := 1 << 20
-	if b, err := os.ReadFile("/proc/sys/fs/pipe-max-size"); err == nil {
-		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
-			limit = v
-		}
-	}
-	return limit - 2*os.Getpagesize()
-})
 
 func (r *fileResult) Size() int { return r.size }
 

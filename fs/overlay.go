@@ -85,9 +85,3 @@ func (o *overlayNames) removeTree(key string) {
 	}
 	o.mu.Unlock()
 }
-
-func (o *overlayNames) len() int {
-	o.mu.RLock()
-	defer o.mu.RUnlock()
-	return len(o.names)
-}
