@@ -19,6 +19,7 @@ import (
 // the overlay, or both.
 type dirNode struct {
 	gofs.Inode
+	noXattrs
 	fs *FS
 }
 

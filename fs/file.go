@@ -21,6 +21,7 @@ import (
 // objectNode is an object of the store: read-only content, fetched on open.
 type objectNode struct {
 	gofs.Inode
+	noXattrs
 	fs  *FS
 	obj view.Object
 
@@ -319,6 +320,7 @@ func (h *objectHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { 
 // localNode is a file or symlink of the overlay.
 type localNode struct {
 	gofs.Inode
+	noXattrs
 	fs *FS
 }
 

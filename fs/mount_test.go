@@ -1080,3 +1080,43 @@ func TestAbsentLayoutDirs(t *testing.T) {
 		t.Fatalf("without an index, layout directory ee/ff = %v, %v; want a directory", fi, err)
 	}
 }
+
+// TestNoXattrs: the mount has no extended attributes, says so with ENOTSUP
+// like any file system without them, and the kernel, told once, stops
+// asking: small writes through the mount cost one WRITE each, not a
+// GETXATTR of security.capability too.
+func TestNoXattrs(t *testing.T) {
+	storeDir := t.TempDir()
+	writeStore(t, storeDir, pkgKey, []byte("pkg"))
+	m := mount(t, mountOpts{storeDir: storeDir, debugLog: true})
+	obj := filepath.Join(m.dir, pkgKey)
+	if _, err := unix.Getxattr(obj, "user.x", make([]byte, 64)); !errors.Is(err, syscall.ENOTSUP) {
+		t.Errorf("getxattr of an object = %v, want ENOTSUP", err)
+	}
+	if _, err := unix.Listxattr(filepath.Dir(obj), make([]byte, 64)); !errors.Is(err, syscall.ENOTSUP) {
+		t.Errorf("listxattr of a directory = %v, want ENOTSUP", err)
+	}
+	local := filepath.Join(filepath.Dir(obj), "new")
+	f, err := os.Create(local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fsetxattr(int(f.Fd()), "user.x", []byte("v"), 0); !errors.Is(err, syscall.ENOTSUP) {
+		t.Errorf("setxattr of a created file = %v, want ENOTSUP", err)
+	}
+	want := rnd(100 * 4096)
+	for off := 0; off < len(want); off += 4096 {
+		if _, err := f.Write(want[off : off+4096]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(local); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("created file reads back %d bytes, %v; want the %d written", len(got), err, len(want))
+	}
+	if n := strings.Count(m.fuseLog.String(), ": GETXATTR "); n > 1 {
+		t.Errorf("%d GETXATTR requests for 100 writes, the first getxattr and nothing more wanted", n)
+	}
+}
