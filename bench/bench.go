@@ -24,6 +24,7 @@ type Env struct {
 	Proxy       *Proxy
 	Bucket      string
 	Direct      *s3.Client // to versitygw itself, not through the proxy: setup and polling
+	Arrivals    *Arrivals  // versitygw's events: when each object was stored
 	LocalDir    string     // the local copy of the store
 	EmptyConfig string     // an empty sstatefs config, so no /etc/sstatefs/sstatefs.toml applies
 }
@@ -224,7 +225,13 @@ func (b *Bench) setup(ctx context.Context, vgw string) (*Env, error) {
 	if o.AccessLog {
 		accessLog = filepath.Join(work, "versitygw-access.log")
 	}
-	srv, err := StartS3Server(ctx, vgw, filepath.Join(work, "s3"), filepath.Join(work, "versitygw.log"), accessLog)
+	arrivals, err := StartArrivals()
+	if err != nil {
+		return nil, err
+	}
+	b.Cleanup.Add("event listener", arrivals.Close)
+	env.Arrivals = arrivals
+	srv, err := StartS3Server(ctx, vgw, filepath.Join(work, "s3"), filepath.Join(work, "versitygw.log"), accessLog, arrivals.URL)
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/sstatefs/sstatefs/internal/netem"
 	"github.com/sstatefs/sstatefs/sstate"
 )
@@ -624,4 +627,61 @@ func mountsBelow(dir string) []string {
 		}
 	}
 	return out
+}
+
+// TestArrivals: versitygw's events say when each object was stored, names
+// with sstate's ':' included; an object stored with another size is an
+// error, and a missing one makes Wait give up after its timeout.
+func TestArrivals(t *testing.T) {
+	if findVersitygw() == "" {
+		if os.Getenv("SSTATEFS_REQUIRE_S3") == "1" {
+			t.Fatal(errNoVersitygw.Error() + " (SSTATEFS_REQUIRE_S3=1)")
+		}
+		t.Skip(errNoVersitygw)
+	}
+	ctx := context.Background()
+	a, err := StartArrivals()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "s3"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := StartS3Server(ctx, findVersitygw(), filepath.Join(dir, "s3"), filepath.Join(dir, "versitygw.log"), "", a.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	c := srv.Client(srv.Endpoint, 4)
+	if err := CreateBucket(ctx, c, "events"); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{
+		"ab/cd/sstate:x:y:1.0:r0::14:abcd_populate_lic.tar.zst":          3,
+		"ab/cd/sstate:x:y:1.0:r0::14:abcd_populate_lic.tar.zst.siginfo":  5,
+		"debian-12/ef/01/sstate:z-native:x86_64-linux:2:r0:x86_64:14:ef": 0,
+		"ab/cd/odd name+%.siginfo":                                       2,
+	}
+	before := time.Now()
+	for k, size := range want {
+		if _, err := c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("events"), Key: aws.String(k), Body: bytes.NewReader(make([]byte, size))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last, err := a.Wait(ctx, "events", want, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last.Before(before) || time.Since(last) > 10*time.Second {
+		t.Errorf("last object stored at %v, the puts started at %v", last, before)
+	}
+
+	if _, err := a.Wait(ctx, "events", map[string]int64{"ab/cd/never": 1}, 300*time.Millisecond); err == nil || !strings.Contains(err.Error(), "1 of 1 objects not stored") {
+		t.Errorf("waiting for an object never stored: %v", err)
+	}
+	if _, err := a.Wait(ctx, "events", map[string]int64{"ab/cd/sstate:x:y:1.0:r0::14:abcd_populate_lic.tar.zst": 4}, 10*time.Second); err == nil || !strings.Contains(err.Error(), "with 3 bytes, want 4") {
+		t.Errorf("waiting for an object of another size: %v", err)
+	}
 }

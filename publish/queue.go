@@ -424,6 +424,7 @@ func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 			return err
 		}
 		defer f.Close()
+		t0 := time.Now()
 		if e.SHA256 == "" {
 			h := sha256.New()
 			if _, err := io.Copy(h, f); err != nil {
@@ -440,7 +441,8 @@ func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 		switch {
 		case err == nil:
 			q.count(func(s *Stats) { s.Uploaded++; s.UploadedBytes += e.Size })
-			q.log.Info("published", "object", e.Key, "bytes", e.Size)
+			// took: hashing and uploading; queued: since bitbake published it
+			q.log.Info("published", "object", e.Key, "bytes", e.Size, "took", time.Since(t0).Round(time.Millisecond), "queued", q.now().Sub(e.Enqueued).Round(time.Millisecond))
 		case errors.Is(err, backend.ErrExist):
 			same, herr := q.sameAsStore(ctx, e)
 			if herr != nil {
