@@ -577,7 +577,7 @@ func (s *Store) openPartial(resp *http.Response, u *url.URL, offset, length int6
 	if want < 0 {
 		want = last - first + 1
 	}
-	return &body{rc: resp.Body, url: redact(u), left: want, strict: true}, nil
+	return &backend.Body{RC: resp.Body, What: "GET " + redact(u), Left: want}, nil
 }
 
 // openWhole returns the part of a 200 answer (the whole object) from offset.
@@ -598,58 +598,16 @@ func (s *Store) openWhole(key string, resp *http.Response, u *url.URL, offset, l
 			return nil, fmt.Errorf("GET %s: %w", redact(u), err)
 		}
 	}
-	want, strict := length, true
+	want, atMost := length, false
 	switch {
 	case total >= 0 && (want < 0 || offset+want > total):
 		want = total - offset
 	case total < 0:
 		// The size is unknown, so a body ending early is the object's end.
-		strict = false
+		atMost = true
 	}
-	return &body{rc: resp.Body, url: redact(u), left: want, strict: strict}, nil
+	return &backend.Body{RC: resp.Body, What: "GET " + redact(u), Left: want, AtMost: atMost}, nil
 }
-
-// body reads the promised part of a response body.
-type body struct {
-	rc  io.ReadCloser
-	url string // for errors, without secrets
-	// left is the number of bytes still promised, or -1 to read to EOF.
-	left int64
-	// strict: the body ending before left reaches 0 is io.ErrUnexpectedEOF.
-	strict bool
-}
-
-func (b *body) Read(p []byte) (int, error) {
-	if b.left == 0 {
-		return 0, io.EOF
-	}
-	if b.left > 0 && int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.rc.Read(p)
-	if b.left > 0 {
-		b.left -= int64(n)
-	}
-	switch {
-	case err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-	case err == io.EOF:
-		if b.left > 0 {
-			if b.strict {
-				return n, io.ErrUnexpectedEOF
-			}
-			b.left = 0
-		}
-	case err == io.ErrUnexpectedEOF:
-	default:
-		err = fmt.Errorf("GET %s: %w", b.url, err)
-	}
-	return n, err
-}
-
-// Close implements io.Closer. A body read to its Content-Length has already
-// reported EOF to the transport (net/http returns EOF with the last bytes),
-// so its connection is reused; one closed early is dropped.
-func (b *body) Close() error { return b.rc.Close() }
 
 // List implements backend.Store: a plain HTTP mirror cannot be listed.
 func (s *Store) List(ctx context.Context, prefix string, fn func(backend.ObjectInfo) error) error {

@@ -385,9 +385,9 @@ func (s *Store) Open(ctx context.Context, key string, offset, length int64) (io.
 		}
 		return nil, classify("open", key, err)
 	}
-	r := &objectReader{key: key, body: out.Body, left: -1}
+	r := &backend.Body{RC: out.Body, What: "s3 read " + key, Left: -1}
 	if out.ContentLength != nil {
-		r.left = *out.ContentLength
+		r.Left = *out.ContentLength
 	}
 	if ranged {
 		switch start, ok := rangeStart(aws.ToString(out.ContentRange)); {
@@ -400,11 +400,11 @@ func (s *Store) Open(ctx context.Context, key string, offset, length int64) (io.
 				out.Body.Close()
 				return nil, fmt.Errorf("s3 open %s: skipping to offset %d: %w", key, offset, err)
 			}
-			if r.left >= 0 {
-				r.left -= offset
+			if r.Left >= 0 {
+				r.Left -= offset
 			}
-			if length > 0 && (r.left < 0 || r.left > length) {
-				r.left = length
+			if length > 0 && (r.Left < 0 || r.Left > length) {
+				r.Left = length
 			}
 		}
 	}
@@ -437,38 +437,6 @@ func rangeStart(cr string) (int64, bool) {
 	n, err := strconv.ParseInt(a, 10, 64)
 	return n, err == nil
 }
-
-// objectReader reads a GET's body and turns a body that ends before the
-// announced length into an error, never a clean EOF.
-type objectReader struct {
-	key  string
-	body io.ReadCloser
-	left int64 // bytes still expected; -1 if unknown
-}
-
-func (r *objectReader) Read(p []byte) (int, error) {
-	if r.left == 0 {
-		return 0, io.EOF
-	}
-	if r.left > 0 && int64(len(p)) > r.left {
-		p = p[:r.left]
-	}
-	n, err := r.body.Read(p)
-	if r.left > 0 {
-		r.left -= int64(n)
-	}
-	switch {
-	case err == io.EOF && r.left > 0:
-		return n, fmt.Errorf("s3 read %s: body ended %d bytes short: %w", r.key, r.left, io.ErrUnexpectedEOF)
-	case err == io.EOF:
-		return n, io.EOF
-	case err != nil:
-		return n, fmt.Errorf("s3 read %s: %w", r.key, err)
-	}
-	return n, nil
-}
-
-func (r *objectReader) Close() error { return r.body.Close() }
 
 // List implements backend.Store with ListObjectsV2; keys are returned
 // relative to the store's prefix.

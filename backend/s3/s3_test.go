@@ -437,20 +437,6 @@ func TestOpenRanges(t *testing.T) {
 	}
 }
 
-// TestObjectReaderShortBody: a body that ends before its Content-Length is
-// an error, never a clean EOF.
-func TestObjectReaderShortBody(t *testing.T) {
-	r := &objectReader{key: "ab/x", body: io.NopCloser(strings.NewReader("abc")), left: 10}
-	got, err := io.ReadAll(r)
-	if !errors.Is(err, io.ErrUnexpectedEOF) || string(got) != "abc" {
-		t.Fatalf("short body: %q, %v; want abc and ErrUnexpectedEOF", got, err)
-	}
-	r = &objectReader{key: "ab/x", body: io.NopCloser(strings.NewReader("abcdef")), left: 3}
-	if got, err := io.ReadAll(r); err != nil || string(got) != "abc" {
-		t.Fatalf("long body: %q, %v; want abc", got, err)
-	}
-}
-
 // errAfter yields n random bytes, then fails.
 type errAfter struct{ n int }
 
