@@ -219,23 +219,33 @@ func (f *FS) ensureDir(key string) error {
 	return nil
 }
 
-func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	key := join(rel(&d.Inode), name)
+// makeEntry creates name in the overlay with create (given its path), unless
+// it is hidden or exists already, and gives it to the caller.
+func (d *dirNode) makeEntry(ctx context.Context, op, name string, create func(p string) error) (key, p string, en syscall.Errno) {
+	key = join(rel(&d.Inode), name)
 	if hidden(key) {
-		return nil, syscall.EACCES
+		return "", "", syscall.EACCES
 	}
 	if d.exists(ctx, key) {
-		return nil, syscall.EEXIST
+		return "", "", syscall.EEXIST
 	}
 	if err := d.fs.ensureDir(key); err != nil {
-		return nil, d.fs.errno(ctx, "mkdir", key, err)
+		return "", "", d.fs.errno(ctx, op, key, err)
 	}
-	p := d.fs.overlayPath(key)
-	if err := syscall.Mkdir(p, mode); err != nil {
-		return nil, d.fs.errno(ctx, "mkdir", key, err)
+	p = d.fs.overlayPath(key)
+	if err := create(p); err != nil {
+		return "", "", d.fs.errno(ctx, op, key, err)
 	}
 	d.fs.names.add(key)
 	d.fs.chownToCaller(ctx, p)
+	return key, p, 0
+}
+
+func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	key, _, en := d.makeEntry(ctx, "mkdir", name, func(p string) error { return syscall.Mkdir(p, mode) })
+	if en != 0 {
+		return nil, en
+	}
 	d.fs.whiteouts.remove(key)
 	d.fs.dirAttr(key, &out.Attr)
 	return d.NewInode(ctx, &dirNode{fs: d.fs}, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: dirIno(key)}), 0
@@ -432,22 +442,10 @@ func (d *dirNode) Link(ctx context.Context, target gofs.InodeEmbedder, name stri
 }
 
 func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	key := join(rel(&d.Inode), name)
-	if hidden(key) {
-		return nil, syscall.EACCES
+	key, p, en := d.makeEntry(ctx, "symlink", name, func(p string) error { return syscall.Symlink(target, p) })
+	if en != 0 {
+		return nil, en
 	}
-	if d.exists(ctx, key) {
-		return nil, syscall.EEXIST
-	}
-	if err := d.fs.ensureDir(key); err != nil {
-		return nil, d.fs.errno(ctx, "symlink", key, err)
-	}
-	p := d.fs.overlayPath(key)
-	if err := syscall.Symlink(target, p); err != nil {
-		return nil, d.fs.errno(ctx, "symlink", key, err)
-	}
-	d.fs.names.add(key)
-	d.fs.chownToCaller(ctx, p)
 	var st syscall.Stat_t
 	if err := syscall.Lstat(p, &st); err != nil {
 		return nil, d.fs.errno(ctx, "symlink", key, err)
