@@ -532,9 +532,11 @@ func (s *Store) upload(ctx context.Context, op, key string, r io.Reader, size in
 			// The caller hashed the data already: sign with that digest
 			// instead of another pass over the body. The server checks the
 			// body against the signed digest and refuses a mismatch, so no
-			// checksum header (a second SHA-256 pass on the server) is
-			// needed.
-			optFns = append(optFns, knownPayloadHash(hex.EncodeToString(sum[:])))
+			// checksum (a SHA-256 header would cost the server a second
+			// pass; the SDK's default CRC32 costs a read of the whole body
+			// here before it is sent) is needed.
+			optFns = append(optFns, knownPayloadHash(hex.EncodeToString(sum[:])),
+				func(o *s3.Options) { o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired })
 		}
 	} else {
 		in.Body = &exactReader{r: r, left: size}

@@ -635,6 +635,18 @@ func TestCreateWithKnownDigest(t *testing.T) {
 // TestKnownDigestIsChecked: an upload signed with the digest the caller
 // computed is checked by the server against the body: a digest that does
 // not match the bytes fails the upload and leaves no object.
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	io.ReadSeeker
+	n int64
+}
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	n, err := r.ReadSeeker.Read(p)
+	r.n += int64(n)
+	return n, err
+}
+
 func TestKnownDigestIsChecked(t *testing.T) {
 	env := testutil.S3Server(t)
 	useCreds(t, env)
@@ -642,8 +654,13 @@ func TestKnownDigestIsChecked(t *testing.T) {
 	data := randBytes(t, 100_000)
 	ctx := context.Background()
 	good := sha256.Sum256(data)
-	if err := s.Create(backend.WithSHA256(ctx, good), "a/good", bytes.NewReader(data), int64(len(data))); err != nil {
+	body := &countingReader{ReadSeeker: bytes.NewReader(data)}
+	if err := s.Create(backend.WithSHA256(ctx, good), "a/good", body, int64(len(data))); err != nil {
 		t.Fatalf("create with the right digest: %v", err)
+	}
+	// one pass over the body: no hashing (nor checksumming) before sending
+	if body.n != int64(len(data)) {
+		t.Errorf("the upload read %d bytes of a %d-byte body", body.n, len(data))
 	}
 	if got, err := readAll(t, s, "a/good", 0, -1); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("read back: %d bytes, %v", len(got), err)
