@@ -105,6 +105,9 @@ type Queue struct {
 // ErrReadOnly is returned by Enqueue when the store does not take writes.
 var ErrReadOnly = errors.New("store is read-only: object kept locally, not published")
 
+// hashBufs are the buffers objects are hashed through before upload.
+var hashBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
 // Open opens the queue in opt.Dir and loads what an earlier process left.
 func Open(opt Options) (*Queue, error) {
 	if opt.Concurrency <= 0 {
@@ -427,7 +430,11 @@ func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 		t0 := time.Now()
 		if e.SHA256 == "" {
 			h := sha256.New()
-			if _, err := io.Copy(h, f); err != nil {
+			buf := hashBufs.Get().(*[]byte)
+			// (a bare reader: *os.File's WriteTo would use 32 KiB reads)
+			_, err := io.CopyBuffer(h, struct{ io.Reader }{f}, *buf)
+			hashBufs.Put(buf)
+			if err != nil {
 				return err
 			}
 			// kept in memory only: after a restart it is computed again
