@@ -181,6 +181,14 @@ func startServer(t testing.TB, b Backend, opt Options, network string) (*Server,
 	return s, addr
 }
 
+// serveAndConnect serves b with opt on a unix socket until the test ends
+// and returns the server and a client connected to it (see connect).
+func serveAndConnect(t testing.TB, b Backend, opt Options) (*Server, *client) {
+	t.Helper()
+	s, addr := startServer(t, b, opt, "unix")
+	return s, connect(t, addr)
+}
+
 // dial connects to an address in BB_HASHSERVE form.
 func dial(t testing.TB, addr string) net.Conn {
 	t.Helper()
@@ -258,6 +266,14 @@ func (cl *client) callJSON(v any) any {
 		cl.t.Fatalf("reply %q: %v", l, err)
 	}
 	return r
+}
+
+// ping asserts that the server answers a ping.
+func (cl *client) ping() {
+	cl.t.Helper()
+	if got := cl.call(`{"ping": {}}`); got != "{\"alive\": true}\n" {
+		cl.t.Fatalf("ping answered %q", got)
+	}
 }
 
 // closed asserts that the server closes the connection without sending

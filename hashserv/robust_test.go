@@ -54,9 +54,7 @@ func TestBadInput(t *testing.T) {
 	}
 	// The server still works.
 	cl := connect(t, addr)
-	if got := cl.call(`{"ping": {}}`); got != "{\"alive\": true}\n" {
-		t.Fatalf("ping answered %q", got)
-	}
+	cl.ping()
 	if r := b.records(); len(r) != 0 {
 		t.Errorf("recorded %v", r)
 	}
@@ -273,9 +271,7 @@ func TestServeShutdown(t *testing.T) {
 	go func() { done <- s.Serve(ctx, ln) }()
 	addr := ln.Addr().String()
 	cl := connect(t, addr)
-	if got := cl.call(`{"ping": {}}`); got != "{\"alive\": true}\n" {
-		t.Fatalf("ping answered %q", got)
-	}
+	cl.ping()
 	cancel()
 	select {
 	case err := <-done:

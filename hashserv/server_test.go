@@ -18,8 +18,7 @@ func TestReportRules(t *testing.T) {
 	t.Run("outhash matching", func(t *testing.T) {
 		// test_create_equivalent: a second task with the same outhash gets
 		// the first one's unihash.
-		_, addr := startServer(t, newMemBackend(), Options{}, "unix")
-		cl := connect(t, addr)
+		_, cl := serveAndConnect(t, newMemBackend(), Options{})
 		if u := cl.report(h64(1), h64(0xa), h64(0x100)); u != h64(0x100) {
 			t.Fatalf("first report answered %s", u)
 		}
@@ -33,8 +32,7 @@ func TestReportRules(t *testing.T) {
 	t.Run("first report of a taskhash wins", func(t *testing.T) {
 		// test_duplicate_taskhash
 		b := newMemBackend()
-		_, addr := startServer(t, b, Options{}, "unix")
-		cl := connect(t, addr)
+		_, cl := serveAndConnect(t, b, Options{})
 		cl.report(h64(1), h64(0xa), h64(0x100))
 		for i, oh := range []string{h64(0xb), h64(0xc)} {
 			if u := cl.report(h64(1), oh, h64(0x200+i)); u != h64(0x100) {
@@ -62,8 +60,7 @@ func TestReportRules(t *testing.T) {
 	})
 	t.Run("diverging report race", func(t *testing.T) {
 		// test_diverging_report_race
-		_, addr := startServer(t, newMemBackend(), Options{}, "unix")
-		cl := connect(t, addr)
+		_, cl := serveAndConnect(t, newMemBackend(), Options{})
 		cl.report(h64(1), h64(0xa), h64(0x100))
 		if u := cl.report(h64(2), h64(0xa), h64(2)); u != h64(0x100) {
 			t.Fatalf("task 2 answered %s", u)
@@ -74,8 +71,7 @@ func TestReportRules(t *testing.T) {
 	})
 	t.Run("diverging report reverse race", func(t *testing.T) {
 		// test_diverging_report_reverse_race
-		_, addr := startServer(t, newMemBackend(), Options{}, "unix")
-		cl := connect(t, addr)
+		_, cl := serveAndConnect(t, newMemBackend(), Options{})
 		cl.report(h64(1), h64(0xa), h64(0x100))
 		if u := cl.report(h64(2), h64(0xb), h64(2)); u != h64(2) {
 			t.Fatalf("task 2 answered %s", u)
@@ -90,8 +86,7 @@ func TestReportRules(t *testing.T) {
 	t.Run("get_unihash_batch", func(t *testing.T) {
 		// test_get_unihash_batch: a second outhash of a taskhash matches
 		// later reports with the taskhash's unihash.
-		_, addr := startServer(t, newMemBackend(), Options{}, "unix")
-		cl := connect(t, addr)
+		_, cl := serveAndConnect(t, newMemBackend(), Options{})
 		in := []struct{ th, oh, uh int }{
 			{1, 0xa, 0x100},
 			{1, 0xb, 0x101}, // duplicated taskhash, another outhash
@@ -114,8 +109,7 @@ func TestReportRules(t *testing.T) {
 		// report-equiv is unknown.
 		b := newMemBackend()
 		b.seed(Equivalence{Method: method, Taskhash: h64(1), Outhash: h64(0xa), Unihash: h64(0x100)})
-		_, addr := startServer(t, b, Options{ReadOnly: true}, "unix")
-		cl := connect(t, addr)
+		_, cl := serveAndConnect(t, b, Options{ReadOnly: true})
 		if got := cl.getStream(h64(1)); got[0] != h64(0x100) {
 			t.Fatalf("get-stream answered %q", got)
 		}
@@ -136,8 +130,7 @@ func TestReportRules(t *testing.T) {
 	})
 	t.Run("report-equiv", func(t *testing.T) {
 		b := newMemBackend()
-		_, addr := startServer(t, b, Options{}, "unix")
-		cl := connect(t, addr)
+		_, cl := serveAndConnect(t, b, Options{})
 		equiv := func(th, uh string) string {
 			return cl.call(`{"report-equiv": {"taskhash": "` + th + `", "method": "` + method + `", "unihash": "` + uh + `"}}`)
 		}
@@ -201,8 +194,7 @@ func TestInvalidUnihash(t *testing.T) {
 func TestGetFull(t *testing.T) {
 	b := newMemBackend()
 	created := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	_, addr := startServer(t, b, Options{Now: func() time.Time { return created }}, "unix")
-	cl := connect(t, addr)
+	_, cl := serveAndConnect(t, b, Options{Now: func() time.Time { return created }})
 	r := cl.callJSON(map[string]any{"report": map[string]any{
 		"taskhash": h64(1), "method": method, "outhash": h64(0xa), "unihash": h64(0x100),
 		"owner": "me", "PN": "zlib", "PV": "1.3", "PR": "r0", "task": "populate_sysroot", "outhash_siginfo": "x y z"}})
@@ -286,9 +278,7 @@ func TestCommands(t *testing.T) {
 				cl.closed()
 				return
 			}
-			if got := cl.call(`{"ping": {}}`); got != "{\"alive\": true}\n" {
-				t.Fatalf("ping after it answered %q", got)
-			}
+			cl.ping()
 		})
 	}
 	if r := b.records(); len(r) != 0 {
@@ -333,9 +323,7 @@ func TestStreams(t *testing.T) {
 		}
 	}
 	// Back in normal mode.
-	if got := cl.call(`{"ping": {}}`); got != "{\"alive\": true}\n" {
-		t.Fatalf("ping after the streams answered %q", got)
-	}
+	cl.ping()
 	// get-stats counts the normal-mode commands and the stream lines
 	// with END, as bitbake does: 4 + 1 get-stream lines, 4 exists lines
 	// (the empty line is not counted), 1 ping.
@@ -396,9 +384,7 @@ func TestHandshake(t *testing.T) {
 				cl.closed()
 				return
 			}
-			if got := cl.call(`{"ping": {}}`); got != "{\"alive\": true}\n" {
-				t.Fatalf("ping answered %q", got)
-			}
+			cl.ping()
 		})
 	}
 	t.Run("needs-headers", func(t *testing.T) {
@@ -408,48 +394,38 @@ func TestHandshake(t *testing.T) {
 		if got := cl.line(); got != "\n" {
 			t.Fatalf("header block %q", got)
 		}
-		if got := cl.call(`{"ping": {}}`); got != "{\"alive\": true}\n" {
-			t.Fatalf("ping answered %q", got)
-		}
+		cl.ping()
 	})
 }
 
 func TestRecordFailure(t *testing.T) {
-	report := `{"report": {"taskhash": "` + h64(1) + `", "method": "m", "outhash": "` + h64(2) + `", "unihash": "` + h64(3) + `"}}` + "\n"
-	t.Run("error", func(t *testing.T) {
-		b := newMemBackend()
-		b.recordErr = errors.New("store is down")
-		s, addr := startServer(t, b, Options{}, "unix")
-		// No answer: bitbake's client retries, then warns, as it does when
-		// its own server's database fails.
-		cl := connect(t, addr)
-		cl.send(report)
+	// reportFails sends a report to a server of b with opt and checks that
+	// it closes the connection without an answer and counts an error.
+	reportFails := func(t *testing.T, b *memBackend, opt Options) {
+		t.Helper()
+		s, cl := serveAndConnect(t, b, opt)
+		cl.send(`{"report": {"taskhash": "` + h64(1) + `", "method": "m", "outhash": "` + h64(2) + `", "unihash": "` + h64(3) + `"}}` + "\n")
 		cl.closed()
 		if st := s.Stats(); st.Records != 0 || st.Errors != 1 {
 			t.Errorf("stats %+v", st)
 		}
+	}
+	t.Run("error", func(t *testing.T) {
+		// No answer: bitbake's client retries, then warns, as it does when
+		// its own server's database fails.
+		b := newMemBackend()
+		b.recordErr = errors.New("store is down")
+		reportFails(t, b, Options{})
 	})
 	t.Run("refused", func(t *testing.T) {
 		b := newMemBackend()
 		b.recordErr = fmt.Errorf("index: %w: PN too long", ErrInvalidRecord)
-		s, addr := startServer(t, b, Options{}, "unix")
-		cl := connect(t, addr)
-		cl.send(report)
-		cl.closed()
-		if st := s.Stats(); st.Records != 0 || st.Errors != 1 {
-			t.Errorf("stats %+v", st)
-		}
+		reportFails(t, b, Options{})
 	})
 	t.Run("timeout", func(t *testing.T) {
 		b := newMemBackend()
 		b.block = make(chan struct{})
-		s, addr := startServer(t, b, Options{RecordTimeout: 50 * time.Millisecond}, "unix")
-		cl := connect(t, addr)
-		cl.send(report)
-		cl.closed()
-		if st := s.Stats(); st.Records != 0 || st.Errors != 1 {
-			t.Errorf("stats %+v", st)
-		}
+		reportFails(t, b, Options{RecordTimeout: 50 * time.Millisecond})
 	})
 }
 
@@ -509,14 +485,11 @@ func TestChunked(t *testing.T) {
 		if got["PN"] != pn || got["unihash"] != h64(0x200) {
 			t.Fatalf("chunked answer %.200s", whole.String())
 		}
-		if got := cl.call(`{"ping": {}}`); got != "{\"alive\": true}\n" {
-			t.Fatalf("ping after it answered %q", got)
-		}
+		cl.ping()
 	})
 
 	t.Run("larger than MaxMessage", func(t *testing.T) {
-		_, addr := startServer(t, b, Options{MaxMessage: 100 << 10}, "unix")
-		cl := connect(t, addr)
+		_, cl := serveAndConnect(t, b, Options{MaxMessage: 100 << 10})
 		msg, _ := json.Marshal(map[string]any{"report": map[string]any{
 			"taskhash": h64(3), "method": method, "outhash": h64(0xc), "unihash": h64(0x300), "outhash_siginfo": strings.Repeat("x", 200<<10)}})
 		cl.c.SetWriteDeadline(time.Now().Add(10 * time.Second))

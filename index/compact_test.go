@@ -142,17 +142,47 @@ func (g *gateStore) List(ctx context.Context, prefix string, fn func(backend.Obj
 	return g.Store.List(ctx, prefix, fn)
 }
 
+// compactors runs two compactors of s on wg until ctx is done, counting
+// the compactions that finish in done and those that find the lock taken
+// in busy; any other error before ctx is done fails the test.
+func compactors(t *testing.T, ctx context.Context, wg *sync.WaitGroup, s backend.Store, done, busy *atomic.Int64) {
+	for range 2 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				_, err := Compact(ctx, s, CompactOptions{})
+				switch {
+				case err == nil:
+					done.Add(1)
+				case errors.Is(err, ErrCompactionRunning):
+					busy.Add(1)
+				case ctx.Err() == nil:
+					t.Errorf("Compact: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// heldCompact puts a segment in fs and starts a Compact with opt, which
+// takes the lock and then waits, listing the journal, until g.release is
+// closed; its error comes on the channel.
+func heldCompact(t *testing.T, fs backend.Store, opt CompactOptions) (*gateStore, <-chan error) {
+	t.Helper()
+	putSegment(t, fs, 1, "w", []Object{{Key: "a/1", Size: 1}})
+	g := &gateStore{Store: fs, entered: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan error)
+	go func() {
+		_, err := Compact(context.Background(), g, opt)
+		done <- err
+	}()
+	<-g.entered
+	return g, done
+}
+
 func TestCompactLock(t *testing.T) {
 	ctx := context.Background()
 	fs := newStore(t)
-	putSegment(t, fs, 1, "w", []Object{{Key: "a/1", Size: 1}})
-	g := &gateStore{Store: fs, entered: make(chan struct{}), release: make(chan struct{})}
-	first := make(chan error)
-	go func() {
-		_, err := Compact(ctx, g, CompactOptions{Writer: "Host A"})
-		first <- err
-	}()
-	<-g.entered
+	g, first := heldCompact(t, fs, CompactOptions{Writer: "Host A"})
 	_, err := Compact(ctx, fs, CompactOptions{Writer: "host-b"})
 	if !errors.Is(err, ErrCompactionRunning) || !strings.Contains(err.Error(), `held by "host-a"`) ||
 		!strings.Contains(err.Error(), CompactLockKey) {
@@ -198,16 +228,8 @@ func TestCompactLock(t *testing.T) {
 // TestCompactLostLock: a compaction whose lock was broken (it ran past
 // its expiry) does not write its snapshot.
 func TestCompactLostLock(t *testing.T) {
-	ctx := context.Background()
 	fs := newStore(t)
-	putSegment(t, fs, 1, "w", []Object{{Key: "a/1", Size: 1}})
-	g := &gateStore{Store: fs, entered: make(chan struct{}), release: make(chan struct{})}
-	done := make(chan error)
-	go func() {
-		_, err := Compact(ctx, g, CompactOptions{})
-		done <- err
-	}()
-	<-g.entered
+	g, done := heldCompact(t, fs, CompactOptions{})
 	b, _ := json.Marshal(lockContent{Holder: "thief", Token: "z", Expires: time.Now().Add(time.Hour)})
 	putRaw(t, fs, CompactLockKey, b)
 	close(g.release)
@@ -257,21 +279,7 @@ func TestFourWriters(t *testing.T) {
 	bg, stop := context.WithCancel(ctx)
 	var bgWG sync.WaitGroup
 	var compactions, busy, readerRetries atomic.Int64
-	for range 2 {
-		bgWG.Go(func() {
-			for bg.Err() == nil {
-				_, err := Compact(bg, fs, CompactOptions{})
-				switch {
-				case err == nil:
-					compactions.Add(1)
-				case errors.Is(err, ErrCompactionRunning):
-					busy.Add(1)
-				case bg.Err() == nil:
-					t.Errorf("Compact: %v", err)
-				}
-			}
-		})
-	}
+	compactors(t, bg, &bgWG, fs, &compactions, &busy)
 	// Readers: every index they see is consistent. With no grace period,
 	// a load may give up when segments vanish three times in a row.
 	check := func(ix *Index) {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -107,13 +106,7 @@ func goldenSegV1() Segment {
 }
 
 func TestDecodeSegmentV1(t *testing.T) {
-	b, err := os.ReadFile("testdata/segment-v1.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := binary.LittleEndian.Uint32(b[8:]); v != 1 {
-		t.Fatalf("testdata has version %d", v)
-	}
+	b := readGolden(t, "testdata/segment-v1.bin", 1)
 	got, err := DecodeSegment(bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
@@ -159,15 +152,7 @@ func TestDecodeSegmentReportedCorrupt(t *testing.T) {
 		{"cut in owner", "record 0: truncated body in owner", segFrame(1, rec[:len(rec)-1])},
 		{"count too high", "record count mismatch: header says 2 records, body ends after 1", segFrame(2, rec)},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			seg, err := DecodeSegment(bytes.NewReader(tc.in))
-			if err == nil {
-				t.Fatalf("decoded %+v, want error %q", seg, tc.want)
-			}
-			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %q, want ErrCorrupt saying %q", err, tc.want)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantSegCorrupt(t, tc.in, tc.want) })
 	}
 	if seg, err := DecodeSegment(bytes.NewReader(segFrame(1, rec))); err != nil || len(seg.Reported) != 1 {
 		t.Errorf("the record itself: %v", err)
@@ -231,11 +216,6 @@ func TestJournalReported(t *testing.T) {
 	clk := newClock()
 	j := NewJournal(s, JournalOptions{Writer: "hashserv", Now: clk.Now})
 	const n = 64
-	var (
-		wg    sync.WaitGroup
-		start = make(chan struct{})
-		errs  = make(chan error, n)
-	)
 	inSegment := func(match func(*Segment) bool) bool {
 		for _, seg := range readJournal(t, s) {
 			if match(seg) {
@@ -244,36 +224,23 @@ func TestJournalReported(t *testing.T) {
 		}
 		return false
 	}
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			if i%4 == 3 {
-				o := testObject(i)
-				if err := j.Added(ctx, o); err != nil {
-					errs <- err
-				}
-				return
-			}
-			e := testEq(i, "do_x")
-			e.Created = time.Time{} // filled in from the journal's clock
-			if err := j.Reported(ctx, e); err != nil {
-				errs <- err
-				return
-			}
-			// Durable on return: a listed segment holds the record.
-			if !inSegment(func(seg *Segment) bool {
-				return slices.ContainsFunc(seg.Reported, func(r Equivalence) bool { return r.Taskhash == e.Taskhash })
-			}) {
-				errs <- fmt.Errorf("Reported(%s) returned before its segment was in the store", e.Taskhash)
-			}
-		})
-	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	atOnce(t, n, func(i int) error {
+		if i%4 == 3 {
+			return j.Added(ctx, testObject(i))
+		}
+		e := testEq(i, "do_x")
+		e.Created = time.Time{} // filled in from the journal's clock
+		if err := j.Reported(ctx, e); err != nil {
+			return err
+		}
+		// Durable on return: a listed segment holds the record.
+		if !inSegment(func(seg *Segment) bool {
+			return slices.ContainsFunc(seg.Reported, func(r Equivalence) bool { return r.Taskhash == e.Taskhash })
+		}) {
+			return fmt.Errorf("Reported(%s) returned before its segment was in the store", e.Taskhash)
+		}
+		return nil
+	})
 	segs := readJournal(t, s)
 	seen, mixed := map[string]int{}, 0
 	for _, seg := range segs {
@@ -598,22 +565,9 @@ func fourReporters(t *testing.T, compact bool) {
 
 	bg, stop := context.WithCancel(ctx)
 	var bgWG sync.WaitGroup
-	var compactions, loads atomic.Int64
+	var compactions, busy, loads atomic.Int64
 	if compact {
-		for range 2 {
-			bgWG.Go(func() {
-				for bg.Err() == nil {
-					_, err := Compact(bg, fs, CompactOptions{})
-					switch {
-					case err == nil:
-						compactions.Add(1)
-					case errors.Is(err, ErrCompactionRunning) || bg.Err() != nil:
-					default:
-						t.Errorf("Compact: %v", err)
-					}
-				}
-			})
-		}
+		compactors(t, bg, &bgWG, fs, &compactions, &busy)
 	}
 	bgWG.Go(func() {
 		for bg.Err() == nil {
@@ -662,7 +616,7 @@ func fourReporters(t *testing.T, compact bool) {
 	wg.Wait()
 	stop()
 	bgWG.Wait()
-	t.Logf("%d compactions, %d loads during the reports", compactions.Load(), loads.Load())
+	t.Logf("%d compactions (%d found the lock taken), %d loads during the reports", compactions.Load(), busy.Load(), loads.Load())
 
 	var model *eqModel
 	if !compact {

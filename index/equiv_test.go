@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"reflect"
 	"runtime"
 	"slices"
@@ -518,14 +517,7 @@ func goldenV2Index(t testing.TB) *Index {
 }
 
 func TestDecodeV2(t *testing.T) {
-	b, err := os.ReadFile("testdata/snapshot-v2.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := binary.LittleEndian.Uint32(b[8:]); v != 2 {
-		t.Fatalf("testdata has version %d", v)
-	}
-	got, err := Decode(bytes.NewReader(b))
+	got, err := Decode(bytes.NewReader(readGolden(t, "testdata/snapshot-v2.bin", 2)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -649,15 +641,7 @@ func TestDecodeCorruptV3(t *testing.T) {
 		{"cut in owner", "equivalence 0: truncated body in owner", frame3(0, 0, 1, cat(strs, rec(w, a, "1111").bytes()[:len(rec(w, a, "1111").bytes())-1]))},
 		{"objects before", "entry 0", frame3(1, 0, 1, cat(strs, good))},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ix, err := Decode(bytes.NewReader(tc.in))
-			if err == nil {
-				t.Fatalf("decoded %d equivalences, want error %q", ix.NumEquivalences(), tc.want)
-			}
-			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %q, want ErrCorrupt saying %q", err, tc.want)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantCorrupt(t, tc.in, tc.want) })
 	}
 	// The same records, well formed, decode.
 	ix, err := Decode(bytes.NewReader(frame3(0, 0, 2, cat(strs, good))))
@@ -723,19 +707,8 @@ func TestDecodeEquivalences100k(t *testing.T) {
 	}
 	const n = 100_000
 	data := encode(t, realisticEquivalences(n, 1))
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	start := time.Now()
-	ix, err := Decode(bytes.NewReader(data))
-	elapsed := time.Since(start)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	per := float64(after.HeapAlloc-before.HeapAlloc) / n
+	ix, elapsed, heap := timedDecode(t, data)
+	per := heap / n
 	t.Logf("100k equivalences: snapshot %d bytes (%.1f/record), decode %v, heap %.1f bytes/record",
 		len(data), float64(len(data))/n, elapsed, per)
 	if ix.NumEquivalences() != n {
@@ -755,23 +728,16 @@ func realisticEquivalences(n int, seed uint64) *Index {
 	r := rand.New(rand.NewPCG(seed, 3))
 	tasks := []string{"do_populate_sysroot", "do_package", "do_packagedata", "do_package_write_rpm", "do_deploy",
 		"do_populate_lic", "do_package_qa", "do_create_spdx", "do_fetch", "do_unpack", "do_patch"}
-	h := func() string {
-		var b [64]byte
-		for i := range b {
-			b[i] = hexDigits[r.IntN(16)]
-		}
-		return string(b[:])
-	}
 	eqs := make([]Equivalence, n)
 	for i := range eqs {
 		task := tasks[r.IntN(len(tasks))]
 		pn := fmt.Sprint("recipe", r.IntN(400))
-		e := Equivalence{Method: "oe.sstatesig.OEOuthashBasic:" + task, Taskhash: h(), Outhash: h(),
+		e := Equivalence{Method: "oe.sstatesig.OEOuthashBasic:" + task, Taskhash: randomHash(r), Outhash: randomHash(r),
 			PN: pn, PV: fmt.Sprint("1.", len(pn)%9), PR: "r0", Task: task, Owner: []string{"", "ci"}[r.IntN(2)],
 			Created: time.Unix(1_750_000_000+int64(i), int64(r.IntN(1e6))*1000)}
 		e.Unihash = e.Taskhash
 		if r.IntN(4) == 0 {
-			e.Unihash = h()
+			e.Unihash = randomHash(r)
 		}
 		eqs[i] = e
 	}
@@ -816,26 +782,7 @@ func BenchmarkEquivalenceLookup(b *testing.B) {
 // equivalence records and reports the heap they keep.
 func BenchmarkDecode100kEquivalences(b *testing.B) {
 	const n = 100_000
-	data := encode(b, realisticEquivalences(n, 1))
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := Decode(bytes.NewReader(data)); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.StopTimer()
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	got, _ := Decode(bytes.NewReader(data))
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heapB/eq")
-	b.ReportMetric(float64(len(data))/n, "fileB/eq")
-	runtime.KeepAlive(got)
+	benchDecode(b, encode(b, realisticEquivalences(n, 1)), n, "eq")
 }
 
 // BenchmarkApplyReported applies a segment of 50 reports to an index with

@@ -29,6 +29,20 @@ func encode(t testing.TB, ix *Index) []byte {
 	return buf.Bytes()
 }
 
+// readGolden reads a file of testdata, failing the test unless its header
+// (a snapshot's or a segment's) says version.
+func readGolden(t *testing.T, path string, version uint32) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := binary.LittleEndian.Uint32(b[8:]); v != version {
+		t.Fatalf("testdata has version %d", v)
+	}
+	return b
+}
+
 func TestRoundTrip(t *testing.T) {
 	var sha [32]byte
 	for i := range sha {
@@ -270,15 +284,19 @@ func TestDecodeCorrupt(t *testing.T) {
 			return buf.Bytes()
 		}()},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ix, err := Decode(bytes.NewReader(tc.in))
-			if err == nil {
-				t.Fatalf("decoded %d objects, want error %q", ix.Len(), tc.want)
-			}
-			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %q, want ErrCorrupt saying %q", err, tc.want)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantCorrupt(t, tc.in, tc.want) })
+	}
+}
+
+// wantCorrupt checks that Decode refuses in with ErrCorrupt saying want.
+func wantCorrupt(t *testing.T, in []byte, want string) {
+	t.Helper()
+	ix, err := Decode(bytes.NewReader(in))
+	if err == nil {
+		t.Fatalf("decoded %d objects and %d equivalences, want error %q", ix.Len(), ix.NumEquivalences(), want)
+	}
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q, want ErrCorrupt saying %q", err, want)
 	}
 }
 
@@ -286,14 +304,7 @@ func TestDecodeCorrupt(t *testing.T) {
 // (testdata/snapshot-v1.bin): no covered segments, no access times,
 // complete.
 func TestDecodeV1(t *testing.T) {
-	b, err := os.ReadFile("testdata/snapshot-v1.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := binary.LittleEndian.Uint32(b[8:]); v != 1 {
-		t.Fatalf("testdata has version %d", v)
-	}
-	got, err := Decode(bytes.NewReader(b))
+	got, err := Decode(bytes.NewReader(readGolden(t, "testdata/snapshot-v1.bin", 1)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -513,19 +524,8 @@ func TestDecode100k(t *testing.T) {
 	for _, k := range synthKeys(t, n, 42) {
 		keyBytes += len(k)
 	}
-	var before, after runtime.MemStats
-	runtime.GC() // twice: the first only moves sync.Pool contents aside
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	start := time.Now()
-	ix, err := Decode(bytes.NewReader(data))
-	elapsed := time.Since(start)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	perObj := float64(after.HeapAlloc-before.HeapAlloc) / n
+	ix, elapsed, heap := timedDecode(t, data)
+	perObj := heap / n
 	t.Logf("100k objects: snapshot %d bytes (%.1f/object), decode %v, heap %.1f bytes/object (keys average %.1f bytes)",
 		len(data), float64(len(data))/n, elapsed, perObj, float64(keyBytes)/n)
 	if ix.Len() != n {

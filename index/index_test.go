@@ -15,7 +15,13 @@ import (
 // name of compat/core-image-minimal-sstate-names.txt).
 func names(t testing.TB) []string {
 	t.Helper()
-	f, err := os.Open("testdata/names.txt")
+	return readNames(t, "testdata/names.txt")
+}
+
+// readNames returns the non-empty lines of the file at path, trimmed.
+func readNames(t testing.TB, path string) []string {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,32 +48,44 @@ func realisticKeys(t testing.TB) []string {
 	return keys
 }
 
+// randomHash returns 64 random hex digits drawn from r.
+func randomHash(r *rand.Rand) string {
+	var h [64]byte
+	for i := range h {
+		h[i] = hexDigits[r.IntN(16)]
+	}
+	return string(h[:])
+}
+
+// synthKey returns a key shaped like a random one of tmpl (same PN, arch,
+// task and prefix) with a random unihash, drawn from r.
+func synthKey(r *rand.Rand, tmpl []string) string {
+	name := tmpl[r.IntN(len(tmpl))]
+	dir, base := "", name
+	if j := strings.LastIndexByte(name, '/'); j >= 0 {
+		dir, base = name[:j], name[j+1:]
+	}
+	prefix := sstatePrefix(dir)
+	c := strings.LastIndexByte(base, ':')
+	u := strings.IndexByte(base[c:], '_') + c
+	h := randomHash(r)
+	key := h[0:2] + "/" + h[2:4] + "/" + base[:c+1] + h + base[u:]
+	if prefix != "" {
+		key = prefix + "/" + key
+	}
+	return key
+}
+
 // synthKeys returns n distinct keys shaped like the sample (same PN, arch,
 // task and prefix distribution) with random unihashes; about half are
 // .siginfo companions of the other half.
 func synthKeys(t testing.TB, n int, seed uint64) []string {
 	tmpl := names(t)
 	r := rand.New(rand.NewPCG(seed, 1))
-	const hexdig = "0123456789abcdef"
 	seen := make(map[string]bool, n)
 	out := make([]string, 0, n)
 	for len(out) < n {
-		name := tmpl[r.IntN(len(tmpl))]
-		dir, base := "", name
-		if j := strings.LastIndexByte(name, '/'); j >= 0 {
-			dir, base = name[:j], name[j+1:]
-		}
-		prefix := sstatePrefix(dir)
-		c := strings.LastIndexByte(base, ':')
-		u := strings.IndexByte(base[c:], '_') + c
-		var h [64]byte
-		for i := range h {
-			h[i] = hexdig[r.IntN(16)]
-		}
-		key := string(h[0:2]) + "/" + string(h[2:4]) + "/" + base[:c+1] + string(h[:]) + base[u:]
-		if prefix != "" {
-			key = prefix + "/" + key
-		}
+		key := synthKey(r, tmpl)
 		for _, k := range []string{key, key + ".siginfo"} {
 			if len(out) < n && !seen[k] {
 				seen[k] = true
@@ -78,15 +96,22 @@ func synthKeys(t testing.TB, n int, seed uint64) []string {
 	return out
 }
 
+// randomObject returns an object named key with a random size, mtime and
+// digest drawn from r.
+func randomObject(r *rand.Rand, key string) Object {
+	o := Object{Key: key, Size: r.Int64N(1 << 30), ModTime: time.Unix(1.7e9+r.Int64N(1e8), r.Int64N(1e9))}
+	for j := range o.SHA256 {
+		o.SHA256[j] = byte(r.Uint32())
+	}
+	return o
+}
+
 // randomObjects gives each key a random size, mtime and digest.
 func randomObjects(keys []string, seed uint64) []Object {
 	r := rand.New(rand.NewPCG(seed, 2))
 	objs := make([]Object, len(keys))
 	for i, k := range keys {
-		objs[i] = Object{Key: k, Size: r.Int64N(1 << 30), ModTime: time.Unix(1.7e9+r.Int64N(1e8), r.Int64N(1e9))}
-		for j := range objs[i].SHA256 {
-			objs[i].SHA256[j] = byte(r.Uint32())
-		}
+		objs[i] = randomObject(r, k)
 	}
 	return objs
 }

@@ -45,14 +45,10 @@ func testObject(i int) Object {
 	return o
 }
 
-func TestJournalGroupCommit(t *testing.T) {
-	ctx := context.Background()
-	s := newStore(t)
-	j := NewJournal(s, JournalOptions{Writer: "Host A.example"})
-	if j.Writer() != "host-a-example" {
-		t.Errorf("writer %q", j.Writer())
-	}
-	const n = 64
+// atOnce runs f(0) .. f(n-1) in goroutines released together and fails
+// the test with every error they return.
+func atOnce(t *testing.T, n int, f func(i int) error) {
+	t.Helper()
 	var (
 		wg    sync.WaitGroup
 		start = make(chan struct{})
@@ -61,18 +57,9 @@ func TestJournalGroupCommit(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			<-start
-			o := testObject(i)
-			if err := j.Added(ctx, o); err != nil {
+			if err := f(i); err != nil {
 				errs <- err
-				return
 			}
-			// Durable on return: a segment in the store holds the record.
-			for _, seg := range readJournal(t, s) {
-				if slices.ContainsFunc(seg.Added, func(a Object) bool { return a.Key == o.Key }) {
-					return
-				}
-			}
-			errs <- fmt.Errorf("Added(%s) returned before its segment was in the store", o.Key)
 		})
 	}
 	close(start)
@@ -81,6 +68,29 @@ func TestJournalGroupCommit(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+func TestJournalGroupCommit(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	j := NewJournal(s, JournalOptions{Writer: "Host A.example"})
+	if j.Writer() != "host-a-example" {
+		t.Errorf("writer %q", j.Writer())
+	}
+	const n = 64
+	atOnce(t, n, func(i int) error {
+		o := testObject(i)
+		if err := j.Added(ctx, o); err != nil {
+			return err
+		}
+		// Durable on return: a segment in the store holds the record.
+		for _, seg := range readJournal(t, s) {
+			if slices.ContainsFunc(seg.Added, func(a Object) bool { return a.Key == o.Key }) {
+				return nil
+			}
+		}
+		return fmt.Errorf("Added(%s) returned before its segment was in the store", o.Key)
+	})
 	segs := readJournal(t, s)
 	seen := map[string]int{}
 	for key, seg := range segs {

@@ -1,7 +1,6 @@
 package index
 
 import (
-	"bufio"
 	"bytes"
 	"math/rand/v2"
 	"os"
@@ -54,22 +53,7 @@ func scaleNames(t testing.TB) []string {
 	if path == "" {
 		return names(t)
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); l != "" {
-			out = append(out, l)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return readNames(t, path)
 }
 
 // scaleObjects returns n objects named like tmpl (each package followed by
@@ -77,36 +61,16 @@ func scaleNames(t testing.TB) []string {
 // digests, in random order.
 func scaleObjects(tmpl []string, n int, seed uint64) []Object {
 	r := rand.New(rand.NewPCG(seed, 0x5ca1e))
-	const hexdig = "0123456789abcdef"
 	seen := make(map[string]struct{}, n)
 	objs := make([]Object, 0, n)
-	var h [64]byte
 	for len(objs) < n {
-		name := tmpl[r.IntN(len(tmpl))]
-		dir, base := "", name
-		if j := strings.LastIndexByte(name, '/'); j >= 0 {
-			dir, base = name[:j], name[j+1:]
-		}
-		prefix := sstatePrefix(dir)
-		c := strings.LastIndexByte(base, ':')
-		u := strings.IndexByte(base[c:], '_') + c
-		for i := range h {
-			h[i] = hexdig[r.IntN(16)]
-		}
-		key := string(h[0:2]) + "/" + string(h[2:4]) + "/" + base[:c+1] + string(h[:]) + base[u:]
-		if prefix != "" {
-			key = prefix + "/" + key
-		}
+		key := synthKey(r, tmpl)
 		for _, k := range []string{key, key + ".siginfo"} {
 			if _, dup := seen[k]; dup || len(objs) == n {
 				continue
 			}
 			seen[k] = struct{}{}
-			o := Object{Key: k, Size: r.Int64N(1 << 30), ModTime: time.Unix(1.7e9+r.Int64N(1e8), r.Int64N(1e9))}
-			for j := range o.SHA256 {
-				o.SHA256[j] = byte(r.Uint32())
-			}
-			objs = append(objs, o)
+			objs = append(objs, randomObject(r, k))
 		}
 	}
 	return objs
@@ -149,12 +113,9 @@ func scaleSnapshot(t testing.TB, n int) *scaleInput {
 			} else {
 				c := strings.LastIndexByte(k, ':')
 				h := k[c+1 : c+65]
-				var hn [64]byte
-				for i := range hn {
-					hn[i] = "0123456789abcdef"[r.IntN(16)]
-				}
-				m := strings.Replace(k, h[0:2]+"/"+h[2:4]+"/", string(hn[0:2])+"/"+string(hn[2:4])+"/", 1)
-				in.miss = append(in.miss, strings.Replace(m, h, string(hn[:]), 1))
+				hn := randomHash(r)
+				m := strings.Replace(k, h[0:2]+"/"+h[2:4]+"/", hn[0:2]+"/"+hn[2:4]+"/", 1)
+				in.miss = append(in.miss, strings.Replace(m, h, hn, 1))
 			}
 		}
 		var buf bytes.Buffer

@@ -187,19 +187,24 @@ func TestDecodeSegmentCorrupt(t *testing.T) {
 			return segFrame(17000, bytes.Repeat(rec, 17000))
 		}()},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			seg, err := DecodeSegment(bytes.NewReader(tc.in))
-			if err == nil {
-				t.Fatalf("decoded %+v, want error %q", seg, tc.want)
-			}
-			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %q, want ErrCorrupt saying %q", err, tc.want)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantSegCorrupt(t, tc.in, tc.want) })
 	}
 	boom := errors.New("boom")
 	if _, err := DecodeSegment(failingReader{boom}); !errors.Is(err, boom) || errors.Is(err, ErrCorrupt) {
 		t.Errorf("reader error: %v", err)
+	}
+}
+
+// wantSegCorrupt checks that DecodeSegment refuses in with ErrCorrupt
+// saying want.
+func wantSegCorrupt(t *testing.T, in []byte, want string) {
+	t.Helper()
+	seg, err := DecodeSegment(bytes.NewReader(in))
+	if err == nil {
+		t.Fatalf("decoded %+v, want error %q", seg, want)
+	}
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q, want ErrCorrupt saying %q", err, want)
 	}
 }
 
