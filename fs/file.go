@@ -133,25 +133,42 @@ func (n *objectNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, 
 	if h.File() == nil {
 		n.watchDownload()
 	}
-	f, k, err := h.ReadFile(ctx, off, len(dest))
+	return n.fs.answer(ctx, n.obj.Key, h, dest, off, true)
+}
+
+// answer reads len(dest) bytes at off of an object through h: a splice
+// from its cache or download file where the answer fits the pipe, a copy
+// where it does not. With release, the answer closes h once it is sent;
+// without, h stays the caller's.
+func (f *FS) answer(ctx context.Context, key string, h cache.Handle, dest []byte, off int64, release bool) (fuse.ReadResult, syscall.Errno) {
+	done := func() {
+		if release {
+			h.Close()
+		}
+	}
+	file, k, err := h.ReadFile(ctx, off, len(dest))
 	if err != nil {
-		h.Close()
-		return nil, n.fs.errno(ctx, "read", n.obj.Key, err)
+		done()
+		return nil, f.errno(ctx, "read", key, err)
 	}
 	if k > spliceMax() {
 		// too large for the pipe a splice goes through (go-fuse would
 		// try, fail and log): copy
-		defer h.Close()
-		got, err := f.ReadAt(dest[:k], off)
+		defer done()
+		got, err := file.ReadAt(dest[:k], off)
 		if got < k {
 			if err == nil || err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return nil, n.fs.errno(ctx, "read", n.obj.Key, err)
+			return nil, f.errno(ctx, "read", key, err)
 		}
 		return sliceResult(dest[:k]), 0
 	}
-	return &fileResult{h: h, fd: f.Fd(), off: off, size: k}, 0
+	r := &fileResult{fd: file.Fd(), off: off, size: k}
+	if release {
+		r.h = h
+	}
+	return r, 0
 }
 
 // spliceMax is the largest read spliced: the pipe's limit less a page for
@@ -180,9 +197,10 @@ func (r sliceResult) Slices() ([][]byte, fuse.Status)    { return [][]byte{r}, f
 // (verified, or of a download whose bytes up to there are), which go-fuse
 // splices from the file into the reply, with no copy through this process
 // (or copies with Bytes where splicing fails). Done, after the reply,
-// releases the handle that keeps the file open. The pipe a splice goes
-// through holds at most /proc/sys/fs/pipe-max-size (1 MiB by default)
-// with the reply's header: larger reads do not come here.
+// releases the handle that keeps the file open, if the answer holds one.
+// The pipe a splice goes through holds at most /proc/sys/fs/pipe-max-size
+// (1 MiB by default) with the reply's header: larger reads do not come
+// here.
 type fileResult struct {
 	h    cache.Handle
 	fd   uintptr
@@ -210,7 +228,11 @@ func (r *fileResult) Bytes(buf []byte) ([]byte, fuse.Status) {
 	return buf[:k], fuse.OK
 }
 
-func (r *fileResult) Done() { r.h.Close() }
+func (r *fileResult) Done() {
+	if r.h != nil {
+		r.h.Close()
+	}
+}
 
 // watchDownload makes sure that, if the object's download in progress
 // fails (a corrupt object), the kernel forgets the pages it cached from it:
@@ -290,11 +312,10 @@ func (h *objectHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.R
 	if h.h == nil {
 		return nil, syscall.EBADF
 	}
-	n, err := h.h.ReadAt(ctx, dest, off)
-	if err != nil && err != io.EOF {
-		return nil, h.node.fs.errno(ctx, "read", h.node.obj.Key, err)
-	}
-	return sliceResult(dest[:n]), 0
+	// The open holds h.h until RELEASE, which the kernel sends only once
+	// every answer to a read of this open has arrived: the answer may
+	// splice from its file without holding it itself.
+	return h.node.fs.answer(ctx, h.node.obj.Key, h.h, dest, off, false)
 }
 
 func (h *objectHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
