@@ -138,24 +138,3 @@ func TestSize(t *testing.T) {
 		}
 	}
 }
-
-// TestProcs: sstatefs runs at least minProcs goroutines at once on a small
-// machine, as many as the runtime chose on a larger one, and what the
-// GOMAXPROCS environment variable says when it is set.
-func TestProcs(t *testing.T) {
-	for _, tc := range []struct {
-		cur  int
-		env  string
-		want int
-	}{
-		{2, "", minProcs},
-		{1, "", minProcs},
-		{64, "", 64},
-		{2, "2", 2},
-		{3, "3", 3},
-	} {
-		if got := procs(tc.cur, tc.env); got != tc.want {
-			t.Errorf("procs(%d, %q) = %d, want %d", tc.cur, tc.env, got, tc.want)
-		}
-	}
-}

@@ -5,7 +5,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -34,32 +33,7 @@ Run "sstatefs COMMAND -h" for the flags of a command.
 `
 
 func main() {
-	if n := procs(runtime.GOMAXPROCS(0), os.Getenv("GOMAXPROCS")); n != runtime.GOMAXPROCS(0) {
-		// (only when it changes: setting it stops the runtime following
-		// a container's CPU limit as it changes)
-		runtime.GOMAXPROCS(n)
-	}
 	os.Exit(profiled(func() int { return run(os.Args[1:]) }))
-}
-
-// minProcs is the fewest goroutines sstatefs runs at once. A mount spends
-// most of its time in system calls that block (reads and writes of
-// /dev/fuse, splices, writes of cache files), each holding one of the Go
-// runtime's processors until the runtime takes it back; with only as many
-// as a small machine (or a container's CPU limit) has cores, goroutines
-// that are ready, a download whose bytes have arrived say, wait meanwhile.
-// Measured on 2 cores: cold restores with 8 readers 0.72× → 0.75× of a
-// plain S3 client (3 runs each), 2 readers unchanged.
-const minProcs = 8
-
-// procs returns how many goroutines to run at once: cur (the runtime's
-// choice: cores or the CPU limit) raised to minProcs, unless the GOMAXPROCS
-// environment variable (env) chose.
-func procs(cur int, env string) int {
-	if env != "" {
-		return cur
-	}
-	return max(cur, minProcs)
 }
 
 // profiled runs f, writing a CPU profile of the whole run to the file
