@@ -26,8 +26,9 @@ import (
 
 // --- the proxy ---
 
-// echoServer answers every byte it gets, on 127.0.0.1.
-func echoServer(t *testing.T) string {
+// tcpServer serves each connection to a free port of 127.0.0.1 with handle
+// (which closes it) until the test ends, and returns the address.
+func tcpServer(t *testing.T, handle func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -40,34 +41,26 @@ func echoServer(t *testing.T) string {
 			if err != nil {
 				return
 			}
-			go func() { io.Copy(c, c); c.Close() }()
+			go handle(c)
 		}
 	}()
 	return ln.Addr().String()
 }
 
+// echoServer answers every byte it gets, on 127.0.0.1.
+func echoServer(t *testing.T) string {
+	t.Helper()
+	return tcpServer(t, func(c net.Conn) { io.Copy(c, c); c.Close() })
+}
+
 // sinkServer reads until EOF and answers with the byte count.
 func sinkServer(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				binary.Write(c, binary.LittleEndian, n)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return tcpServer(t, func(c net.Conn) {
+		defer c.Close()
+		n, _ := io.Copy(io.Discard, c)
+		binary.Write(c, binary.LittleEndian, n)
+	})
 }
 
 func startProxy(t *testing.T, target string, rtt time.Duration) *Proxy {
@@ -506,9 +499,9 @@ func (l testLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// tinyBench is a benchmark of a few objects with sstatefs (if FUSE works)
-// and, with SSTATEFS_BENCH_PEERS=1, the peers that are installed.
-func tinyBench(t *testing.T) (*Bench, string) {
+// needVersitygw skips the test without versitygw, or fails it when
+// SSTATEFS_REQUIRE_S3=1 (CI) says it must be there.
+func needVersitygw(t *testing.T) {
 	t.Helper()
 	if findVersitygw() == "" {
 		if os.Getenv("SSTATEFS_REQUIRE_S3") == "1" {
@@ -516,6 +509,13 @@ func tinyBench(t *testing.T) (*Bench, string) {
 		}
 		t.Skip(errNoVersitygw)
 	}
+}
+
+// tinyBench is a benchmark of a few objects with sstatefs (if FUSE works)
+// and, with SSTATEFS_BENCH_PEERS=1, the peers that are installed.
+func tinyBench(t *testing.T) (*Bench, string) {
+	t.Helper()
+	needVersitygw(t)
 	var systems []string
 	if err := fuseUsable(); err != nil {
 		if os.Getenv("SSTATEFS_REQUIRE_FUSE") == "1" {
@@ -633,12 +633,7 @@ func mountsBelow(dir string) []string {
 // with sstate's ':' included; an object stored with another size is an
 // error, and a missing one makes Wait give up after its timeout.
 func TestArrivals(t *testing.T) {
-	if findVersitygw() == "" {
-		if os.Getenv("SSTATEFS_REQUIRE_S3") == "1" {
-			t.Fatal(errNoVersitygw.Error() + " (SSTATEFS_REQUIRE_S3=1)")
-		}
-		t.Skip(errNoVersitygw)
-	}
+	needVersitygw(t)
 	ctx := context.Background()
 	a, err := StartArrivals()
 	if err != nil {

@@ -361,21 +361,14 @@ func (w *populateWorkload) Run(ctx context.Context, env *Env, sys System, t Targ
 	case RoleS3:
 		return []Measurement{{NA: true}, {Value: float64(w.bytes()) / 1e6 / published.Seconds()}}
 	}
-	var stored time.Time
-	if env.Arrivals != nil {
-		last, err := env.Arrivals.Wait(ctx, env.Bucket, want, w.timeout)
-		if err != nil {
-			return []Measurement{pub, failed(err)}
-		}
-		stored = last
+	stored, err := env.Arrivals.Wait(ctx, env.Bucket, want, w.timeout)
+	if err != nil {
+		return []Measurement{pub, failed(err)}
 	}
 	// The events say when; the bucket itself confirms what (one HEAD of
 	// each object, after the clock stopped, when the events did).
 	if err := WaitInBucket(ctx, env.Direct, env.Bucket, want, w.timeout); err != nil {
 		return []Measurement{pub, failed(err)}
-	}
-	if stored.IsZero() {
-		stored = time.Now()
 	}
 	return []Measurement{pub, {Value: float64(w.bytes()) / 1e6 / stored.Sub(start).Seconds()}}
 }
