@@ -429,16 +429,12 @@ func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 		defer f.Close()
 		t0 := time.Now()
 		if e.SHA256 == "" {
-			h := sha256.New()
-			buf := hashBufs.Get().(*[]byte)
-			// (a bare reader: *os.File's WriteTo would use 32 KiB reads)
-			_, err := io.CopyBuffer(h, struct{ io.Reader }{f}, *buf)
-			hashBufs.Put(buf)
+			sum, err := sha256Of(f)
 			if err != nil {
 				return err
 			}
 			// kept in memory only: after a restart it is computed again
-			e.SHA256 = hex.EncodeToString(h.Sum(nil))
+			e.SHA256 = hex.EncodeToString(sum[:])
 		}
 		var sum [32]byte
 		if b, err := hex.DecodeString(e.SHA256); err == nil && len(b) == 32 {
@@ -488,11 +484,23 @@ func (q *Queue) sameAsStore(ctx context.Context, e *Entry) (bool, error) {
 		return false, err
 	}
 	defer rc.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, rc); err != nil {
+	sum, err := sha256Of(rc)
+	if err != nil {
 		return false, err
 	}
-	return hex.EncodeToString(h.Sum(nil)) == e.SHA256, nil
+	return hex.EncodeToString(sum[:]) == e.SHA256, nil
+}
+
+// sha256Of reads r to its end through SHA-256, in 256 KiB reads (a bare
+// reader: *os.File's WriteTo would read 32 KiB at a time).
+func sha256Of(r io.Reader) ([32]byte, error) {
+	h := sha256.New()
+	buf := hashBufs.Get().(*[]byte)
+	defer hashBufs.Put(buf)
+	if _, err := io.CopyBuffer(h, struct{ io.Reader }{r}, *buf); err != nil {
+		return [32]byte{}, err
+	}
+	return [32]byte(h.Sum(nil)), nil
 }
 
 func (q *Queue) update(e *Entry) {
