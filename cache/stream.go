@@ -131,7 +131,11 @@ func (c *Cache) startDownload(obj Object) (*download, error) {
 		d.mu.Unlock()
 		return d, nil
 	}
+	if err := c.backoff.check(obj); err != nil {
+		return nil, err
+	}
 	c.misses.Add(1)
+	c.makeRoom(obj.Size)
 	tmp, err := os.CreateTemp(filepath.Join(c.dir, "tmp"), "fetch-*")
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
@@ -177,6 +181,7 @@ func (c *Cache) run(d *download) {
 	d.mu.Unlock()
 	close(d.finished)
 	c.dlMu.Lock()
+	c.backoff.done(d.obj, err) // before the next open can start another
 	delete(c.downloads, d.obj.ID)
 	c.dlMu.Unlock()
 	d.release()
@@ -286,8 +291,8 @@ func (c *Cache) fetchChunk(ctx context.Context, d *download, i int, inline bool,
 	for got < length {
 		k, err := rc.Read(buf[:min(int64(len(buf)), length-got)])
 		if k > 0 {
-			if _, werr := d.tmp.WriteAt(buf[:k], start+got); werr != nil {
-				return fmt.Errorf("cache: %w", werr)
+			if werr := c.writeAt(d, buf[:k], start+got); werr != nil {
+				return werr
 			}
 			if h != nil {
 				h.Write(buf[:k])
