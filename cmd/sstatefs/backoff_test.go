@@ -1,0 +1,87 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sstatefs/sstatefs/internal/testutil"
+)
+
+// TestCorruptObjectBackedOffThroughMount reads an object whose bytes in the
+// store (real versitygw) no longer match the index, with sha256sum through
+// a real mount, again and again: it is downloaded once, every read fails
+// with EIO, and status and metrics show the object held back with why.
+// (The reads all fall within the first back-off of 30 s: they take
+// milliseconds.)
+func TestCorruptObjectBackedOffThroughMount(t *testing.T) {
+	if _, err := exec.LookPath("sha256sum"); err != nil {
+		t.Skip("sha256sum not installed")
+	}
+	env := testutil.S3Server(t)
+	bucket := env.NewBucket(t)
+	cfg := s3Config(t, env, bucket)
+	cfg.Metrics.Addr = "127.0.0.1:0"
+	ctx := context.Background()
+	store, err := openStore(ctx, cfg.Stores[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 3<<20)
+	rand.Read(data)
+	if err := store.Create(ctx, keyLic, bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if err := indexBuild(ctx, cfg.Stores[0], 2, false, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(data)
+	bad[len(bad)/2] ^= 1
+	if err := store.Put(ctx, keyLic, bytes.NewReader(bad), int64(len(bad))); err != nil {
+		t.Fatal(err)
+	}
+	m := startTestMount(t, cfg)
+	base := scrape(t, m.metrics)
+	p := filepath.Join(m.mountpoint, keyLic)
+	for i := range 5 {
+		out, err := exec.Command("sha256sum", p).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "Input/output error") {
+			t.Fatalf("sha256sum %d of a corrupt object: %v %s", i, err, out)
+		}
+	}
+	after := scrape(t, m.metrics)
+	delta := func(name string) float64 { return after[name] - base[name] }
+	if got := delta(`sstatefs_cache_misses_total`); got != 1 {
+		t.Errorf("5 sha256sum of a corrupt object started %v downloads, want 1", got)
+	}
+	if got := delta(`sstatefs_fetch_duration_seconds_count{result="error"}`); got != 1 {
+		t.Errorf("%v failed downloads, want 1", got)
+	}
+	if delta(`sstatefs_cache_backoff_refused_total`) < 4 || after[`sstatefs_cache_backed_off_objects`] != 1 {
+		t.Errorf("back-off metrics: refused +%v, backed off %v", delta(`sstatefs_cache_backoff_refused_total`), after[`sstatefs_cache_backed_off_objects`])
+	}
+	st, err := askStatus(cfg.Cache.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := st.Cache.BackedOff; len(b) != 1 || b[0].Name != keyLic || !b[0].Corrupt || !strings.Contains(b[0].Reason, "sha256") || !b[0].Until.After(time.Now()) {
+		j, _ := json.MarshalIndent(st.Cache, "", " ")
+		t.Fatalf("status lists backed off objects: %s", j)
+	}
+	var out strings.Builder
+	printLiveStatus(&out, st, time.Now())
+	if !strings.Contains(out.String(), "held back: 1 objects") || !strings.Contains(out.String(), keyLic) {
+		t.Errorf("status output does not show the object held back:\n%s", out.String())
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Errorf("the object is still listed, only its reads fail: %v", err)
+	}
+}
