@@ -150,6 +150,20 @@ func (b *backoffs) pruneLocked(now time.Time) {
 	}
 }
 
+// count returns the number of objects held back now.
+func (b *backoffs) count() int {
+	now := b.now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, f := range b.m {
+		if now.Before(f.until) {
+			n++
+		}
+	}
+	return n
+}
+
 // list returns the objects held back now, the one released first first.
 func (b *backoffs) list() []Backoff {
 	now := b.now()

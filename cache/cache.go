@@ -63,6 +63,9 @@ type Stats struct {
 	// after a failure now; Refused counts the opens answered at once with
 	// ErrBackedOff meanwhile.
 	BackedOff, Refused int64
+	// DiskSize and DiskFree describe the file system of the cache, which
+	// bounds it too (0 when it cannot be told).
+	DiskSize, DiskFree int64
 }
 
 // Cache is the disk cache. Safe for concurrent use.
@@ -361,8 +364,9 @@ func (c *Cache) Stats() Stats {
 	s.Hits, s.Misses = c.hits.Load(), c.misses.Load()
 	s.Evictions, s.Corrupted = c.evictions.Load(), c.corrupted.Load()
 	s.FetchedBytes = c.fetched.Load()
-	s.BackedOff = int64(len(c.backoff.list()))
+	s.BackedOff = int64(c.backoff.count())
 	s.Refused = c.backoff.refused.Load()
+	s.DiskSize, s.DiskFree, _ = diskSpace(c.dir)
 	return s
 }
 

@@ -70,6 +70,9 @@ func TestCacheBoundedByDisk(t *testing.T) {
 	if s.Evictions == 0 || s.Entries >= 10 || s.Bytes > 24<<20 {
 		t.Fatalf("stats %+v: want evictions, fewer than 10 entries", s)
 	}
+	if s.DiskSize != 24<<20 || s.DiskFree <= 0 {
+		t.Errorf("stats tell a disk of %d bytes, %d free; want 24 MiB", s.DiskSize, s.DiskFree)
+	}
 	if c.Has(src.object("o0", true).ID) || !c.Has(src.object("o9", true).ID) {
 		t.Fatal("not evicted oldest first")
 	}

@@ -135,7 +135,6 @@ func (c *Cache) startDownload(obj Object) (*download, error) {
 		return nil, err
 	}
 	c.misses.Add(1)
-	c.makeRoom(obj.Size)
 	tmp, err := os.CreateTemp(filepath.Join(c.dir, "tmp"), "fetch-*")
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
@@ -160,6 +159,7 @@ func (c *Cache) run(d *download) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	start := time.Now()
+	c.makeRoom(d.size)
 	err := c.fetchChunks(ctx, d)
 	if err == nil {
 		err = c.file(d)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sstatefs/sstatefs/cache"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
@@ -76,6 +77,9 @@ func TestCorruptObjectBackedOffThroughMount(t *testing.T) {
 		j, _ := json.MarshalIndent(st.Cache, "", " ")
 		t.Fatalf("status lists backed off objects: %s", j)
 	}
+	if st.Cache.DiskSize <= 0 || st.Cache.DiskFree <= 0 {
+		t.Errorf("status does not tell the cache's disk: %+v", st.Cache)
+	}
 	var out strings.Builder
 	printLiveStatus(&out, st, time.Now())
 	if !strings.Contains(out.String(), "held back: 1 objects") || !strings.Contains(out.String(), keyLic) {
@@ -83,5 +87,26 @@ func TestCorruptObjectBackedOffThroughMount(t *testing.T) {
 	}
 	if _, err := os.Stat(p); err != nil {
 		t.Errorf("the object is still listed, only its reads fail: %v", err)
+	}
+}
+
+// The status output shows the objects held back and a cache size larger
+// than the cache's disk.
+func TestPrintLiveStatusCache(t *testing.T) {
+	now := time.Date(2026, 12, 2, 15, 0, 0, 0, time.UTC)
+	st := LiveStatus{Cache: CacheStatus{
+		Limit: 20 << 30, DiskSize: 24 << 20, DiskFree: 3 << 20, Refused: 7,
+		BackedOff: []cache.Backoff{{Name: keyLic, Reason: "sha256 mismatch", Corrupt: true, Failures: 2, Until: now.Add(time.Minute)}},
+	}}
+	var out strings.Builder
+	printLiveStatus(&out, st, now)
+	for _, want := range []string{
+		"held back: 1 objects whose last download failed, not retried until their back-off ends; 7 opens refused meanwhile",
+		keyLic + "\n           2 failed, next attempt in 1m0s (2026-12-02T15:01:00Z): sha256 mismatch",
+		"file system of 24.0 MiB, 3.0 MiB free (smaller than the cache size: the free space bounds the cache)",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status output lacks %q:\n%s", want, out.String())
+		}
 	}
 }

@@ -117,6 +117,9 @@ type CacheStatus struct {
 	// last download failed recently; BackedOff lists those objects now.
 	Refused   int64
 	BackedOff []cache.Backoff
+	// DiskSize and DiskFree describe the cache's file system, which
+	// bounds the cache too.
+	DiskSize, DiskFree int64
 }
 
 // LookupStatus counts lookups.
@@ -191,6 +194,7 @@ func (o *observer) attach(m *mounted) {
 	gauge("sstatefs_cache_bytes", "Bytes in the disk cache.", func() float64 { return float64(cs().Bytes) })
 	gauge("sstatefs_cache_entries", "Objects in the disk cache.", func() float64 { return float64(cs().Entries) })
 	gauge("sstatefs_cache_limit_bytes", "Bound of the disk cache.", func() float64 { return float64(o.limit) })
+	gauge("sstatefs_cache_disk_free_bytes", "Bytes available on the cache's file system (the cache keeps a margin of it free).", func() float64 { return float64(cs().DiskFree) })
 	gauge("sstatefs_upload_queue_depth", "Objects waiting in the upload queue.", func() float64 { return float64(m.queue.Len()) })
 	qs := func() publish.Stats { return m.queue.Stats() }
 	counter("sstatefs_uploads_total", "Objects uploaded to the store.", func() float64 { return float64(qs().Uploaded) })
@@ -265,7 +269,7 @@ func (o *observer) status() LiveStatus {
 		st.Index.Age = time.Since(st.Index.LastLoad).Round(time.Second).String()
 	}
 	cs := m.cache.Stats()
-	st.Cache = CacheStatus{Bytes: cs.Bytes, Limit: o.limit, Entries: cs.Entries, Hits: cs.Hits, Misses: cs.Misses, Evictions: cs.Evictions, Corrupted: cs.Corrupted, FetchedBytes: cs.FetchedBytes, Refused: cs.Refused, BackedOff: m.cache.BackedOff()}
+	st.Cache = CacheStatus{Bytes: cs.Bytes, Limit: o.limit, Entries: cs.Entries, Hits: cs.Hits, Misses: cs.Misses, Evictions: cs.Evictions, Corrupted: cs.Corrupted, FetchedBytes: cs.FetchedBytes, Refused: cs.Refused, BackedOff: m.cache.BackedOff(), DiskSize: cs.DiskSize, DiskFree: cs.DiskFree}
 	vs := m.view.Stats()
 	st.Lookups = LookupStatus{Hits: vs.Hits, Misses: vs.Misses, Probes: vs.Probes, ProbeHits: vs.ProbeHits, ProbeErrors: vs.ProbeErrors}
 	st.Queue = summarizeQueue(st.Entries)

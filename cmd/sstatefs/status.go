@@ -149,6 +149,13 @@ func printLiveStatus(w io.Writer, st LiveStatus, now time.Time) {
 	}
 	fmt.Fprintf(w, "disk:     %s of %s in %d objects; %d hits, %d misses, %d evictions, %d failed verification, %s fetched\n",
 		humanBytes(st.Cache.Bytes), humanBytes(st.Cache.Limit), st.Cache.Entries, st.Cache.Hits, st.Cache.Misses, st.Cache.Evictions, st.Cache.Corrupted, humanBytes(st.Cache.FetchedBytes))
+	if st.Cache.DiskSize > 0 {
+		note := ""
+		if st.Cache.Limit > st.Cache.DiskSize {
+			note = " (smaller than the cache size: the free space bounds the cache)"
+		}
+		fmt.Fprintf(w, "          file system of %s, %s free%s\n", humanBytes(st.Cache.DiskSize), humanBytes(st.Cache.DiskFree), note)
+	}
 	if len(st.Cache.BackedOff) > 0 || st.Cache.Refused > 0 {
 		fmt.Fprintf(w, "held back: %d objects whose last download failed, not retried until their back-off ends; %d opens refused meanwhile\n", len(st.Cache.BackedOff), st.Cache.Refused)
 		for _, b := range st.Cache.BackedOff {
