@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -109,4 +110,31 @@ func TestPrintLiveStatusCache(t *testing.T) {
 			t.Errorf("status output lacks %q:\n%s", want, out.String())
 		}
 	}
+}
+
+// fakeClock is the cache's clock of a test mount: it moves only when told.
+type fakeClock struct {
+	mu sync.Mutex // protects t
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+// passBackoff moves the clock past any back-off of a failed download.
+func (c *fakeClock) passBackoff() {
+	c.mu.Lock()
+	c.t = c.t.Add(time.Hour)
+	c.mu.Unlock()
+}
+
+// fakeCacheClock gives the mounts the test starts a clock it moves.
+func fakeCacheClock(t *testing.T) *fakeClock {
+	c := &fakeClock{t: time.Now()}
+	cacheClock = c.Now
+	t.Cleanup(func() { cacheClock = time.Now })
+	return c
 }
