@@ -175,15 +175,17 @@ func (c *Cache) run(d *download) {
 		c.log.Warn("download failed", "object", d.obj.Name, "error", err)
 		os.Remove(d.tmp.Name())
 	}
+	// The outcome is recorded before a reader learns it, so that its next
+	// open is answered from the back-off, not by this finished download.
+	c.dlMu.Lock()
+	c.backoff.done(d.obj, err)
+	delete(c.downloads, d.obj.ID)
+	c.dlMu.Unlock()
 	d.mu.Lock()
 	d.done, d.err = true, err
 	d.cond.Broadcast()
 	d.mu.Unlock()
 	close(d.finished)
-	c.dlMu.Lock()
-	c.backoff.done(d.obj, err) // before the next open can start another
-	delete(c.downloads, d.obj.ID)
-	c.dlMu.Unlock()
 	d.release()
 }
 
