@@ -49,6 +49,9 @@ type Options struct {
 	ChunkSize int64
 	// OnFetch, if set, is told of every download: bytes, duration, error.
 	OnFetch func(bytes int64, d time.Duration, err error)
+	// Now is the clock of the back-off of failed downloads (default
+	// time.Now); tests move it instead of sleeping.
+	Now func() time.Time
 }
 
 // Stats are counters for status and metrics.
@@ -56,6 +59,13 @@ type Stats struct {
 	Bytes, Entries                     int64
 	Hits, Misses, Evictions, Corrupted int64
 	FetchedBytes                       int64
+	// BackedOff is the number of objects whose downloads are held back
+	// after a failure now; Refused counts the opens answered at once with
+	// ErrBackedOff meanwhile.
+	BackedOff, Refused int64
+	// DiskSize and DiskFree describe the file system of the cache, which
+	// bounds it too (0 when it cannot be told).
+	DiskSize, DiskFree int64
 }
 
 // Cache is the disk cache. Safe for concurrent use.
@@ -66,7 +76,9 @@ type Cache struct {
 	timeout   time.Duration
 	onFetch   func(int64, time.Duration, error)
 	chunkSize int64
+	backoff   *backoffs
 
+	// Lock order: dlMu before mu.
 	dlMu      sync.Mutex           // protects downloads
 	downloads map[string]*download // running downloads by id
 
@@ -92,7 +104,10 @@ func Open(opt Options) (*Cache, error) {
 	if opt.FetchTimeout <= 0 {
 		opt.FetchTimeout = 10 * time.Minute
 	}
-	c := &Cache{dir: opt.Dir, max: opt.MaxBytes, log: opt.Logger, timeout: opt.FetchTimeout, onFetch: opt.OnFetch, chunkSize: opt.ChunkSize, verified: map[string]bool{}, lastUse: map[string]time.Time{}, persisted: map[string]time.Time{}, downloads: map[string]*download{}}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	c := &Cache{dir: opt.Dir, max: opt.MaxBytes, log: opt.Logger, timeout: opt.FetchTimeout, onFetch: opt.OnFetch, chunkSize: opt.ChunkSize, backoff: newBackoffs(opt.Now), verified: map[string]bool{}, lastUse: map[string]time.Time{}, persisted: map[string]time.Time{}, downloads: map[string]*download{}}
 	lru, err := simplelru.NewLRU[string, int64](1<<62, nil)
 	if err != nil {
 		return nil, err
@@ -139,6 +154,7 @@ func Open(opt Options) (*Cache, error) {
 		c.lru.Add(e.id, e.size)
 		c.bytes += e.size
 	}
+	c.warnOversized()
 	c.mu.Lock()
 	c.evictLocked("")
 	c.mu.Unlock()
@@ -293,9 +309,11 @@ func (c *Cache) drop(id string) {
 	os.Remove(c.path(id))
 }
 
-// evictLocked removes least recently used entries until the bound holds,
-// sparing keep (the entry just added, which a caller is about to open).
+// evictLocked removes least recently used entries until the bound holds
+// and the margin of free disk space is kept (see makeRoomLocked), sparing
+// keep (the entry just added, which a caller is about to open).
 func (c *Cache) evictLocked(keep string) {
+	defer c.makeRoomLocked(0, keep)
 	if c.max <= 0 {
 		return
 	}
@@ -308,13 +326,18 @@ func (c *Cache) evictLocked(keep string) {
 			c.lru.Get(keep) // move to front, evict the next oldest
 			continue
 		}
-		c.lru.Remove(id)
-		c.bytes -= size
-		delete(c.verified, id)
-		c.evictions.Add(1)
-		if err := os.Remove(c.path(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			c.log.Warn("cache eviction", "id", id, "error", err)
-		}
+		c.evictOneLocked(id, size)
+	}
+}
+
+// evictOneLocked removes the entry id of size bytes.
+func (c *Cache) evictOneLocked(id string, size int64) {
+	c.lru.Remove(id)
+	c.bytes -= size
+	delete(c.verified, id)
+	c.evictions.Add(1)
+	if err := os.Remove(c.path(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		c.log.Warn("cache eviction", "id", id, "error", err)
 	}
 }
 
@@ -341,6 +364,9 @@ func (c *Cache) Stats() Stats {
 	s.Hits, s.Misses = c.hits.Load(), c.misses.Load()
 	s.Evictions, s.Corrupted = c.evictions.Load(), c.corrupted.Load()
 	s.FetchedBytes = c.fetched.Load()
+	s.BackedOff = int64(c.backoff.count())
+	s.Refused = c.backoff.refused.Load()
+	s.DiskSize, s.DiskFree, _ = diskSpace(c.dir)
 	return s
 }
 

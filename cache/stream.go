@@ -131,6 +131,9 @@ func (c *Cache) startDownload(obj Object) (*download, error) {
 		d.mu.Unlock()
 		return d, nil
 	}
+	if err := c.backoff.check(obj); err != nil {
+		return nil, err
+	}
 	c.misses.Add(1)
 	tmp, err := os.CreateTemp(filepath.Join(c.dir, "tmp"), "fetch-*")
 	if err != nil {
@@ -156,6 +159,7 @@ func (c *Cache) run(d *download) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	start := time.Now()
+	c.makeRoom(d.size)
 	err := c.fetchChunks(ctx, d)
 	if err == nil {
 		err = c.file(d)
@@ -171,14 +175,17 @@ func (c *Cache) run(d *download) {
 		c.log.Warn("download failed", "object", d.obj.Name, "error", err)
 		os.Remove(d.tmp.Name())
 	}
+	// The outcome is recorded before a reader learns it, so that its next
+	// open is answered from the back-off, not by this finished download.
+	c.dlMu.Lock()
+	c.backoff.done(d.obj, err)
+	delete(c.downloads, d.obj.ID)
+	c.dlMu.Unlock()
 	d.mu.Lock()
 	d.done, d.err = true, err
 	d.cond.Broadcast()
 	d.mu.Unlock()
 	close(d.finished)
-	c.dlMu.Lock()
-	delete(c.downloads, d.obj.ID)
-	c.dlMu.Unlock()
 	d.release()
 }
 
@@ -286,8 +293,8 @@ func (c *Cache) fetchChunk(ctx context.Context, d *download, i int, inline bool,
 	for got < length {
 		k, err := rc.Read(buf[:min(int64(len(buf)), length-got)])
 		if k > 0 {
-			if _, werr := d.tmp.WriteAt(buf[:k], start+got); werr != nil {
-				return fmt.Errorf("cache: %w", werr)
+			if werr := c.writeAt(d, buf[:k], start+got); werr != nil {
+				return werr
 			}
 			if h != nil {
 				h.Write(buf[:k])

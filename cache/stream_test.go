@@ -183,10 +183,14 @@ func TestStreamReaderInterrupted(t *testing.T) {
 	c, _ := Open(Options{Dir: t.TempDir(), ChunkSize: smallChunks})
 	data := rnd(t, 256<<10)
 	src := &rangedSource{data: data, gate: make(chan struct{})}
-	defer close(src.gate)
 	obj := Object{ID: "stuck", Size: int64(len(data)), SHA256: sha256.Sum256(data), Name: "x", Fetch: src.fetch}
 	h, _ := c.OpenStream(context.Background(), obj)
-	defer h.Close()
+	defer func() {
+		// let the download finish before its directory goes
+		close(src.gate)
+		h.Wait()
+		h.Close()
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	buf := make([]byte, 4096)

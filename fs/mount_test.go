@@ -81,6 +81,27 @@ type testMount struct {
 	server   interface{ Unmount() error }
 	fuseLog  *testutil.SyncBuffer // what go-fuse logged
 	fs       *sfs.FS
+	// clock is the cache's clock: moving it ends the back-off of objects
+	// whose download failed, without sleeping.
+	clock *testClock
+}
+
+type testClock struct {
+	mu sync.Mutex // protects t
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+// passBackoff moves the clock past any back-off of a failed download.
+func (c *testClock) passBackoff() {
+	c.mu.Lock()
+	c.t = c.t.Add(time.Hour)
+	c.mu.Unlock()
 }
 
 type mountOpts struct {
@@ -136,7 +157,8 @@ func mount(t testing.TB, o mountOpts) *testMount {
 	fault.stats.Store(0)
 	fault.opens.Store(0)
 	fault.lists.Store(0)
-	c, err := cache.Open(cache.Options{Dir: filepath.Join(o.cacheDir, "cache"), MaxBytes: o.cacheBytes})
+	clock := &testClock{t: time.Now()}
+	c, err := cache.Open(cache.Options{Dir: filepath.Join(o.cacheDir, "cache"), MaxBytes: o.cacheBytes, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +189,7 @@ func mount(t testing.TB, o mountOpts) *testMount {
 	if err := sfs.SetReadAhead(mp, o.readAheadKB); err != nil {
 		t.Errorf("read-ahead: %v", err)
 	}
-	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, cache: c, server: server, fuseLog: fuseLog, fs: f}
+	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, cache: c, server: server, fuseLog: fuseLog, fs: f, clock: clock}
 	t.Cleanup(func() {
 		fault.down.Store(false)
 		if err := server.Unmount(); err != nil {
@@ -549,7 +571,8 @@ func TestCorruptObjectIsAnError(t *testing.T) {
 	if len(got) >= len(data) {
 		t.Fatal("the reader got the whole corrupt object")
 	}
-	// a second open fetches again and fails again: nothing was cached
+	// a second open fails again: nothing was cached (and the failed
+	// download is not retried before its back-off ends)
 	if _, err := os.ReadFile(filepath.Join(m.dir, pkgKey)); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("second read of a corrupt object: %v", err)
 	}
@@ -578,6 +601,7 @@ func TestStoreDownBoundedAndRecovers(t *testing.T) {
 		t.Fatalf("stat from the index with the store down: %v", err)
 	}
 	m.fault.down.Store(false)
+	m.clock.passBackoff()
 	got, err := os.ReadFile(filepath.Join(m.dir, pkgKey))
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("after recovery: %v", err)
@@ -943,6 +967,7 @@ func TestCorruptDownloadLeavesNoPages(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // the invalidation follows the failure
 	os.WriteFile(sp, data, 0o644)
 	os.Chtimes(sp, fi.ModTime(), fi.ModTime())
+	m.clock.passBackoff()
 	got, err := os.ReadFile(filepath.Join(m.dir, pkgKey))
 	if err != nil {
 		t.Fatal(err)

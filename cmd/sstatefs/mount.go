@@ -114,6 +114,10 @@ type mounted struct {
 	unlock     func()
 }
 
+// cacheClock is the clock of the cache's back-off of failed downloads;
+// tests move it instead of sleeping.
+var cacheClock = time.Now
+
 // startMount composes the stack for the first store and mounts it.
 func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Logger) (m *mounted, err error) {
 	mp, err := checkMountpoint(mountpoint)
@@ -145,7 +149,7 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		return nil, err
 	}
 	obs := newObserver(ringOf(log), cfg.Cache.Size.Bytes)
-	c, err := cache.Open(cache.Options{Dir: filepath.Join(cfg.Cache.Dir, "cache"), MaxBytes: cfg.Cache.Size.Bytes, Logger: log, OnFetch: obs.onFetch})
+	c, err := cache.Open(cache.Options{Dir: filepath.Join(cfg.Cache.Dir, "cache"), MaxBytes: cfg.Cache.Size.Bytes, Logger: log, OnFetch: obs.onFetch, Now: cacheClock})
 	if err != nil {
 		return nil, err
 	}

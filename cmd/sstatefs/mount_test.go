@@ -127,6 +127,7 @@ func TestMountS3(t *testing.T) {
 		t.Errorf("index show: %v\n%s", err, out.String())
 	}
 
+	clock := fakeCacheClock(t)
 	m := startTestMount(t, cfg)
 	if got := restore(t, m.mountpoint, keyPkg); !bytes.Equal(got, payload) {
 		t.Fatal("restored payload differs")
@@ -156,6 +157,7 @@ func TestMountS3(t *testing.T) {
 		t.Fatalf("stat from the index with the store down: %v", err)
 	}
 	env.Start()
+	clock.passBackoff() // the failed download is retried once its back-off ends
 	if got, err := os.ReadFile(filepath.Join(m.mountpoint, keyLic)); err != nil || string(got) != "lic" {
 		t.Fatalf("after the store came back: %q %v", got, err)
 	}

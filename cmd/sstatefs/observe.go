@@ -113,6 +113,13 @@ type IndexStatus struct {
 // CacheStatus describes the disk cache.
 type CacheStatus struct {
 	Bytes, Limit, Entries, Hits, Misses, Evictions, Corrupted, FetchedBytes int64
+	// Refused counts opens answered at once (EIO) because the object's
+	// last download failed recently; BackedOff lists those objects now.
+	Refused   int64
+	BackedOff []cache.Backoff
+	// DiskSize and DiskFree describe the cache's file system, which
+	// bounds the cache too.
+	DiskSize, DiskFree int64
 }
 
 // LookupStatus counts lookups.
@@ -182,9 +189,12 @@ func (o *observer) attach(m *mounted) {
 	counter("sstatefs_cache_misses_total", "Opens that had to download.", func() float64 { return float64(cs().Misses) })
 	counter("sstatefs_cache_evictions_total", "Cache entries evicted to keep the size bound.", func() float64 { return float64(cs().Evictions) })
 	counter("sstatefs_cache_corrupt_total", "Downloads or cache entries that failed verification.", func() float64 { return float64(cs().Corrupted) })
+	counter("sstatefs_cache_backoff_refused_total", "Opens answered at once with an error because the object's last download failed recently.", func() float64 { return float64(cs().Refused) })
+	gauge("sstatefs_cache_backed_off_objects", "Objects whose downloads are held back after a failure.", func() float64 { return float64(cs().BackedOff) })
 	gauge("sstatefs_cache_bytes", "Bytes in the disk cache.", func() float64 { return float64(cs().Bytes) })
 	gauge("sstatefs_cache_entries", "Objects in the disk cache.", func() float64 { return float64(cs().Entries) })
 	gauge("sstatefs_cache_limit_bytes", "Bound of the disk cache.", func() float64 { return float64(o.limit) })
+	gauge("sstatefs_cache_disk_free_bytes", "Bytes available on the cache's file system (the cache keeps a margin of it free).", func() float64 { return float64(cs().DiskFree) })
 	gauge("sstatefs_upload_queue_depth", "Objects waiting in the upload queue.", func() float64 { return float64(m.queue.Len()) })
 	qs := func() publish.Stats { return m.queue.Stats() }
 	counter("sstatefs_uploads_total", "Objects uploaded to the store.", func() float64 { return float64(qs().Uploaded) })
@@ -259,7 +269,7 @@ func (o *observer) status() LiveStatus {
 		st.Index.Age = time.Since(st.Index.LastLoad).Round(time.Second).String()
 	}
 	cs := m.cache.Stats()
-	st.Cache = CacheStatus{Bytes: cs.Bytes, Limit: o.limit, Entries: cs.Entries, Hits: cs.Hits, Misses: cs.Misses, Evictions: cs.Evictions, Corrupted: cs.Corrupted, FetchedBytes: cs.FetchedBytes}
+	st.Cache = CacheStatus{Bytes: cs.Bytes, Limit: o.limit, Entries: cs.Entries, Hits: cs.Hits, Misses: cs.Misses, Evictions: cs.Evictions, Corrupted: cs.Corrupted, FetchedBytes: cs.FetchedBytes, Refused: cs.Refused, BackedOff: m.cache.BackedOff(), DiskSize: cs.DiskSize, DiskFree: cs.DiskFree}
 	vs := m.view.Stats()
 	st.Lookups = LookupStatus{Hits: vs.Hits, Misses: vs.Misses, Probes: vs.Probes, ProbeHits: vs.ProbeHits, ProbeErrors: vs.ProbeErrors}
 	st.Queue = summarizeQueue(st.Entries)

@@ -149,6 +149,20 @@ func printLiveStatus(w io.Writer, st LiveStatus, now time.Time) {
 	}
 	fmt.Fprintf(w, "disk:     %s of %s in %d objects; %d hits, %d misses, %d evictions, %d failed verification, %s fetched\n",
 		humanBytes(st.Cache.Bytes), humanBytes(st.Cache.Limit), st.Cache.Entries, st.Cache.Hits, st.Cache.Misses, st.Cache.Evictions, st.Cache.Corrupted, humanBytes(st.Cache.FetchedBytes))
+	if st.Cache.DiskSize > 0 {
+		note := ""
+		if st.Cache.Limit > st.Cache.DiskSize {
+			note = " (smaller than the cache size: the free space bounds the cache)"
+		}
+		fmt.Fprintf(w, "          file system of %s, %s free%s\n", humanBytes(st.Cache.DiskSize), humanBytes(st.Cache.DiskFree), note)
+	}
+	if len(st.Cache.BackedOff) > 0 || st.Cache.Refused > 0 {
+		fmt.Fprintf(w, "held back: %d objects whose last download failed, not retried until their back-off ends; %d opens refused meanwhile\n", len(st.Cache.BackedOff), st.Cache.Refused)
+		for _, b := range st.Cache.BackedOff {
+			fmt.Fprintf(w, "  %s\n           %d failed, next attempt in %s (%s): %s\n", b.Name, b.Failures,
+				max(0, b.Until.Sub(now)).Round(time.Second), b.Until.Format(time.RFC3339), b.Reason)
+		}
+	}
 	fmt.Fprintf(w, "lookups:  %d present, %d absent, %d store probes (%d failed)\n", st.Lookups.Hits+st.Lookups.ProbeHits, st.Lookups.Misses, st.Lookups.Probes, st.Lookups.ProbeErrors)
 	fmt.Fprintf(w, "uploads:  %d pending (%s), %d waiting for the index journal, %d failing; %d uploaded (%s), %d kept by the store (other content), %d failed attempts\n",
 		st.Queue.Pending, humanBytes(st.Queue.PendingBytes), st.Queue.Uploaded, st.Queue.Failing,
