@@ -304,6 +304,15 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	d.fs.view.Forget(key)
 	out.Attr.FromStat(&st)
 	n := d.NewInode(ctx, &localNode{fs: d.fs}, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: st.Ino})
+	if !d.fs.daemonOpens {
+		// Once the kernel opens files itself it never sends RELEASE, also
+		// not for files it created here: a handle would keep its
+		// descriptor (and a removed file's space) until the process ends.
+		// Reads and writes go to the overlay file by path instead, as for
+		// files the kernel opened.
+		syscall.Close(fd)
+		return n, nil, 0, 0
+	}
 	return n, d.fs.overlayFile(fd), 0, 0
 }
 
