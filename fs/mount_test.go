@@ -27,6 +27,7 @@ import (
 	"github.com/sstatefs/sstatefs/cache"
 	sfs "github.com/sstatefs/sstatefs/fs"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/access"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 	"github.com/sstatefs/sstatefs/view"
 )
@@ -96,6 +97,13 @@ type mountOpts struct {
 	readAheadKB int
 	// debugLog has go-fuse log every request into fuseLog
 	debugLog bool
+	// allowOther lets other users in; owner (default: this process's
+	// uid:gid) owns the store's objects and the root; publishers may
+	// publish; publish is called for each publication
+	allowOther bool
+	owner      *[2]uint32
+	publishers access.Rule
+	publish    func(ctx context.Context, key, path string) error
 }
 
 // mount builds the real stack (file store, index, cache, view, fs) over the
@@ -141,16 +149,19 @@ func mount(t testing.TB, o mountOpts) *testMount {
 		t.Fatal(err)
 	}
 	v := view.New(view.Options{Store: store, Index: live, Cache: c, Probes: cache.NewStatCache(1000, time.Minute, time.Minute)})
+	if o.owner == nil {
+		o.owner = &[2]uint32{uint32(os.Getuid()), uint32(os.Getgid())}
+	}
 	f, root, err := sfs.New(sfs.Options{
 		View: v, Overlay: filepath.Join(o.cacheDir, "overlay"), StateDir: filepath.Join(o.cacheDir, "state"),
-		UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), CacheDir: o.cacheDir,
-		DaemonOpens: o.daemonOpens,
+		UID: o.owner[0], GID: o.owner[1], CacheDir: o.cacheDir,
+		DaemonOpens: o.daemonOpens, Publishers: o.publishers, Publish: o.publish,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mp := t.TempDir()
-	opts := sfs.MountOptions(sfs.MountConfig{Debug: testing.Verbose() && os.Getenv("SSTATEFS_FUSE_DEBUG") != ""})
+	opts := sfs.MountOptions(sfs.MountConfig{Debug: testing.Verbose() && os.Getenv("SSTATEFS_FUSE_DEBUG") != "", AllowOther: o.allowOther})
 	fuseLog := &testutil.SyncBuffer{}
 	if !opts.Debug {
 		opts.Logger = log.New(fuseLog, "", 0)
