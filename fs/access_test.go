@@ -248,13 +248,19 @@ func objectIn(native, pn, hash string) string {
 // root, not hide a store object, and not publish, even in a directory
 // someone made world-writable.
 func TestAllowOtherAttacks(t *testing.T) {
+	for _, daemonOpens := range []bool{false, true} {
+		t.Run(fmt.Sprintf("daemonOpens=%v", daemonOpens), func(t *testing.T) { testAllowOtherAttacks(t, daemonOpens) })
+	}
+}
+
+func testAllowOtherAttacks(t *testing.T, daemonOpens bool) {
 	storeDir := t.TempDir()
 	writeStore(t, storeDir, pkgKey, []byte("pkg"))
 	writeStore(t, storeDir, pkgKey+".siginfo", []byte("sig"))
 	writeStore(t, storeDir, licKey, []byte("lic"))
 	var pl publishLog
 	// mount made by root over a root-owned mountpoint: root publishes
-	m := mount(t, mountOpts{storeDir: storeDir, allowOther: true, publishers: access.Rule{UID: 0, GID: 0}, publish: pl.publish})
+	m := mount(t, mountOpts{storeDir: storeDir, allowOther: true, publishers: access.Rule{UID: 0, GID: 0}, publish: pl.publish, daemonOpens: daemonOpens})
 	reachable(t, m.dir)
 	bin := helperBinary(t)
 	p := func(rel string) string { return filepath.Join(m.dir, rel) }
@@ -313,6 +319,10 @@ func TestAllowOtherAttacks(t *testing.T) {
 	if got := pl.get(); len(got) != 0 {
 		t.Errorf("published by another user: %q", got)
 	}
+	// the rule refused several times, and said so once for this user
+	if n := strings.Count(m.fsLog.String(), "uid=65534"); n != 1 {
+		t.Errorf("refusals of uid 65534 logged %d times, want once:\n%s", n, m.fsLog.String())
+	}
 }
 
 // TestAllowOtherPublishers: the mount owner (here nobody, as when the
@@ -368,7 +378,9 @@ func TestAllowOtherPublishers(t *testing.T) {
 
 	// a member of the owner's group publishes too
 	theirs := objectIn("", "member-native", "abce"+h1[4:])
-	expect(t, bin, member, publishSteps(theirs)[1:]...)
+	expect(t, bin, member, append(publishSteps(theirs)[1:],
+		step{userOp{Op: "utime", A: p(pkgKey)}, "ok", "os.utime of a store object by the group"},
+		step{userOp{Op: "touch", A: p(pkgKey)}, "ok", "touch of a store object by the group"})...)
 
 	// anyone else: reads, but no publish, touch or hiding
 	tmp := p(filepath.Dir(mine) + "/tmp.other")

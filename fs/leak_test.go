@@ -55,6 +55,7 @@ func TestCreateReleasesDescriptors(t *testing.T) {
 				cycle(i)
 			}
 			after := openFDs(t)
+			t.Logf("%d create/write/remove cycles: %d open descriptors before, %d after", n, before, after)
 			// The kernel sends RELEASE in the background, so a few
 			// releases may still be on their way: allow for them (at most
 			// MaxBackground are in flight), far below one per cycle.

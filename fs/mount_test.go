@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,6 +82,7 @@ type testMount struct {
 	cache    *cache.Cache
 	server   interface{ Unmount() error }
 	fuseLog  *testutil.SyncBuffer // what go-fuse logged
+	fsLog    *testutil.SyncBuffer // what the FS logged
 	fs       *sfs.FS
 }
 
@@ -149,6 +151,7 @@ func mount(t testing.TB, o mountOpts) *testMount {
 		t.Fatal(err)
 	}
 	v := view.New(view.Options{Store: store, Index: live, Cache: c, Probes: cache.NewStatCache(1000, time.Minute, time.Minute)})
+	fsLog := &testutil.SyncBuffer{}
 	if o.owner == nil {
 		o.owner = &[2]uint32{uint32(os.Getuid()), uint32(os.Getgid())}
 	}
@@ -156,6 +159,7 @@ func mount(t testing.TB, o mountOpts) *testMount {
 		View: v, Overlay: filepath.Join(o.cacheDir, "overlay"), StateDir: filepath.Join(o.cacheDir, "state"),
 		UID: o.owner[0], GID: o.owner[1], CacheDir: o.cacheDir,
 		DaemonOpens: o.daemonOpens, Publishers: o.publishers, Publish: o.publish,
+		Logger: slog.New(slog.NewTextHandler(fsLog, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -178,7 +182,7 @@ func mount(t testing.TB, o mountOpts) *testMount {
 	if err := sfs.SetReadAhead(mp, o.readAheadKB); err != nil {
 		t.Errorf("read-ahead: %v", err)
 	}
-	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, cache: c, server: server, fuseLog: fuseLog, fs: f}
+	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, cache: c, server: server, fuseLog: fuseLog, fsLog: fsLog, fs: f}
 	t.Cleanup(func() {
 		fault.down.Store(false)
 		if err := server.Unmount(); err != nil {
