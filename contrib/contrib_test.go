@@ -1329,6 +1329,13 @@ func TestSystemdUnitPrivileges(t *testing.T) {
 		bounding += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
 	}
 	s := newSandbox(t)
+	// the build user (nobody here) owns the mountpoint: it may publish
+	if err := os.MkdirAll(s.mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(s.mnt, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
 	start := func() *exec.Cmd {
 		t.Helper()
 		argv := []string{"--bounding-set=" + bounding, "--inh-caps=-all"}

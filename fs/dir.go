@@ -141,7 +141,9 @@ func (d *dirNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 func (d *dirNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	key := rel(&d.Inode)
 	p := d.fs.overlayPath(key)
-	if err := os.MkdirAll(p, 0o775); err != nil {
+	// a store directory gets its overlay directory (and the set of overlay
+	// names learns it, so that its new attributes show)
+	if err := d.fs.makeDirs(key); err != nil {
 		return d.fs.errno(ctx, "setattr", key, err)
 	}
 	if err := setattrPath(p, in); err != nil {
@@ -193,8 +195,13 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 // levels it creates belong to the configured owner, like the store's
 // directories they stand for.
 func (f *FS) ensureDir(key string) error {
-	dir := filepath.Dir(key)
-	if dir == "." {
+	return f.makeDirs(filepath.Dir(key))
+}
+
+// makeDirs makes the overlay directory dir and its parents exist, as
+// ensureDir does.
+func (f *FS) makeDirs(dir string) error {
+	if dir == "." || dir == "" {
 		return nil
 	}
 	var k string
@@ -209,6 +216,10 @@ func (f *FS) ensureDir(key string) error {
 			f.names.add(k)
 			if os.Getuid() == 0 {
 				f.chown(p, int(f.uid), int(f.gid))
+			}
+			// 0775 whatever this process's umask: the group publishes
+			if err := syscall.Chmod(p, 0o775); err != nil {
+				return err
 			}
 		case errors.Is(err, syscall.EEXIST):
 			f.names.add(k)
@@ -229,6 +240,11 @@ func (d *dirNode) makeEntry(ctx context.Context, op, name string, create func(p 
 	if d.exists(ctx, key) {
 		return "", "", syscall.EEXIST
 	}
+	if isObjectName(key) {
+		if en := d.fs.allowPublish(ctx, op, key); en != 0 {
+			return "", "", en
+		}
+	}
 	if err := d.fs.ensureDir(key); err != nil {
 		return "", "", d.fs.errno(ctx, op, key, err)
 	}
@@ -242,7 +258,13 @@ func (d *dirNode) makeEntry(ctx context.Context, op, name string, create func(p 
 }
 
 func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	key, _, en := d.makeEntry(ctx, "mkdir", name, func(p string) error { return syscall.Mkdir(p, mode) })
+	key, _, en := d.makeEntry(ctx, "mkdir", name, func(p string) error {
+		if err := syscall.Mkdir(p, mode); err != nil {
+			return err
+		}
+		// the mode the kernel sent, without this process's umask
+		return syscall.Chmod(p, mode&0o7777)
+	})
 	if en != 0 {
 		return nil, en
 	}
@@ -259,11 +281,16 @@ func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 			return syscall.ENOTEMPTY
 		}
 	}
+	inStore := d.fs.view.IsDir(key)
+	if inStore {
+		if en := d.fs.allowPublish(ctx, "rmdir", key); en != 0 {
+			return en
+		}
+	}
 	err := syscall.Rmdir(d.fs.overlayPath(key))
 	if err == nil {
 		d.fs.names.remove(key)
 	}
-	inStore := d.fs.view.IsDir(key)
 	switch {
 	case err == nil || (errors.Is(err, syscall.ENOENT) && inStore):
 		if inStore {
@@ -285,16 +312,39 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	if flags&syscall.O_EXCL != 0 && d.exists(ctx, key) {
 		return nil, nil, 0, syscall.EEXIST
 	}
+	if isObjectName(key) {
+		// bitbake never creates an object's name (it links or renames a
+		// temp file onto it), but bytes written there are served as the
+		// object all the same
+		if en := d.fs.allowPublish(ctx, "create", key); en != 0 {
+			return nil, nil, 0, en
+		}
+	}
 	if err := d.fs.ensureDir(key); err != nil {
 		return nil, nil, 0, d.fs.errno(ctx, "create", key, err)
 	}
 	p := d.fs.overlayPath(key)
-	fd, err := syscall.Open(p, int(flags&^syscall.O_APPEND)|syscall.O_CREAT|syscall.O_CLOEXEC, mode)
+	// Only a file made here gets the caller and the mode asked for (the
+	// kernel applied the caller's umask; this process's must not apply
+	// again, or 0664 becomes 0644 and the group cannot publish); one that
+	// exists already is opened as it is.
+	base := int(flags&^(syscall.O_APPEND|syscall.O_CREAT|syscall.O_EXCL)) | syscall.O_CLOEXEC
+	fd, err := syscall.Open(p, base|syscall.O_CREAT|syscall.O_EXCL, mode)
+	created := err == nil
+	if errors.Is(err, syscall.EEXIST) && flags&syscall.O_EXCL == 0 {
+		fd, err = syscall.Open(p, base, 0)
+	}
 	if err != nil {
 		return nil, nil, 0, d.fs.errno(ctx, "create", key, err)
 	}
 	d.fs.names.add(key)
-	d.fs.chownToCaller(ctx, p)
+	if created {
+		if err := syscall.Fchmod(fd, mode&0o7777); err != nil {
+			syscall.Close(fd)
+			return nil, nil, 0, d.fs.errno(ctx, "create", key, err)
+		}
+		d.fs.chownToCaller(ctx, p)
+	}
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
 		syscall.Close(fd)
@@ -304,6 +354,15 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	d.fs.view.Forget(key)
 	out.Attr.FromStat(&st)
 	n := d.NewInode(ctx, &localNode{fs: d.fs}, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: st.Ino})
+	if !d.fs.daemonOpens {
+		// Once the kernel opens files itself it never sends RELEASE, also
+		// not for files it created here: a handle would keep its
+		// descriptor (and a removed file's space) until the process ends.
+		// Reads and writes go to the overlay file by path instead, as for
+		// files the kernel opened.
+		syscall.Close(fd)
+		return n, nil, 0, 0
+	}
 	return n, d.fs.overlayFile(fd), 0, 0
 }
 
@@ -311,6 +370,17 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	key := join(rel(&d.Inode), name)
 	if hidden(key) {
 		return syscall.ENOENT
+	}
+	inStore := false
+	if !d.fs.whiteouts.has(key) {
+		_, err := d.fs.view.Stat(ctx, key)
+		inStore = err == nil
+	}
+	if inStore || isObjectName(key) {
+		// hiding a store object, or removing an object's name
+		if en := d.fs.allowPublish(ctx, "unlink", key); en != 0 {
+			return en
+		}
 	}
 	removed := false
 	err := syscall.Unlink(d.fs.overlayPath(key))
@@ -322,14 +392,12 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	default:
 		return d.fs.errno(ctx, "unlink", key, err)
 	}
-	if !d.fs.whiteouts.has(key) {
-		if _, err := d.fs.view.Stat(ctx, key); err == nil {
-			// A store object: hide it here; the store is not changed.
-			if err := d.fs.whiteouts.add(key); err != nil {
-				return d.fs.errno(ctx, "unlink", key, err)
-			}
-			removed = true
+	if inStore {
+		// A store object: hide it here; the store is not changed.
+		if err := d.fs.whiteouts.add(key); err != nil {
+			return d.fs.errno(ctx, "unlink", key, err)
 		}
+		removed = true
 	}
 	if !removed {
 		return syscall.ENOENT
@@ -353,6 +421,14 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 	}
 	if flags&renameNoreplace != 0 && d.exists(ctx, to) {
 		return syscall.EEXIST
+	}
+	// Publishing onto an object's name, or moving an object's name away
+	// (which hides a store object of that name), is the publishers' alone.
+	_, fromErr := d.fs.view.Stat(ctx, from)
+	if isObjectName(to) || isObjectName(from) || fromErr == nil {
+		if en := d.fs.allowPublish(ctx, "rename", to); en != 0 {
+			return en
+		}
 	}
 	src := d.fs.overlayPath(from)
 	var st syscall.Stat_t
@@ -394,7 +470,7 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		d.fs.names.add(to)
 	}
 	// The source name must not fall back to a store object of that name.
-	if _, err := d.fs.view.Stat(ctx, from); err == nil {
+	if fromErr == nil {
 		d.fs.whiteouts.add(from)
 	}
 	d.fs.whiteouts.remove(to)
@@ -416,6 +492,11 @@ func (d *dirNode) Link(ctx context.Context, target gofs.InodeEmbedder, name stri
 	}
 	if d.exists(ctx, key) {
 		return nil, syscall.EEXIST
+	}
+	if isObjectName(key) {
+		if en := d.fs.allowPublish(ctx, "link", key); en != 0 {
+			return nil, en
+		}
 	}
 	if err := d.fs.ensureDir(key); err != nil {
 		return nil, d.fs.errno(ctx, "link", key, err)

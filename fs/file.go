@@ -384,8 +384,9 @@ func (n *localNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.Se
 
 // Open answers ENOSYS unless the mount answers opens itself (see
 // objectNode.Open); reads and writes then come without a handle and go to
-// the overlay file by path. Files created through the mount keep the
-// handle of their create.
+// the overlay file by path, also for files created through the mount
+// (see dirNode.Create). With DaemonOpens, an open and a create keep their
+// handle until the kernel releases it.
 func (n *localNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if !n.fs.daemonOpens {
 		return nil, 0, syscall.ENOSYS

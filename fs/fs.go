@@ -12,6 +12,13 @@
 //
 // The overlay wins where both have a name. Removing a store object through
 // the mount hides it locally (a whiteout); the store is never changed here.
+//
+// Who may do what: the kernel checks ordinary Unix permissions
+// (default_permissions) against the attributes returned here (store objects
+// and directories belong to the mount owner, 0664 and 0775); on top of
+// that, publishing (a link or rename onto an sstate object name, or
+// creating one) and hiding a store object are allowed only to
+// Options.Publishers, whatever the overlay's modes say.
 package fs
 
 import (
@@ -30,6 +37,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/sstatefs/sstatefs/internal/access"
 	"github.com/sstatefs/sstatefs/sstate"
 	"github.com/sstatefs/sstatefs/view"
 )
@@ -40,8 +48,12 @@ type Options struct {
 	Overlay string // directory of the local overlay; created if missing
 	// StateDir keeps small durable state (whiteouts); created if missing.
 	StateDir string
-	// UID and GID own the store's objects and directories.
+	// UID and GID own the store's objects and directories, and the root.
 	UID, GID uint32
+	// Publishers may publish objects (link, rename or create onto an sstate
+	// object name) and hide store objects; anyone else gets EACCES. The
+	// zero Rule allows root (and group 0) only.
+	Publishers access.Rule
 	// CacheDir is reported by statfs (the disk the cache lives on).
 	CacheDir string
 	Logger   *slog.Logger
@@ -95,6 +107,9 @@ type FS struct {
 	prefetch      PrefetchMode
 	chownWarn     sync.Once
 
+	publishers access.Rule
+	refused    sync.Map // uid → struct{}: callers already logged as refused
+
 	whiteouts *whiteouts
 	names     *overlayNames
 }
@@ -122,12 +137,24 @@ func New(opt Options) (*FS, gofs.InodeEmbedder, error) {
 		cacheDir: opt.CacheDir, log: opt.Logger, publish: opt.Publish,
 		start: time.Now(), whiteouts: wo, names: names, prefetch: opt.Prefetch,
 		daemonOpens: opt.DaemonOpens, noPassthrough: opt.NoPassthrough, objectTimeout: opt.ObjectTimeout,
+		publishers: opt.Publishers,
 	}
 	if f.objectTimeout <= 0 {
 		f.objectTimeout = time.Hour
 	}
 	if f.cacheDir == "" {
 		f.cacheDir = opt.Overlay
+	}
+	// The overlay's root is the mount's root: like the store's directories
+	// it belongs to the mount owner, group-writable, so that the kernel
+	// lets the owner and its group create files there and nobody else.
+	if os.Getuid() == 0 {
+		if err := os.Lchown(opt.Overlay, int(opt.UID), int(opt.GID)); err != nil {
+			return nil, nil, fmt.Errorf("giving overlay %s to the mount owner: %w", opt.Overlay, err)
+		}
+	}
+	if err := os.Chmod(opt.Overlay, 0o775); err != nil {
+		return nil, nil, fmt.Errorf("overlay %s: %w", opt.Overlay, err)
 	}
 	return f, &dirNode{fs: f}, nil
 }
@@ -137,11 +164,33 @@ func (f *FS) Close() error { return f.whiteouts.close() }
 
 // publishes reports whether a link or rename onto key publishes an object.
 func (f *FS) publishes(key string) bool {
-	if f.publish == nil {
-		return false
-	}
+	return f.publish != nil && isObjectName(key)
+}
+
+// isObjectName reports whether key is an sstate object's name: what every
+// builder sharing the store trusts once it is there.
+func isObjectName(key string) bool {
 	_, err := sstate.Parse(key)
 	return err == nil
+}
+
+// allowPublish answers EACCES unless the caller may publish or hide store
+// objects (Options.Publishers). The kernel's permission checks come first;
+// this one holds even in an overlay directory someone made 0777. A refused
+// user is logged once.
+func (f *FS) allowPublish(ctx context.Context, op, key string) syscall.Errno {
+	c, ok := fuse.FromContext(ctx)
+	if !ok {
+		return syscall.EACCES
+	}
+	if f.publishers.Allows(access.Caller{UID: c.Uid, GID: c.Gid, PID: c.Pid}) {
+		return 0
+	}
+	if _, seen := f.refused.LoadOrStore(c.Uid, struct{}{}); !seen {
+		f.log.Warn("refused: only the mount's publishers may publish or hide store objects (logged once per user)",
+			"op", op, "object", key, "uid", c.Uid, "gid", c.Gid, "publishers", f.publishers.String())
+	}
+	return syscall.EACCES
 }
 
 // overlayPath is the overlay file of a mount-relative path.
@@ -245,8 +294,12 @@ func MountOptions(mc MountConfig) *gofs.Options {
 			// through (1 MiB by default).
 			MaxWrite:     1<<20 - 8<<10,
 			MaxReadAhead: 1 << 20,
-			// No default_permissions: the kernel passes every operation on
-			// (bitbake, not the owner, touches objects), and this FS decides.
+			// The kernel checks ordinary Unix permissions against the
+			// attributes this FS returns: without it, an allow_other mount
+			// lets any local user read, change and remove everyone's files.
+			// Store objects are the mount owner's and group-writable, so
+			// the build user (owner or group) still touches them.
+			Options: []string{"default_permissions"},
 		},
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +28,7 @@ import (
 	"github.com/sstatefs/sstatefs/cache"
 	sfs "github.com/sstatefs/sstatefs/fs"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/access"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 	"github.com/sstatefs/sstatefs/view"
 )
@@ -80,6 +82,7 @@ type testMount struct {
 	cache    *cache.Cache
 	server   interface{ Unmount() error }
 	fuseLog  *testutil.SyncBuffer // what go-fuse logged
+	fsLog    *testutil.SyncBuffer // what the FS logged
 	fs       *sfs.FS
 	// clock is the cache's clock: moving it ends the back-off of objects
 	// whose download failed, without sleeping.
@@ -117,6 +120,13 @@ type mountOpts struct {
 	readAheadKB int
 	// debugLog has go-fuse log every request into fuseLog
 	debugLog bool
+	// allowOther lets other users in; owner (default: this process's
+	// uid:gid) owns the store's objects and the root; publishers may
+	// publish; publish is called for each publication
+	allowOther bool
+	owner      *[2]uint32
+	publishers access.Rule
+	publish    func(ctx context.Context, key, path string) error
 }
 
 // mount builds the real stack (file store, index, cache, view, fs) over the
@@ -163,16 +173,21 @@ func mount(t testing.TB, o mountOpts) *testMount {
 		t.Fatal(err)
 	}
 	v := view.New(view.Options{Store: store, Index: live, Cache: c, Probes: cache.NewStatCache(1000, time.Minute, time.Minute)})
+	fsLog := &testutil.SyncBuffer{}
+	if o.owner == nil {
+		o.owner = &[2]uint32{uint32(os.Getuid()), uint32(os.Getgid())}
+	}
 	f, root, err := sfs.New(sfs.Options{
 		View: v, Overlay: filepath.Join(o.cacheDir, "overlay"), StateDir: filepath.Join(o.cacheDir, "state"),
-		UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), CacheDir: o.cacheDir,
-		DaemonOpens: o.daemonOpens,
+		UID: o.owner[0], GID: o.owner[1], CacheDir: o.cacheDir,
+		DaemonOpens: o.daemonOpens, Publishers: o.publishers, Publish: o.publish,
+		Logger: slog.New(slog.NewTextHandler(fsLog, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mp := t.TempDir()
-	opts := sfs.MountOptions(sfs.MountConfig{Debug: testing.Verbose() && os.Getenv("SSTATEFS_FUSE_DEBUG") != ""})
+	opts := sfs.MountOptions(sfs.MountConfig{Debug: testing.Verbose() && os.Getenv("SSTATEFS_FUSE_DEBUG") != "", AllowOther: o.allowOther})
 	fuseLog := &testutil.SyncBuffer{}
 	if !opts.Debug {
 		opts.Logger = log.New(fuseLog, "", 0)
@@ -189,7 +204,7 @@ func mount(t testing.TB, o mountOpts) *testMount {
 	if err := sfs.SetReadAhead(mp, o.readAheadKB); err != nil {
 		t.Errorf("read-ahead: %v", err)
 	}
-	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, cache: c, server: server, fuseLog: fuseLog, fs: f, clock: clock}
+	m := &testMount{dir: mp, storeDir: o.storeDir, cacheDir: o.cacheDir, fault: fault, live: live, cache: c, server: server, fuseLog: fuseLog, fsLog: fsLog, fs: f, clock: clock}
 	t.Cleanup(func() {
 		fault.down.Store(false)
 		if err := server.Unmount(); err != nil {

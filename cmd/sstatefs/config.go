@@ -531,7 +531,7 @@ func newConfigFlags(fs *flag.FlagSet) *configFlags {
 	text("index-compact-interval", "how often the mount checks whether to fold the journal into a new snapshot (default 1h, 0 disables)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.CompactInterval })
 	boolean("mount-allow-other", "let other users (the build user) use the mount", func(c *Config, v bool) { c.Mount.AllowOther = v })
 	boolean("allow-other", "same as --mount-allow-other", func(c *Config, v bool) { c.Mount.AllowOther = v })
-	str("mount-owner", "uid:gid owning store objects (default: the mountpoint's owner)", func(c *Config, v string) { c.Mount.Owner = v })
+	str("mount-owner", "uid:gid owning store objects; it (and its group) may publish (default: the mountpoint's owner)", func(c *Config, v string) { c.Mount.Owner = v })
 	boolean("mount-debug", "log every FUSE request", func(c *Config, v bool) { c.Mount.Debug = v })
 	boolean("debug", "debug logging, including every FUSE request", func(c *Config, v bool) { c.Mount.Debug = v; c.Log.Level = "debug" })
 	integer("publish-concurrency", "uploads to the store at once (default 8)", func(c *Config, v int) { c.Publish.Concurrency = v })

@@ -25,6 +25,7 @@ import (
 	sfs "github.com/sstatefs/sstatefs/fs"
 	"github.com/sstatefs/sstatefs/hashserv"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/access"
 	"github.com/sstatefs/sstatefs/publish"
 	"github.com/sstatefs/sstatefs/view"
 )
@@ -217,6 +218,8 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		Overlay:  overlay,
 		StateDir: filepath.Join(cfg.Cache.Dir, "state"),
 		UID:      uid, GID: gid,
+		// who may publish: the mount owner and its group (and root)
+		Publishers:    access.Rule{UID: uid, GID: gid},
 		CacheDir:      cfg.Cache.Dir,
 		Logger:        log,
 		Publish:       publishFn,
@@ -304,7 +307,7 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 			return nil, fmt.Errorf("ready file: %w", err)
 		}
 	}
-	log.Info("mounted", "mountpoint", mp, "store", store.Location(), "cache", cfg.Cache.Dir, "allow_other", cfg.Mount.AllowOther)
+	log.Info("mounted", "mountpoint", mp, "store", store.Location(), "cache", cfg.Cache.Dir, "allow_other", cfg.Mount.AllowOther, "publishers", access.Rule{UID: uid, GID: gid}.String())
 	return m, nil
 }
 
