@@ -296,7 +296,7 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		}
 		m.metrics = ln.Addr().String()
 		log.Info("serving metrics and health", "addr", m.metrics, "paths", "/metrics /healthz /readyz /status")
-		warnExposedMetrics(log, ln.Addr())
+		warnExposedMetrics(log, cfg.Metrics.Addr, ln.Addr())
 		go serveHTTP(rctx, ln, obs.handler(), log)
 	}
 	warmStart := time.Now()

@@ -344,12 +344,12 @@ type connKey struct{}
 
 // warnExposedMetrics warns when the metrics listener is reachable from
 // other hosts: it tells them about the mount, though it takes no actions.
-func warnExposedMetrics(log *slog.Logger, addr net.Addr) {
-	if ta, ok := addr.(*net.TCPAddr); ok && ta.IP.IsLoopback() {
+func warnExposedMetrics(log *slog.Logger, configured string, bound net.Addr) {
+	if ta, ok := bound.(*net.TCPAddr); ok && ta.IP.IsLoopback() {
 		return
 	}
 	log.Warn("the metrics listener is not on a loopback address: other hosts can read it",
-		"addr", addr.String(),
+		"addr", configured, "listening", bound.String(),
 		"exposes", "/metrics (counters), /healthz and /status (store location, mountpoint, cache directory, upload queue entries, recent warnings and errors); no actions")
 }
 
