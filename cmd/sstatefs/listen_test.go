@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -410,3 +411,63 @@ func (nullBackend) GetByOuthash(string, string) (hashserv.Equivalence, bool) {
 }
 func (nullBackend) ObjectExists(string) bool                           { return false }
 func (nullBackend) Record(context.Context, hashserv.Equivalence) error { return nil }
+
+// TestHashservBitbakeClientAsOtherUser: bitbake's own client (from the tree
+// named by SSTATEFS_BITBAKE_DIR), run as nobody, reports through a mount's
+// socket: as a member of --hashserv-group its report is answered and not
+// recorded; as the mount owner it is recorded.
+func TestHashservBitbakeClientAsOtherUser(t *testing.T) {
+	bb := os.Getenv("SSTATEFS_BITBAKE_DIR")
+	if bb == "" {
+		t.Skip("SSTATEFS_BITBAKE_DIR is not set")
+	}
+	py := "/usr/bin/python3" // one nobody may run
+	if _, err := os.Stat(py); err != nil {
+		t.Skip("no /usr/bin/python3")
+	}
+	if os.Getuid() != 0 {
+		t.Skip("needs root")
+	}
+	const script = `
+import sys
+sys.path.insert(0, sys.argv[1])
+import hashserv
+addr, method, task, outhash = sys.argv[2:6]
+with hashserv.create_client(addr) as c:
+    print("unihash", c.report_unihash(task, method, outhash, task)["unihash"])
+`
+	dir := testutil.OpenDir(t)
+	f := filepath.Join(dir, "report.py")
+	os.WriteFile(f, []byte(script), 0o644)
+	store := t.TempDir()
+	base := testConfig(t, "file://"+store)
+	if err := indexBuild(context.Background(), base.Stores[0], 1, false, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	const method = "oe.sstatesig.OEOuthashBasic"
+	for _, tc := range []struct {
+		owner, group string
+		records      bool
+	}{
+		{"1000:1000", fmt.Sprint(testutil.Nobody), false},
+		{fmt.Sprintf("%d:%d", testutil.Nobody, testutil.Nobody), "", true},
+	} {
+		cfg := base
+		cfg.Cache.Dir = t.TempDir()
+		sock := filepath.Join(testutil.OpenDir(t), "hs.sock")
+		cfg.Hashserv.Listen, cfg.Mount.Owner, cfg.Hashserv.Group = "unix://"+sock, tc.owner, tc.group
+		m, _ := startLoggedMount(t, cfg)
+		task := hexOf("bitbake as nobody " + tc.owner)
+		cmd := exec.Command(py, f, filepath.Join(bb, "lib"), "unix://"+sock, method, task, hexOf("out "+tc.owner))
+		cmd.Env = []string{"PYTHONDONTWRITEBYTECODE=1", "HOME=/nonexistent", "PATH=/usr/bin:/bin"}
+		cmd.Dir = "/"
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: testutil.Nobody, Gid: testutil.Nobody, Groups: []uint32{}}}
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "unihash "+task) {
+			t.Fatalf("owner %s: bitbake's client as nobody: %v\n%s", tc.owner, err, out)
+		}
+		if _, ok := m.live.Current().Equivalence(method, task); ok != tc.records {
+			t.Errorf("owner %s, group %q: nobody's report recorded: %v, want %v", tc.owner, tc.group, ok, tc.records)
+		}
+	}
+}
