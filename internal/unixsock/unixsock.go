@@ -46,10 +46,18 @@ func Listen(path string, o Owner) (net.Listener, error) {
 	}
 	defer os.RemoveAll(dir)
 	tmp := filepath.Join(dir, "s")
+	bindAt := tmp
 	if len(tmp) > MaxPath {
-		return nil, fmt.Errorf("socket %s: the directory %s is too deep to create the socket in (%d bytes, the limit is %d)", path, filepath.Dir(path), len(tmp), MaxPath)
+		// the private directory's name made the path too long for
+		// sockaddr_un: reach it through a descriptor instead
+		d, err := os.Open(dir)
+		if err != nil {
+			return nil, fmt.Errorf("socket %s: private directory: %w", path, err)
+		}
+		defer d.Close()
+		bindAt = fmt.Sprintf("/proc/self/fd/%d/s", d.Fd())
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: bindAt, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
