@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -468,6 +469,43 @@ with hashserv.create_client(addr) as c:
 		}
 		if _, ok := m.live.Current().Equivalence(method, task); ok != tc.records {
 			t.Errorf("owner %s, group %q: nobody's report recorded: %v, want %v", tc.owner, tc.group, ok, tc.records)
+		}
+	}
+}
+
+// TestHashservGroupConfig: hashserv.group comes from the file or the flag,
+// as a name or a gid; one that does not resolve is named in the error.
+func TestHashservGroupConfig(t *testing.T) {
+	t.Setenv("SSTATEFS_CONFIG", "")
+	f := filepath.Join(t.TempDir(), "c.toml")
+	os.WriteFile(f, []byte("[hashserv]\ngroup = \"no-such-group-here\"\n"), 0o644)
+	for _, tc := range []struct {
+		args    []string
+		want    string
+		wantErr bool
+	}{
+		{[]string{"--config", f}, "", true},
+		{[]string{"--config", f, "--hashserv-group", "4242"}, "4242", false},
+		{[]string{"--config", "/dev/null", "--hashserv-group", "root"}, "root", false},
+	} {
+		fset := flag.NewFlagSet("t", flag.ContinueOnError)
+		cf := newConfigFlags(fset)
+		if err := fset.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := cf.load()
+		if tc.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "hashserv.group") || !strings.Contains(err.Error(), "no-such-group-here") {
+				t.Errorf("%v: %v, want an error naming hashserv.group and the group", tc.args, err)
+			}
+			continue
+		}
+		if err != nil || cfg.Hashserv.Group != tc.want {
+			t.Errorf("%v: group %q %v, want %q", tc.args, cfg.Hashserv.Group, err, tc.want)
+		}
+		o, err := hashservSocket(cfg.Hashserv, 1000, 1000)
+		if err != nil || o.Mode != 0o660 || (tc.want == "root" && o.GID != 0) || (tc.want == "4242" && o.GID != 4242) {
+			t.Errorf("%v: socket %+v %v", tc.args, o, err)
 		}
 	}
 }
