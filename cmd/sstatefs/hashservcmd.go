@@ -87,7 +87,7 @@ func (b *equivBackend) Record(ctx context.Context, e hashserv.Equivalence) error
 
 // startHashserv listens on addr and serves the protocol until ctx ends.
 // A unix socket gets owner's uid, gid and mode; every connection (unix or
-// loopback TCP) whose peer rule does not allow is served read-only.
+// loopback TCP) whose peer the rule does not allow is served read-only.
 func startHashserv(ctx context.Context, addr string, b hashserv.Backend, readOnly bool, owner unixsock.Owner, rule access.Rule, log *slog.Logger) (*hashserv.Server, string, error) {
 	ln, err := hashserv.ListenAs(addr, owner)
 	if err != nil {
