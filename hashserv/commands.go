@@ -513,7 +513,7 @@ func cmdReport(ctx context.Context, c *conn, arg json.RawMessage) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.srv.opt.ReadOnly {
+	if c.readOnly {
 		if m, ok := c.lookupOuthash(e.Method, e.Outhash); ok {
 			return short(e.Taskhash, e.Method, m.Unihash), nil
 		}

@@ -26,11 +26,15 @@ const maxHeaders = 64
 // conn is one client connection. It is used by one goroutine.
 type conn struct {
 	srv *Server
-	nc  net.Conn
-	r   *lineReader
-	dec decoder
-	w   *bufio.Writer
-	log *slog.Logger
+	// readOnly: this client's reports are answered, not recorded
+	// (Options.ReadOnly, or Options.MayRecord refused it).
+	readOnly bool
+	commands []command // the table for readOnly
+	nc       net.Conn
+	r        *lineReader
+	dec      decoder
+	w        *bufio.Writer
+	log      *slog.Logger
 }
 
 // invokeError is answered as {"invoke-error": {"message": ...}}, after
@@ -67,6 +71,11 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		log: s.log.With(slog.Uint64("conn", id), slog.String("client", remote)),
 	}
 	c.dec = decoder{r: c.r, maxMessage: s.opt.MaxMessage}
+	c.readOnly = s.opt.ReadOnly || (s.opt.MayRecord != nil && !s.opt.MayRecord(nc))
+	c.commands = s.commands
+	if c.readOnly {
+		c.commands = s.roCommands
+	}
 
 	defer func() {
 		// A panic (a Backend's, say) ends this connection, not the
@@ -218,7 +227,7 @@ func compareVersion(a, b []int) int {
 // dispatch runs the first command of bitbake's order that the message
 // names and writes its answer.
 func (c *conn) dispatch(ctx context.Context, m message) error {
-	for _, cmd := range c.srv.commands {
+	for _, cmd := range c.commands {
 		raw, ok := m[cmd.name]
 		if !ok {
 			continue

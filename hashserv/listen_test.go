@@ -6,7 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/sstatefs/sstatefs/internal/unixsock"
 )
 
 func TestListen(t *testing.T) {
@@ -26,6 +29,35 @@ func TestListen(t *testing.T) {
 			if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("socket left behind after Close: %v", err)
 			}
+		}
+	})
+	t.Run("owner only", func(t *testing.T) {
+		ln, err := Listen("unix://" + sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		fi, err := os.Lstat(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if fi.Mode() != os.ModeSocket|0o600 || st.Uid != uint32(os.Getuid()) || st.Gid != uint32(os.Getgid()) {
+			t.Errorf("socket %v %d:%d, want owner-only (0600) and this process's", fi.Mode(), st.Uid, st.Gid)
+		}
+		if left, _ := filepath.Glob(filepath.Join(dir, ".sock*")); len(left) != 0 {
+			t.Errorf("private directory left behind: %v", left)
+		}
+	})
+	t.Run("group", func(t *testing.T) {
+		ln, err := ListenAs("unix://"+sock, unixsock.Owner{UID: -1, GID: 4242, Mode: 0o660})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		fi, _ := os.Lstat(sock)
+		if st := fi.Sys().(*syscall.Stat_t); fi.Mode() != os.ModeSocket|0o660 || st.Gid != 4242 {
+			t.Errorf("socket %v gid %d, want 0660 and gid 4242", fi.Mode(), st.Gid)
 		}
 	})
 	t.Run("stale socket is replaced", func(t *testing.T) {

@@ -39,6 +39,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sstatefs/sstatefs/internal/unixsock"
 )
 
 // Equivalence is one report: a row of bitbake's unihashes_v3 joined with
@@ -113,6 +115,12 @@ type Options struct {
 	// the reported one) but nothing is recorded, and report-equiv and the
 	// administration commands are unknown (the connection is closed).
 	ReadOnly bool
+	// MayRecord, when set, is asked once per accepted connection, before
+	// the handshake, whether its client may record; a connection it
+	// refuses is served as ReadOnly. It sees the raw connection, so that
+	// it can ask who is at the other end (SO_PEERCRED): everyone who can
+	// reach the listener may ask, not everyone may change the store.
+	MayRecord func(nc net.Conn) bool
 	// MaxMessage is the largest chunked message accepted, in bytes
 	// (default DefaultMaxMessage). A single line is at most MaxLine bytes
 	// whatever this says, as in bitbake.
@@ -139,8 +147,9 @@ type Server struct {
 	log     *slog.Logger
 
 	// commands are the commands this server knows, in bitbake's dispatch
-	// order (a message naming two commands runs the earlier one).
-	commands []command
+	// order (a message naming two commands runs the earlier one);
+	// roCommands those of a read-only connection.
+	commands, roCommands []command
 
 	locks *hashLocks // serialise reports per taskhash and per outhash
 
@@ -181,13 +190,14 @@ func New(b Backend, opt Options) *Server {
 		opt.Now = time.Now
 	}
 	s := &Server{
-		backend:   b,
-		opt:       opt,
-		log:       opt.Logger,
-		commands:  commandTable(opt.ReadOnly),
-		locks:     newHashLocks(),
-		authDelay: time.Second,
-		byCommand: make(map[string]*atomic.Uint64),
+		backend:    b,
+		opt:        opt,
+		log:        opt.Logger,
+		commands:   commandTable(opt.ReadOnly),
+		roCommands: commandTable(true),
+		locks:      newHashLocks(),
+		authDelay:  time.Second,
+		byCommand:  make(map[string]*atomic.Uint64),
 	}
 	for _, c := range commandTable(false) {
 		s.byCommand[c.name] = new(atomic.Uint64)
@@ -266,17 +276,24 @@ var ErrNotLoopback = errors.New("not a loopback address")
 // Listen opens a listener for an address written as bitbake's
 // BB_HASHSERVE is: "unix:///abs/path.sock" (or "unix://rel/path.sock",
 // "unix:path.sock") for a unix socket, "HOST:PORT" or "[HOST]:PORT" for
-// TCP. A stale socket file (one nobody accepts on) is removed first; a
-// live one, or a file that is not a socket, is an error.
+// TCP. A stale socket file (one nobody accepts on) is replaced; a live
+// one, or a file that is not a socket, is an error. A unix socket is
+// created owner-only (0600, the process's uid and gid); see ListenAs.
 //
 // TCP is refused (ErrNotLoopback) unless HOST is a loopback address or
 // "localhost": the protocol has no authentication here, and anyone who
 // can report can make every builder restore the wrong object for a task.
 // A deliberate network listener (a read-only upstream, say) is one
-// net.Listen away for the caller who means it. Unix sockets are created
-// with the process's umask; a build user other than the server's needs
-// write permission on the socket (os.Chmod) to connect.
+// net.Listen away for the caller who means it. Every local user can
+// connect to a loopback port: give the server Options.MayRecord.
 func Listen(addr string) (net.Listener, error) {
+	return ListenAs(addr, unixsock.Owner{UID: -1, GID: -1, Mode: 0o600})
+}
+
+// ListenAs is Listen with the owner and mode of a unix socket (ignored for
+// TCP). The socket has them from its first moment: it is never reachable
+// with the umask's mode.
+func ListenAs(addr string, owner unixsock.Owner) (net.Listener, error) {
 	var path string
 	switch {
 	case strings.HasPrefix(addr, "unix://"):
@@ -291,14 +308,13 @@ func Listen(addr string) (net.Listener, error) {
 	if path == "" {
 		return nil, fmt.Errorf("hashserv: listen on %q: empty socket path", addr)
 	}
-	// sockaddr_un holds 108 bytes with the terminating NUL.
-	if len(path) > 107 {
-		return nil, fmt.Errorf("hashserv: listen on %q: socket path is %d bytes, the limit is 107", addr, len(path))
+	if len(path) > unixsock.MaxPath {
+		return nil, fmt.Errorf("hashserv: listen on %q: socket path is %d bytes, the limit is %d", addr, len(path), unixsock.MaxPath)
 	}
 	if err := removeStaleSocket(path); err != nil {
 		return nil, fmt.Errorf("hashserv: listen on %q: %w", addr, err)
 	}
-	ln, err := net.Listen("unix", path)
+	ln, err := unixsock.Listen(path, owner)
 	if err != nil {
 		return nil, fmt.Errorf("hashserv: listen on %q: %w", addr, err)
 	}

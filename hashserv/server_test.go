@@ -9,6 +9,7 @@ import (
 	"net"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -126,6 +127,27 @@ func TestReportRules(t *testing.T) {
 		cl.closed()
 		if r := b.records(); len(r) != 0 {
 			t.Errorf("read-only server recorded %v", r)
+		}
+	})
+	t.Run("MayRecord", func(t *testing.T) {
+		// a connection MayRecord refuses is served read-only; the next,
+		// which it allows, records
+		b := newMemBackend()
+		var n atomic.Int32
+		_, addr := startServer(t, b, Options{MayRecord: func(net.Conn) bool { return n.Add(1) > 1 }}, "unix")
+		ro := connect(t, addr)
+		if u := ro.report(h64(2), h64(0xb), h64(0x200)); u != h64(0x200) {
+			t.Fatalf("report answered %s", u)
+		}
+		ro.send(`{"report-equiv": {"taskhash": "` + h64(4) + `", "method": "m", "unihash": "` + h64(4) + `"}}` + "\n")
+		ro.closed()
+		if r := b.records(); len(r) != 0 {
+			t.Fatalf("a connection MayRecord refused recorded %v", r)
+		}
+		rw := connect(t, addr)
+		rw.report(h64(2), h64(0xb), h64(0x200))
+		if r := b.records(); len(r) != 1 {
+			t.Fatalf("a connection MayRecord allowed recorded %v", r)
 		}
 	})
 	t.Run("report-equiv", func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -37,6 +38,9 @@ type HashservConfig struct {
 	// Listen: unix:///path/to.sock or 127.0.0.1:PORT; "" (default) is off.
 	Listen   string `toml:"listen"`
 	ReadOnly bool   `toml:"read_only"` // answer reports without recording them
+	// Group (a name or a gid) may connect to the unix socket too (mode
+	// 0660); "" (default): only the socket's owner (mode 0600).
+	Group string `toml:"group"`
 }
 
 // PrefetchConfig is fetching objects before bitbake opens them.
@@ -50,7 +54,10 @@ type PrefetchConfig struct {
 
 // MetricsConfig is the observability endpoint of a mount.
 type MetricsConfig struct {
-	Addr string `toml:"addr"` // host:port for /metrics, /healthz, /readyz, /status; "" (default) is off
+	// Addr is host:port for /metrics, /healthz, /readyz, /status
+	// (observation only; actions are on the control socket); "" (default)
+	// is off. Anything but a loopback address is warned about at start.
+	Addr string `toml:"addr"`
 }
 
 // PublishConfig is the write path: what bitbake publishes through the mount
@@ -403,6 +410,11 @@ func (c *Config) Validate() error {
 			bad("mount.owner: %v", err)
 		}
 	}
+	if c.Hashserv.Group != "" {
+		if _, err := lookupGroup(c.Hashserv.Group); err != nil {
+			bad("hashserv.group (--hashserv-group): %v", err)
+		}
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -427,6 +439,22 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// lookupGroup resolves a group name or a numeric gid.
+func lookupGroup(s string) (int, error) {
+	if gid, err := strconv.ParseUint(s, 10, 31); err == nil {
+		return int(gid), nil
+	}
+	g, err := user.LookupGroup(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q: not a gid, and no such group: %w", s, err)
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	if err != nil {
+		return 0, fmt.Errorf("group %q: gid %q is not a number", s, g.Gid)
+	}
+	return gid, nil
 }
 
 func parseOwner(s string) (uid, gid uint32, err error) {
@@ -542,6 +570,7 @@ func newConfigFlags(fs *flag.FlagSet) *configFlags {
 	str("prefetch-mode", "what starts a background fetch: touch (bitbake's check), lookup, or off (default touch)", func(c *Config, v string) { c.Prefetch.Mode = v })
 	integer("prefetch-concurrency", "background fetches at once (default 4)", func(c *Config, v int) { c.Prefetch.Concurrency = v })
 	str("hashserv", "serve bitbake's hash equivalence protocol on unix:///path or 127.0.0.1:PORT (off by default)", func(c *Config, v string) { c.Hashserv.Listen = v })
+	str("hashserv-group", "group (name or gid) that may also connect to the hash equivalence socket (mode 0660; default: only its owner, mode 0600)", func(c *Config, v string) { c.Hashserv.Group = v })
 	boolean("hashserv-read-only", "the hash equivalence server answers reports without recording them (like bitbake's --read-only server)", func(c *Config, v bool) { c.Hashserv.ReadOnly = v })
 	boolean("mount-daemon-opens", "answer every open in sstatefs (one round trip per open, FUSE passthrough of cached objects) instead of letting the kernel open files itself", func(c *Config, v bool) { c.Mount.DaemonOpens = v })
 	boolean("mount-no-passthrough", "with --mount-daemon-opens: serve reads of cached objects from sstatefs instead of FUSE passthrough", func(c *Config, v bool) { c.Mount.NoPassthrough = v })

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 	"github.com/sstatefs/sstatefs/hashimport"
 	"github.com/sstatefs/sstatefs/hashserv"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/access"
+	"github.com/sstatefs/sstatefs/internal/unixsock"
 	"github.com/sstatefs/sstatefs/sstate"
 )
 
@@ -83,23 +86,72 @@ func (b *equivBackend) Record(ctx context.Context, e hashserv.Equivalence) error
 }
 
 // startHashserv listens on addr and serves the protocol until ctx ends.
-func startHashserv(ctx context.Context, addr string, b hashserv.Backend, readOnly bool, log *slog.Logger) (*hashserv.Server, string, error) {
-	ln, err := hashserv.Listen(addr)
+// A unix socket gets owner's uid, gid and mode; every connection (unix or
+// loopback TCP) whose peer the rule does not allow is served read-only.
+func startHashserv(ctx context.Context, addr string, b hashserv.Backend, readOnly bool, owner unixsock.Owner, rule access.Rule, log *slog.Logger) (*hashserv.Server, string, error) {
+	ln, err := hashserv.ListenAs(addr, owner)
 	if err != nil {
 		return nil, "", fmt.Errorf("hash equivalence server on %s: %w", addr, err)
 	}
-	if ua, ok := ln.Addr().(*net.UnixAddr); ok {
-		// bitbake runs as the build user while sidecars run as root: the
-		// socket is for every local user, like bitbake's own server's
-		os.Chmod(ua.Name, 0o666)
-	}
-	srv := hashserv.New(b, hashserv.Options{Logger: log, ReadOnly: readOnly})
+	gate := &recordGate{rule: rule, log: log, warned: map[uint32]bool{}}
+	srv := hashserv.New(b, hashserv.Options{Logger: log, ReadOnly: readOnly, MayRecord: gate.mayRecord})
 	go func() {
 		if err := srv.Serve(ctx, ln); err != nil && ctx.Err() == nil {
 			log.Error("hash equivalence server stopped", "addr", addr, "error", err)
 		}
 	}()
 	return srv, ln.Addr().String(), nil
+}
+
+// hashservSocket is the owner and mode of the hash equivalence socket:
+// uid:gid (the mount owner, or the user running `hashserv serve`), mode
+// 0600; with hashserv.group, that group and mode 0660.
+func hashservSocket(hc HashservConfig, uid, gid uint32) (unixsock.Owner, error) {
+	o := unixsock.Owner{UID: int(uid), GID: int(gid), Mode: 0o600}
+	if hc.Group != "" {
+		g, err := lookupGroup(hc.Group)
+		if err != nil {
+			return o, fmt.Errorf("hashserv.group (--hashserv-group): %w", err)
+		}
+		o.GID, o.Mode = g, 0o660
+	}
+	return o, nil
+}
+
+// recordGate decides per connection whether the client may record: those
+// the publish rule allows (by SO_PEERCRED, or the uid of a loopback TCP
+// client's socket); everyone else who can connect gets the read-only
+// behaviour, and each such uid is logged once.
+type recordGate struct {
+	rule access.Rule
+	log  *slog.Logger
+
+	mu      sync.Mutex      // protects warned, unknown
+	warned  map[uint32]bool // uids already logged
+	unknown bool            // an unidentified client was logged
+}
+
+func (g *recordGate) mayRecord(nc net.Conn) bool {
+	p, err := access.PeerOf(nc)
+	if err == nil && g.rule.AllowsPeer(p) {
+		return true
+	}
+	g.mu.Lock()
+	first := false
+	if err != nil {
+		first, g.unknown = !g.unknown, true
+	} else {
+		first, g.warned[p.UID] = !g.warned[p.UID], true
+	}
+	g.mu.Unlock()
+	if first {
+		if err != nil {
+			g.log.Warn("hash equivalence client not identified: its reports are answered, not recorded (logged once)", "client", nc.RemoteAddr().String(), "error", err)
+		} else {
+			g.log.Warn("hash equivalence client may not record: its reports are answered, not recorded (logged once per uid)", "peer", p.String(), "may_record", g.rule.String())
+		}
+	}
+	return false
 }
 
 func cmdHashserv(args []string) int {
@@ -166,7 +218,15 @@ Flags:
 	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log})
 	journal.OnWrite(live.Apply)
 	go journal.Run(ctx)
-	_, addr, err := startHashserv(ctx, *listen, &equivBackend{live: live, journal: journal}, ro, log)
+	// without a mount, the socket and the right to record are the
+	// invoking user's (and root's)
+	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
+	owner, err := hashservSocket(cfg.Hashserv, uid, gid)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sstatefs hashserv serve: %v\n", err)
+		return 2
+	}
+	_, addr, err := startHashserv(ctx, *listen, &equivBackend{live: live, journal: journal}, ro, owner, access.Rule{UID: uid, GID: gid}, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sstatefs hashserv serve: %v\n", err)
 		return 1

@@ -105,6 +105,7 @@ type mounted struct {
 	view       *view.View
 	obs        *observer
 	hashserv   *hashserv.Server // nil unless --hashserv
+	hsAddr     string           // where hashserv listens
 	cacheDir   string
 	readyFile  string
 	metrics    string // address of the metrics endpoint, "" when off
@@ -269,20 +270,29 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		cancel: cancel, done: make(chan struct{}), log: log, unlock: unlock,
 	}
 	go func() { server.Wait(); close(m.done) }()
+	// who may change the store through the hash equivalence server and ask
+	// the mount to act: the publish rule, with the mount owner
+	rule := access.Rule{UID: uid, GID: gid}
 	if cfg.Hashserv.Listen != "" {
-		hs, addr, err := startHashserv(rctx, cfg.Hashserv.Listen, &equivBackend{live: live, journal: journal}, readOnly || cfg.Hashserv.ReadOnly, log)
+		owner, err := hashservSocket(cfg.Hashserv, uid, gid)
 		if err != nil {
 			m.close()
 			return nil, err
 		}
-		m.hashserv = hs
-		log.Info("serving hash equivalence", "addr", addr, "equivalences", live.Current().NumEquivalences())
+		hs, addr, err := startHashserv(rctx, cfg.Hashserv.Listen, &equivBackend{live: live, journal: journal}, readOnly || cfg.Hashserv.ReadOnly, owner, rule, log)
+		if err != nil {
+			m.close()
+			return nil, err
+		}
+		m.hashserv, m.hsAddr = hs, addr
+		log.Info("serving hash equivalence", "addr", addr, "equivalences", live.Current().NumEquivalences(), "may_record", rule.String())
 	}
 	obs.attach(m)
-	if ln, err := listenControl(cfg.Cache.Dir); err != nil {
+	obs.actions = rule
+	if ln, err := listenControl(cfg.Cache.Dir, uid, gid); err != nil {
 		log.Warn("no control socket: `sstatefs status` shows only the queue on disk", "error", err)
 	} else {
-		go serveHTTP(rctx, ln, obs.handler(), log)
+		go serveHTTP(rctx, ln, obs.controlHandler(), log)
 	}
 	if cfg.Metrics.Addr != "" {
 		ln, err := net.Listen("tcp", cfg.Metrics.Addr)
@@ -292,6 +302,7 @@ func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Lo
 		}
 		m.metrics = ln.Addr().String()
 		log.Info("serving metrics and health", "addr", m.metrics, "paths", "/metrics /healthz /readyz /status")
+		warnExposedMetrics(log, cfg.Metrics.Addr, ln.Addr())
 		go serveHTTP(rctx, ln, obs.handler(), log)
 	}
 	warmStart := time.Now()

@@ -22,6 +22,8 @@ import (
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/cache"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/access"
+	"github.com/sstatefs/sstatefs/internal/unixsock"
 	"github.com/sstatefs/sstatefs/publish"
 )
 
@@ -137,6 +139,9 @@ type observer struct {
 	reg     *prometheus.Registry
 	fetches *prometheus.HistogramVec
 	limit   int64
+	// actions says who may ask the mount to act (prefetch) over the
+	// control socket: the publish rule.
+	actions access.Rule
 
 	healthMu    sync.Mutex // protects lastHealth, healthAt
 	lastHealth  error
@@ -276,7 +281,9 @@ func (o *observer) status() LiveStatus {
 	return st
 }
 
-// handler serves /metrics, /healthz, /readyz and /status.
+// handler serves /metrics, /healthz, /readyz and /status: observation
+// only, nothing that makes the mount act, since the metrics listener may
+// be reachable from the network.
 func (o *observer) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{}))
@@ -305,7 +312,6 @@ func (o *observer) handler() http.Handler {
 		}
 		json.NewEncoder(w).Encode(body)
 	})
-	mux.HandleFunc("POST /prefetch", o.servePrefetch)
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -315,9 +321,53 @@ func (o *observer) handler() http.Handler {
 	return mux
 }
 
-// serve runs an HTTP server on ln until ctx ends.
+// controlHandler serves the control socket: what handler serves, and the
+// actions (POST /prefetch) for the clients the publish rule allows.
+func (o *observer) controlHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", o.handler())
+	mux.HandleFunc("POST /prefetch", o.allowed(o.servePrefetch))
+	return mux
+}
+
+// allowed refuses a request whose client (SO_PEERCRED of the control
+// socket) the publish rule does not allow: the socket's mode keeps others
+// out, this keeps them out should it be opened up.
+func (o *observer) allowed(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		nc, _ := r.Context().Value(connKey{}).(net.Conn)
+		p, err := access.PeerOf(nc)
+		if err != nil || !o.actions.AllowsPeer(p) {
+			who := "an unidentified client"
+			if err == nil {
+				who = p.String()
+			}
+			http.Error(w, fmt.Sprintf("%s %s refused: %s may not make this mount act (allowed: %s)", r.Method, r.URL.Path, who, o.actions), http.StatusForbidden)
+			return
+		}
+		h(w, r)
+	}
+}
+
+// connKey is the context key of the connection a request came on.
+type connKey struct{}
+
+// warnExposedMetrics warns when the metrics listener is reachable from
+// other hosts: it tells them about the mount, though it takes no actions.
+func warnExposedMetrics(log *slog.Logger, configured string, bound net.Addr) {
+	if ta, ok := bound.(*net.TCPAddr); ok && ta.IP.IsLoopback() {
+		return
+	}
+	log.Warn("the metrics listener is not on a loopback address: other hosts can read it",
+		"addr", configured, "listening", bound.String(),
+		"exposes", "/metrics (counters), /healthz and /status (store location, mountpoint, cache directory, upload queue entries, recent warnings and errors); no actions")
+}
+
+// serve runs an HTTP server on ln until ctx ends. Handlers find the
+// connection of a request under connKey.
 func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger) {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, connKey{}, c) }}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -334,14 +384,14 @@ func controlSocket(cacheDir string) string {
 	return filepath.Join(cacheDir, "state", "control.sock")
 }
 
-func listenControl(cacheDir string) (net.Listener, error) {
-	p := controlSocket(cacheDir)
-	os.Remove(p) // stale from a crash: the cache dir lock is ours
-	ln, err := net.Listen("unix", p)
+// listenControl creates the control socket owner-only: uid:gid (the mount
+// owner), mode 0600 from the start. One left by a crash is replaced (the
+// cache dir lock is ours).
+func listenControl(cacheDir string, uid, gid uint32) (net.Listener, error) {
+	ln, err := unixsock.Listen(controlSocket(cacheDir), unixsock.Owner{UID: int(uid), GID: int(gid), Mode: 0o600})
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	os.Chmod(p, 0o600)
 	return ln, nil
 }
 
