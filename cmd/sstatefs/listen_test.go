@@ -342,13 +342,32 @@ func TestMetricsListenerNoActions(t *testing.T) {
 	}
 
 	t.Run("non-loopback warning", func(t *testing.T) {
-		cfg := testConfig(t, "file://"+dir)
-		cfg.Metrics.Addr = "0.0.0.0:0"
-		m, log := startLoggedMount(t, cfg)
-		_, port, _ := net.SplitHostPort(m.metrics)
-		for _, want := range []string{"level=WARN", "not on a loopback address", "addr=0.0.0.0:0", ":" + port, "/status"} {
-			if !strings.Contains(log.String(), want) {
-				t.Errorf("no %q in the log of a mount with --metrics-addr 0.0.0.0:\n%s", want, log.String())
+		// judged on the address the listener got, without opening one to
+		// the network in a test
+		for _, tc := range []struct {
+			addr string
+			ip   net.IP
+			warn bool
+		}{
+			{"0.0.0.0:9477", net.IPv4zero, true},
+			{":9477", net.IPv6unspecified, true},
+			{"10.1.2.3:9477", net.IPv4(10, 1, 2, 3), true},
+			{"127.0.0.1:9477", net.IPv4(127, 0, 0, 1), false},
+			{"[::1]:9477", net.IPv6loopback, false},
+		} {
+			var log testutil.SyncBuffer
+			warnExposedMetrics(slog.New(slog.NewTextHandler(&log, nil)), tc.addr, &net.TCPAddr{IP: tc.ip, Port: 9477})
+			got := log.String()
+			if !tc.warn {
+				if got != "" {
+					t.Errorf("%s: warned about a loopback listener: %s", tc.addr, got)
+				}
+				continue
+			}
+			for _, want := range []string{"level=WARN", "not on a loopback address", "addr=" + tc.addr, "/status"} {
+				if !strings.Contains(got, want) {
+					t.Errorf("%s: no %q in the warning:\n%s", tc.addr, want, got)
+				}
 			}
 		}
 	})
