@@ -359,3 +359,28 @@ func TestBuildRecordsChunks(t *testing.T) {
 	}
 	check(again, "built on a previous index without chunk digests")
 }
+
+// TestJournalRefusesWrongChunks: a record whose chunk digests do not fit its
+// size is refused alone, before it could fail a whole batch.
+func TestJournalRefusesWrongChunks(t *testing.T) {
+	s, err := file.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := NewJournal(s, JournalOptions{Writer: "t"})
+	ctx := context.Background()
+	if err := j.Added(ctx, Object{Key: "a/b", Size: 3 * ChunkSize, Chunks: fakeChunks(ChunkSize+1, 1)}); err == nil {
+		t.Fatal("Added took 2 chunk digests for a 24 MiB object")
+	}
+	big := Object{Key: "a/c", Size: 3 * ChunkSize, Chunks: fakeChunks(3*ChunkSize, 1)}
+	if err := j.Added(ctx, big); err != nil {
+		t.Fatal(err)
+	}
+	ix, err := LoadAll(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, ok := ix.Lookup("a/c"); !ok || !reflect.DeepEqual(o.Chunks, big.Chunks) {
+		t.Fatalf("journal record with %d chunk digests, want 3", len(o.Chunks))
+	}
+}
