@@ -360,9 +360,10 @@ func TestBuildRecordsChunks(t *testing.T) {
 	check(again, "built on a previous index without chunk digests")
 }
 
-// TestJournalRefusesWrongChunks: a record whose chunk digests do not fit its
-// size is refused alone, before it could fail a whole batch.
-func TestJournalRefusesWrongChunks(t *testing.T) {
+// TestJournalChunks: the journal writes chunk digests into its segment and
+// a reader loads them; a record whose digests do not fit its size is
+// refused (alone: Added checks it, so that it cannot fail a batch).
+func TestJournalChunks(t *testing.T) {
 	s, err := file.New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
