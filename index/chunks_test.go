@@ -385,3 +385,17 @@ func TestJournalChunks(t *testing.T) {
 		t.Fatalf("journal record with %d chunk digests, want 3", len(o.Chunks))
 	}
 }
+
+// TestChunksHugeObjectSegment: a segment of one object with many chunk
+// digests (a 100 GiB object: 400 KB of them) is read back.
+func TestChunksHugeObjectSegment(t *testing.T) {
+	o := Object{Key: "a/huge", Size: 100 << 30}
+	o.Chunks = fakeChunks(o.Size, 9)
+	got, err := DecodeSegment(bytes.NewReader(encodeSeg(t, &Segment{Time: time.Unix(1, 0), Added: []Object{o}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Added) != 1 || !reflect.DeepEqual(got.Added[0].Chunks, o.Chunks) {
+		t.Fatal("chunk digests of a huge object lost")
+	}
+}

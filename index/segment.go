@@ -345,6 +345,10 @@ var segmentSpec = frameSpec{
 		if count > maxSegmentRecords {
 			return 0, corrupt("absurd record count %d (limit %d)", count, maxSegmentRecords)
 		}
+		if binary.LittleEndian.Uint32(hdr[8:]) >= 3 {
+			// one object's chunk digests may take most of the body
+			return maxSegmentBody + 4096, nil
+		}
 		return min(count*(maxRecordLen+1)+4096, maxSegmentBody+4096), nil
 	},
 	bodyLen: func(hdr []byte) uint64 { return binary.LittleEndian.Uint64(hdr[28:]) },
