@@ -540,7 +540,7 @@ func (v *verifier) write(p []byte) error {
 		v.pos += int64(len(p))
 		return nil
 	}
-	for len(p) > 0 {
+	for len(p) > 0 && v.pos < v.size { // callers never write past the size
 		k := int(v.pos / v.csize)
 		end := min(int64(k+1)*v.csize, v.size)
 		n := int(min(int64(len(p)), end-v.pos))
