@@ -505,7 +505,11 @@ func (q *Queue) check(e *Entry, f *os.File) ([32]byte, error) {
 	got := hex.EncodeToString(sum[:])
 	switch {
 	case d.Size() != e.Size:
-		return sum, fmt.Errorf("%s: %w: %d bytes, %d when published (sha256 now %s)", e.Key, ErrChanged, d.Size(), e.Size, got)
+		was := "not hashed yet"
+		if e.SHA256 != "" {
+			was = e.SHA256 + " when first hashed for upload"
+		}
+		return sum, fmt.Errorf("%s: %w: %d bytes, %d when published (sha256 now %s, %s)", e.Key, ErrChanged, d.Size(), e.Size, got, was)
 	case e.SHA256 == "":
 		e.SHA256 = got
 		e.Chunks = make([]string, len(chunks))
