@@ -190,6 +190,14 @@ type Object struct {
 	Size   int64    // expected size
 	SHA256 [32]byte // zero: check the size only
 	Name   string   // for messages: the object's key
+	// ChunkSize and Chunks: the SHA-256 digests of the object's pieces of
+	// ChunkSize bytes, in order (the last piece may be shorter), such as
+	// the index records for large objects. A piece is served once it has
+	// verified, while the rest downloads; without them (or with a number
+	// that does not fit Size) nothing is served before the whole object
+	// has verified. Without SHA256, nothing can be verified.
+	ChunkSize int64
+	Chunks    [][32]byte
 	// Fetch opens length bytes of the object from offset in the store
 	// (length < 0: to the end).
 	Fetch func(ctx context.Context, offset, length int64) (io.ReadCloser, error)

@@ -18,7 +18,9 @@ import (
 type Handle interface {
 	// ReadAt reads like io.ReaderAt: it fills p unless the object ends
 	// first. While the object downloads it waits for the bytes (until ctx
-	// ends); the final byte is held back until the whole object has
+	// ends), and serves only verified bytes: those of a chunk whose digest
+	// matched (Object.Chunks), else only once the whole object matched its
+	// digest. The final byte is held back until the whole object has
 	// verified, so a reader of a corrupt object gets an error, never a
 	// clean end of file.
 	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
@@ -38,6 +40,9 @@ type Handle interface {
 
 // Streaming parameters: objects larger than a chunk (Options.ChunkSize,
 // default 8 MiB) are fetched with up to chunkWorkers parallel ranged GETs.
+// The pieces verified before they are served are the object's own
+// (Object.ChunkSize, the index's 8 MiB): the verifier follows the
+// contiguous prefix, so the two sizes need not agree.
 const (
 	defaultChunkSize = 8 << 20
 	chunkWorkers     = 4
@@ -82,7 +87,7 @@ type download struct {
 	mu       sync.Mutex // protects written, verified, done, err, refs
 	cond     *sync.Cond
 	written  []int64 // bytes written so far into each chunk (sequentially)
-	verified int64   // length of the prefix hashed so far
+	verified int64   // length of the prefix that may be served (see verifier.servable)
 	done     bool    // finished: err tells how
 	err      error
 	refs     int           // open readers plus the downloader itself
@@ -282,9 +287,9 @@ func (c *Cache) fetchChunk(ctx context.Context, d *download, i int, inline bool,
 		return err
 	}
 	defer rc.Close()
-	var h hash.Hash
-	if inline && d.obj.SHA256 != ([32]byte{}) {
-		h = sha256.New()
+	var v *verifier
+	if inline {
+		v = newVerifier(d.obj)
 	}
 	bp := fetchBufs.Get().(*[]byte)
 	defer fetchBufs.Put(bp)
@@ -296,18 +301,21 @@ func (c *Cache) fetchChunk(ctx context.Context, d *download, i int, inline bool,
 			if werr := c.writeAt(d, buf[:k], start+got); werr != nil {
 				return werr
 			}
-			if h != nil {
-				h.Write(buf[:k])
+			var verr error
+			if v != nil {
+				verr = v.write(buf[:k])
 			}
 			got += int64(k)
 			d.mu.Lock()
 			d.written[i] = got
-			if inline {
-				// the last byte stays held back until the digest matched
-				d.verified = min(start+got, d.size-1)
+			if v != nil {
+				d.verified = max(d.verified, v.servable())
 			}
 			d.cond.Broadcast()
 			d.mu.Unlock()
+			if verr != nil {
+				return verr
+			}
 		}
 		if err == io.EOF {
 			break
@@ -327,8 +335,8 @@ func (c *Cache) fetchChunk(ctx context.Context, d *download, i int, inline bool,
 		}
 	}
 	if inline {
-		if h != nil && [32]byte(h.Sum(nil)) != d.obj.SHA256 {
-			return fmt.Errorf("fetch %s: %w: sha256 %x, want %x", d.obj.Name, ErrCorrupt, h.Sum(nil), d.obj.SHA256)
+		if err := v.finish(); err != nil {
+			return err
 		}
 		d.mu.Lock()
 		d.verified = d.size
@@ -338,13 +346,10 @@ func (c *Cache) fetchChunk(ctx context.Context, d *download, i int, inline bool,
 	return nil
 }
 
-// hash follows the written prefix, hashing it from the temp file, and checks
-// the digest at the end.
+// hash follows the written prefix, verifying it from the temp file, and
+// checks the digest at the end.
 func (d *download) hash(ctx context.Context) error {
-	var h hash.Hash
-	if d.obj.SHA256 != ([32]byte{}) {
-		h = sha256.New()
-	}
+	v := newVerifier(d.obj)
 	bp := hashBufs.Get().(*[]byte)
 	defer hashBufs.Put(bp)
 	buf := *bp
@@ -363,8 +368,10 @@ func (d *download) hash(ctx context.Context) error {
 		}
 		for pos < end {
 			k, err := d.tmp.ReadAt(buf[:min(int64(len(buf)), end-pos)], pos)
-			if k > 0 && h != nil {
-				h.Write(buf[:k])
+			if k > 0 {
+				if verr := v.write(buf[:k]); verr != nil {
+					return verr
+				}
 			}
 			pos += int64(k)
 			if err != nil && !(err == io.EOF && pos == end) {
@@ -372,13 +379,12 @@ func (d *download) hash(ctx context.Context) error {
 			}
 		}
 		d.mu.Lock()
-		// the last byte stays held back until the digest has matched
-		d.verified = min(pos, d.size-1)
+		d.verified = max(d.verified, v.servable())
 		d.cond.Broadcast()
 		d.mu.Unlock()
 	}
-	if h != nil && [32]byte(h.Sum(nil)) != d.obj.SHA256 {
-		return fmt.Errorf("fetch %s: %w: sha256 %x, want %x", d.obj.Name, ErrCorrupt, h.Sum(nil), d.obj.SHA256)
+	if err := v.finish(); err != nil {
+		return err
 	}
 	d.mu.Lock()
 	d.verified = d.size
@@ -498,5 +504,88 @@ func (h *streamHandle) Wait() error { return h.d.wait(context.Background()) }
 
 func (h *streamHandle) Close() error {
 	h.closed.Do(h.d.release)
+	return nil
+}
+
+// verifier checks the bytes of a download in order against the object's
+// digest and chunk digests, and says how long a prefix may be served: no
+// reader ever gets a byte that has not verified, where anything can be
+// verified.
+type verifier struct {
+	name  string
+	size  int64
+	want  [32]byte
+	whole hash.Hash // nil: no digest to check (a store without an index)
+	chunk hash.Hash // nil: no chunk digests; nothing is served before the end
+	sums  [][32]byte
+	csize int64
+	pos   int64 // bytes written
+	good  int64 // end of the chunks that verified
+}
+
+func newVerifier(obj Object) *verifier {
+	v := &verifier{name: obj.Name, size: obj.Size, want: obj.SHA256}
+	if obj.SHA256 == ([32]byte{}) {
+		return v
+	}
+	v.whole = sha256.New()
+	// Chunk digests count only if they cover the object exactly; an
+	// object of one chunk is verified whole.
+	if n := int64(len(obj.Chunks)); n > 1 && obj.ChunkSize > 0 && (obj.Size-1)/obj.ChunkSize+1 == n {
+		v.chunk, v.sums, v.csize = sha256.New(), obj.Chunks, obj.ChunkSize
+	}
+	return v
+}
+
+// write hashes the next bytes; it fails (ErrCorrupt) when they complete a
+// chunk whose digest does not match.
+func (v *verifier) write(p []byte) error {
+	if v.whole != nil {
+		v.whole.Write(p)
+	}
+	if v.chunk == nil {
+		v.pos += int64(len(p))
+		return nil
+	}
+	for len(p) > 0 && v.pos < v.size { // callers never write past the size
+		k := int(v.pos / v.csize)
+		end := min(int64(k+1)*v.csize, v.size)
+		n := int(min(int64(len(p)), end-v.pos))
+		v.chunk.Write(p[:n])
+		v.pos += int64(n)
+		p = p[n:]
+		if v.pos == end {
+			if got := [32]byte(v.chunk.Sum(nil)); got != v.sums[k] {
+				return fmt.Errorf("fetch %s: %w: chunk %d (bytes %d to %d): sha256 %x, want %x",
+					v.name, ErrCorrupt, k, int64(k)*v.csize, end, got, v.sums[k])
+			}
+			v.chunk.Reset()
+			v.good = end
+		}
+	}
+	return nil
+}
+
+// servable is the length of the prefix that may be served so far. The last
+// byte always waits for finish, so that no reader reaches a clean end of
+// file before the whole digest has matched.
+func (v *verifier) servable() int64 {
+	switch {
+	case v.whole == nil:
+		return max(0, min(v.pos, v.size-1)) // nothing to verify against
+	case v.chunk == nil:
+		return 0
+	}
+	return max(0, min(v.good, v.size-1))
+}
+
+// finish checks the digest of all the bytes written.
+func (v *verifier) finish() error {
+	if v.whole == nil {
+		return nil
+	}
+	if got := [32]byte(v.whole.Sum(nil)); got != v.want {
+		return fmt.Errorf("fetch %s: %w: sha256 %x, want %x", v.name, ErrCorrupt, got, v.want)
+	}
 	return nil
 }

@@ -98,7 +98,9 @@ func TestStreamFirstBytesBeforeTheRest(t *testing.T) {
 	c, _ := Open(Options{Dir: t.TempDir(), ChunkSize: smallChunks})
 	data := rnd(t, 512<<10)
 	src := &rangedSource{data: data, gate: make(chan struct{})}
-	obj := Object{ID: "first-bytes", Size: int64(len(data)), SHA256: sha256.Sum256(data), Name: "x", Fetch: src.fetch}
+	// With chunk digests: the first chunk is served once it has verified.
+	obj := Object{ID: "first-bytes", Size: int64(len(data)), SHA256: sha256.Sum256(data), Name: "x", Fetch: src.fetch,
+		ChunkSize: smallChunks, Chunks: chunkSums(data, smallChunks)}
 	h, err := c.OpenStream(context.Background(), obj)
 	if err != nil {
 		t.Fatal(err)
@@ -185,16 +187,127 @@ func TestStreamReaderInterrupted(t *testing.T) {
 	src := &rangedSource{data: data, gate: make(chan struct{})}
 	obj := Object{ID: "stuck", Size: int64(len(data)), SHA256: sha256.Sum256(data), Name: "x", Fetch: src.fetch}
 	h, _ := c.OpenStream(context.Background(), obj)
-	defer func() {
-		// let the download finish before its directory goes
-		close(src.gate)
-		h.Wait()
-		h.Close()
-	}()
+	// the download finishes before the cache's directory goes
+	t.Cleanup(func() { close(src.gate); h.Wait(); h.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	buf := make([]byte, 4096)
 	if _, err := h.ReadAt(ctx, buf, 200<<10); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("read of a stuck range = %v, want the context's error", err)
+	}
+}
+
+// chunkSums returns the digests of data's pieces of size bytes.
+func chunkSums(data []byte, size int) [][32]byte {
+	var out [][32]byte
+	for off := 0; off < len(data); off += size {
+		out = append(out, sha256.Sum256(data[off:min(off+size, len(data))]))
+	}
+	return out
+}
+
+// TestStreamNoUnverifiedByte: a reader of part of a corrupt object gets an
+// error and not one byte, whether the object streams in one request
+// (hashed as it arrives) or in many (hashed by a follower), and whether the
+// corruption is near the start or the end. It verifies whole before any
+// byte is served (small objects, and large ones without chunk digests).
+func TestStreamNoUnverifiedByte(t *testing.T) {
+	data := rnd(t, 300<<10)
+	for _, chunk := range []int64{smallChunks, 1 << 20} {
+		for _, at := range []int{101, len(data) - 10} {
+			t.Run(fmt.Sprintf("chunk=%d/at=%d", chunk, at), func(t *testing.T) {
+				c, _ := Open(Options{Dir: t.TempDir(), ChunkSize: chunk})
+				bad := append([]byte(nil), data...)
+				bad[at] ^= 1
+				obj := Object{ID: "corrupt", Size: int64(len(data)), SHA256: sha256.Sum256(data), Name: "x",
+					Fetch: (&rangedSource{data: bad}).fetch}
+				h, err := c.OpenStream(context.Background(), obj)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer h.Close()
+				buf := make([]byte, 4096)
+				n, err := h.ReadAt(context.Background(), buf, 0)
+				if err == nil || n != 0 {
+					t.Fatalf("read of the first 4096 bytes of a corrupt object: %d bytes, %v; want none and an error", n, err)
+				}
+				if !errors.Is(err, ErrCorrupt) {
+					t.Errorf("error %v does not say corrupt", err)
+				}
+				h.Wait()
+				if c.Has("corrupt") {
+					t.Error("corrupt download kept in the cache")
+				}
+			})
+		}
+	}
+}
+
+// TestStreamChunkVerified: with chunk digests, the chunks before a corrupt
+// one are served exactly; a read that reaches into the corrupt chunk gets
+// an error and none of its bytes; nothing is filed. Chunks that all verify
+// but an object digest that does not still fail at the end.
+func TestStreamChunkVerified(t *testing.T) {
+	const vchunk = 64 << 10
+	data := rnd(t, 5*vchunk+777)
+	sums := chunkSums(data, vchunk)
+	for _, dl := range []int64{smallChunks / 2, 1 << 20} { // many ranged reads, or one
+		t.Run(fmt.Sprintf("download=%d", dl), func(t *testing.T) {
+			c, _ := Open(Options{Dir: t.TempDir(), ChunkSize: dl})
+			bad := append([]byte(nil), data...)
+			bad[2*vchunk+500] ^= 1 // in chunk 2
+			obj := Object{ID: "corrupt", Size: int64(len(data)), SHA256: sha256.Sum256(data), Name: "x",
+				Fetch: (&rangedSource{data: bad}).fetch, ChunkSize: vchunk, Chunks: sums}
+			h, err := c.OpenStream(context.Background(), obj)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Close()
+			buf := make([]byte, 2*vchunk)
+			if n, err := h.ReadAt(context.Background(), buf, 0); err != nil || n != len(buf) || !bytes.Equal(buf, data[:len(buf)]) {
+				t.Fatalf("read of chunks 0 and 1: %d bytes, %v", n, err)
+			}
+			for _, off := range []int64{2*vchunk - 100, 2 * vchunk, 2*vchunk + 400} {
+				n, err := h.ReadAt(context.Background(), make([]byte, 4096), off)
+				if err == nil || n != 0 || !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("read at %d, into the corrupt chunk: %d bytes, %v; want none and a corrupt error", off, n, err)
+				}
+			}
+			h.Wait()
+			if c.Has("corrupt") {
+				t.Error("corrupt download kept in the cache")
+			}
+
+			// Right chunks, wrong whole digest: fails at the end, not filed.
+			odd := obj
+			odd.ID, odd.Fetch = "odd", (&rangedSource{data: data}).fetch
+			odd.SHA256[0] ^= 1
+			h2, err := c.OpenStream(context.Background(), odd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h2.Close()
+			if got, err := readAllStream(context.Background(), h2); !errors.Is(err, ErrCorrupt) || len(got) >= len(data) {
+				t.Fatalf("object digest mismatch: %d bytes, %v", len(got), err)
+			}
+			if c.Has("odd") {
+				t.Error("download whose object digest did not match kept in the cache")
+			}
+
+			// And the right object streams whole and is filed.
+			good := obj
+			good.ID, good.Fetch = "good", (&rangedSource{data: data}).fetch
+			h3, err := c.OpenStream(context.Background(), good)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h3.Close()
+			if got, err := readAllStream(context.Background(), h3); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("good object: %d bytes, %v", len(got), err)
+			}
+			if !c.Has("good") {
+				t.Error("verified download not cached")
+			}
+		})
 	}
 }

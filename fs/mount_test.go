@@ -581,10 +581,10 @@ func TestCorruptObjectIsAnError(t *testing.T) {
 	if !errors.Is(err, syscall.EIO) {
 		t.Fatalf("read of a corrupt object: %d bytes, err %v; want EIO", len(got), err)
 	}
-	// Streaming may hand out bytes before the digest is known, but the
-	// reader never reaches a clean end of file on them.
-	if len(got) >= len(data) {
-		t.Fatal("the reader got the whole corrupt object")
+	// No byte is served before it has verified: an object of one chunk
+	// verifies whole first.
+	if len(got) != 0 {
+		t.Fatalf("the reader got %d bytes of a corrupt object", len(got))
 	}
 	// a second open fails again: nothing was cached (and the failed
 	// download is not retried before its back-off ends)
@@ -941,10 +941,10 @@ func TestKernelOpensKeepPages(t *testing.T) {
 	}
 }
 
-// TestCorruptDownloadLeavesNoPages: bytes a reader took from a download
-// before it failed verification do not stay in the kernel's page cache
-// (the kernel keeps pages across its own opens): once the store holds the
-// right object again, a reader gets exactly it.
+// TestCorruptDownloadLeavesNoPages: a reader of the start of a corrupt
+// download gets none of its bytes, and nothing of it stays in the kernel's
+// page cache (the kernel keeps pages across its own opens): once the store
+// holds the right object again, a reader gets exactly it.
 func TestCorruptDownloadLeavesNoPages(t *testing.T) {
 	storeDir := t.TempDir()
 	data := rnd(4 << 20)
@@ -959,18 +959,16 @@ func TestCorruptDownloadLeavesNoPages(t *testing.T) {
 	os.WriteFile(sp, bad, 0o644)
 	os.Chtimes(sp, fi.ModTime(), fi.ModTime())
 
-	// read only the start: those bytes come before the digest is known
+	// read only the start: nothing is served before it has verified
 	f, err := os.Open(filepath.Join(m.dir, pkgKey))
 	if err != nil {
 		t.Fatal(err)
 	}
 	head := make([]byte, 64<<10)
-	if _, err := io.ReadFull(f, head); err != nil {
-		t.Fatal(err)
-	}
+	n, err := io.ReadFull(f, head)
 	f.Close()
-	if !bytes.Equal(head, bad[:len(head)]) {
-		t.Fatal("the first read did not stream the store's (corrupt) bytes; the test proves nothing")
+	if n != 0 || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("first read of a corrupt object: %d bytes, %v; want EIO and no byte", n, err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for m.cache.Stats().Corrupted == 0 {

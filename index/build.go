@@ -2,7 +2,6 @@ package index
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -92,9 +91,11 @@ func Build(ctx context.Context, s backend.Store, opt BuildOptions) (*Index, erro
 	var todo []int // positions in objs that need reading
 	for i := range objs {
 		o := &objs[i]
+		// An object large enough for chunk digests is read again if the
+		// previous index (of an older sstatefs) has none.
 		if p, ok := opt.Previous.Lookup(o.Key); ok && p.SHA256 != ([32]byte{}) &&
-			p.Size == o.Size && p.ModTime.Equal(o.ModTime) {
-			o.SHA256 = p.SHA256
+			p.Size == o.Size && p.ModTime.Equal(o.ModTime) && len(p.Chunks) == NumChunks(p.Size) {
+			o.SHA256, o.Chunks = p.SHA256, p.Chunks
 			continue
 		}
 		todo = append(todo, i)
@@ -131,14 +132,14 @@ func Build(ctx context.Context, s backend.Store, opt BuildOptions) (*Index, erro
 					return nil
 				}
 				o := &objs[todo[t]]
-				sum, n, err := hashObject(gctx, s, o.Key, buf)
+				sum, chunks, n, err := hashObject(gctx, s, o.Key, buf)
 				switch {
 				case errors.Is(err, backend.ErrNotExist):
 					vanished[todo[t]] = true
 				case err != nil:
 					return fmt.Errorf("build index of %s: hash %s: %w", s.Location(), o.Key, err)
 				default:
-					o.SHA256, o.Size = sum, n
+					o.SHA256, o.Chunks, o.Size = sum, chunks, n
 				}
 				report(n)
 			}
@@ -211,16 +212,17 @@ func withJournal(ctx context.Context, s backend.Store, built *Index, journal []s
 				case err != nil:
 					return fmt.Errorf("build index of %s: stat %s: %w", s.Location(), o.Key, err)
 				}
-				if oi.Size != o.Size || o.SHA256 == ([32]byte{}) {
-					// Not what was recorded (replaced?): hash what is there.
-					sum, n, err := hashObject(gctx, s, o.Key, buf)
+				if oi.Size != o.Size || o.SHA256 == ([32]byte{}) || len(o.Chunks) != NumChunks(o.Size) {
+					// Not what was recorded (replaced?), or recorded
+					// without chunk digests: hash what is there.
+					sum, chunks, n, err := hashObject(gctx, s, o.Key, buf)
 					if errors.Is(err, backend.ErrNotExist) {
 						continue
 					}
 					if err != nil {
 						return fmt.Errorf("build index of %s: hash %s: %w", s.Location(), o.Key, err)
 					}
-					o.SHA256, o.Size, o.ModTime = sum, n, oi.ModTime
+					o.SHA256, o.Chunks, o.Size, o.ModTime = sum, chunks, n, oi.ModTime
 				}
 				found[i] = true
 			}
@@ -248,21 +250,21 @@ func withJournal(ctx context.Context, s backend.Store, built *Index, journal []s
 	return ix, nil
 }
 
-// hashObject streams key through SHA-256 and returns the digest and length.
-func hashObject(ctx context.Context, s backend.Store, key string, buf []byte) ([32]byte, int64, error) {
+// hashObject streams key through a Digester and returns the digest, the
+// chunk digests and the length.
+func hashObject(ctx context.Context, s backend.Store, key string, buf []byte) ([32]byte, [][32]byte, int64, error) {
 	rc, err := s.Open(ctx, key, 0, -1)
 	if err != nil {
-		return [32]byte{}, 0, err
+		return [32]byte{}, nil, 0, err
 	}
 	defer rc.Close()
-	h := sha256.New()
-	n, err := io.CopyBuffer(h, rc, buf)
+	d := NewDigester()
+	n, err := io.CopyBuffer(d, rc, buf)
 	if err != nil {
-		return [32]byte{}, n, err
+		return [32]byte{}, nil, n, err
 	}
-	var sum [32]byte
-	h.Sum(sum[:0])
-	return sum, n, nil
+	sum, chunks := d.Sum()
+	return sum, chunks, n, nil
 }
 
 // isTempName reports whether key names a file that is being written rather

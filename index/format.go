@@ -1,25 +1,29 @@
-// Snapshot format, versions 1, 2 and 3
+// Snapshot format, versions 1 to 4
 //
 // An index snapshot is stored in the store under SnapshotKey. All integers
 // in the header are little-endian:
 //
 //	offset  size  field
 //	0       8     magic "SSTFSIDX"
-//	8       4     format version, uint32 = 3 (1 and 2 are still read)
+//	8       4     format version, uint32 = 4 (1, 2 and 3 are still read)
 //	12      4     flags, uint32 (see below)
 //	16      8     created: int64 unix nanoseconds (math.MinInt64 = unknown)
 //	24      8     object count N, uint64
 //	32      8     covered segment count C, uint64
 //	40      8     equivalence count E, uint64
-//	48      8     body length B in bytes, uint64
-//	56      B     body: one zstd stream (frames with a window of at most 8 MiB)
-//	56+B    32    trailer: SHA-256 of bytes [0, 56+B)
+//	48      8     chunk digest count D, uint64
+//	56      8     body length B in bytes, uint64
+//	64      B     body: one zstd stream (frames with a window of at most 8 MiB)
+//	64+B    32    trailer: SHA-256 of bytes [0, 64+B)
 //
-// Version 2 has no equivalence count: B follows C at offset 40, and the
-// body starts at 48. Version 1 has no flags and no covered count either:
-// created, N and B follow the version at offsets 12, 20 and 28, and the
-// body starts at 36. Encode writes version 2 for an index without
-// equivalences, which older readers then still read.
+// Version 3 has no chunk digest count: B follows E at offset 48, and the
+// body starts at 56. Version 2 has no equivalence count either: B follows
+// C at offset 40, and the body starts at 48. Version 1 has no flags and no
+// covered count either: created, N and B follow the version at offsets 12,
+// 20 and 28, and the body starts at 36. Encode writes the lowest version
+// that holds the index: 4 if an object has chunk digests, else 3 if there
+// are equivalences, else 2; older readers then still read what they can
+// represent.
 //
 // Flag bit 0, complete: the snapshot descends from a listing of the whole
 // store (`sstatefs index build`), so a key it lacks was absent when it was
@@ -27,7 +31,8 @@
 // complete. Other bits are reserved and rejected.
 //
 // Nothing follows the trailer. The body decompresses to exactly C covered
-// segment names, then N entries, then (version 3) the equivalence section.
+// segment names, then N entries, then (version 3 and later) the
+// equivalence section (in version 4 also when E is 0: then S is 0).
 // A covered name is
 //
 //	uvarint  length (at most 105)
@@ -45,9 +50,14 @@
 //	uvarint  size in bytes (at most math.MaxInt64)
 //	varint   modification time, unix nanoseconds (math.MinInt64 = unknown)
 //	32 bytes SHA-256 of the content (all zero = unknown)
-//	uvarint  last access, unix seconds, at most 2^32-1 (0 = none; version 2 only)
+//	uvarint  last access, unix seconds, at most 2^32-1 (0 = none; version 2 on)
+//	uvarint  K, the number of chunk digests (version 4 only): 0, or for an
+//	         object larger than ChunkSize (8 MiB), ceil(size / ChunkSize)
+//	K times  32 bytes SHA-256 of the object's bytes [k*ChunkSize,
+//	         min((k+1)*ChunkSize, size)), in order
 //
-// Version 1 has no covered names and no access times. Keys are valid store
+// The K of all entries add up to D. Version 1 has no covered names and no
+// access times. Keys are valid store
 // keys (backend.CheckKey) of at most MaxKeyLen bytes, never under
 // backend.MetaPrefix.
 //
@@ -81,8 +91,9 @@
 // counted in Sources.Invalid), not the snapshot; a writer that relaxes
 // those rules must use a new version.
 //
-// Readers reject N above 2^28, C above 2^20, E above 2^24 and a body length
-// B no N entries, C names and E records could need, before reading further.
+// Readers reject N above 2^28, C above 2^20, E above 2^24, D above 2^26
+// and a body length B no N entries, C names, E records and D digests could
+// need, before reading further.
 //
 // The body length in the header lets a reader tell a truncated snapshot
 // from a corrupt one, and the checksum is verified before anything is
@@ -128,11 +139,12 @@ var ErrCorrupt = errors.New("corrupt index")
 
 const (
 	magic         = "SSTFSIDX"
-	formatVersion = 3
+	formatVersion = 4
 	prefixLen     = 12 // magic and version: the part of a header every version shares
 	headerLenV1   = 36
 	headerLenV2   = 48
 	headerLenV3   = 56
+	headerLenV4   = 64
 	flagComplete  = 1 << 0
 	trailerLen    = sha256.Size
 
@@ -145,6 +157,9 @@ const (
 	// maxEntryLen is the longest encoded entry: five varints of at most
 	// 10 bytes, the key and the digest.
 	maxEntryLen = 5*binary.MaxVarintLen64 + MaxKeyLen + sha256.Size
+	// maxChunkDigests bounds the chunk digests a snapshot may declare:
+	// 512 TiB of objects larger than ChunkSize.
+	maxChunkDigests = 1 << 26
 	// maxEquivalences bounds the equivalence records a snapshot may
 	// declare: far more than any hash equivalence server holds.
 	maxEquivalences = 1 << 24
@@ -166,8 +181,8 @@ func corrupt(format string, args ...any) error {
 }
 
 // Encode writes ix to w in the snapshot format: its objects from both
-// runs, their access times, the segments it covers and its equivalence
-// records (version 3; version 2 if it has none).
+// runs, their access times and chunk digests, the segments it covers and
+// its equivalence records, in the lowest version that holds them all.
 func Encode(w io.Writer, ix *Index) error {
 	if ix == nil {
 		return errors.New("encode index: nil index")
@@ -175,17 +190,24 @@ func Encode(w io.Writer, ix *Index) error {
 	if n := ix.numEqEntries(); n > maxEquivalences {
 		return fmt.Errorf("encode index: %d equivalence records (limit %d)", n, maxEquivalences)
 	}
-	body, err := encodeBody(ix)
+	digests := ix.numChunkDigests()
+	if digests > maxChunkDigests {
+		return fmt.Errorf("encode index: %d chunk digests (limit %d)", digests, maxChunkDigests)
+	}
+	version, hl := uint32(2), headerLenV2
+	switch {
+	case digests > 0:
+		version, hl = 4, headerLenV4
+	case ix.numEqEntries() > 0:
+		version, hl = 3, headerLenV3
+	}
+	body, err := encodeBody(ix, version)
 	if err != nil {
 		return fmt.Errorf("encode index: %w", err)
 	}
 	var flags uint32
 	if ix.complete {
 		flags |= flagComplete
-	}
-	version, hl := uint32(2), headerLenV2
-	if ix.numEqEntries() > 0 {
-		version, hl = 3, headerLenV3
 	}
 	hdr := make([]byte, hl)
 	copy(hdr, magic)
@@ -194,8 +216,11 @@ func Encode(w io.Writer, ix *Index) error {
 	binary.LittleEndian.PutUint64(hdr[16:], uint64(ix.created))
 	binary.LittleEndian.PutUint64(hdr[24:], uint64(ix.Len()))
 	binary.LittleEndian.PutUint64(hdr[32:], uint64(len(ix.covered)))
-	if version == 3 {
+	if version >= 3 {
 		binary.LittleEndian.PutUint64(hdr[40:], uint64(ix.numEqEntries()))
+	}
+	if version >= 4 {
+		binary.LittleEndian.PutUint64(hdr[48:], uint64(digests))
 	}
 	binary.LittleEndian.PutUint64(hdr[hl-8:], uint64(len(body)))
 	if err := writeFrame(w, hdr, body); err != nil {
@@ -213,9 +238,12 @@ func newZstdWriter(w io.Writer) (*zstd.Encoder, error) {
 		zstd.WithWindowSize(encoderWindow), zstd.WithEncoderConcurrency(1))
 }
 
+// numChunkDigests is the number of chunk digests of both runs.
+func (ix *Index) numChunkDigests() int { return len(ix.base.ck.sums) + len(ix.extra.ck.sums) }
+
 // encodeBody returns the zstd-compressed covered names, entries and
-// equivalence section (if there are equivalences).
-func encodeBody(ix *Index) ([]byte, error) {
+// equivalence section of a snapshot of version (2 to 4).
+func encodeBody(ix *Index, version uint32) ([]byte, error) {
 	var buf bytes.Buffer
 	zw, err := newZstdWriter(&buf)
 	if err != nil {
@@ -241,11 +269,18 @@ func encodeBody(ix *Index) ([]byte, error) {
 		scratch = binary.AppendVarint(scratch, mtime)
 		scratch = append(scratch, sha[:]...)
 		scratch = binary.AppendUvarint(scratch, uint64(r.atime(i)))
+		if version >= 4 {
+			chunks := r.chunks(i)
+			scratch = binary.AppendUvarint(scratch, uint64(len(chunks)))
+			for k := range chunks {
+				scratch = append(scratch, chunks[k][:]...)
+			}
+		}
 		bw.Write(scratch)
 		prev, key = key, prev
 		return true
 	})
-	if ix.numEqEntries() > 0 {
+	if version >= 3 {
 		encodeEquivalences(bw, ix)
 	}
 	if err := bw.Flush(); err != nil {
@@ -420,6 +455,8 @@ var snapshotSpec = frameSpec{
 			return headerLenV2
 		case 3:
 			return headerLenV3
+		case 4:
+			return headerLenV4
 		}
 		return 0
 	},
@@ -443,13 +480,21 @@ var snapshotSpec = frameSpec{
 		if eqs > 0 {
 			eqLimit = eqs*(maxEqRecordLen+1) + maxStringTable + 6*eqs*binary.MaxVarintLen64
 		}
+		digests := h.digests
+		if digests > maxChunkDigests {
+			return 0, corrupt("absurd chunk digest count %d (limit %d)", digests, maxChunkDigests)
+		}
+		var chunkLimit uint64
+		if h.version >= 4 {
+			chunkLimit = count*binary.MaxVarintLen64 + digests*sha256.Size
+		}
 		// A zstd stream is never much longer than its content.
-		return count*(maxEntryLen+1) + covered*(maxSegmentNameLen+binary.MaxVarintLen64+1) + eqLimit + 4096, nil
+		return count*(maxEntryLen+1) + covered*(maxSegmentNameLen+binary.MaxVarintLen64+1) + eqLimit + chunkLimit + 4096, nil
 	},
 	bodyLen: func(hdr []byte) uint64 { return binary.LittleEndian.Uint64(hdr[len(hdr)-8:]) },
 }
 
-// Decode reads a snapshot written by Encode, of version 1, 2 or 3. Damage
+// Decode reads a snapshot written by Encode, of version 1 to 4. Damage
 // is reported as an error wrapping ErrCorrupt that says what is wrong; a
 // failure of r is returned as it is. Well-formed equivalence records that
 // break Equivalence.Validate are dropped and counted (Sources.Invalid). It
@@ -478,6 +523,7 @@ type snapshotHeader struct {
 	created                 int64
 	count, covered, bodyLen uint64
 	equivalences            uint64
+	digests                 uint64 // chunk digests (version 4)
 }
 
 // parseSnapshotHeader reads a header whose length readFrame has checked.
@@ -492,6 +538,9 @@ func parseSnapshotHeader(hdr []byte) snapshotHeader {
 	h.created, h.count, h.covered = int64(le.Uint64(hdr[16:])), le.Uint64(hdr[24:]), le.Uint64(hdr[32:])
 	if h.version >= 3 {
 		h.equivalences = le.Uint64(hdr[40:])
+	}
+	if h.version >= 4 {
+		h.digests = le.Uint64(hdr[48:])
 	}
 	h.bodyLen = le.Uint64(hdr[len(hdr)-8:])
 	return h
@@ -613,6 +662,7 @@ func (d *snapshotHeader) decode(body io.Reader) (*Index, error) {
 	pk := newPacker(int(capacity))
 	var (
 		at    []uint32 // allocated at the first access time
+		ck    chunkTable
 		prev  = make([]byte, 0, 256)
 		key   = make([]byte, 0, 256)
 		total int64
@@ -667,6 +717,32 @@ func (d *snapshotHeader) decode(body io.Reader) (*Index, error) {
 		if size > math.MaxInt64 {
 			return nil, corrupt("entry %d: absurd size %d", i, size)
 		}
+		if d.version >= 4 {
+			k, err := binary.ReadUvarint(br)
+			if err != nil {
+				return nil, bad(i, "chunk digest count", err)
+			}
+			if k != 0 && k != uint64(NumChunks(int64(size))) {
+				return nil, corrupt("entry %d: %d chunk digests for %d bytes, want 0 or %d", i, k, size, NumChunks(int64(size)))
+			}
+			if uint64(len(ck.sums))+k > d.digests {
+				return nil, corrupt("chunk digest count mismatch: header says %d, entry %d goes beyond", d.digests, i)
+			}
+			if k > 0 {
+				if ck.sums == nil {
+					ck.sums = make([][32]byte, 0, min(d.digests, d.bodyLen/32+16))
+				}
+				n := len(ck.sums)
+				ck.sums = slices.Grow(ck.sums, int(k))[:n+int(k)]
+				for j := n; j < len(ck.sums); j++ {
+					if _, err := io.ReadFull(br, ck.sums[j][:]); err != nil {
+						return nil, bad(i, "chunk digest", err)
+					}
+				}
+				ck.pos = append(ck.pos, uint32(i))
+				ck.end = append(ck.end, uint32(len(ck.sums)))
+			}
+		}
 		if total > math.MaxInt64-int64(size) {
 			return nil, corrupt("entry %d: total size overflows", i)
 		}
@@ -686,6 +762,10 @@ func (d *snapshotHeader) decode(body io.Reader) (*Index, error) {
 		}
 		prev, key = key, prev
 	}
+	if uint64(len(ck.sums)) != d.digests {
+		return nil, corrupt("chunk digest count mismatch: header says %d, entries have %d", d.digests, len(ck.sums))
+	}
+	ck.finish()
 	ix := &Index{total: total, covered: covered}
 	if d.version >= 3 {
 		if ix.eqBase, ix.invalid, err = decodeEquivalences(br, d.equivalences, d.bodyLen); err != nil {
@@ -697,7 +777,7 @@ func (d *snapshotHeader) decode(body io.Reader) (*Index, error) {
 	} else if err := checkBodyEnd(br, d.count, "entry", "entries"); err != nil {
 		return nil, err
 	}
-	ix.base = run{pk: pk.finish(), at: clip(at)}
+	ix.base = run{pk: pk.finish(), at: clip(at), ck: ck}
 	return ix, nil
 }
 

@@ -218,7 +218,7 @@ func TestDecodeCorrupt(t *testing.T) {
 		{"bad magic", `bad magic "XSTFSIDX"`, edit(func(b []byte) []byte { b[0] = 'X'; return b })},
 		{"gzip", "bad magic", append([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0}, good[8:]...)},
 		{"segment", `bad magic "SSTFSJNL", want "SSTFSIDX" (not an sstatefs index)`, encodeSeg(t, &Segment{})},
-		{"version 4", "unsupported version 4 (this sstatefs reads versions up to 3)", setU32(8, 4)},
+		{"version 5", "unsupported version 5 (this sstatefs reads versions up to 4)", setU32(8, 5)},
 		{"version 0", "unsupported version 0", setU32(8, 0)},
 		{"unknown flag", "unknown flags 0x3", setU32(12, 3)},
 		{"body bit flip", "checksum mismatch", edit(func(b []byte) []byte { b[headerLenV2+10] ^= 1; return b })},
@@ -380,6 +380,10 @@ func FuzzDecode(f *testing.F) {
 		Equivalence{Method: "m", Taskhash: "abcde", Unihash: "01234", Outhash: testEq(1, "do_a").Outhash},
 		Equivalence{Method: "do_a", Taskhash: hexOf(1), Unihash: hexOf(7), Outhash: "9999"})
 	f.Add(encode(f, eqIx))
+	if v4, err := os.ReadFile("testdata/snapshot-v4.bin"); err == nil {
+		f.Add(v4)
+	}
+	f.Add(encode(f, New(chunkedObjects(f, realisticKeys(f)[:10], 3), time.Unix(1, 0))))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkDecode(t, data)
 		// Most mutations only break the checksum; repair it so the
@@ -399,9 +403,15 @@ func FuzzDecodeBody(f *testing.F) {
 		raw.Write(rawEntry(0, uint64(len(e.key)), e.key, uint64(e.size), e.mtime))
 	}
 	f.Add(uint16(30), raw.Bytes())
+	chunked := rawEntry(0, 1, "a", 2*ChunkSize+1, 1)
+	chunked = binary.AppendUvarint(chunked, 0)
+	chunked = binary.AppendUvarint(chunked, 3)
+	f.Add(uint16(1), append(chunked, make([]byte, 3*32)...))
 	f.Fuzz(func(t *testing.T, count uint16, body []byte) {
 		checkDecode(t, frame(uint64(count), body))
 		checkDecode(t, frame2(uint64(count), uint64(count%3), body))
+		// version 4: the digest count from the count's high bits
+		checkDecode(t, frame4(uint64(count&0xff), uint64(count>>8), body))
 	})
 }
 
@@ -418,7 +428,7 @@ func checkDecode(t *testing.T, data []byte) {
 	prev := ""
 	var total int64
 	for i, o := range collect(ix) {
-		if !validKey(o.Key) || (i > 0 && o.Key <= prev) || o.Size < 0 {
+		if !validKey(o.Key) || (i > 0 && o.Key <= prev) || o.Size < 0 || !validChunks(o.Size, o.Chunks) {
 			t.Fatalf("accepted bad object %d %+v after %q", i, o, prev)
 		}
 		prev = o.Key

@@ -41,6 +41,12 @@ type Object struct {
 	// Accessed is the last access recorded in the journal (bitbake's
 	// utimensat or touch on the mount), to the second; zero if none.
 	Accessed time.Time
+	// Chunks are the SHA-256 digests of the object's ChunkSize pieces, in
+	// order (NumChunks(Size) of them), recorded at publication, push or
+	// index build; nil for objects of ChunkSize bytes or fewer and where
+	// none were recorded (older sstatefs). Shared with the index: never
+	// change them.
+	Chunks [][32]byte
 }
 
 // Entry is one name directly inside a directory of the index.
@@ -84,6 +90,8 @@ type run struct {
 	// entries: unix seconds, 0 for none. Four bytes an object, and none
 	// at all in an index without access records.
 	at []uint32
+	// ck holds the chunk digests of the entries that have them.
+	ck chunkTable
 }
 
 // entry is the in-memory form of an Object in a plain run: times as
@@ -152,8 +160,15 @@ func (r *run) object(i int) Object { return r.objectAs(i, r.key(i)) }
 // objectAs returns entry i with key, which must be its key.
 func (r *run) objectAs(i int, key string) Object {
 	size, mtime, sha := r.meta(i)
-	return Object{Key: key, Size: size, ModTime: fromNanos(mtime), SHA256: *sha, Accessed: fromSecs(r.atime(i))}
+	o := Object{Key: key, Size: size, ModTime: fromNanos(mtime), SHA256: *sha, Accessed: fromSecs(r.atime(i))}
+	if size > ChunkSize {
+		o.Chunks = r.ck.get(i) // a search only for the few that can have them
+	}
+	return o
 }
+
+// chunks returns the chunk digests of entry i, nil if it has none.
+func (r *run) chunks(i int) [][32]byte { return r.ck.get(i) }
 
 func (r *run) atime(i int) uint32 {
 	if r.at == nil {
@@ -294,8 +309,8 @@ func validKey[K string | []byte](key K) bool {
 // Sources.Complete), created at created. It copies objs, sorts
 // them by key and drops duplicate keys (the last one wins), keys under
 // backend.MetaPrefix, and objects no store reports: keys that fail
-// backend.CheckKey or are longer than MaxKeyLen, and negative sizes.
-// Times are kept to the nanosecond (Accessed to the second); monotonic
+// backend.CheckKey or are longer than MaxKeyLen, and negative sizes; chunk
+// digests of the wrong number for the size are dropped too. Times are kept to the nanosecond (Accessed to the second); monotonic
 // clock readings and locations are dropped (times come back in the local
 // zone).
 func New(objs []Object, created time.Time) *Index {
@@ -308,7 +323,8 @@ func New(objs []Object, created time.Time) *Index {
 func newRun(objs []Object) run {
 	type item struct {
 		entry
-		at uint32
+		at     uint32
+		chunks [][32]byte
 	}
 	items := make([]item, 0, len(objs))
 	anyAt := false
@@ -318,7 +334,11 @@ func newRun(objs []Object) run {
 		}
 		at := toSecs(o.Accessed)
 		anyAt = anyAt || at != 0
-		items = append(items, item{entry{key: o.Key, size: o.Size, mtime: toNanos(o.ModTime), sha: o.SHA256}, at})
+		var chunks [][32]byte
+		if len(o.Chunks) > 0 && validChunks(o.Size, o.Chunks) {
+			chunks = o.Chunks
+		}
+		items = append(items, item{entry{key: o.Key, size: o.Size, mtime: toNanos(o.ModTime), sha: o.SHA256}, at, chunks})
 	}
 	slices.SortStableFunc(items, func(a, b item) int { return strings.Compare(a.key, b.key) })
 	// Keep the last of each run of equal keys.
@@ -339,7 +359,9 @@ func newRun(objs []Object) run {
 		if anyAt {
 			r.at[i] = items[i].at
 		}
+		r.ck.add(i, items[i].chunks)
 	}
+	r.ck.finish()
 	return r
 }
 

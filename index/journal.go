@@ -136,6 +136,11 @@ func (j *Journal) Added(ctx context.Context, o Object) error {
 	if o.Size < 0 || !validKey(o.Key) {
 		return fmt.Errorf("index journal: invalid object %q (%d bytes) not recorded", o.Key, o.Size)
 	}
+	if !validChunks(o.Size, o.Chunks) {
+		// checked here: the segment encoder would fail the whole batch
+		return fmt.Errorf("index journal: object %q of %d bytes with %d chunk digests (want %d) not recorded",
+			o.Key, o.Size, len(o.Chunks), NumChunks(o.Size))
+	}
 	return j.enqueue(ctx, func(b *batch) { b.objs = append(b.objs, o) })
 }
 

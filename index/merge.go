@@ -190,12 +190,14 @@ func mergeRuns(a, b run) run {
 		if j == nb || (i < na && a.cmp(i, b.key(j)) < 0) {
 			src, k = &a, &i
 		}
+		out.ck.add(len(out.es), src.chunks(*k))
 		out.es = append(out.es, src.entry(*k))
 		if out.at != nil {
 			out.at = append(out.at, src.atime(*k))
 		}
 		*k++
 	}
+	out.ck.finish()
 	return out
 }
 

@@ -58,7 +58,9 @@ func scaleNames(t testing.TB) []string {
 
 // scaleObjects returns n objects named like tmpl (each package followed by
 // its .siginfo) with random unihashes, sizes, times to the nanosecond and
-// digests, in random order.
+// digests, in random order. One object in 20 is larger than ChunkSize (8
+// to 96 MiB) and carries its chunk digests, as a build's largest packages
+// do (most objects are small: a core-image-minimal store averages 1 MB).
 func scaleObjects(tmpl []string, n int, seed uint64) []Object {
 	r := rand.New(rand.NewPCG(seed, 0x5ca1e))
 	seen := make(map[string]struct{}, n)
@@ -70,7 +72,17 @@ func scaleObjects(tmpl []string, n int, seed uint64) []Object {
 				continue
 			}
 			seen[k] = struct{}{}
-			objs = append(objs, randomObject(r, k))
+			o := randomObject(r, k)
+			if len(objs)%20 == 0 {
+				o.Size = ChunkSize + 1 + r.Int64N(11*ChunkSize)
+				o.Chunks = make([][32]byte, NumChunks(o.Size))
+				for c := range o.Chunks {
+					o.Chunks[c][0], o.Chunks[c][1] = byte(r.Uint32()), byte(c)
+				}
+			} else {
+				o.Size = r.Int64N(ChunkSize)
+			}
+			objs = append(objs, o)
 		}
 	}
 	return objs

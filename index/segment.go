@@ -1,4 +1,4 @@
-// Journal segment format, versions 1 and 2
+// Journal segment format, versions 1 to 3
 //
 // Every mount that writes keeps a journal of what it published and what
 // bitbake used, as immutable segments in the store, each under its own key
@@ -12,7 +12,8 @@
 //
 //	offset  size  field
 //	0       8     magic "SSTFSJNL"
-//	8       4     format version, uint32 = 2 (1 is still read and written)
+//	8       4     format version, uint32 = 3 (1 and 2 are still read and
+//	              written)
 //	12      8     written: int64 unix nanoseconds, as in the key
 //	20      8     record count N, uint64 (at most 2^20)
 //	28      8     body length B in bytes, uint64
@@ -30,14 +31,18 @@
 //	3 Reported: string method, hash taskhash, hash outhash (0 digits:
 //	            none), hash unihash, varint created (unix ns,
 //	            math.MinInt64 = unknown), string PN, PV, PR, task, owner
-//	            (version 2 only)
+//	            (version 2 on)
+//	4 Chunked:  an Added record followed by uvarint K and K times 32 bytes,
+//	            the SHA-256 of each ChunkSize (8 MiB) piece of the object in
+//	            order: K = ceil(size / ChunkSize) > 1 (version 3 only)
 //
 // where a string is a uvarint length (at most 4096) and the bytes, and a
 // hash is a uvarint count of hex digits (at most 255) and the digits
 // packed two a byte, high nibble first (an odd count leaves the last low
-// nibble 0). Version 2 is version 1 with Reported records; a writer uses
-// version 1 for a segment without them, which older readers then still
-// read.
+// nibble 0). Version 2 is version 1 with Reported records, version 3
+// version 2 with Chunked records; a writer uses the lowest version that
+// holds its records, which older readers then still read. An object
+// without chunk digests is an Added record in every version.
 //
 // Keys are valid object keys (see validKey). A Reported record that breaks
 // Equivalence.Validate but is well formed is dropped by readers (and
@@ -95,12 +100,13 @@ type Access struct {
 
 const (
 	segmentMagic   = "SSTFSJNL"
-	segmentVersion = 2
-	segHeaderLen   = 36 // both versions
+	segmentVersion = 3
+	segHeaderLen   = 36 // every version
 
 	recAdded    = 1
 	recAccessed = 2
-	recReported = 3 // version 2
+	recReported = 3 // version 2 on
+	recChunked  = 4 // version 3
 
 	// maxSegmentRecords bounds the records a segment may declare; a
 	// Journal writes at most MaxBatch objects and maxAccessPerSegment
@@ -110,6 +116,7 @@ const (
 	maxSegmentBody = 64 << 20
 	// maxRecordLen is the longest encoded record: an object, or an
 	// equivalence at the format's limits.
+	// Chunk digests are bounded by maxSegmentBody alone.
 	maxRecordLen = max(1+5*binary.MaxVarintLen64+MaxKeyLen+32, maxReportedLen)
 	// maxFormatString and maxFormatHash (hex digits) bound the strings
 	// and hashes of equivalence records in both formats; Validate allows
@@ -218,27 +225,45 @@ var segmentEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
 		zstd.WithWindowSize(encoderWindow), zstd.WithEncoderConcurrency(1))
 })
 
-// EncodeSegment writes seg in the segment format: version 2 if it holds
-// equivalences, else version 1. It fails on records a reader would reject
-// (invalid keys, negative sizes, zero access times, equivalences that fail
-// Validate) and on segments with more than 2^20 records.
+// EncodeSegment writes seg in the segment format: version 3 if an object
+// has chunk digests, else version 2 if it holds equivalences, else version
+// 1. It fails on records a reader would reject (invalid keys, negative
+// sizes, chunk digests of the wrong number, zero access times,
+// equivalences that fail Validate) and on segments with more than 2^20
+// records.
 func EncodeSegment(w io.Writer, seg *Segment) error {
 	n := len(seg.Added) + len(seg.Accessed) + len(seg.Reported)
 	if n > maxSegmentRecords {
 		return fmt.Errorf("encode segment: %d records (limit %d)", n, maxSegmentRecords)
 	}
 	var raw []byte
+	version := uint32(1)
+	chunked := false
 	for _, o := range seg.Added {
 		if o.Size < 0 || !validKey(o.Key) {
 			return fmt.Errorf("encode segment: invalid object %q (size %d)", o.Key, o.Size)
 		}
-		raw = append(raw, recAdded)
+		if !validChunks(o.Size, o.Chunks) {
+			return fmt.Errorf("encode segment: object %q of %d bytes with %d chunk digests, want 0 or %d",
+				o.Key, o.Size, len(o.Chunks), NumChunks(o.Size))
+		}
+		kind := byte(recAdded)
+		if len(o.Chunks) > 0 {
+			kind, chunked = recChunked, true
+		}
+		raw = append(raw, kind)
 		raw = binary.AppendUvarint(raw, uint64(len(o.Key)))
 		raw = append(raw, o.Key...)
 		raw = binary.AppendUvarint(raw, uint64(o.Size))
 		raw = binary.AppendVarint(raw, toNanos(o.ModTime))
 		raw = append(raw, o.SHA256[:]...)
 		raw = binary.AppendUvarint(raw, uint64(toSecs(o.Accessed)))
+		if kind == recChunked {
+			raw = binary.AppendUvarint(raw, uint64(len(o.Chunks)))
+			for k := range o.Chunks {
+				raw = append(raw, o.Chunks[k][:]...)
+			}
+		}
 	}
 	for _, a := range seg.Accessed {
 		if !validKey(a.Key) || a.Time.IsZero() {
@@ -249,7 +274,6 @@ func EncodeSegment(w io.Writer, seg *Segment) error {
 		raw = append(raw, a.Key...)
 		raw = binary.AppendUvarint(raw, uint64(toSecs(a.Time)))
 	}
-	version := uint32(1)
 	for i := range seg.Reported {
 		e := &seg.Reported[i]
 		if err := e.Validate(); err != nil {
@@ -265,6 +289,9 @@ func EncodeSegment(w io.Writer, seg *Segment) error {
 		for _, f := range [...]string{e.PN, e.PV, e.PR, e.Task, e.Owner} {
 			raw = appendString(raw, f)
 		}
+	}
+	if chunked {
+		version = 3
 	}
 	if len(raw) > maxSegmentBody {
 		return fmt.Errorf("encode segment: body of %d bytes (limit %d)", len(raw), maxSegmentBody)
@@ -308,7 +335,7 @@ func encodeSegment(seg *Segment) ([]byte, error) {
 var segmentSpec = frameSpec{
 	magic: segmentMagic, what: "journal segment", minHeader: segHeaderLen, latest: segmentVersion,
 	header: func(v uint32) int {
-		if v == 1 || v == 2 {
+		if v >= 1 && v <= 3 {
 			return segHeaderLen
 		}
 		return 0
@@ -317,6 +344,10 @@ var segmentSpec = frameSpec{
 		count := binary.LittleEndian.Uint64(hdr[20:])
 		if count > maxSegmentRecords {
 			return 0, corrupt("absurd record count %d (limit %d)", count, maxSegmentRecords)
+		}
+		if binary.LittleEndian.Uint32(hdr[8:]) >= 3 {
+			// one object's chunk digests may take most of the body
+			return maxSegmentBody + 4096, nil
 		}
 		return min(count*(maxRecordLen+1)+4096, maxSegmentBody+4096), nil
 	},
@@ -344,8 +375,8 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// DecodeSegment reads a segment written by EncodeSegment, of version 1 or
-// 2. Key and Writer are left empty (they come from the store key); Time is
+// DecodeSegment reads a segment written by EncodeSegment, of version 1 to
+// 3. Key and Writer are left empty (they come from the store key); Time is
 // the one in the header. Damage is reported as an error wrapping
 // ErrCorrupt that says what is wrong; a failure of r is returned as it is.
 // A well-formed equivalence record that fails Validate is dropped and
@@ -444,11 +475,11 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 		if err != nil {
 			return nil, bad(i, "record kind", err)
 		}
-		if kind == recReported && version < 2 {
+		if kind == recReported && version < 2 || kind == recChunked && version < 3 {
 			return nil, corrupt("record %d: unknown record kind %d in a version %d segment", i, kind, version)
 		}
 		switch kind {
-		case recAdded:
+		case recAdded, recChunked:
 			key, err := readKey(i)
 			if err != nil {
 				return nil, err
@@ -471,7 +502,26 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 			if err != nil {
 				return nil, err
 			}
-			added = append(added, Object{Key: key, Size: int64(size), ModTime: fromNanos(mtime), SHA256: sha, Accessed: fromSecs(at)})
+			o := Object{Key: key, Size: int64(size), ModTime: fromNanos(mtime), SHA256: sha, Accessed: fromSecs(at)}
+			if kind == recChunked {
+				k, err := binary.ReadUvarint(br)
+				if err != nil {
+					return nil, bad(i, "chunk digest count", err)
+				}
+				if want := NumChunks(o.Size); want == 0 || k != uint64(want) {
+					return nil, corrupt("record %d: %d chunk digests for %d bytes, want %d", i, k, o.Size, want)
+				}
+				// k is bounded by the size, which the body need not hold:
+				// read before allocating, a digest at a time.
+				for range k {
+					var c [32]byte
+					if _, err := io.ReadFull(br, c[:]); err != nil {
+						return nil, bad(i, "chunk digest", err)
+					}
+					o.Chunks = append(o.Chunks, c)
+				}
+			}
+			added = append(added, o)
 		case recAccessed:
 			key, err := readKey(i)
 			if err != nil {

@@ -143,8 +143,8 @@ func TestDecodeSegmentCorrupt(t *testing.T) {
 		{"empty", "truncated: 0 bytes, shorter than the 36-byte header", nil},
 		{"short header", "truncated: 30 bytes, shorter than the 36-byte header", good[:30]},
 		{"snapshot", `bad magic "SSTFSIDX", want "SSTFSJNL" (not an sstatefs journal segment)`, encode(t, New(nil, time.Time{}))},
-		{"version 3", "unsupported version 3 (this sstatefs reads versions up to 2)",
-			edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[8:], 3); return fixSum(b) })},
+		{"version 4", "unsupported version 4 (this sstatefs reads versions up to 3)",
+			edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[8:], 4); return fixSum(b) })},
 		{"bit flip", "checksum mismatch (the journal segment is damaged)", edit(func(b []byte) []byte { b[segHeaderLen+3] ^= 4; return b })},
 		{"cut", "truncated", good[:len(good)-5]},
 		{"trailing data", "trailing data after the checksum", append(bytes.Clone(good), 1)},
@@ -153,7 +153,7 @@ func TestDecodeSegmentCorrupt(t *testing.T) {
 		{"absurd count", "absurd record count 1048577", setU64(20, maxSegmentRecords+1)},
 		{"absurd body length", "absurd body length", setU64(28, 1<<40)},
 		{"body length too long", "truncated", setU64(28, bodyLen+1)},
-		{"unknown kind", "record 0: unknown record kind 4", segFrame(1, []byte{4, 1, 'a'})},
+		{"unknown kind", "record 0: unknown record kind 5", segFrame(1, []byte{5, 1, 'a'})},
 		{"reported in version 1", "record 1: unknown record kind 3 in a version 1 segment",
 			segFrameV(1, 2, cat(rawAccessed("a", 1), rawReported(testEq(1, "m"))))},
 		{"kind 0", "record 0: unknown record kind 0", segFrame(1, []byte{0})},
@@ -222,6 +222,10 @@ func FuzzDecodeSegment(f *testing.F) {
 	if v1, err := os.ReadFile("testdata/segment-v1.bin"); err == nil {
 		f.Add(v1)
 	}
+	if v3, err := os.ReadFile("testdata/segment-v3.bin"); err == nil {
+		f.Add(v3)
+	}
+	f.Add(encodeSeg(f, &Segment{Time: time.Unix(3, 0), Added: chunkedObjects(f, realisticKeys(f)[:4], 2)}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkDecodeSegment(t, data)
 		checkDecodeSegment(t, fixSum(bytes.Clone(data)))
@@ -242,7 +246,7 @@ func checkDecodeSegment(t *testing.T, data []byte) {
 		return
 	}
 	for _, o := range seg.Added {
-		if !validKey(o.Key) || o.Size < 0 {
+		if !validKey(o.Key) || o.Size < 0 || !validChunks(o.Size, o.Chunks) {
 			t.Fatalf("accepted bad object %+v", o)
 		}
 	}

@@ -15,6 +15,13 @@
 // create: the object appears whole, an existing object is never replaced) →
 // recorded in the journal → removed from the queue. The index thus learns of
 // an object only after it is in the store, and nothing acknowledged is lost.
+//
+// The queued file is a hard link to the one bitbake published, so it can
+// still be changed through its other name. The digest of the first upload
+// attempt is recorded in the entry, and every attempt hashes the file again
+// right before uploading it: bytes that differ from the record (or a size
+// that differs from the one published) are never uploaded under the name;
+// the entry is dropped with an error saying so (ErrChanged).
 package publish
 
 import (
@@ -65,10 +72,13 @@ const (
 
 // Entry is one queued object.
 type Entry struct {
-	Key       string    `json:"key"`
-	Data      string    `json:"data"` // file name under data/
-	Size      int64     `json:"size"`
-	SHA256    string    `json:"sha256,omitempty"` // hex, filled before the first upload
+	Key    string `json:"key"`
+	Data   string `json:"data"` // file name under data/
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256,omitempty"` // hex, recorded at the first upload attempt
+	// Chunks are the hex digests of the file's index.ChunkSize pieces,
+	// recorded with SHA256 (files larger than a chunk only).
+	Chunks    []string  `json:"chunks,omitempty"`
 	ModTime   time.Time `json:"mtime"`
 	State     State     `json:"state"`
 	Enqueued  time.Time `json:"enqueued"`
@@ -77,9 +87,10 @@ type Entry struct {
 	NextTry   time.Time `json:"next_try,omitempty"`
 }
 
-// Stats are counters since the queue was opened.
+// Stats are counters since the queue was opened. Changed counts entries
+// dropped because their file changed after publication (ErrChanged).
 type Stats struct {
-	Uploaded, UploadedBytes, Existing, Conflicts, Failures int64
+	Uploaded, UploadedBytes, Existing, Conflicts, Failures, Changed int64
 }
 
 // Queue is the upload queue. Safe for concurrent use.
@@ -104,6 +115,11 @@ type Queue struct {
 
 // ErrReadOnly is returned by Enqueue when the store does not take writes.
 var ErrReadOnly = errors.New("store is read-only: object kept locally, not published")
+
+// ErrChanged: a queued file no longer has the content it had when it was
+// published (changed through its other hard link). It is not uploaded: the
+// name stands for what bitbake published, not for later bytes.
+var ErrChanged = errors.New("file changed after it was published")
 
 // hashBufs are the buffers objects are hashed through before upload.
 var hashBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
@@ -386,7 +402,11 @@ func (q *Queue) work(ctx context.Context, e Entry, uploaded func()) {
 		os.Remove(q.dataPath(e.Data))
 		return
 	}
-	if err == nil {
+	if errors.Is(err, ErrChanged) {
+		q.stats.Changed++
+		q.log.Error("not published: the file changed after bitbake published it; dropped from the upload queue", "object", e.Key, "error", err)
+	}
+	if err == nil || errors.Is(err, ErrChanged) {
 		delete(q.entries, e.Key)
 		os.Remove(q.entryPath(e.Key))
 		os.Remove(q.dataPath(e.Data))
@@ -428,17 +448,9 @@ func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 		}
 		defer f.Close()
 		t0 := time.Now()
-		if e.SHA256 == "" {
-			sum, err := sha256Of(f)
-			if err != nil {
-				return err
-			}
-			// kept in memory only: after a restart it is computed again
-			e.SHA256 = hex.EncodeToString(sum[:])
-		}
-		var sum [32]byte
-		if b, err := hex.DecodeString(e.SHA256); err == nil && len(b) == 32 {
-			sum = [32]byte(b)
+		sum, err := q.check(e, f)
+		if err != nil {
+			return err
 		}
 		err = q.store.Create(backend.WithSHA256(ctx, sum), e.Key, io.NewSectionReader(f, 0, e.Size), e.Size)
 		switch {
@@ -473,7 +485,59 @@ func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 	}
 	// The object is in the store; its mtime there is within moments of
 	// now, which saves a round trip per object.
-	return q.rec.Added(ctx, index.Object{Key: e.Key, Size: e.Size, ModTime: q.now(), SHA256: [32]byte(digest)})
+	return q.rec.Added(ctx, index.Object{Key: e.Key, Size: e.Size, ModTime: q.now(), SHA256: [32]byte(digest),
+		Chunks: decodeChunks(e.Chunks, e.Size)})
+}
+
+// check hashes the queued file in one pass (its digest and chunk digests)
+// right before an upload. The first time, it records them in the entry (on
+// disk, so that a restart compares with them too); later, it compares.
+// Bytes or a size other than those published give ErrChanged.
+func (q *Queue) check(e *Entry, f *os.File) ([32]byte, error) {
+	d := index.NewDigester()
+	buf := hashBufs.Get().(*[]byte)
+	defer hashBufs.Put(buf)
+	// a bare reader: *os.File's WriteTo would read 32 KiB at a time
+	if _, err := io.CopyBuffer(d, struct{ io.Reader }{f}, *buf); err != nil {
+		return [32]byte{}, err
+	}
+	sum, chunks := d.Sum()
+	got := hex.EncodeToString(sum[:])
+	switch {
+	case d.Size() != e.Size:
+		was := "not hashed yet"
+		if e.SHA256 != "" {
+			was = e.SHA256 + " when first hashed for upload"
+		}
+		return sum, fmt.Errorf("%s: %w: %d bytes, %d when published (sha256 now %s, %s)", e.Key, ErrChanged, d.Size(), e.Size, got, was)
+	case e.SHA256 == "":
+		e.SHA256 = got
+		e.Chunks = make([]string, len(chunks))
+		for k := range chunks {
+			e.Chunks[k] = hex.EncodeToString(chunks[k][:])
+		}
+		q.update(e)
+	case got != e.SHA256:
+		return sum, fmt.Errorf("%s: %w: sha256 %s, %s when first hashed for upload", e.Key, ErrChanged, got, e.SHA256)
+	}
+	return sum, nil
+}
+
+// decodeChunks returns the chunk digests of an entry, nil if it has none
+// or they do not fit its size (an entry of an older sstatefs).
+func decodeChunks(hexes []string, size int64) [][32]byte {
+	if len(hexes) == 0 || len(hexes) != index.NumChunks(size) {
+		return nil
+	}
+	out := make([][32]byte, len(hexes))
+	for k, h := range hexes {
+		b, err := hex.DecodeString(h)
+		if err != nil || len(b) != 32 {
+			return nil
+		}
+		out[k] = [32]byte(b)
+	}
+	return out
 }
 
 // sameAsStore reads the store's object and compares its digest with ours:

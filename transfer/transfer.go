@@ -170,21 +170,24 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 	return res, nil
 }
 
-func hashFile(p string) ([32]byte, error) {
+// hashFile returns the digest of the file at p and its chunk digests (for
+// the index), in one pass.
+func hashFile(p string) ([32]byte, [][32]byte, error) {
 	f, err := os.Open(p)
 	if err != nil {
-		return [32]byte{}, err
+		return [32]byte{}, nil, err
 	}
 	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return [32]byte{}, err
+	d := index.NewDigester()
+	if _, err := io.Copy(d, f); err != nil {
+		return [32]byte{}, nil, err
 	}
-	return [32]byte(h.Sum(nil)), nil
+	sum, chunks := d.Sum()
+	return sum, chunks, nil
 }
 
 func pushOne(ctx context.Context, opt PushOptions, o localObject) (string, error) {
-	sum, err := hashFile(o.path)
+	sum, chunks, err := hashFile(o.path)
 	if err != nil {
 		return "", err
 	}
@@ -212,7 +215,10 @@ func pushOne(ctx context.Context, opt PushOptions, o localObject) (string, error
 	if err != nil {
 		return "", err
 	}
-	if err := opt.Recorder.Added(ctx, index.Object{Key: o.key, Size: oi.Size, ModTime: oi.ModTime, SHA256: sum}); err != nil {
+	if index.NumChunks(oi.Size) != len(chunks) {
+		chunks = nil // not the size hashed: the record must not claim them
+	}
+	if err := opt.Recorder.Added(ctx, index.Object{Key: o.key, Size: oi.Size, ModTime: oi.ModTime, SHA256: sum, Chunks: chunks}); err != nil {
 		return "", fmt.Errorf("recording in the index: %w", err)
 	}
 	return outcome, nil

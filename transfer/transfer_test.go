@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -203,4 +204,51 @@ func TestExport(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dst3, objKey(4, "package"))); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("a corrupt object was written")
 	}
+}
+
+// TestPushRecordsChunks: push records the chunk digests of a large object
+// (from the pass that hashes it), through a real journal segment into the
+// index readers load, and on into a snapshot.
+func TestPushRecordsChunks(t *testing.T) {
+	local := t.TempDir()
+	k := objKey(1, "populate_sysroot")
+	data := rnd(2*index.ChunkSize + 4321)
+	write(t, local, k, data)
+	write(t, local, objKey(2, "populate_sysroot"), []byte("small"))
+	fstore, err := file.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	j := index.NewJournal(fstore, index.JournalOptions{Writer: "push"})
+	if _, err := Push(ctx, PushOptions{Dir: local, Store: fstore, Recorder: j}); err != nil {
+		t.Fatal(err)
+	}
+	var want [][32]byte
+	for off := 0; off < len(data); off += index.ChunkSize {
+		want = append(want, sha256.Sum256(data[off:min(off+index.ChunkSize, len(data))]))
+	}
+	check := func(ix *index.Index, what string) {
+		t.Helper()
+		o, ok := ix.Lookup(k)
+		if !ok || o.SHA256 != sha256.Sum256(data) || !reflect.DeepEqual(o.Chunks, want) {
+			t.Fatalf("%s: %d chunk digests recorded, want %d", what, len(o.Chunks), len(want))
+		}
+		if o, _ := ix.Lookup(objKey(2, "populate_sysroot")); o.Chunks != nil {
+			t.Fatalf("%s: chunk digests for a small object", what)
+		}
+	}
+	ix, err := index.LoadAll(ctx, fstore)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(ix, "journal")
+	if err := index.Save(ctx, fstore, ix); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := index.LoadSnapshot(ctx, fstore)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(snap, "snapshot")
 }

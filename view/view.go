@@ -28,6 +28,9 @@ type Object struct {
 	Size    int64
 	ModTime time.Time
 	SHA256  [32]byte // zero when the store has no index
+	// Chunks are the index's digests of the object's index.ChunkSize
+	// pieces (large objects only; nil if none were recorded).
+	Chunks [][32]byte
 	// Source is the store key holding the bytes: Key, or for a name
 	// resolved through hash equivalence, the object of its unihash.
 	Source string
@@ -127,7 +130,7 @@ func (v *View) stat(ctx context.Context, key string) (o Object, probed bool, err
 	ix := v.index.Current()
 	if ix != nil {
 		if o, ok := ix.Lookup(key); ok {
-			return Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256, Source: o.Key}, false, nil
+			return Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256, Chunks: o.Chunks, Source: o.Key}, false, nil
 		}
 	}
 	// Resolution through hash equivalence costs a parse and a lookup: only
@@ -180,7 +183,7 @@ func (v *View) resolve(ix *index.Index, name sstate.Name) (Object, bool) {
 	if !ok {
 		return Object{}, false
 	}
-	return Object{Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256, Source: o.Key}, true
+	return Object{Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256, Chunks: o.Chunks, Source: o.Key}, true
 }
 
 func notExist(key string) error { return fmt.Errorf("%s: %w", key, backend.ErrNotExist) }
@@ -323,6 +326,9 @@ func (v *View) cacheObject(o Object) cache.Object {
 		Size:   o.Size,
 		SHA256: o.SHA256,
 		Name:   src,
+		// each chunk is served once verified, large objects streaming
+		ChunkSize: index.ChunkSize,
+		Chunks:    o.Chunks,
 		Fetch: func(ctx context.Context, off, n int64) (io.ReadCloser, error) {
 			if o.SHA256 != ([32]byte{}) {
 				// the cache verifies the digest: stores may skip their own
