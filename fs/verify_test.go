@@ -80,9 +80,9 @@ func TestPartialReadOfCorruptObject(t *testing.T) {
 }
 
 // TestLargeObjectChunkCorrupt: a 20 MiB object (chunks of 8, 8 and 4 MiB,
-// whose digests index build records) with a corrupt byte in chunk 2: chunks
-// 0 and 1 read exactly; a read into chunk 2 errors without delivering any
-// of its bytes.
+// whose digests index build records) with a corrupt byte in chunk 2: what
+// is delivered of chunks 0 and 1 is exact; a read into chunk 2 errors
+// without delivering any of its bytes.
 func TestLargeObjectChunkCorrupt(t *testing.T) {
 	storeDir := t.TempDir()
 	data := rnd(20 << 20)
@@ -99,9 +99,12 @@ func TestLargeObjectChunkCorrupt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	// Chunks 0 and 1 verify, but the download stops at chunk 2's mismatch
+	// and the object is then backed off: a reader may get all, part or none
+	// of them before the error, never a wrong byte.
 	head := make([]byte, 2*index.ChunkSize)
-	if n, err := f.ReadAt(head, 0); err != nil || !bytes.Equal(head, data[:len(head)]) {
-		t.Fatalf("read of chunks 0 and 1: %d bytes, %v; want them exactly", n, err)
+	if n, err := f.ReadAt(head, 0); !bytes.Equal(head[:n], data[:n]) || (err != nil && !errors.Is(err, syscall.EIO)) {
+		t.Fatalf("read of chunks 0 and 1: %d bytes, %v; want their exact bytes, then possibly EIO", n, err)
 	}
 	// Across the boundary: at most the bytes before it, which verified.
 	buf := make([]byte, 8192)
