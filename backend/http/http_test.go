@@ -857,3 +857,89 @@ func TestReadOnlyThroughDecorators(t *testing.T) {
 		t.Fatal("an HTTP store behind a decorator is not reported read-only")
 	}
 }
+
+// TestRedirectCredentials checks that credentials go only to the configured
+// origin: a redirect to another port of the same host (or another scheme)
+// arrives without them, a redirect within the origin keeps them, and a
+// redirect from https to http is refused before anything is sent.
+func TestRedirectCredentials(t *testing.T) {
+	ctx := context.Background()
+	other := &authServer{}
+	otherSrv := serve(t, other)
+	same := &authServer{}
+	mirror := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/moved/"):
+			same.ServeHTTP(w, r)
+		case strings.HasPrefix(r.URL.Path, "/local/"):
+			http.Redirect(w, r, "/moved"+r.URL.Path, http.StatusFound)
+		default:
+			http.Redirect(w, r, otherSrv.URL+r.URL.Path, http.StatusFound)
+		}
+	}))
+	if strings.TrimPrefix(mirror.URL, "http://127.0.0.1:") == strings.TrimPrefix(otherSrv.URL, "http://127.0.0.1:") {
+		t.Fatal("both servers on one port")
+	}
+	tok := writeFile(t, "token", "s3cret-token")
+	netrc := writeFile(t, "netrc", "machine 127.0.0.1 login alice password s3cret-pw\n")
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"bearer", Config{URL: mirror.URL, BearerTokenFile: tok}, "Bearer s3cret-token"},
+		{"netrc", Config{URL: mirror.URL, Netrc: netrc}, "Basic YWxpY2U6czNjcmV0LXB3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t, tc.cfg)
+			if _, err := s.Stat(ctx, "ab/cd/x"); err != nil {
+				t.Fatal(err)
+			}
+			if got := other.last(); got != "" {
+				t.Errorf("HEAD redirected to another port carried Authorization %q", got)
+			}
+			rc, err := s.Open(ctx, "ab/cd/x", 0, -1) // authServer sends no body: the request is what counts
+			if err != nil {
+				t.Fatal(err)
+			}
+			rc.Close()
+			if got := other.last(); got != "" {
+				t.Errorf("GET redirected to another port carried Authorization %q", got)
+			}
+			if _, err := s.Stat(ctx, "local/cd/x"); err != nil {
+				t.Fatal(err)
+			}
+			if got := same.last(); got != tc.want {
+				t.Errorf("redirect within the origin: Authorization %q, want %q", got, tc.want)
+			}
+		})
+	}
+
+	t.Run("https to http", func(t *testing.T) {
+		plain := &authServer{}
+		plainSrv := serve(t, plain)
+		tlsSrv := serveTLS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, plainSrv.URL+r.URL.Path+"?sig=hidden", http.StatusFound)
+		}))
+		bundle := writeFile(t, "ca.pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw})))
+		s := newStore(t, Config{URL: tlsSrv.URL + "/all?q=secretquery", BearerTokenFile: tok, CABundle: bundle})
+		_, err := s.Stat(ctx, "ab/cd/x")
+		if err == nil {
+			t.Fatal("a redirect from https to http was followed")
+		}
+		msg := err.Error()
+		for _, want := range []string{"https to http", tlsSrv.URL + "/all/ab/cd/x", plainSrv.URL + "/all/ab/cd/x"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("error %q does not mention %q", msg, want)
+			}
+		}
+		for _, secret := range []string{"secretquery", "hidden", "s3cret"} {
+			if strings.Contains(msg, secret) {
+				t.Errorf("error %q shows %q", msg, secret)
+			}
+		}
+		if got := plain.last(); got != "<no request>" {
+			t.Errorf("the http server got a request (Authorization %q)", got)
+		}
+	})
+}
