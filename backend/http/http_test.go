@@ -943,3 +943,79 @@ func TestRedirectCredentials(t *testing.T) {
 		}
 	})
 }
+
+// pacedServer sends a body of size bytes in chunks of chunk bytes, one per
+// tick, until the body is done or the client goes away.
+func pacedServer(t *testing.T, size, chunk int, tick time.Duration) *httptest.Server {
+	return serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodHead {
+			return
+		}
+		tk := time.NewTicker(tick)
+		defer tk.Stop()
+		buf := bytes.Repeat([]byte("s"), chunk)
+		for sent := 0; sent < size; sent += chunk {
+			select {
+			case <-tk.C:
+			case <-r.Context().Done():
+				return
+			}
+			if _, err := w.Write(buf[:min(chunk, size-sent)]); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+	}))
+}
+
+// TestTrickleCutOff checks the minimum-progress rule of backend.Timeout on
+// a real trickling server: a byte every 100 ms (of a 1 MiB body, which
+// would take 29 hours) fails the read with a timeout error soon after the
+// 500 ms window, while a paced server above the minimum (64 KiB per
+// window) delivers its whole body.
+func TestTrickleCutOff(t *testing.T) {
+	const d = 500 * time.Millisecond
+	trickle := &backend.Timeout{Store: newStore(t, Config{URL: pacedServer(t, 1<<20, 1, 100*time.Millisecond).URL}), D: d}
+	start := time.Now()
+	done := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	finished := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-finished }) // before the server closes
+	go func() {
+		defer close(finished)
+		rc, err := trickle.Open(ctx, "ab/cd/x", 0, -1)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer rc.Close()
+		n, err := io.Copy(io.Discard, rc)
+		if err == nil {
+			err = fmt.Errorf("read all %d bytes without an error", n)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("trickled read: %v, want an error wrapping context.DeadlineExceeded", err)
+		}
+		if !strings.Contains(err.Error(), "ab/cd/x") {
+			t.Errorf("error %q does not name the object", err)
+		}
+		t.Logf("cut off after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(20 * d):
+		t.Fatalf("a reader of a trickling store still blocked after %v (timeout %v)", 20*d, d)
+	}
+
+	// 64 KiB every 25 ms for about 1.2 s: a window (1 s) needs one of the
+	// 40 chunks due in it, a margin that holds on a loaded machine.
+	const size = 3 << 20
+	steady := &backend.Timeout{Store: newStore(t, Config{URL: pacedServer(t, size, 64<<10, 25*time.Millisecond).URL}), D: time.Second}
+	got, err := readAll(t, steady, "ab/cd/x", 0, -1)
+	if err != nil || len(got) != size {
+		t.Fatalf("steady server: %d bytes, %v; want %d bytes", len(got), err, size)
+	}
+}
