@@ -205,7 +205,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(backend.ObjectI
 			return err
 		}
 		key := dir + rel
-		if !strings.HasPrefix(key, prefix) || isTemp(key) {
+		if !fi.Mode().IsRegular() || !strings.HasPrefix(key, prefix) || isTemp(key) {
 			return nil
 		}
 		return fn(backend.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()})

@@ -55,7 +55,8 @@ func cmdPush(args []string) int {
 Uploads the sstate objects of a local SSTATE_DIR (an existing sstate-cache) to the (first)
 store, in parallel. Objects the store already has are skipped (never replaced); running it
 again after an interruption finishes the job. Uploaded objects are recorded in the index.
-Files that are not sstate objects (temp files, locks) are ignored.
+Files that are not sstate objects (temp files, locks) are ignored. Symbolic links
+are never followed (each is warned about), nor are names with control characters pushed.
 
 Flags:
 `)
@@ -97,6 +98,12 @@ Flags:
 	fmt.Printf("pushed %d objects (%s) to %s in %s; %d already known, %d already in the store, %d kept by the store (other content), %d files ignored\n",
 		res.Uploaded, humanBytes(res.UploadedBytes), store.Location(), time.Since(start).Round(time.Millisecond),
 		res.Skipped, res.Existing, res.Conflicts, res.Ignored)
+	if res.Symlinks > 0 {
+		fmt.Fprintf(os.Stderr, "sstatefs push: %d symbolic links under sstate names not pushed (links are never followed; bitbake links objects it got from a file:// SSTATE_MIRRORS into SSTATE_DIR: push that mirror directory itself)\n", res.Symlinks)
+	}
+	if res.BadNames > 0 {
+		fmt.Fprintf(os.Stderr, "sstatefs push: %d files with control characters in their names not pushed (see the warnings)\n", res.BadNames)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sstatefs push: %v (run it again to retry)\n", err)
 		return 1

@@ -263,9 +263,10 @@ func Lstat(root *os.File, rel string) (fs.FileInfo, error) {
 	return fi, nil
 }
 
-// Walk calls fn for every regular file below dir, with its path relative to
-// dir and its description, never descending into a link. Files and
-// directories removed during the walk are passed over.
+// Walk calls fn for every file below dir that is not a directory (regular
+// files, links, FIFOs: fi is from lstat, so callers tell them apart), with
+// its path relative to dir, in lexical order, never descending into a
+// link. Files and directories removed during the walk are passed over.
 func Walk(dir *os.File, fn func(rel string, fi fs.FileInfo) error) error {
 	return walk(dir, "", fn)
 }
@@ -291,11 +292,11 @@ func walk(dir *os.File, prefix string, fn func(rel string, fi fs.FileInfo) error
 			return &fs.PathError{Op: "stat", Path: prefix + name, Err: err}
 		}
 		switch {
-		case fi.Mode().IsRegular():
+		case !fi.IsDir():
 			if err := fn(prefix+name, fi); err != nil {
 				return err
 			}
-		case fi.IsDir():
+		default:
 			fd, err := unix.Openat(int(dir.Fd()), name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 			if err == unix.ENOENT {
 				continue

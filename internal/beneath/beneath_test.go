@@ -83,7 +83,7 @@ func check(t *testing.T) {
 		seen = append(seen, rel)
 		return nil
 	}))
-	if strings.Join(seen, ",") != "a/b/f" {
-		t.Errorf("Walk = %q, want only a/b/f", seen)
+	if strings.Join(seen, ",") != "a/b/f,a/b/l,a/d,a/in" {
+		t.Errorf("Walk = %q, want a/b/f and the links, not what they point to", seen)
 	}
 }
