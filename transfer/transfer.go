@@ -259,6 +259,7 @@ type ExportOptions struct {
 type ExportResult struct {
 	Written, Skipped int
 	Missing          []string // listed keys the store does not have
+	Invalid          []error  // listed keys that are not valid object keys (skipped)
 	WrittenBytes     int64
 	Failed           []error
 }
@@ -275,11 +276,10 @@ func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	objs, missing, err := exportSet(ctx, opt)
+	objs, err := exportSet(ctx, opt, &res)
 	if err != nil {
 		return res, err
 	}
-	res.Missing = missing
 	// The destination directory is the caller's choice (and may be a
 	// link); below it nothing is written through a link: one planted in
 	// the tree is replaced, a linked directory refused.
@@ -330,14 +330,14 @@ func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
 		return res, err
 	}
 	if len(res.Failed) > 0 {
-		return res, fmt.Errorf("%d of %d objects failed, first: %w", len(res.Failed), len(todo), res.Failed[0])
+		return res, fmt.Errorf("%d objects failed, first: %w", len(res.Failed), res.Failed[0])
 	}
 	return res, nil
 }
 
-// exportSet decides which objects to export.
-func exportSet(ctx context.Context, opt ExportOptions) ([]index.Object, []string, error) {
-	var missing []string
+// exportSet decides which objects to export. A listed key that is invalid,
+// or whose Stat fails, is recorded in res and the others go on.
+func exportSet(ctx context.Context, opt ExportOptions, res *ExportResult) ([]index.Object, error) {
 	if len(opt.Keys) > 0 {
 		var objs []index.Object
 		seen := map[string]bool{}
@@ -353,17 +353,21 @@ func exportSet(ctx context.Context, opt ExportOptions) ([]index.Object, []string
 				continue
 			}
 			if err := backend.CheckKey(k); err != nil {
-				return nil, nil, err
+				res.Invalid = append(res.Invalid, err)
+				continue
 			}
 			if o, ok := opt.Index.Lookup(k); ok {
 				add(o)
 			} else if oi, err := opt.Store.Stat(ctx, k); err == nil {
 				add(index.Object{Key: k, Size: oi.Size, ModTime: oi.ModTime})
 			} else if errors.Is(err, backend.ErrNotExist) {
-				missing = append(missing, k)
+				res.Missing = append(res.Missing, k)
 				continue
+			} else if ctx.Err() != nil {
+				return nil, err
 			} else {
-				return nil, nil, err
+				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", k, err))
+				continue
 			}
 			for _, c := range []string{".siginfo", ".sig"} {
 				if o, ok := opt.Index.Lookup(k + c); ok {
@@ -371,12 +375,12 @@ func exportSet(ctx context.Context, opt ExportOptions) ([]index.Object, []string
 				}
 			}
 		}
-		return objs, missing, nil
+		return objs, nil
 	}
 	if opt.Index != nil && opt.Index.Len() > 0 {
 		var objs []index.Object
 		opt.Index.Objects(func(o index.Object) bool { objs = append(objs, o); return true })
-		return objs, nil, nil
+		return objs, nil
 	}
 	var objs []index.Object
 	err := opt.Store.List(ctx, "", func(oi backend.ObjectInfo) error {
@@ -387,9 +391,9 @@ func exportSet(ctx context.Context, opt ExportOptions) ([]index.Object, []string
 		return nil
 	})
 	if errors.Is(err, backend.ErrNotSupported) {
-		return nil, nil, fmt.Errorf("%s has no index and cannot be listed: give the objects to export in a list file", opt.Store.Location())
+		return nil, fmt.Errorf("%s has no index and cannot be listed: give the objects to export in a list file", opt.Store.Location())
 	}
-	return objs, nil, err
+	return objs, err
 }
 
 func exportOne(ctx context.Context, opt ExportOptions, root *os.File, o index.Object) error {

@@ -192,6 +192,12 @@ func TestExport(t *testing.T) {
 	if err != nil || res.Written != 2 || len(res.Missing) != 1 {
 		t.Fatalf("list export: %+v %v", res, err)
 	}
+	// an invalid key in the list is reported and the others go on
+	dst4 := t.TempDir()
+	res, err = Export(ctx, ExportOptions{Dir: dst4, Store: fstore, Index: ix, Keys: []string{"ab/../../etc/shadow", objKey(3, "package")}})
+	if err != nil || res.Written != 2 || len(res.Invalid) != 1 || !strings.Contains(res.Invalid[0].Error(), "etc/shadow") {
+		t.Fatalf("list with an invalid key: %+v %v", res, err)
+	}
 	// a store object whose bytes do not match the index: error, no file
 	p := filepath.Join(fstore.Root(), objKey(4, "package"))
 	bad := append([]byte(nil), data[objKey(4, "package")]...)
