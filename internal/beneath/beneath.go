@@ -21,6 +21,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -244,23 +245,73 @@ func Lstat(root *os.File, rel string) (fs.FileInfo, error) {
 	if err := checkRel(rel); err != nil {
 		return nil, err
 	}
+	// The common case in one resolution: a path without links.
+	if fd, err := openat(root, rel, unix.O_PATH, 0); err == nil {
+		defer unix.Close(fd)
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return nil, &fs.PathError{Op: "lstat", Path: rel, Err: err}
+		}
+		return newInfo(rel, &st), nil
+	} else if err != unix.ELOOP && err != unix.EXDEV {
+		return nil, mapErr("lstat", rel, err)
+	}
+	// A link somewhere: describe it if it is the last element.
 	dir, base := split(rel)
 	d, err := Dir(root, dir, false, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
-	fd, err := unix.Openat(int(d.Fd()), base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
+	var st unix.Stat_t
+	if err := unix.Fstatat(int(d.Fd()), base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return nil, mapErr("lstat", rel, err)
 	}
-	f := os.NewFile(uintptr(fd), rel)
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, &fs.PathError{Op: "lstat", Path: rel, Err: err}
+	return newInfo(rel, &st), nil
+}
+
+// statInfo is an fs.FileInfo built from a stat result, as os builds its own.
+type statInfo struct {
+	name string
+	st   unix.Stat_t
+}
+
+func newInfo(rel string, st *unix.Stat_t) statInfo {
+	_, base := split(rel)
+	return statInfo{name: base, st: *st}
+}
+
+func (i statInfo) Name() string       { return i.name }
+func (i statInfo) Size() int64        { return i.st.Size }
+func (i statInfo) ModTime() time.Time { return time.Unix(i.st.Mtim.Unix()) }
+func (i statInfo) IsDir() bool        { return i.Mode().IsDir() }
+func (i statInfo) Sys() any           { return &i.st }
+func (i statInfo) Mode() fs.FileMode {
+	m := fs.FileMode(i.st.Mode & 0o777)
+	switch i.st.Mode & unix.S_IFMT {
+	case unix.S_IFBLK:
+		m |= fs.ModeDevice
+	case unix.S_IFCHR:
+		m |= fs.ModeDevice | fs.ModeCharDevice
+	case unix.S_IFDIR:
+		m |= fs.ModeDir
+	case unix.S_IFIFO:
+		m |= fs.ModeNamedPipe
+	case unix.S_IFLNK:
+		m |= fs.ModeSymlink
+	case unix.S_IFSOCK:
+		m |= fs.ModeSocket
 	}
-	return fi, nil
+	if i.st.Mode&unix.S_ISUID != 0 {
+		m |= fs.ModeSetuid
+	}
+	if i.st.Mode&unix.S_ISGID != 0 {
+		m |= fs.ModeSetgid
+	}
+	if i.st.Mode&unix.S_ISVTX != 0 {
+		m |= fs.ModeSticky
+	}
+	return m
 }
 
 // Walk calls fn for every file below dir that is not a directory (regular
@@ -278,19 +329,15 @@ func walk(dir *os.File, prefix string, fn func(rel string, fi fs.FileInfo) error
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		fd, err := unix.Openat(int(dir.Fd()), name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		var st unix.Stat_t
+		err := unix.Fstatat(int(dir.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW)
 		if err == unix.ENOENT {
 			continue
 		}
 		if err != nil {
-			return mapErr("open", prefix+name, err)
+			return &fs.PathError{Op: "lstat", Path: prefix + name, Err: err}
 		}
-		f := os.NewFile(uintptr(fd), prefix+name)
-		fi, err := f.Stat()
-		f.Close()
-		if err != nil {
-			return &fs.PathError{Op: "stat", Path: prefix + name, Err: err}
-		}
+		fi := newInfo(prefix+name, &st)
 		switch {
 		case !fi.IsDir():
 			if err := fn(prefix+name, fi); err != nil {
