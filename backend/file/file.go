@@ -208,6 +208,9 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(backend.ObjectI
 		if !fi.Mode().IsRegular() || !strings.HasPrefix(key, prefix) || isTemp(key) {
 			return nil
 		}
+		if backend.CheckKey(key) != nil {
+			return nil // a name with a control character: no key can reach it
+		}
 		return fn(backend.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()})
 	})
 	if err != nil {

@@ -91,6 +91,9 @@ func TestSymlinksStayOut(t *testing.T) {
 	link(outside, "ef")                             // a directory outside: ef/cd/obj
 	link(filepath.Join(root, real), "ab/cd/inside") // an object inside
 	link("../../../"+filepath.Base(outside)+"/shadow", "ab/cd/relative")
+	if err := os.WriteFile(filepath.Join(root, "ab", "cd", "new\nline"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if err := syscall.Mkfifo(filepath.Join(root, "ab", "cd", "fifo"), 0o644); err != nil {
 		t.Fatal(err)
 	}
