@@ -78,10 +78,16 @@ type Unwrapper interface {
 }
 
 // CheckKey validates a key: relative, slash-separated, no "." or ".." or empty
-// elements, no NUL.
+// elements, no control characters (NUL, a newline: no store object needs
+// one, and they would forge lines in logs and lists).
 func CheckKey(key string) error {
-	if key == "" || strings.HasPrefix(key, "/") || strings.ContainsRune(key, 0) {
+	if key == "" || strings.HasPrefix(key, "/") {
 		return fmt.Errorf("%w: %q", ErrInvalidKey, key)
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x20 || key[i] == 0x7f {
+			return fmt.Errorf("%w: %q: control character", ErrInvalidKey, key)
+		}
 	}
 	for _, el := range strings.Split(key, "/") {
 		if el == "" || el == "." || el == ".." {

@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -9,14 +10,25 @@ import (
 
 // Timeout wraps a Store so that every call has a deadline: metadata calls
 // (Stat, Delete, each List) must finish within D; Open must deliver its first
-// reader within D and then keep making progress: a Read that waits longer
-// than D for data fails, and the transfer is cancelled. Create and Put must
-// finish within D plus the time the data needs at MinRate bytes per second.
+// reader within D and then keep making progress: every D a reader spends
+// waiting must bring at least MinProgress bytes (or the end of the body), else
+// the Read fails with an error wrapping context.DeadlineExceeded and the
+// transfer is cancelled. A store trickling a byte now and then therefore
+// cannot hold a reader for longer than D. Create and Put must finish within
+// D plus the time the data needs at MinRate bytes per second.
 type Timeout struct {
 	Store
-	D       time.Duration
-	MinRate int64 // bytes per second assumed for uploads; 0 means 1 MiB/s
+	D           time.Duration
+	MinRate     int64 // bytes per second assumed for uploads; 0 means 1 MiB/s
+	MinProgress int64 // bytes a read must bring per D; 0 means DefaultMinProgress
 }
+
+// DefaultMinProgress is what a download must bring per store timeout: 64 KiB
+// per 10 s (the default timeout) is 6.4 KiB/s, far below any link that works
+// (so a slow one is never cut off), and a small object ends before it, while
+// a store that trickles bytes (1 every 2 s held readers for minutes) fails
+// within one timeout.
+const DefaultMinProgress = 64 << 10
 
 // Unwrap returns the wrapped store.
 func (t *Timeout) Unwrap() Store { return t.Store }
@@ -84,27 +96,113 @@ func (t *Timeout) Open(ctx context.Context, key string, offset, length int64) (i
 		}
 		return nil, err
 	}
-	return &watchedReader{rc: rc, w: w, cancel: cancel}, nil
+	min := t.MinProgress
+	if min <= 0 {
+		min = DefaultMinProgress
+	}
+	r := &watchedReader{rc: rc, key: key, d: t.D, min: min, cancel: cancel}
+	// From now on the deadline is the reader's windows, which count only
+	// the time Reads wait.
+	w.stop()
+	if w.fired() {
+		rc.Close()
+		cancel()
+		return nil, context.DeadlineExceeded
+	}
+	r.mu.Lock()
+	r.end = time.Now().Add(t.D)
+	r.t = time.AfterFunc(t.D, r.expire)
+	r.mu.Unlock()
+	return r, nil
 }
 
+// watchedReader enforces the minimum progress of a download: a window
+// starts with a Read and lasts D; the store must deliver min bytes within
+// it. The time the consumer spends between Reads does not count against
+// the store: a window that runs out then ends without harm and the next
+// Read starts a new one.
 type watchedReader struct {
 	rc     io.ReadCloser
-	w      *watchdog
+	key    string
+	d      time.Duration
+	min    int64
 	cancel context.CancelFunc
+	t      *time.Timer
+
+	mu      sync.Mutex // protects the fields below
+	end     time.Time  // when the current window runs out
+	got     int64      // bytes delivered in the current window
+	lapsed  bool       // the window ran out while no Read was waiting
+	reading bool       // a Read is waiting for the store
+	fired   bool       // the window ran out during a Read: the transfer is cancelled
+	closed  bool
+}
+
+// expire is the window's timer.
+func (r *watchedReader) expire() {
+	r.mu.Lock()
+	if time.Now().Before(r.end) {
+		// A firing of a window that was renewed meanwhile.
+		r.mu.Unlock()
+		return
+	}
+	fire := r.reading && !r.closed && !r.fired
+	if fire {
+		r.fired = true
+	} else {
+		r.lapsed = true
+	}
+	r.mu.Unlock()
+	if fire {
+		r.cancel()
+	}
 }
 
 func (r *watchedReader) Read(p []byte) (int, error) {
-	r.w.kick()
+	r.mu.Lock()
+	if r.fired {
+		r.mu.Unlock()
+		return 0, r.stalled()
+	}
+	if r.lapsed {
+		r.got, r.lapsed = 0, false
+		r.renew()
+	}
+	r.reading = true
+	r.mu.Unlock()
+
 	n, err := r.rc.Read(p)
-	r.w.kick()
-	if err != nil && err != io.EOF && r.w.fired() {
-		return n, context.DeadlineExceeded
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reading = false
+	if r.fired && err != nil && err != io.EOF {
+		return n, r.stalled()
+	}
+	r.got += int64(n)
+	if r.got >= r.min && !r.fired {
+		r.got = 0
+		r.renew()
 	}
 	return n, err
 }
 
+// renew starts a new window; the caller holds mu.
+func (r *watchedReader) renew() {
+	r.end = time.Now().Add(r.d)
+	r.t.Reset(r.d)
+}
+
+// stalled is the error of a window that ran out; the caller holds mu.
+func (r *watchedReader) stalled() error {
+	return fmt.Errorf("%s: the store sent %d bytes in %v, less than the minimum of %d: %w", r.key, r.got, r.d, r.min, context.DeadlineExceeded)
+}
+
 func (r *watchedReader) Close() error {
-	r.w.stop()
+	r.mu.Lock()
+	r.closed = true
+	r.t.Stop()
+	r.mu.Unlock()
 	err := r.rc.Close()
 	r.cancel()
 	return err

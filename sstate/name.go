@@ -29,10 +29,30 @@ type Name struct {
 // ErrNotSstate is wrapped by Parse errors: the path is not an sstate object.
 var ErrNotSstate = errors.New("not an sstate object name")
 
+// ErrControlChar is wrapped (with ErrNotSstate) by the Parse errors of
+// names holding a control character (a newline, say). bitbake's names
+// never do (PN, PV and PR are recipe and version strings, the arch fields
+// identifiers, the hash hex), and such a name would break every log line
+// and list that shows it.
+var ErrControlChar = errors.New("contains a control character")
+
+// hasControl reports whether s holds an ASCII control character or DEL.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
 // Parse parses an object's path relative to SSTATE_DIR and checks that its
 // directory levels match its hash.
 func Parse(path string) (Name, error) {
 	var n Name
+	if hasControl(path) {
+		return n, fmt.Errorf("%w: %q: %w", ErrNotSstate, path, ErrControlChar)
+	}
 	parts := strings.Split(path, "/")
 	switch len(parts) {
 	case 3:
@@ -57,6 +77,9 @@ func Parse(path string) (Name, error) {
 // ParseFile parses the base name of an object, without directory checks.
 func ParseFile(base string) (Name, error) {
 	var n Name
+	if hasControl(base) {
+		return n, fmt.Errorf("%w: %q: %w", ErrNotSstate, base, ErrControlChar)
+	}
 	if err := n.parseFile(base); err != nil {
 		return n, fmt.Errorf("%w: %q: %v", ErrNotSstate, base, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -73,6 +74,26 @@ func TestParse(t *testing.T) {
 	} {
 		if _, err := Parse(bad); !errors.Is(err, ErrNotSstate) {
 			t.Errorf("Parse(%q) = %v, want ErrNotSstate", bad, err)
+		}
+	}
+}
+
+// TestControlCharacters: a name with a newline (or any control character)
+// parses into nothing, whatever field holds it, so push never uploads it.
+func TestControlCharacters(t *testing.T) {
+	h := "c369644453e7186778f2fc3e6bd1f8573c07d05e836615ed00790293797515bf"
+	for _, bad := range []string{
+		"c3/69/sstate:zlib\nINFO fake:a:1:r0:x:14:" + h + "_populate_sysroot.tar.zst",
+		"c3/69/sstate:zlib:a:1\t:r0:x:14:" + h + "_populate_sysroot.tar.zst",
+		"c3/69/sstate:zlib:a:1:r0\x7f:x:14:" + h + "_populate_sysroot.tar.zst",
+		"c3/69/sstate:zlib:a:1:r0:x:14:" + h + "_populate_sysroot\r.tar.zst",
+	} {
+		if _, err := Parse(bad); !errors.Is(err, ErrControlChar) || !errors.Is(err, ErrNotSstate) {
+			t.Errorf("Parse(%q) = %v, want ErrControlChar and ErrNotSstate", bad, err)
+		}
+		base := bad[strings.LastIndexByte(bad, '/')+1:]
+		if _, err := ParseFile(base); !errors.Is(err, ErrControlChar) {
+			t.Errorf("ParseFile(%q) = %v, want ErrControlChar", base, err)
 		}
 	}
 }

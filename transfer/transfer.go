@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -22,9 +23,11 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/beneath"
 	"github.com/sstatefs/sstatefs/sstate"
 )
 
@@ -51,49 +54,52 @@ type PushOptions struct {
 // PushResult counts what Push did.
 type PushResult struct {
 	Uploaded, Skipped, Existing, Conflicts, Ignored int
-	UploadedBytes                                   int64
-	Failed                                          []error
+	// Symlinks counts links under sstate object names, which are never
+	// followed (bitbake links objects it fetched from a file:// mirror
+	// into SSTATE_DIR, and a link can point anywhere, /etc/shadow too);
+	// BadNames counts names with control characters. Both are warned
+	// about one by one.
+	Symlinks, BadNames int
+	UploadedBytes      int64
+	Failed             []error
 }
 
 type localObject struct {
 	key  string
-	path string
 	size int64
 }
 
-// scan lists the sstate objects under dir; other files (temp files, locks,
-// anything not of the sstate name grammar) are counted as ignored.
-func scan(dir string) ([]localObject, int, error) {
+// scan lists the sstate objects under root. Other files (temp files, locks,
+// anything not of the sstate name grammar) are counted as ignored; links
+// under sstate names and names with control characters are counted and
+// warned about. Nothing is followed through a link.
+func scan(root *os.File, dir string, log *slog.Logger, res *PushResult) ([]localObject, error) {
 	var objs []localObject
-	ignored := 0
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+	err := beneath.Walk(root, func(key string, fi fs.FileInfo) error {
+		_, perr := sstate.Parse(key)
+		switch {
+		case errors.Is(perr, sstate.ErrControlChar):
+			res.BadNames++
+			// slog quotes the value (%q) in text and escapes it in JSON, so
+			// the newline cannot forge a log line.
+			log.Warn("not pushed: the name holds a control character", "file", filepath.Join(dir, key))
+		case perr != nil:
+			res.Ignored++
+		case fi.Mode()&fs.ModeSymlink != 0:
+			res.Symlinks++
+			log.Warn("not pushed: a symbolic link (never followed; bitbake links objects from a file:// SSTATE_MIRRORS in: push the mirror itself)", "file", filepath.Join(dir, key))
+		case !fi.Mode().IsRegular():
+			res.Ignored++
+		default:
+			objs = append(objs, localObject{key: key, size: fi.Size()})
 		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		key := filepath.ToSlash(rel)
-		if _, err := sstate.Parse(key); err != nil {
-			ignored++
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		objs = append(objs, localObject{key: key, path: p, size: fi.Size()})
 		return nil
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("scan %s: %w", dir, err)
+		return nil, fmt.Errorf("scan %s: %w", dir, err)
 	}
 	sort.Slice(objs, func(i, j int) bool { return objs[i].key < objs[j].key })
-	return objs, ignored, nil
+	return objs, nil
 }
 
 // Push uploads the sstate objects of a local directory that the store does
@@ -111,11 +117,17 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 	if backend.IsReadOnly(opt.Store) {
 		return res, fmt.Errorf("push to %s: %w", opt.Store.Location(), backend.ErrReadOnly)
 	}
-	objs, ignored, err := scan(opt.Dir)
+	// The directory itself is the caller's choice and may be a link; below
+	// it nothing is followed.
+	root, err := beneath.OpenRoot(opt.Dir)
 	if err != nil {
 		return res, err
 	}
-	res.Ignored = ignored
+	defer root.Close()
+	objs, err := scan(root, opt.Dir, opt.Logger, &res)
+	if err != nil {
+		return res, err
+	}
 	var todo []localObject
 	var total int64
 	for _, o := range objs {
@@ -141,7 +153,7 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 	g.SetLimit(opt.Jobs)
 	for _, o := range todo {
 		g.Go(func() error {
-			outcome, err := pushOne(gctx, opt, o)
+			outcome, err := pushOne(gctx, opt, root, o)
 			mu.Lock()
 			switch {
 			case err != nil:
@@ -170,34 +182,31 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 	return res, nil
 }
 
-// hashFile returns the digest of the file at p and its chunk digests (for
-// the index), in one pass.
-func hashFile(p string) ([32]byte, [][32]byte, error) {
-	f, err := os.Open(p)
+func pushOne(ctx context.Context, opt PushOptions, root *os.File, o localObject) (string, error) {
+	// Opened once, below the root without links (the file may have been
+	// replaced by one since the scan), then hashed and uploaded from the
+	// same descriptor.
+	f, err := beneath.Open(root, o.key)
 	if err != nil {
-		return [32]byte{}, nil, err
+		return "", err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("%s: not a regular file", o.key)
+	}
+	size := fi.Size()
+	// the digest and the chunk digests for the index, in one pass
 	d := index.NewDigester()
-	if _, err := io.Copy(d, f); err != nil {
-		return [32]byte{}, nil, err
+	if _, err := io.Copy(d, io.NewSectionReader(f, 0, size)); err != nil {
+		return "", err
 	}
 	sum, chunks := d.Sum()
-	return sum, chunks, nil
-}
-
-func pushOne(ctx context.Context, opt PushOptions, o localObject) (string, error) {
-	sum, chunks, err := hashFile(o.path)
-	if err != nil {
-		return "", err
-	}
-	f, err := os.Open(o.path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
 	outcome := "uploaded"
-	err = opt.Store.Create(backend.WithSHA256(ctx, sum), o.key, io.NewSectionReader(f, 0, o.size), o.size)
+	err = opt.Store.Create(backend.WithSHA256(ctx, sum), o.key, io.NewSectionReader(f, 0, size), size)
 	if errors.Is(err, backend.ErrExist) {
 		theirs, herr := hashStore(ctx, opt.Store, o.key)
 		if herr != nil {
@@ -254,6 +263,7 @@ type ExportOptions struct {
 type ExportResult struct {
 	Written, Skipped int
 	Missing          []string // listed keys the store does not have
+	Invalid          []error  // listed keys that are not valid object keys (skipped)
 	WrittenBytes     int64
 	Failed           []error
 }
@@ -270,15 +280,25 @@ func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	objs, missing, err := exportSet(ctx, opt)
+	objs, err := exportSet(ctx, opt, &res)
 	if err != nil {
 		return res, err
 	}
-	res.Missing = missing
+	// The destination directory is the caller's choice (and may be a
+	// link); below it nothing is written through a link: one planted in
+	// the tree is replaced, a linked directory refused.
+	if err := os.MkdirAll(opt.Dir, 0o755); err != nil {
+		return res, err
+	}
+	root, err := beneath.OpenRoot(opt.Dir)
+	if err != nil {
+		return res, err
+	}
+	defer root.Close()
 	var todo []index.Object
 	var total int64
 	for _, o := range objs {
-		if fi, err := os.Stat(filepath.Join(opt.Dir, filepath.FromSlash(o.Key))); err == nil && fi.Size() == o.Size {
+		if fi, err := beneath.Lstat(root, o.Key); err == nil && fi.Mode().IsRegular() && fi.Size() == o.Size {
 			res.Skipped++
 			continue
 		}
@@ -294,7 +314,7 @@ func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
 	g.SetLimit(opt.Jobs)
 	for _, o := range todo {
 		g.Go(func() error {
-			err := exportOne(gctx, opt, o)
+			err := exportOne(gctx, opt, root, o)
 			mu.Lock()
 			if err != nil {
 				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.Key, err))
@@ -314,14 +334,14 @@ func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
 		return res, err
 	}
 	if len(res.Failed) > 0 {
-		return res, fmt.Errorf("%d of %d objects failed, first: %w", len(res.Failed), len(todo), res.Failed[0])
+		return res, fmt.Errorf("%d objects failed, first: %w", len(res.Failed), res.Failed[0])
 	}
 	return res, nil
 }
 
-// exportSet decides which objects to export.
-func exportSet(ctx context.Context, opt ExportOptions) ([]index.Object, []string, error) {
-	var missing []string
+// exportSet decides which objects to export. A listed key that is invalid,
+// or whose Stat fails, is recorded in res and the others go on.
+func exportSet(ctx context.Context, opt ExportOptions, res *ExportResult) ([]index.Object, error) {
 	if len(opt.Keys) > 0 {
 		var objs []index.Object
 		seen := map[string]bool{}
@@ -337,17 +357,21 @@ func exportSet(ctx context.Context, opt ExportOptions) ([]index.Object, []string
 				continue
 			}
 			if err := backend.CheckKey(k); err != nil {
-				return nil, nil, err
+				res.Invalid = append(res.Invalid, err)
+				continue
 			}
 			if o, ok := opt.Index.Lookup(k); ok {
 				add(o)
 			} else if oi, err := opt.Store.Stat(ctx, k); err == nil {
 				add(index.Object{Key: k, Size: oi.Size, ModTime: oi.ModTime})
 			} else if errors.Is(err, backend.ErrNotExist) {
-				missing = append(missing, k)
+				res.Missing = append(res.Missing, k)
 				continue
+			} else if ctx.Err() != nil {
+				return nil, err
 			} else {
-				return nil, nil, err
+				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", k, err))
+				continue
 			}
 			for _, c := range []string{".siginfo", ".sig"} {
 				if o, ok := opt.Index.Lookup(k + c); ok {
@@ -355,12 +379,12 @@ func exportSet(ctx context.Context, opt ExportOptions) ([]index.Object, []string
 				}
 			}
 		}
-		return objs, missing, nil
+		return objs, nil
 	}
 	if opt.Index != nil && opt.Index.Len() > 0 {
 		var objs []index.Object
 		opt.Index.Objects(func(o index.Object) bool { objs = append(objs, o); return true })
-		return objs, nil, nil
+		return objs, nil
 	}
 	var objs []index.Object
 	err := opt.Store.List(ctx, "", func(oi backend.ObjectInfo) error {
@@ -371,28 +395,34 @@ func exportSet(ctx context.Context, opt ExportOptions) ([]index.Object, []string
 		return nil
 	})
 	if errors.Is(err, backend.ErrNotSupported) {
-		return nil, nil, fmt.Errorf("%s has no index and cannot be listed: give the objects to export in a list file", opt.Store.Location())
+		return nil, fmt.Errorf("%s has no index and cannot be listed: give the objects to export in a list file", opt.Store.Location())
 	}
-	return objs, nil, err
+	return objs, err
 }
 
-func exportOne(ctx context.Context, opt ExportOptions, o index.Object) error {
-	dst := filepath.Join(opt.Dir, filepath.FromSlash(o.Key))
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+func exportOne(ctx context.Context, opt ExportOptions, root *os.File, o index.Object) error {
+	dir, base := path.Split(o.Key)
+	d, err := beneath.Dir(root, strings.TrimSuffix(dir, "/"), true, 0o755)
+	if err != nil {
 		return err
 	}
+	defer d.Close()
 	rc, err := opt.Store.Open(ctx, o.Key, 0, -1)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".export-*")
+	tmp, name, err := beneath.CreateTemp(d, "."+base+".export-", "")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
+	dfd := int(d.Fd())
+	defer unix.Unlinkat(dfd, name, 0) // after the rename: ENOENT, ignored
 	h := sha256.New()
 	n, err := io.Copy(io.MultiWriter(tmp, h), rc)
+	if err == nil {
+		err = tmp.Chmod(0o664)
+	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -405,11 +435,14 @@ func exportOne(ctx context.Context, opt ExportOptions, o index.Object) error {
 	if o.SHA256 != ([32]byte{}) && [32]byte(h.Sum(nil)) != o.SHA256 {
 		return fmt.Errorf("sha256 %s does not match the index (%s)", hex.EncodeToString(h.Sum(nil)), hex.EncodeToString(o.SHA256[:]))
 	}
-	if err := os.Chmod(tmp.Name(), 0o664); err != nil {
-		return err
-	}
 	if !o.ModTime.IsZero() {
-		os.Chtimes(tmp.Name(), o.ModTime, o.ModTime)
+		ts := unix.NsecToTimespec(o.ModTime.UnixNano())
+		unix.UtimesNanoAt(dfd, name, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
 	}
-	return os.Rename(tmp.Name(), dst)
+	// rename replaces a link planted under the final name; it never
+	// writes through it.
+	if err := unix.Renameat(dfd, name, dfd, base); err != nil {
+		return &fs.PathError{Op: "rename", Path: filepath.Join(opt.Dir, o.Key), Err: err}
+	}
+	return nil
 }

@@ -8,9 +8,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -191,6 +193,12 @@ func TestExport(t *testing.T) {
 	if err != nil || res.Written != 2 || len(res.Missing) != 1 {
 		t.Fatalf("list export: %+v %v", res, err)
 	}
+	// an invalid key in the list is reported and the others go on
+	dst4 := t.TempDir()
+	res, err = Export(ctx, ExportOptions{Dir: dst4, Store: fstore, Index: ix, Keys: []string{"ab/../../etc/shadow", objKey(3, "package")}})
+	if err != nil || res.Written != 2 || len(res.Invalid) != 1 || !strings.Contains(res.Invalid[0].Error(), "etc/shadow") {
+		t.Fatalf("list with an invalid key: %+v %v", res, err)
+	}
 	// a store object whose bytes do not match the index: error, no file
 	p := filepath.Join(fstore.Root(), objKey(4, "package"))
 	bad := append([]byte(nil), data[objKey(4, "package")]...)
@@ -251,4 +259,119 @@ func TestPushRecordsChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(snap, "snapshot")
+}
+
+// TestPushNeverFollowsLinks: links under sstate names (to a secret outside,
+// as a local user could plant; bitbake's own links to file:// mirror
+// objects look the same) and names with a newline are not uploaded, and
+// each is warned about by name.
+func TestPushNeverFollowsLinks(t *testing.T) {
+	local := t.TempDir()
+	outside := t.TempDir()
+	secret := filepath.Join(outside, "shadow")
+	write(t, outside, "shadow", []byte("root:secret"))
+	good := objKey(0, "populate_sysroot")
+	write(t, local, good, []byte("good object"))
+	linked := objKey(1, "populate_sysroot")
+	os.MkdirAll(filepath.Dir(filepath.Join(local, linked)), 0o755)
+	if err := os.Symlink(secret, filepath.Join(local, linked)); err != nil {
+		t.Fatal(err)
+	}
+	// a linked directory holding an object: never entered
+	write(t, outside, "ab/"+filepath.Base(objKey(2, "package")), []byte("outside object"))
+	os.MkdirAll(filepath.Dir(filepath.Join(local, filepath.Dir(objKey(2, "package")))), 0o755)
+	if err := os.Symlink(filepath.Join(outside, "ab"), filepath.Join(local, filepath.Dir(objKey(2, "package")))); err != nil {
+		t.Fatal(err)
+	}
+	newline := strings.Replace(objKey(3, "package"), "sstate:pd:", "sstate:pd\nINFO forged:", 1)
+	write(t, local, newline, []byte("x"))
+
+	var logBuf bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logBuf}, nil))
+	fstore, _ := file.New(t.TempDir())
+	res, err := Push(context.Background(), PushOptions{Dir: local, Store: fstore, Recorder: &recorder{}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Uploaded != 1 || res.Symlinks != 1 || res.BadNames != 1 {
+		t.Errorf("push: %+v; want 1 uploaded, 1 link, 1 bad name", res)
+	}
+	var inStore []string
+	fstore.List(context.Background(), "", func(oi backend.ObjectInfo) error { inStore = append(inStore, oi.Key); return nil })
+	if len(inStore) != 1 || inStore[0] != good {
+		t.Errorf("the store holds %q, want only %s", inStore, good)
+	}
+	mu.Lock()
+	logged := logBuf.String()
+	mu.Unlock()
+	for _, want := range []string{filepath.Join(local, linked), "file://", strconv.Quote(filepath.Join(local, newline))} {
+		if !strings.Contains(logged, want) {
+			t.Errorf("warnings do not mention %q:\n%s", want, logged)
+		}
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// TestExportNeverWritesThroughLinks plants links in the destination: under
+// an object's name (to a file outside of the object's size, which must not
+// pass for the object) and in place of a directory. Nothing outside
+// changes; the object under the link is written in its place.
+func TestExportNeverWritesThroughLinks(t *testing.T) {
+	ctx := context.Background()
+	fstore, _ := file.New(t.TempDir())
+	a, b := objKey(0, "package"), objKey(1, "package")
+	data := map[string][]byte{a: rnd(300), b: rnd(400)}
+	for k, d := range data {
+		if err := fstore.Create(ctx, k, bytes.NewReader(d), int64(len(d))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ix, err := index.Build(ctx, fstore, index.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, outside := t.TempDir(), t.TempDir()
+	victim := filepath.Join(outside, "victim")
+	write(t, outside, "victim", bytes.Repeat([]byte("v"), len(data[a])))
+	os.MkdirAll(filepath.Dir(filepath.Join(dst, a)), 0o755)
+	if err := os.Symlink(victim, filepath.Join(dst, a)); err != nil {
+		t.Fatal(err)
+	}
+	// b's "debian-12/xx" directory is a link to outside
+	bdir := filepath.Dir(filepath.Join(dst, b))
+	os.MkdirAll(filepath.Dir(bdir), 0o755)
+	if err := os.Symlink(outside, bdir); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := Export(ctx, ExportOptions{Dir: dst, Store: fstore, Index: ix})
+	if err == nil || len(res.Failed) != 1 || !strings.Contains(err.Error(), b) {
+		t.Errorf("export: %+v, %v; want %s to fail", res, err, b)
+	}
+	if got, _ := os.ReadFile(victim); !bytes.Equal(got, bytes.Repeat([]byte("v"), len(data[a]))) {
+		t.Error("export wrote through the link planted under an object's name")
+	}
+	if fi, err := os.Lstat(filepath.Join(dst, a)); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("%s is not a regular file after export: %v", a, err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dst, a)); !bytes.Equal(got, data[a]) {
+		t.Errorf("%s does not hold the object", a)
+	}
+	entries, _ := os.ReadDir(outside)
+	for _, e := range entries {
+		if e.Name() != "victim" {
+			t.Errorf("export wrote %s outside the destination", e.Name())
+		}
+	}
 }

@@ -14,7 +14,10 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/internal/beneath"
 )
 
 // Store serves objects from a directory.
@@ -60,16 +63,36 @@ func (s *Store) Location() string { return "file://" + s.root }
 // Root is the directory the store serves.
 func (s *Store) Root() string { return s.root }
 
-func (s *Store) path(key string) (string, error) {
+// open checks key and opens the store's root, below which every access is
+// resolved without following a symbolic link (internal/beneath): a link
+// planted in the store directory, to /etc/shadow or a directory outside,
+// is not an object, and no write goes through one. The root directory
+// itself may be a link (it is the operator's choice).
+func (s *Store) open(key string) (*os.File, error) {
 	if err := backend.CheckKey(key); err != nil {
-		return "", err
+		return nil, err
 	}
-	return filepath.Join(s.root, filepath.FromSlash(key)), nil
+	root, err := beneath.OpenRoot(s.root)
+	if err != nil {
+		return nil, fmt.Errorf("file store: %w", err)
+	}
+	return root, nil
 }
 
+// split returns a key's directory ("" at the top) and base name.
+func split(key string) (dir, base string) {
+	if i := strings.LastIndexByte(key, '/'); i >= 0 {
+		return key[:i], key[i+1:]
+	}
+	return "", key
+}
+
+// mapErr maps errors of reads: what is not a regular file reached without
+// a link (a link, a directory, a FIFO, a path through a linked directory)
+// is not an object.
 func mapErr(key string, err error) error {
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotRegular) {
-		return fmt.Errorf("%s: %w", key, backend.ErrNotExist)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotRegular) || errors.Is(err, beneath.ErrNotRegular) || errors.Is(err, beneath.ErrSymlink) || errors.Is(err, unix.ENOTDIR) {
+		return fmt.Errorf("%s: %v: %w", key, err, backend.ErrNotExist)
 	}
 	if errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("%s: %w", key, backend.ErrExist)
@@ -77,20 +100,31 @@ func mapErr(key string, err error) error {
 	return fmt.Errorf("%s: %w", key, err)
 }
 
+// mapWriteErr maps errors of writes: a link on the way is refused, not
+// reported as absent.
+func mapWriteErr(key string, err error) error {
+	if errors.Is(err, beneath.ErrSymlink) {
+		return fmt.Errorf("%s: refused: %w", key, err)
+	}
+	return mapErr(key, err)
+}
+
 var errNotRegular = errors.New("not a regular file")
 
-// Stat implements backend.Store.
+// Stat implements backend.Store. A symbolic link is not an object (lstat
+// semantics).
 func (s *Store) Stat(ctx context.Context, key string) (backend.ObjectInfo, error) {
-	p, err := s.path(key)
-	if err != nil {
-		return backend.ObjectInfo{}, err
-	}
 	if err := ctx.Err(); err != nil {
 		return backend.ObjectInfo{}, err
 	}
-	fi, err := os.Stat(p)
+	root, err := s.open(key)
+	if err != nil {
+		return backend.ObjectInfo{}, err
+	}
+	defer root.Close()
+	fi, err := beneath.Lstat(root, key)
 	if err == nil && !fi.Mode().IsRegular() {
-		err = errNotRegular
+		err = fmt.Errorf("%v: %w", fi.Mode().Type(), errNotRegular)
 	}
 	if err != nil {
 		return backend.ObjectInfo{}, mapErr(key, err)
@@ -100,14 +134,15 @@ func (s *Store) Stat(ctx context.Context, key string) (backend.ObjectInfo, error
 
 // Open implements backend.Store.
 func (s *Store) Open(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
-	p, err := s.path(key)
-	if err != nil {
-		return nil, err
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(p)
+	root, err := s.open(key)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	f, err := beneath.Open(root, key)
 	if err != nil {
 		return nil, mapErr(key, err)
 	}
@@ -144,40 +179,37 @@ func (r *sectionReader) Read(p []byte) (int, error) {
 
 func (r *sectionReader) Close() error { return r.f.Close() }
 
-// List implements backend.Store.
+// List implements backend.Store. It lists regular files only and never
+// descends into a linked directory.
 func (s *Store) List(ctx context.Context, prefix string, fn func(backend.ObjectInfo) error) error {
-	// Walk only the directory the prefix names, then filter by the rest.
-	dir := s.root
-	if i := strings.LastIndex(prefix, "/"); i >= 0 {
-		dir = filepath.Join(s.root, filepath.FromSlash(prefix[:i]))
+	root, err := beneath.OpenRoot(s.root)
+	if err != nil {
+		return fmt.Errorf("list %s/%s: %w", s.Location(), prefix, err)
 	}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) && p == dir {
-				return fs.SkipAll
-			}
-			return err
-		}
+	defer root.Close()
+	// Walk only the directory the prefix names, then filter by the rest.
+	dir, _ := split(prefix)
+	d, err := beneath.Dir(root, dir, false, 0)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, beneath.ErrSymlink) || errors.Is(err, unix.ENOTDIR) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list %s/%s: %w", s.Location(), prefix, err)
+	}
+	defer d.Close()
+	if dir != "" {
+		dir += "/"
+	}
+	err = beneath.Walk(d, func(rel string, fi fs.FileInfo) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if !d.Type().IsRegular() {
+		key := dir + rel
+		if !fi.Mode().IsRegular() || !strings.HasPrefix(key, prefix) || isTemp(key) {
 			return nil
 		}
-		rel, err := filepath.Rel(s.root, p)
-		if err != nil {
-			return err
-		}
-		key := filepath.ToSlash(rel)
-		if !strings.HasPrefix(key, prefix) || isTemp(key) {
-			return nil
-		}
-		fi, err := d.Info()
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil // removed while walking
-		}
-		if err != nil {
-			return err
+		if backend.CheckKey(key) != nil {
+			return nil // a name with a control character: no key can reach it
 		}
 		return fn(backend.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()})
 	})
@@ -193,12 +225,17 @@ const tempSuffix = ".sstatefs-tmp"
 
 func isTemp(key string) bool { return strings.Contains(key, tempSuffix) }
 
-// writeTemp copies r to a new temp file beside p and returns its name.
-func writeTemp(ctx context.Context, p string, r io.Reader, size int64) (string, error) {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return "", err
-	}
-	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".*"+tempSuffix)
+// parentOf opens (creating it if needed) the directory of key below root.
+func parentOf(root *os.File, key string) (*os.File, string, error) {
+	dir, base := split(key)
+	d, err := beneath.Dir(root, dir, true, 0o755)
+	return d, base, err
+}
+
+// writeTemp copies r to a new temp file in dir beside base and returns its
+// name.
+func writeTemp(ctx context.Context, dir *os.File, base string, r io.Reader, size int64) (string, error) {
+	f, name, err := beneath.CreateTemp(dir, "."+base+".", tempSuffix)
 	if err != nil {
 		return "", err
 	}
@@ -209,17 +246,17 @@ func writeTemp(ctx context.Context, p string, r io.Reader, size int64) (string, 
 	if err == nil {
 		err = f.Sync()
 	}
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o644)
-	}
 	if err != nil {
-		os.Remove(f.Name())
+		unix.Unlinkat(int(dir.Fd()), name, 0)
 		return "", err
 	}
-	return f.Name(), nil
+	return name, nil
 }
 
 type ctxReader struct {
@@ -236,51 +273,76 @@ func (c ctxReader) Read(p []byte) (int, error) {
 
 // Create implements backend.Store: the data goes to a temp file which is
 // then hard-linked to the final name, an exclusive create that fails if the
-// name exists, so readers see the object whole or not at all.
+// name exists (a link included, which is never followed), so readers see
+// the object whole or not at all.
 func (s *Store) Create(ctx context.Context, key string, r io.Reader, size int64) error {
-	p, err := s.path(key)
+	root, err := s.open(key)
 	if err != nil {
 		return err
 	}
-	if _, err := os.Lstat(p); err == nil {
+	defer root.Close()
+	d, base, err := parentOf(root, key)
+	if err != nil {
+		return mapWriteErr(key, err)
+	}
+	defer d.Close()
+	var st unix.Stat_t
+	if unix.Fstatat(int(d.Fd()), base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
 		return mapErr(key, fs.ErrExist)
 	}
-	tmp, err := writeTemp(ctx, p, r, size)
+	tmp, err := writeTemp(ctx, d, base, r, size)
 	if err != nil {
 		return mapErr(key, err)
 	}
-	defer os.Remove(tmp)
-	if err := os.Link(tmp, p); err != nil {
-		return mapErr(key, err)
+	defer unix.Unlinkat(int(d.Fd()), tmp, 0)
+	if err := unix.Linkat(int(d.Fd()), tmp, int(d.Fd()), base, 0); err != nil {
+		return mapErr(key, &fs.PathError{Op: "link", Path: key, Err: err})
 	}
 	return nil
 }
 
-// Put implements backend.Store: temp file, then rename over the final name.
+// Put implements backend.Store: temp file, then rename over the final name
+// (which replaces a link there rather than writing through it).
 func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	p, err := s.path(key)
+	root, err := s.open(key)
 	if err != nil {
 		return err
 	}
-	tmp, err := writeTemp(ctx, p, r, size)
+	defer root.Close()
+	d, base, err := parentOf(root, key)
+	if err != nil {
+		return mapWriteErr(key, err)
+	}
+	defer d.Close()
+	tmp, err := writeTemp(ctx, d, base, r, size)
 	if err != nil {
 		return mapErr(key, err)
 	}
-	if err := os.Rename(tmp, p); err != nil {
-		os.Remove(tmp)
-		return mapErr(key, err)
+	if err := unix.Renameat(int(d.Fd()), tmp, int(d.Fd()), base); err != nil {
+		unix.Unlinkat(int(d.Fd()), tmp, 0)
+		return mapErr(key, &fs.PathError{Op: "rename", Path: key, Err: err})
 	}
 	return nil
 }
 
 // Delete implements backend.Store.
 func (s *Store) Delete(ctx context.Context, key string) error {
-	p, err := s.path(key)
+	root, err := s.open(key)
 	if err != nil {
 		return err
 	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return mapErr(key, err)
+	defer root.Close()
+	dir, base := split(key)
+	d, err := beneath.Dir(root, dir, false, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return mapWriteErr(key, err)
+	}
+	defer d.Close()
+	if err := unix.Unlinkat(int(d.Fd()), base, 0); err != nil && err != unix.ENOENT {
+		return mapErr(key, &fs.PathError{Op: "remove", Path: key, Err: err})
 	}
 	return nil
 }

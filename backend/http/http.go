@@ -190,14 +190,38 @@ func cause(err error) error {
 	return err
 }
 
+// checkRedirect follows at most 10 redirects, refuses any step from https
+// to http, and drops the credentials (the Authorization header, which
+// carries both the bearer token and netrc's basic auth) from a request to
+// another origin than the configured one: net/http keeps them for the same
+// host name on another port or scheme, and for subdomains.
 func checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= 10 {
 		return errors.New("stopped after 10 redirects")
 	}
-	if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
-		return errors.New("refusing a redirect from https to http")
+	prev := via[len(via)-1].URL
+	if (prev.Scheme == "https" || via[0].URL.Scheme == "https") && req.URL.Scheme != "https" {
+		return fmt.Errorf("refusing a redirect from https to http: %s redirected to %s", redact(prev), redact(req.URL))
+	}
+	if origin(req.URL) != origin(via[0].URL) {
+		req.Header.Del("Authorization")
 	}
 	return nil
+}
+
+// origin is a URL's scheme, host name and port (the default one when it
+// has none), lowercase.
+func origin(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		switch strings.ToLower(u.Scheme) {
+		case "http":
+			port = "80"
+		case "https":
+			port = "443"
+		}
+	}
+	return strings.ToLower(u.Scheme) + "://" + strings.ToLower(u.Hostname()) + ":" + port
 }
 
 // loadCABundle returns the system roots plus every certificate in the PEM

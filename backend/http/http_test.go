@@ -857,3 +857,165 @@ func TestReadOnlyThroughDecorators(t *testing.T) {
 		t.Fatal("an HTTP store behind a decorator is not reported read-only")
 	}
 }
+
+// TestRedirectCredentials checks that credentials go only to the configured
+// origin: a redirect to another port of the same host (or another scheme)
+// arrives without them, a redirect within the origin keeps them, and a
+// redirect from https to http is refused before anything is sent.
+func TestRedirectCredentials(t *testing.T) {
+	ctx := context.Background()
+	other := &authServer{}
+	otherSrv := serve(t, other)
+	same := &authServer{}
+	mirror := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/moved/"):
+			same.ServeHTTP(w, r)
+		case strings.HasPrefix(r.URL.Path, "/local/"):
+			http.Redirect(w, r, "/moved"+r.URL.Path, http.StatusFound)
+		default:
+			http.Redirect(w, r, otherSrv.URL+r.URL.Path, http.StatusFound)
+		}
+	}))
+	if strings.TrimPrefix(mirror.URL, "http://127.0.0.1:") == strings.TrimPrefix(otherSrv.URL, "http://127.0.0.1:") {
+		t.Fatal("both servers on one port")
+	}
+	tok := writeFile(t, "token", "s3cret-token")
+	netrc := writeFile(t, "netrc", "machine 127.0.0.1 login alice password s3cret-pw\n")
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"bearer", Config{URL: mirror.URL, BearerTokenFile: tok}, "Bearer s3cret-token"},
+		{"netrc", Config{URL: mirror.URL, Netrc: netrc}, "Basic YWxpY2U6czNjcmV0LXB3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t, tc.cfg)
+			if _, err := s.Stat(ctx, "ab/cd/x"); err != nil {
+				t.Fatal(err)
+			}
+			if got := other.last(); got != "" {
+				t.Errorf("HEAD redirected to another port carried Authorization %q", got)
+			}
+			rc, err := s.Open(ctx, "ab/cd/x", 0, -1) // authServer sends no body: the request is what counts
+			if err != nil {
+				t.Fatal(err)
+			}
+			rc.Close()
+			if got := other.last(); got != "" {
+				t.Errorf("GET redirected to another port carried Authorization %q", got)
+			}
+			if _, err := s.Stat(ctx, "local/cd/x"); err != nil {
+				t.Fatal(err)
+			}
+			if got := same.last(); got != tc.want {
+				t.Errorf("redirect within the origin: Authorization %q, want %q", got, tc.want)
+			}
+		})
+	}
+
+	t.Run("https to http", func(t *testing.T) {
+		plain := &authServer{}
+		plainSrv := serve(t, plain)
+		tlsSrv := serveTLS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, plainSrv.URL+r.URL.Path+"?sig=hidden", http.StatusFound)
+		}))
+		bundle := writeFile(t, "ca.pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw})))
+		s := newStore(t, Config{URL: tlsSrv.URL + "/all?q=secretquery", BearerTokenFile: tok, CABundle: bundle})
+		_, err := s.Stat(ctx, "ab/cd/x")
+		if err == nil {
+			t.Fatal("a redirect from https to http was followed")
+		}
+		msg := err.Error()
+		for _, want := range []string{"https to http", tlsSrv.URL + "/all/ab/cd/x", plainSrv.URL + "/all/ab/cd/x"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("error %q does not mention %q", msg, want)
+			}
+		}
+		for _, secret := range []string{"secretquery", "hidden", "s3cret"} {
+			if strings.Contains(msg, secret) {
+				t.Errorf("error %q shows %q", msg, secret)
+			}
+		}
+		if got := plain.last(); got != "<no request>" {
+			t.Errorf("the http server got a request (Authorization %q)", got)
+		}
+	})
+}
+
+// pacedServer sends a body of size bytes in chunks of chunk bytes, one per
+// tick, until the body is done or the client goes away.
+func pacedServer(t *testing.T, size, chunk int, tick time.Duration) *httptest.Server {
+	return serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodHead {
+			return
+		}
+		tk := time.NewTicker(tick)
+		defer tk.Stop()
+		buf := bytes.Repeat([]byte("s"), chunk)
+		for sent := 0; sent < size; sent += chunk {
+			select {
+			case <-tk.C:
+			case <-r.Context().Done():
+				return
+			}
+			if _, err := w.Write(buf[:min(chunk, size-sent)]); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+	}))
+}
+
+// TestTrickleCutOff checks the minimum-progress rule of backend.Timeout on
+// a real trickling server: a byte every 100 ms (of a 1 MiB body, which
+// would take 29 hours) fails the read with a timeout error soon after the
+// 500 ms window, while a paced server above the minimum (64 KiB per
+// window) delivers its whole body.
+func TestTrickleCutOff(t *testing.T) {
+	const d = 500 * time.Millisecond
+	trickle := &backend.Timeout{Store: newStore(t, Config{URL: pacedServer(t, 1<<20, 1, 100*time.Millisecond).URL}), D: d}
+	start := time.Now()
+	done := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	finished := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-finished }) // before the server closes
+	go func() {
+		defer close(finished)
+		rc, err := trickle.Open(ctx, "ab/cd/x", 0, -1)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer rc.Close()
+		n, err := io.Copy(io.Discard, rc)
+		if err == nil {
+			err = fmt.Errorf("read all %d bytes without an error", n)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("trickled read: %v, want an error wrapping context.DeadlineExceeded", err)
+		}
+		if !strings.Contains(err.Error(), "ab/cd/x") {
+			t.Errorf("error %q does not name the object", err)
+		}
+		t.Logf("cut off after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(20 * d):
+		t.Fatalf("a reader of a trickling store still blocked after %v (timeout %v)", 20*d, d)
+	}
+
+	// 64 KiB every 25 ms for about 1.2 s: a window (1 s) needs one of the
+	// 40 chunks due in it, a margin that holds on a loaded machine.
+	const size = 3 << 20
+	steady := &backend.Timeout{Store: newStore(t, Config{URL: pacedServer(t, size, 64<<10, 25*time.Millisecond).URL}), D: time.Second}
+	got, err := readAll(t, steady, "ab/cd/x", 0, -1)
+	if err != nil || len(got) != size {
+		t.Fatalf("steady server: %d bytes, %v; want %d bytes", len(got), err, size)
+	}
+}

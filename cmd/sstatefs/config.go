@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -298,22 +300,109 @@ func decodeTOML(cfg *Config, path, data string) error {
 	// A file that lists stores replaces the default store list.
 	var fileCfg Config
 	fileCfg.Cache, fileCfg.Index, fileCfg.Mount, fileCfg.Publish, fileCfg.Metrics, fileCfg.Prefetch, fileCfg.Hashserv, fileCfg.Log = cfg.Cache, cfg.Index, cfg.Mount, cfg.Publish, cfg.Metrics, cfg.Prefetch, cfg.Hashserv, cfg.Log
-	md, err := toml.Decode(data, &fileCfg)
+	// The file is parsed first (a syntax error stops everything: nothing
+	// after it can be read), then decoded key by key, so that a value of
+	// the wrong type or an unknown key does not hide the problems of the
+	// other keys: toml.Decode into the struct stops at the first.
+	var raw map[string]toml.Primitive
+	md, err := toml.Decode(data, &raw)
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
-	var errs []error
-	for _, k := range md.Undecoded() {
-		errs = append(errs, fmt.Errorf("config %s: unknown key %q", path, k.String()))
-	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
+	errs := decodeTable(&md, raw, reflect.ValueOf(&fileCfg).Elem(), "", "")
 	if fileCfg.Stores == nil {
 		fileCfg.Stores = cfg.Stores
 	}
 	*cfg = fileCfg
-	return nil
+	for i, e := range errs {
+		errs[i] = fmt.Errorf("config %s: %w", path, e)
+	}
+	return errors.Join(errs...)
+}
+
+var textUnmarshaler = reflect.TypeFor[interface{ UnmarshalText([]byte) error }]()
+
+// decodeTable decodes the keys of one TOML table into the struct v, whose
+// fields carry toml tags, and returns one error per bad key: unknown, or of
+// the wrong type. Sections (structs) and arrays of tables (slices of
+// structs) are decoded recursively; prefix is the dotted key of the table,
+// where says which element of an array it is.
+func decodeTable(md *toml.MetaData, raw map[string]toml.Primitive, v reflect.Value, prefix, where string) []error {
+	fields := map[string]int{}
+	for i := 0; i < v.NumField(); i++ {
+		if tag, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("toml"), ","); tag != "" && tag != "-" {
+			fields[tag] = i
+		}
+	}
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var errs []error
+	for _, k := range keys {
+		name := prefix + k
+		i, ok := fields[k]
+		if !ok {
+			errs = append(errs, fmt.Errorf("unknown key %q%s", name, where))
+			continue
+		}
+		f := v.Field(i)
+		isText := f.Addr().Type().Implements(textUnmarshaler)
+		switch {
+		case f.Kind() == reflect.Struct && !isText:
+			var sub map[string]toml.Primitive
+			if err := md.PrimitiveDecode(raw[k], &sub); err != nil {
+				errs = append(errs, fmt.Errorf("%s%s: want a table ([%s])", name, where, name))
+				continue
+			}
+			errs = append(errs, decodeTable(md, sub, f, name+".", where)...)
+		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Struct:
+			var subs []map[string]toml.Primitive
+			if err := md.PrimitiveDecode(raw[k], &subs); err != nil {
+				errs = append(errs, fmt.Errorf("%s%s: want an array of tables ([[%s]])", name, where, name))
+				continue
+			}
+			elems := reflect.MakeSlice(f.Type(), len(subs), len(subs))
+			for j, sub := range subs {
+				errs = append(errs, decodeTable(md, sub, elems.Index(j), name+".", fmt.Sprintf(" (%s %d)", name, j+1))...)
+			}
+			f.Set(elems)
+		default:
+			val := reflect.New(f.Type())
+			if err := md.PrimitiveDecode(raw[k], val.Interface()); err != nil {
+				errs = append(errs, fmt.Errorf("%s%s: %s", name, where, typeProblem(err, f.Type(), isText)))
+				continue
+			}
+			f.Set(val.Elem())
+		}
+	}
+	return errs
+}
+
+// typeProblem says what a key wants, in the words of the README's table,
+// rather than the decoder's Go types.
+func typeProblem(err error, t reflect.Type, isText bool) string {
+	var want string
+	switch {
+	case isText:
+		want = "a string"
+		switch t {
+		case reflect.TypeFor[Duration]():
+			want = `a duration string (e.g. "30s", "5m")`
+		case reflect.TypeFor[Size]():
+			want = `a size string (e.g. "20GiB", "500MB")`
+		}
+	case t.Kind() == reflect.String:
+		want = "a string"
+	case t.Kind() == reflect.Bool:
+		want = "true or false"
+	case t.Kind() == reflect.Int || t.Kind() == reflect.Int64:
+		want = "an integer"
+	default:
+		return err.Error()
+	}
+	return fmt.Sprintf("want %s (%v)", want, strings.TrimPrefix(err.Error(), "toml: "))
 }
 
 // Validate reports every problem of the configuration at once.
@@ -595,12 +684,14 @@ func isSet(fs *flag.FlagSet, name string) bool {
 func (cf *configFlags) load() (Config, error) {
 	cfg := Defaults()
 	path, explicit := configPath(cf.config)
+	// The file's problems do not hide those of the flags and of Validate:
+	// all are reported at once.
+	var errs []error
 	if _, err := os.Stat(path); err == nil || explicit {
 		if err := LoadFile(&cfg, path); err != nil {
-			return cfg, err
+			errs = append(errs, err)
 		}
 	}
-	var errs []error
 	for _, a := range cf.apply {
 		if err := a(&cfg); err != nil {
 			errs = append(errs, err)
@@ -609,8 +700,5 @@ func (cf *configFlags) load() (Config, error) {
 	for i := range cfg.Stores {
 		storeDefaults(&cfg.Stores[i])
 	}
-	if err := errors.Join(errs...); err != nil {
-		return cfg, err
-	}
-	return cfg, cfg.Validate()
+	return cfg, errors.Join(append(errs, cfg.Validate())...)
 }

@@ -138,3 +138,67 @@ func TestSize(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigTypeErrorsAllAtOnce: values of the wrong type, unknown keys and
+// invalid values of one file are all reported by one run, each naming its
+// key; the good keys of the same file still apply.
+func TestConfigTypeErrorsAllAtOnce(t *testing.T) {
+	cfgFile := filepath.Join(t.TempDir(), "sstatefs.toml")
+	os.WriteFile(cfgFile, []byte(`
+[[store]]
+url = "s3://bucket/p"
+timeout = 10
+path_style = "yes"
+
+[[store]]
+url = "https://mirror.example/x"
+max_connections = "many"
+urll = "typo"
+
+[cache]
+size = [20]
+dir = "/var/cache/typed"
+
+[index]
+refresh_interval = "1m"
+negative_ttl = true
+
+[mount]
+allow_other = 1
+
+[log]
+level = "loud"
+
+[bogus]
+x = 1
+`), 0o644)
+	t.Setenv("SSTATEFS_CONFIG", cfgFile)
+	fset := flag.NewFlagSet("t", flag.ContinueOnError)
+	cf := newConfigFlags(fset)
+	fset.Parse(nil)
+	cfg, err := cf.load()
+	if err == nil {
+		t.Fatal("a file with type errors was accepted")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		`timeout: invalid duration "10"`, // toml hands numbers to UnmarshalText as text
+		`store.path_style (store 1): want true or false`,
+		`store.max_connections (store 2): want an integer`,
+		`unknown key "store.urll" (store 2)`,
+		`cache.size: want a size string`,
+		`invalid duration "true"`,
+		`mount.allow_other: want true or false`,
+		`unknown key "bogus"`,
+		`log.level "loud"`, // Validate's, not hidden by the decoding errors
+		cfgFile,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error does not mention %q:\n%s", want, msg)
+		}
+	}
+	if cfg.Cache.Dir != "/var/cache/typed" || len(cfg.Stores) != 2 || cfg.Stores[1].URL != "https://mirror.example/x" {
+		t.Errorf("the good keys were not applied: cache %+v, stores %+v", cfg.Cache, cfg.Stores)
+	}
+	t.Logf("reported:\n%s", msg)
+}

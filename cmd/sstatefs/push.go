@@ -55,7 +55,8 @@ func cmdPush(args []string) int {
 Uploads the sstate objects of a local SSTATE_DIR (an existing sstate-cache) to the (first)
 store, in parallel. Objects the store already has are skipped (never replaced); running it
 again after an interruption finishes the job. Uploaded objects are recorded in the index.
-Files that are not sstate objects (temp files, locks) are ignored.
+Files that are not sstate objects (temp files, locks) are ignored. Symbolic links
+are never followed (each is warned about), nor are names with control characters pushed.
 
 Flags:
 `)
@@ -97,6 +98,12 @@ Flags:
 	fmt.Printf("pushed %d objects (%s) to %s in %s; %d already known, %d already in the store, %d kept by the store (other content), %d files ignored\n",
 		res.Uploaded, humanBytes(res.UploadedBytes), store.Location(), time.Since(start).Round(time.Millisecond),
 		res.Skipped, res.Existing, res.Conflicts, res.Ignored)
+	if res.Symlinks > 0 {
+		fmt.Fprintf(os.Stderr, "sstatefs push: %d symbolic links under sstate names not pushed (links are never followed; bitbake links objects it got from a file:// SSTATE_MIRRORS into SSTATE_DIR: push that mirror directory itself)\n", res.Symlinks)
+	}
+	if res.BadNames > 0 {
+		fmt.Fprintf(os.Stderr, "sstatefs push: %d files with control characters in their names not pushed (see the warnings)\n", res.BadNames)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sstatefs push: %v (run it again to retry)\n", err)
 		return 1
@@ -127,10 +134,21 @@ Flags:
 	}
 	var keys []string
 	var err error
+	badLines := 0
 	if *list != "" {
-		keys, err = readList(*list)
+		var bad []string
+		keys, bad, err = readList(*list)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "sstatefs export: --list: %v\n", err)
+			return 2
+		}
+		// A bad line is reported and the good ones are exported.
+		for _, b := range bad {
+			fmt.Fprintf(os.Stderr, "sstatefs export: --list %s\n", b)
+		}
+		badLines = len(bad)
+		if len(keys) == 0 && badLines > 0 {
+			fmt.Fprintf(os.Stderr, "sstatefs export: --list %s: no valid object path (%d bad lines)\n", *list, badLines)
 			return 2
 		}
 	}
@@ -158,35 +176,60 @@ Flags:
 	for _, k := range res.Missing {
 		fmt.Fprintf(os.Stderr, "not in the store: %s\n", k)
 	}
+	for _, e := range res.Invalid {
+		fmt.Fprintf(os.Stderr, "sstatefs export: not exported: %v\n", e)
+	}
+	status := 0
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs export: %v (run it again to retry)\n", err)
-		return 1
+		fmt.Fprintf(os.Stderr, "sstatefs export: %v (run it again to retry those)\n", err)
+		status = 1
 	}
 	if len(res.Missing) > 0 {
-		return 1
+		fmt.Fprintf(os.Stderr, "sstatefs export: %d listed objects are not in the store\n", len(res.Missing))
+		status = 1
 	}
-	return 0
+	if badLines > 0 {
+		fmt.Fprintf(os.Stderr, "sstatefs export: %d bad lines in %s were skipped (fix them; running it again does not help)\n", badLines, *list)
+		status = 1
+	}
+	return status
 }
 
-func readList(path string) ([]string, error) {
+// readList reads object paths, one per line; blank lines and # comments
+// are skipped. A line that is not a valid object path (a control
+// character, "..", an empty element) goes into bad as "FILE:LINE: %q: why",
+// so that one typo does not stop the others.
+func readList(path string) (keys, bad []string, err error) {
 	var r io.Reader = os.Stdin
+	name := "stdin"
 	if path != "-" {
 		f, err := os.Open(path)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		defer f.Close()
-		r = f
+		r, name = f, path
 	}
-	var keys []string
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if line := strings.TrimSpace(sc.Text()); line != "" && !strings.HasPrefix(line, "#") {
-			keys = append(keys, line)
+	for n := 1; sc.Scan(); n++ {
+		raw := sc.Text()
+		line := strings.TrimSpace(raw)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
 		}
+		key := strings.TrimPrefix(line, "/")
+		if err := backend.CheckKey(key); err != nil {
+			why := "not a valid object path"
+			if strings.ContainsFunc(key, func(c rune) bool { return c < 0x20 || c == 0x7f }) {
+				why += " (control character)"
+			}
+			bad = append(bad, fmt.Sprintf("%s:%d: %q: %s", name, n, raw, why))
+			continue
+		}
+		keys = append(keys, key)
 	}
-	return keys, sc.Err()
+	return keys, bad, sc.Err()
 }
 
 // parseTransfer parses the flags of push and export: one DIR argument,
