@@ -7,7 +7,6 @@ package transfer
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -28,13 +27,12 @@ import (
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/beneath"
+	"github.com/sstatefs/sstatefs/publish"
 	"github.com/sstatefs/sstatefs/sstate"
 )
 
 // Recorder records objects in the index journal (index.Journal).
-type Recorder interface {
-	Added(ctx context.Context, o index.Object) error
-}
+type Recorder = publish.Recorder
 
 // Progress is told of work done: items and bytes so far out of the totals.
 // It is never called concurrently.
@@ -153,18 +151,18 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 	g.SetLimit(opt.Jobs)
 	for _, o := range todo {
 		g.Go(func() error {
-			outcome, err := pushOne(gctx, opt, root, o)
+			out, err := pushOne(gctx, opt, root, o)
 			mu.Lock()
-			switch {
-			case err != nil:
+			switch out {
+			case publish.Failed:
 				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.key, err))
 				opt.Logger.Error("push failed", "object", o.key, "error", err)
-			case outcome == "uploaded":
+			case publish.Created:
 				res.Uploaded++
 				res.UploadedBytes += o.size
-			case outcome == "existing":
+			case publish.AlreadyThere:
 				res.Existing++
-			case outcome == "conflict":
+			case publish.Conflict:
 				res.Conflicts++
 				opt.Logger.Warn("not pushed: the store has other content under this name (first writer wins)", "object", o.key)
 			}
@@ -182,68 +180,29 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 	return res, nil
 }
 
-func pushOne(ctx context.Context, opt PushOptions, root *os.File, o localObject) (string, error) {
+// pushOne uploads one local object by the upload rules (publish.Put).
+func pushOne(ctx context.Context, opt PushOptions, root *os.File, o localObject) (publish.Outcome, error) {
 	// Opened once, below the root without links (the file may have been
 	// replaced by one since the scan), then hashed and uploaded from the
 	// same descriptor.
 	f, err := beneath.Open(root, o.key)
 	if err != nil {
-		return "", err
+		return publish.Failed, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return "", err
+		return publish.Failed, err
 	}
 	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("%s: not a regular file", o.key)
+		return publish.Failed, fmt.Errorf("%s: not a regular file", o.key)
 	}
 	size := fi.Size()
-	// the digest and the chunk digests for the index, in one pass
-	d := index.NewDigester()
-	if _, err := io.Copy(d, io.NewSectionReader(f, 0, size)); err != nil {
-		return "", err
-	}
-	sum, chunks := d.Sum()
-	outcome := "uploaded"
-	err = opt.Store.Create(backend.WithSHA256(ctx, sum), o.key, io.NewSectionReader(f, 0, size), size)
-	if errors.Is(err, backend.ErrExist) {
-		theirs, herr := hashStore(ctx, opt.Store, o.key)
-		if herr != nil {
-			return "", fmt.Errorf("exists in the store, comparing: %w", herr)
-		}
-		if theirs != sum {
-			return "conflict", nil
-		}
-		outcome, err = "existing", nil
-	}
+	sum, chunks, _, err := index.Digest(io.NewSectionReader(f, 0, size))
 	if err != nil {
-		return "", err
+		return publish.Failed, err
 	}
-	oi, err := opt.Store.Stat(ctx, o.key)
-	if err != nil {
-		return "", err
-	}
-	if index.NumChunks(oi.Size) != len(chunks) {
-		chunks = nil // not the size hashed: the record must not claim them
-	}
-	if err := opt.Recorder.Added(ctx, index.Object{Key: o.key, Size: oi.Size, ModTime: oi.ModTime, SHA256: sum, Chunks: chunks}); err != nil {
-		return "", fmt.Errorf("recording in the index: %w", err)
-	}
-	return outcome, nil
-}
-
-func hashStore(ctx context.Context, s backend.Store, key string) ([32]byte, error) {
-	rc, err := s.Open(ctx, key, 0, -1)
-	if err != nil {
-		return [32]byte{}, err
-	}
-	defer rc.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, rc); err != nil {
-		return [32]byte{}, err
-	}
-	return [32]byte(h.Sum(nil)), nil
+	return publish.Put(ctx, opt.Store, opt.Recorder, publish.Upload{Key: o.key, Data: f, Size: size, SHA256: sum, Chunks: chunks}, nil)
 }
 
 // ExportOptions configure Export.
@@ -418,8 +377,7 @@ func exportOne(ctx context.Context, opt ExportOptions, root *os.File, o index.Ob
 	}
 	dfd := int(d.Fd())
 	defer unix.Unlinkat(dfd, name, 0) // after the rename: ENOENT, ignored
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), rc)
+	sum, n, err := index.CopySum(tmp, rc)
 	if err == nil {
 		err = tmp.Chmod(0o664)
 	}
@@ -432,8 +390,8 @@ func exportOne(ctx context.Context, opt ExportOptions, root *os.File, o index.Ob
 	if n != o.Size {
 		return fmt.Errorf("got %d bytes, want %d", n, o.Size)
 	}
-	if o.SHA256 != ([32]byte{}) && [32]byte(h.Sum(nil)) != o.SHA256 {
-		return fmt.Errorf("sha256 %s does not match the index (%s)", hex.EncodeToString(h.Sum(nil)), hex.EncodeToString(o.SHA256[:]))
+	if o.SHA256 != ([32]byte{}) && sum != o.SHA256 {
+		return fmt.Errorf("sha256 %s does not match the index (%s)", hex.EncodeToString(sum[:]), hex.EncodeToString(o.SHA256[:]))
 	}
 	if !o.ModTime.IsZero() {
 		ts := unix.NsecToTimespec(o.ModTime.UnixNano())
