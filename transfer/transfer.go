@@ -19,7 +19,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -127,36 +126,27 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 		return res, err
 	}
 	var todo []localObject
-	var total int64
 	for _, o := range objs {
 		if k, ok := opt.Known.Lookup(o.key); ok && k.Size == o.size {
 			res.Skipped++
 			continue
 		}
 		todo = append(todo, o)
-		total += o.size
 	}
-	var mu sync.Mutex // protects res
-	var done atomic.Int64
-	var doneBytes atomic.Int64
-	report := func(n int64) {
-		if opt.Progress != nil {
-			opt.Progress(int(done.Add(1)), len(todo), doneBytes.Add(n), total)
-		}
+	type pushed struct {
+		out publish.Outcome
+		err error
 	}
-	if opt.Progress != nil {
-		opt.Progress(0, len(todo), 0, total)
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(opt.Jobs)
-	for _, o := range todo {
-		g.Go(func() error {
-			out, err := pushOne(gctx, opt, root, o)
-			mu.Lock()
-			switch out {
+	err = each(ctx, opt.Jobs, todo, func(o localObject) int64 { return o.size }, opt.Progress,
+		func(ctx context.Context, o localObject) pushed {
+			out, err := pushOne(ctx, opt, root, o)
+			return pushed{out, err}
+		},
+		func(o localObject, p pushed) {
+			switch p.out {
 			case publish.Failed:
-				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.key, err))
-				opt.Logger.Error("push failed", "object", o.key, "error", err)
+				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.key, p.err))
+				opt.Logger.Error("push failed", "object", o.key, "error", p.err)
 			case publish.Created:
 				res.Uploaded++
 				res.UploadedBytes += o.size
@@ -166,12 +156,8 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 				res.Conflicts++
 				opt.Logger.Warn("not pushed: the store has other content under this name (first writer wins)", "object", o.key)
 			}
-			report(o.size) // under mu: Progress is never called concurrently
-			mu.Unlock()
-			return gctx.Err() // only cancellation stops the others
 		})
-	}
-	if err := g.Wait(); err != nil {
+	if err != nil {
 		return res, err
 	}
 	if len(res.Failed) > 0 {
@@ -203,6 +189,40 @@ func pushOne(ctx context.Context, opt PushOptions, root *os.File, o localObject)
 		return publish.Failed, err
 	}
 	return publish.Put(ctx, opt.Store, opt.Recorder, publish.Upload{Key: o.key, Data: f, Size: size, SHA256: sum, Chunks: chunks}, nil)
+}
+
+// each runs work on every item, jobs at once, and tallies each result:
+// tally and progress are called under one lock, never concurrently. A
+// failed item does not stop the others; only the end of ctx does.
+func each[T, R any](ctx context.Context, jobs int, items []T, size func(T) int64, progress Progress,
+	work func(context.Context, T) R, tally func(T, R)) error {
+	var total int64
+	for _, it := range items {
+		total += size(it)
+	}
+	if progress != nil {
+		progress(0, len(items), 0, total)
+	}
+	var mu sync.Mutex // protects done, doneBytes and what tally changes
+	var done int
+	var doneBytes int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(jobs)
+	for _, it := range items {
+		g.Go(func() error {
+			r := work(gctx, it)
+			mu.Lock()
+			defer mu.Unlock()
+			tally(it, r)
+			done++
+			doneBytes += size(it)
+			if progress != nil {
+				progress(done, len(items), doneBytes, total)
+			}
+			return gctx.Err()
+		})
+	}
+	return g.Wait()
 }
 
 // ExportOptions configure Export.
@@ -255,26 +275,16 @@ func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
 	}
 	defer root.Close()
 	var todo []index.Object
-	var total int64
 	for _, o := range objs {
 		if fi, err := beneath.Lstat(root, o.Key); err == nil && fi.Mode().IsRegular() && fi.Size() == o.Size {
 			res.Skipped++
 			continue
 		}
 		todo = append(todo, o)
-		total += o.Size
 	}
-	if opt.Progress != nil {
-		opt.Progress(0, len(todo), 0, total)
-	}
-	var mu sync.Mutex
-	var done, doneBytes atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(opt.Jobs)
-	for _, o := range todo {
-		g.Go(func() error {
-			err := exportOne(gctx, opt, root, o)
-			mu.Lock()
+	err = each(ctx, opt.Jobs, todo, func(o index.Object) int64 { return o.Size }, opt.Progress,
+		func(ctx context.Context, o index.Object) error { return exportOne(ctx, opt, root, o) },
+		func(o index.Object, err error) {
 			if err != nil {
 				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.Key, err))
 				opt.Logger.Error("export failed", "object", o.Key, "error", err)
@@ -282,14 +292,8 @@ func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
 				res.Written++
 				res.WrittenBytes += o.Size
 			}
-			if opt.Progress != nil {
-				opt.Progress(int(done.Add(1)), len(todo), doneBytes.Add(o.Size), total)
-			}
-			mu.Unlock()
-			return gctx.Err()
 		})
-	}
-	if err := g.Wait(); err != nil {
+	if err != nil {
 		return res, err
 	}
 	if len(res.Failed) > 0 {
