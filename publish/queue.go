@@ -1,7 +1,10 @@
-// Package publish owns the durable local upload queue: objects bitbake has
-// published through the mount wait here, on disk, until they are in the
-// store and recorded in the index journal. The queue survives a crash or a
-// kill: on the next start it resumes where it stopped.
+// Package publish owns the upload rules and the durable local upload queue.
+// The rules (Put: conditional create, compare with the store's object on a
+// conflict, record in the index with the store's mtime) serve every upload:
+// the queue's and push's (package transfer). Objects bitbake has published
+// through the mount wait in the queue, on disk, until they are in the store
+// and recorded in the index journal. The queue survives a crash or a kill:
+// on the next start it resumes where it stopped.
 //
 // On disk, under Dir:
 //
