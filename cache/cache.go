@@ -31,6 +31,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // ErrCorrupt is wrapped by errors about content that did not verify.
@@ -296,12 +298,12 @@ func check(f *os.File, obj Object) error {
 	if obj.SHA256 == ([32]byte{}) {
 		return nil
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, fi.Size())); err != nil {
+	sum, _, err := index.Sum(io.NewSectionReader(f, 0, fi.Size()))
+	if err != nil {
 		return err
 	}
-	if [32]byte(h.Sum(nil)) != obj.SHA256 {
-		return fmt.Errorf("%w: sha256 %x, want %x", ErrCorrupt, h.Sum(nil), obj.SHA256)
+	if sum != obj.SHA256 {
+		return fmt.Errorf("%w: sha256 %x, want %x", ErrCorrupt, sum, obj.SHA256)
 	}
 	return nil
 }

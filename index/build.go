@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"path"
 	"slices"
@@ -125,14 +124,13 @@ func Build(ctx context.Context, s backend.Store, opt BuildOptions) (*Index, erro
 	g, gctx := errgroup.WithContext(ctx)
 	for range min(conc, len(todo)) {
 		g.Go(func() error {
-			buf := make([]byte, 256<<10)
 			for {
 				t := int(next.Add(1) - 1)
 				if t >= len(todo) {
 					return nil
 				}
 				o := &objs[todo[t]]
-				sum, chunks, n, err := hashObject(gctx, s, o.Key, buf)
+				sum, chunks, n, err := hashObject(gctx, s, o.Key)
 				switch {
 				case errors.Is(err, backend.ErrNotExist):
 					vanished[todo[t]] = true
@@ -198,7 +196,6 @@ func withJournal(ctx context.Context, s backend.Store, built *Index, journal []s
 	g, gctx := errgroup.WithContext(ctx)
 	for range min(conc, len(missing)) {
 		g.Go(func() error {
-			buf := make([]byte, 256<<10)
 			for {
 				i := int(next.Add(1) - 1)
 				if i >= len(missing) {
@@ -215,7 +212,7 @@ func withJournal(ctx context.Context, s backend.Store, built *Index, journal []s
 				if oi.Size != o.Size || o.SHA256 == ([32]byte{}) || len(o.Chunks) != NumChunks(o.Size) {
 					// Not what was recorded (replaced?), or recorded
 					// without chunk digests: hash what is there.
-					sum, chunks, n, err := hashObject(gctx, s, o.Key, buf)
+					sum, chunks, n, err := hashObject(gctx, s, o.Key)
 					if errors.Is(err, backend.ErrNotExist) {
 						continue
 					}
@@ -250,21 +247,15 @@ func withJournal(ctx context.Context, s backend.Store, built *Index, journal []s
 	return ix, nil
 }
 
-// hashObject streams key through a Digester and returns the digest, the
-// chunk digests and the length.
-func hashObject(ctx context.Context, s backend.Store, key string, buf []byte) ([32]byte, [][32]byte, int64, error) {
+// hashObject reads key from the store and returns its digest, its chunk
+// digests and its length.
+func hashObject(ctx context.Context, s backend.Store, key string) ([32]byte, [][32]byte, int64, error) {
 	rc, err := s.Open(ctx, key, 0, -1)
 	if err != nil {
 		return [32]byte{}, nil, 0, err
 	}
 	defer rc.Close()
-	d := NewDigester()
-	n, err := io.CopyBuffer(d, rc, buf)
-	if err != nil {
-		return [32]byte{}, nil, n, err
-	}
-	sum, chunks := d.Sum()
-	return sum, chunks, n, nil
+	return Digest(rc)
 }
 
 // isTempName reports whether key names a file that is being written rather

@@ -99,9 +99,10 @@ func TestChangedFileDropped(t *testing.T) {
 	}
 }
 
-// TestChangedFileDroppedS3: the same against versitygw, where the stale
-// digest made every retry fail with XAmzContentSHA256Mismatch, forever.
-func TestChangedFileDroppedS3(t *testing.T) {
+// s3Store returns a store on a new bucket of a versitygw started for the
+// test, with the SDK's credentials taken from the test's environment only.
+func s3Store(t *testing.T) backend.Store {
+	t.Helper()
 	env := testutil.S3Server(t)
 	for k, v := range map[string]string{"AWS_ACCESS_KEY_ID": env.AccessKey, "AWS_SECRET_ACCESS_KEY": env.SecretKey,
 		"AWS_SESSION_TOKEN": "", "AWS_PROFILE": "", "AWS_EC2_METADATA_DISABLED": "true",
@@ -112,6 +113,13 @@ func TestChangedFileDroppedS3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return store
+}
+
+// TestChangedFileDroppedS3: the same against versitygw, where the stale
+// digest made every retry fail with XAmzContentSHA256Mismatch, forever.
+func TestChangedFileDroppedS3(t *testing.T) {
+	store := s3Store(t)
 	e := newEnv(t)
 	e.store = &flakyStore{Store: store}
 	q := e.open(t)

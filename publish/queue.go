@@ -1,7 +1,10 @@
-// Package publish owns the durable local upload queue: objects bitbake has
-// published through the mount wait here, on disk, until they are in the
-// store and recorded in the index journal. The queue survives a crash or a
-// kill: on the next start it resumes where it stopped.
+// Package publish owns the upload rules and the durable local upload queue.
+// The rules (Put: conditional create, compare with the store's object on a
+// conflict, record in the index with the store's mtime) serve every upload:
+// the queue's and push's (package transfer). Objects bitbake has published
+// through the mount wait in the queue, on disk, until they are in the store
+// and recorded in the index journal. The queue survives a crash or a kill:
+// on the next start it resumes where it stopped.
 //
 // On disk, under Dir:
 //
@@ -120,9 +123,6 @@ var ErrReadOnly = errors.New("store is read-only: object kept locally, not publi
 // published (changed through its other hard link). It is not uploaded: the
 // name stands for what bitbake published, not for later bytes.
 var ErrChanged = errors.New("file changed after it was published")
-
-// hashBufs are the buffers objects are hashed through before upload.
-var hashBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // Open opens the queue in opt.Dir and loads what an earlier process left.
 func Open(opt Options) (*Queue, error) {
@@ -438,78 +438,68 @@ func (q *Queue) backoff(attempts int) time.Duration {
 	return time.Duration(float64(d) * (0.75 + rand.Float64()/2))
 }
 
-// advance does the next steps of an entry: hash, upload, record; it calls
-// uploaded once the object is in the store.
+// advance does the next steps of an entry: hash, upload, record (Put); it
+// calls uploaded once the object is in the store.
 func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
-	if e.State == Pending {
-		f, err := os.Open(q.dataPath(e.Data))
-		if err != nil {
-			return err
+	if e.State == Uploaded {
+		// in the store already (an earlier attempt, or before a restart)
+		uploaded()
+		sum, err := hex.DecodeString(e.SHA256)
+		if err != nil || len(sum) != 32 {
+			return fmt.Errorf("entry %s: bad sha256 %q", e.Key, e.SHA256)
 		}
-		defer f.Close()
-		t0 := time.Now()
-		sum, err := q.check(e, f)
-		if err != nil {
-			return err
-		}
-		err = q.store.Create(backend.WithSHA256(ctx, sum), e.Key, io.NewSectionReader(f, 0, e.Size), e.Size)
-		switch {
-		case err == nil:
+		return record(ctx, q.store, q.rec, e.Key, [32]byte(sum), decodeChunks(e.Chunks, e.Size))
+	}
+	f, err := os.Open(q.dataPath(e.Data))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	t0 := time.Now()
+	sum, chunks, err := q.check(e, f)
+	if err != nil {
+		return err
+	}
+	out, err := Put(ctx, q.store, q.rec, Upload{Key: e.Key, Data: f, Size: e.Size, SHA256: sum, Chunks: chunks}, func(out Outcome) {
+		switch out {
+		case Created:
 			q.count(func(s *Stats) { s.Uploaded++; s.UploadedBytes += e.Size })
 			// took: hashing and uploading; queued: since bitbake published it
 			q.log.Info("published", "object", e.Key, "bytes", e.Size, "took", time.Since(t0).Round(time.Millisecond), "queued", q.now().Sub(e.Enqueued).Round(time.Millisecond))
-		case errors.Is(err, backend.ErrExist):
-			same, herr := q.sameAsStore(ctx, e)
-			if herr != nil {
-				return fmt.Errorf("object exists, comparing it: %w", herr)
-			}
-			if !same {
-				// First writer wins: another builder published other bytes
-				// under this name (different PR service, say). Ours stays
-				// local; the index keeps the store's object.
-				q.count(func(s *Stats) { s.Conflicts++ })
-				q.log.Warn("not published: the store has other content under this name (first writer wins)", "object", e.Key)
-				return nil
-			}
+		case AlreadyThere:
 			q.count(func(s *Stats) { s.Existing++ })
-		default:
-			return err
 		}
 		e.State = Uploaded
 		q.update(e)
+		uploaded()
+	})
+	if out == Conflict {
+		// Another builder published other bytes under this name (different
+		// PR service, say). Ours stays local; the index keeps the store's
+		// object.
+		q.count(func(s *Stats) { s.Conflicts++ })
+		q.log.Warn("not published: the store has other content under this name (first writer wins)", "object", e.Key)
 	}
-	uploaded()
-	digest, err := hex.DecodeString(e.SHA256)
-	if err != nil || len(digest) != 32 {
-		return fmt.Errorf("entry %s: bad sha256 %q", e.Key, e.SHA256)
-	}
-	// The object is in the store; its mtime there is within moments of
-	// now, which saves a round trip per object.
-	return q.rec.Added(ctx, index.Object{Key: e.Key, Size: e.Size, ModTime: q.now(), SHA256: [32]byte(digest),
-		Chunks: decodeChunks(e.Chunks, e.Size)})
+	return err
 }
 
 // check hashes the queued file in one pass (its digest and chunk digests)
 // right before an upload. The first time, it records them in the entry (on
 // disk, so that a restart compares with them too); later, it compares.
 // Bytes or a size other than those published give ErrChanged.
-func (q *Queue) check(e *Entry, f *os.File) ([32]byte, error) {
-	d := index.NewDigester()
-	buf := hashBufs.Get().(*[]byte)
-	defer hashBufs.Put(buf)
-	// a bare reader: *os.File's WriteTo would read 32 KiB at a time
-	if _, err := io.CopyBuffer(d, struct{ io.Reader }{f}, *buf); err != nil {
-		return [32]byte{}, err
+func (q *Queue) check(e *Entry, f *os.File) ([32]byte, [][32]byte, error) {
+	sum, chunks, n, err := index.Digest(f)
+	if err != nil {
+		return sum, nil, err
 	}
-	sum, chunks := d.Sum()
 	got := hex.EncodeToString(sum[:])
 	switch {
-	case d.Size() != e.Size:
+	case n != e.Size:
 		was := "not hashed yet"
 		if e.SHA256 != "" {
 			was = e.SHA256 + " when first hashed for upload"
 		}
-		return sum, fmt.Errorf("%s: %w: %d bytes, %d when published (sha256 now %s, %s)", e.Key, ErrChanged, d.Size(), e.Size, got, was)
+		return sum, nil, fmt.Errorf("%s: %w: %d bytes, %d when published (sha256 now %s, %s)", e.Key, ErrChanged, n, e.Size, got, was)
 	case e.SHA256 == "":
 		e.SHA256 = got
 		e.Chunks = make([]string, len(chunks))
@@ -518,9 +508,9 @@ func (q *Queue) check(e *Entry, f *os.File) ([32]byte, error) {
 		}
 		q.update(e)
 	case got != e.SHA256:
-		return sum, fmt.Errorf("%s: %w: sha256 %s, %s when first hashed for upload", e.Key, ErrChanged, got, e.SHA256)
+		return sum, nil, fmt.Errorf("%s: %w: sha256 %s, %s when first hashed for upload", e.Key, ErrChanged, got, e.SHA256)
 	}
-	return sum, nil
+	return sum, chunks, nil
 }
 
 // decodeChunks returns the chunk digests of an entry, nil if it has none
@@ -538,33 +528,6 @@ func decodeChunks(hexes []string, size int64) [][32]byte {
 		out[k] = [32]byte(b)
 	}
 	return out
-}
-
-// sameAsStore reads the store's object and compares its digest with ours:
-// after a crash between upload and bookkeeping the object may be our own.
-func (q *Queue) sameAsStore(ctx context.Context, e *Entry) (bool, error) {
-	rc, err := q.store.Open(ctx, e.Key, 0, -1)
-	if err != nil {
-		return false, err
-	}
-	defer rc.Close()
-	sum, err := sha256Of(rc)
-	if err != nil {
-		return false, err
-	}
-	return hex.EncodeToString(sum[:]) == e.SHA256, nil
-}
-
-// sha256Of reads r to its end through SHA-256, in 256 KiB reads (a bare
-// reader: *os.File's WriteTo would read 32 KiB at a time).
-func sha256Of(r io.Reader) ([32]byte, error) {
-	h := sha256.New()
-	buf := hashBufs.Get().(*[]byte)
-	defer hashBufs.Put(buf)
-	if _, err := io.CopyBuffer(h, struct{ io.Reader }{r}, *buf); err != nil {
-		return [32]byte{}, err
-	}
-	return [32]byte(h.Sum(nil)), nil
 }
 
 func (q *Queue) update(e *Entry) {

@@ -7,7 +7,6 @@ package transfer
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -20,7 +19,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -28,13 +26,12 @@ import (
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/beneath"
+	"github.com/sstatefs/sstatefs/publish"
 	"github.com/sstatefs/sstatefs/sstate"
 )
 
 // Recorder records objects in the index journal (index.Journal).
-type Recorder interface {
-	Added(ctx context.Context, o index.Object) error
-}
+type Recorder = publish.Recorder
 
 // Progress is told of work done: items and bytes so far out of the totals.
 // It is never called concurrently.
@@ -129,51 +126,38 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 		return res, err
 	}
 	var todo []localObject
-	var total int64
 	for _, o := range objs {
 		if k, ok := opt.Known.Lookup(o.key); ok && k.Size == o.size {
 			res.Skipped++
 			continue
 		}
 		todo = append(todo, o)
-		total += o.size
 	}
-	var mu sync.Mutex // protects res
-	var done atomic.Int64
-	var doneBytes atomic.Int64
-	report := func(n int64) {
-		if opt.Progress != nil {
-			opt.Progress(int(done.Add(1)), len(todo), doneBytes.Add(n), total)
-		}
+	type pushed struct {
+		out publish.Outcome
+		err error
 	}
-	if opt.Progress != nil {
-		opt.Progress(0, len(todo), 0, total)
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(opt.Jobs)
-	for _, o := range todo {
-		g.Go(func() error {
-			outcome, err := pushOne(gctx, opt, root, o)
-			mu.Lock()
-			switch {
-			case err != nil:
-				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.key, err))
-				opt.Logger.Error("push failed", "object", o.key, "error", err)
-			case outcome == "uploaded":
+	err = each(ctx, opt.Jobs, todo, func(o localObject) int64 { return o.size }, opt.Progress,
+		func(ctx context.Context, o localObject) pushed {
+			out, err := pushOne(ctx, opt, root, o)
+			return pushed{out, err}
+		},
+		func(o localObject, p pushed) {
+			switch p.out {
+			case publish.Failed:
+				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.key, p.err))
+				opt.Logger.Error("push failed", "object", o.key, "error", p.err)
+			case publish.Created:
 				res.Uploaded++
 				res.UploadedBytes += o.size
-			case outcome == "existing":
+			case publish.AlreadyThere:
 				res.Existing++
-			case outcome == "conflict":
+			case publish.Conflict:
 				res.Conflicts++
 				opt.Logger.Warn("not pushed: the store has other content under this name (first writer wins)", "object", o.key)
 			}
-			report(o.size) // under mu: Progress is never called concurrently
-			mu.Unlock()
-			return gctx.Err() // only cancellation stops the others
 		})
-	}
-	if err := g.Wait(); err != nil {
+	if err != nil {
 		return res, err
 	}
 	if len(res.Failed) > 0 {
@@ -182,68 +166,63 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 	return res, nil
 }
 
-func pushOne(ctx context.Context, opt PushOptions, root *os.File, o localObject) (string, error) {
+// pushOne uploads one local object by the upload rules (publish.Put).
+func pushOne(ctx context.Context, opt PushOptions, root *os.File, o localObject) (publish.Outcome, error) {
 	// Opened once, below the root without links (the file may have been
 	// replaced by one since the scan), then hashed and uploaded from the
 	// same descriptor.
 	f, err := beneath.Open(root, o.key)
 	if err != nil {
-		return "", err
+		return publish.Failed, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return "", err
+		return publish.Failed, err
 	}
 	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("%s: not a regular file", o.key)
+		return publish.Failed, fmt.Errorf("%s: not a regular file", o.key)
 	}
 	size := fi.Size()
-	// the digest and the chunk digests for the index, in one pass
-	d := index.NewDigester()
-	if _, err := io.Copy(d, io.NewSectionReader(f, 0, size)); err != nil {
-		return "", err
-	}
-	sum, chunks := d.Sum()
-	outcome := "uploaded"
-	err = opt.Store.Create(backend.WithSHA256(ctx, sum), o.key, io.NewSectionReader(f, 0, size), size)
-	if errors.Is(err, backend.ErrExist) {
-		theirs, herr := hashStore(ctx, opt.Store, o.key)
-		if herr != nil {
-			return "", fmt.Errorf("exists in the store, comparing: %w", herr)
-		}
-		if theirs != sum {
-			return "conflict", nil
-		}
-		outcome, err = "existing", nil
-	}
+	sum, chunks, _, err := index.Digest(io.NewSectionReader(f, 0, size))
 	if err != nil {
-		return "", err
+		return publish.Failed, err
 	}
-	oi, err := opt.Store.Stat(ctx, o.key)
-	if err != nil {
-		return "", err
-	}
-	if index.NumChunks(oi.Size) != len(chunks) {
-		chunks = nil // not the size hashed: the record must not claim them
-	}
-	if err := opt.Recorder.Added(ctx, index.Object{Key: o.key, Size: oi.Size, ModTime: oi.ModTime, SHA256: sum, Chunks: chunks}); err != nil {
-		return "", fmt.Errorf("recording in the index: %w", err)
-	}
-	return outcome, nil
+	return publish.Put(ctx, opt.Store, opt.Recorder, publish.Upload{Key: o.key, Data: f, Size: size, SHA256: sum, Chunks: chunks}, nil)
 }
 
-func hashStore(ctx context.Context, s backend.Store, key string) ([32]byte, error) {
-	rc, err := s.Open(ctx, key, 0, -1)
-	if err != nil {
-		return [32]byte{}, err
+// each runs work on every item, jobs at once, and tallies each result:
+// tally and progress are called under one lock, never concurrently. A
+// failed item does not stop the others; only the end of ctx does.
+func each[T, R any](ctx context.Context, jobs int, items []T, size func(T) int64, progress Progress,
+	work func(context.Context, T) R, tally func(T, R)) error {
+	var total int64
+	for _, it := range items {
+		total += size(it)
 	}
-	defer rc.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, rc); err != nil {
-		return [32]byte{}, err
+	if progress != nil {
+		progress(0, len(items), 0, total)
 	}
-	return [32]byte(h.Sum(nil)), nil
+	var mu sync.Mutex // protects done, doneBytes and what tally changes
+	var done int
+	var doneBytes int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(jobs)
+	for _, it := range items {
+		g.Go(func() error {
+			r := work(gctx, it)
+			mu.Lock()
+			defer mu.Unlock()
+			tally(it, r)
+			done++
+			doneBytes += size(it)
+			if progress != nil {
+				progress(done, len(items), doneBytes, total)
+			}
+			return gctx.Err()
+		})
+	}
+	return g.Wait()
 }
 
 // ExportOptions configure Export.
@@ -296,26 +275,16 @@ func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
 	}
 	defer root.Close()
 	var todo []index.Object
-	var total int64
 	for _, o := range objs {
 		if fi, err := beneath.Lstat(root, o.Key); err == nil && fi.Mode().IsRegular() && fi.Size() == o.Size {
 			res.Skipped++
 			continue
 		}
 		todo = append(todo, o)
-		total += o.Size
 	}
-	if opt.Progress != nil {
-		opt.Progress(0, len(todo), 0, total)
-	}
-	var mu sync.Mutex
-	var done, doneBytes atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(opt.Jobs)
-	for _, o := range todo {
-		g.Go(func() error {
-			err := exportOne(gctx, opt, root, o)
-			mu.Lock()
+	err = each(ctx, opt.Jobs, todo, func(o index.Object) int64 { return o.Size }, opt.Progress,
+		func(ctx context.Context, o index.Object) error { return exportOne(ctx, opt, root, o) },
+		func(o index.Object, err error) {
 			if err != nil {
 				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.Key, err))
 				opt.Logger.Error("export failed", "object", o.Key, "error", err)
@@ -323,14 +292,8 @@ func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
 				res.Written++
 				res.WrittenBytes += o.Size
 			}
-			if opt.Progress != nil {
-				opt.Progress(int(done.Add(1)), len(todo), doneBytes.Add(o.Size), total)
-			}
-			mu.Unlock()
-			return gctx.Err()
 		})
-	}
-	if err := g.Wait(); err != nil {
+	if err != nil {
 		return res, err
 	}
 	if len(res.Failed) > 0 {
@@ -418,8 +381,7 @@ func exportOne(ctx context.Context, opt ExportOptions, root *os.File, o index.Ob
 	}
 	dfd := int(d.Fd())
 	defer unix.Unlinkat(dfd, name, 0) // after the rename: ENOENT, ignored
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), rc)
+	sum, n, err := index.CopySum(tmp, rc)
 	if err == nil {
 		err = tmp.Chmod(0o664)
 	}
@@ -432,8 +394,8 @@ func exportOne(ctx context.Context, opt ExportOptions, root *os.File, o index.Ob
 	if n != o.Size {
 		return fmt.Errorf("got %d bytes, want %d", n, o.Size)
 	}
-	if o.SHA256 != ([32]byte{}) && [32]byte(h.Sum(nil)) != o.SHA256 {
-		return fmt.Errorf("sha256 %s does not match the index (%s)", hex.EncodeToString(h.Sum(nil)), hex.EncodeToString(o.SHA256[:]))
+	if o.SHA256 != ([32]byte{}) && sum != o.SHA256 {
+		return fmt.Errorf("sha256 %s does not match the index (%s)", hex.EncodeToString(sum[:]), hex.EncodeToString(o.SHA256[:]))
 	}
 	if !o.ModTime.IsZero() {
 		ts := unix.NsecToTimespec(o.ModTime.UnixNano())

@@ -375,3 +375,46 @@ func TestExportNeverWritesThroughLinks(t *testing.T) {
 		}
 	}
 }
+
+// TestPushOutcomes: each object's outcome is tallied as what it is, and
+// the index learns what the store holds: new and already-there objects with
+// the store's mtime, a conflicting one not at all.
+func TestPushOutcomes(t *testing.T) {
+	local := t.TempDir()
+	fresh, same, same2, other := objKey(0, "package"), objKey(1, "package"), objKey(3, "package"), objKey(2, "package")
+	data := map[string][]byte{fresh: rnd(3000), same: rnd(2000), same2: rnd(1500), other: rnd(1000)}
+	for k, d := range data {
+		write(t, local, k, d)
+	}
+	store, err := file.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for k, d := range map[string][]byte{same: data[same], same2: data[same2], other: rnd(len(data[other]))} {
+		if err := store.Create(ctx, k, bytes.NewReader(d), int64(len(d))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec := &recorder{}
+	res, err := Push(ctx, PushOptions{Dir: local, Store: store, Recorder: rec})
+	if err != nil || res.Uploaded != 1 || res.UploadedBytes != 3000 || res.Existing != 2 || res.Conflicts != 1 || len(res.Failed) != 0 {
+		t.Fatalf("push: %+v, %v", res, err)
+	}
+	got := map[string]index.Object{}
+	for _, o := range rec.objs {
+		got[o.Key] = o
+	}
+	if len(got) != 3 {
+		t.Fatalf("recorded %d objects, want the new one and the two already there: %+v", len(got), rec.objs)
+	}
+	for _, k := range []string{fresh, same, same2} {
+		oi, err := store.Stat(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o := got[k]; o.SHA256 != sha256.Sum256(data[k]) || o.Size != oi.Size || !o.ModTime.Equal(oi.ModTime) {
+			t.Errorf("%s recorded as %+v, the store has %+v", k, o, oi)
+		}
+	}
+}
