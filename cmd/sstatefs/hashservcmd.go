@@ -4,15 +4,12 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/sstatefs/sstatefs/backend"
@@ -20,6 +17,7 @@ import (
 	"github.com/sstatefs/sstatefs/hashserv"
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/access"
+	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/unixsock"
 	"github.com/sstatefs/sstatefs/sstate"
 )
@@ -106,10 +104,10 @@ func startHashserv(ctx context.Context, addr string, b hashserv.Backend, readOnl
 // hashservSocket is the owner and mode of the hash equivalence socket:
 // uid:gid (the mount owner, or the user running `hashserv serve`), mode
 // 0600; with hashserv.group, that group and mode 0660.
-func hashservSocket(hc HashservConfig, uid, gid uint32) (unixsock.Owner, error) {
+func hashservSocket(hc config.HashservConfig, uid, gid uint32) (unixsock.Owner, error) {
 	o := unixsock.Owner{UID: int(uid), GID: int(gid), Mode: 0o600}
 	if hc.Group != "" {
-		g, err := lookupGroup(hc.Group)
+		g, err := config.LookupGroup(hc.Group)
 		if err != nil {
 			return o, fmt.Errorf("hashserv.group (--hashserv-group): %w", err)
 		}
@@ -171,43 +169,31 @@ func cmdHashserv(args []string) int {
 }
 
 func cmdHashservServe(args []string) int {
-	fset := flag.NewFlagSet("hashserv serve", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	listen := fset.String("listen", "", "where to serve: unix:///path/to.sock or 127.0.0.1:PORT, as in BB_HASHSERVE (default: hashserv.listen, else unix:///run/sstatefs/hashserv.sock)")
-	readOnly := fset.Bool("read-only", false, "answer reports without recording them, like bitbake's --read-only server (for BB_HASHSERVE_UPSTREAM)")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), `Usage: sstatefs hashserv serve [flags]
+	c := newCommand("hashserv serve", `Usage: sstatefs hashserv serve [flags]
 
 Serves bitbake's hash equivalence protocol (OEHASHEQUIV 1.1) from the equivalence records in the
 (first) store's index, and records reports into the store, so bitbake can use sstatefs as
 BB_HASHSERVE or as the BB_HASHSERVE_UPSTREAM of its local server. No database server to run.
-(sstatefs mount --hashserv ADDR does the same inside a mount.)
-
-Flags:
-`)
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+(sstatefs mount --hashserv ADDR does the same inside a mount.)`,
+		"store", "log", "hashserv", "index.refresh_interval", "index.max_age", "publish.writer_id")
+	listen := c.flags.String("listen", "", "where to serve: unix:///path/to.sock or 127.0.0.1:PORT, as in BB_HASHSERVE (default: hashserv.listen, else unix:///run/sstatefs/hashserv.sock)")
+	readOnly := c.flags.Bool("read-only", false, "answer reports without recording them, like bitbake's --read-only server (for BB_HASHSERVE_UPSTREAM)")
+	if !c.parse(args, 0, -1, nil) {
 		return 2
 	}
-	cfg, err := cf.load()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv serve: %v\n", err)
-		return 2
-	}
+	cfg := c.cfg
 	if *listen == "" {
 		*listen = cfg.Hashserv.Listen
 	}
 	if *listen == "" {
 		*listen = "unix:///run/sstatefs/hashserv.sock"
 	}
-	log := newLogger(cfg.Log)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	log := c.logger()
+	ctx, stop := c.signalContext()
 	defer stop()
-	store, err := openStore(ctx, cfg.Stores[0])
+	store, err := c.store(ctx)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv serve: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	live := index.NewLive(store, index.LiveOptions{Interval: cfg.Index.RefreshInterval.Duration, MaxAge: cfg.Index.MaxAge.Duration, Logger: log})
 	if err := live.LoadOnce(ctx); err != nil && !errors.Is(err, index.ErrNoIndex) {
@@ -223,13 +209,12 @@ Flags:
 	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
 	owner, err := hashservSocket(cfg.Hashserv, uid, gid)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv serve: %v\n", err)
+		c.report(err)
 		return 2
 	}
 	_, addr, err := startHashserv(ctx, *listen, &equivBackend{live: live, journal: journal}, ro, owner, access.Rule{UID: uid, GID: gid}, log)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv serve: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	log.Info("serving hash equivalence", "addr", addr, "store", store.Location(), "equivalences", live.Current().NumEquivalences(), "read_only", ro)
 	<-ctx.Done()
@@ -240,47 +225,36 @@ Flags:
 }
 
 func cmdHashservImport(args []string) int {
-	fset := flag.NewFlagSet("hashserv import", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	db := fset.String("sqlite", "", "a bitbake-hashserv database file (its -d option); read-only")
-	server := fset.String("server", "", "a running hash equivalence server (unix:///path or host:port)")
-	pairs := fset.String("pairs", "", "with --server: file of 'METHOD TASKHASH' lines to import (the protocol cannot list a server's records)")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), `Usage: sstatefs hashserv import [flags]
+	c := newCommand("hashserv import", `Usage: sstatefs hashserv import [flags]
 
 Imports hash equivalence records into the (first) store's index: every record of a bitbake-hashserv
 sqlite database (--sqlite), or the records of the given pairs from a running server (--server with
 --pairs). Records are written as journal segments; the first report for a taskhash wins, so an
-import never overrides what the index already says.
-
-Flags:
-`)
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+import never overrides what the index already says.`, "store", "log", "publish.writer_id")
+	db := c.flags.String("sqlite", "", "a bitbake-hashserv database file (its -d option); read-only")
+	server := c.flags.String("server", "", "a running hash equivalence server (unix:///path or host:port)")
+	pairs := c.flags.String("pairs", "", "with --server: file of 'METHOD TASKHASH' lines to import (the protocol cannot list a server's records)")
+	if !c.parse(args, 0, -1, func() error {
+		if (*db == "") == (*server == "") {
+			return errors.New("give exactly one of --sqlite and --server")
+		}
+		if *server != "" && *pairs == "" {
+			return errors.New("--server needs --pairs: the hash equivalence protocol cannot list a server's records (to import everything, read its database file with --sqlite)")
+		}
+		return nil
+	}) {
 		return 2
 	}
-	cfg, err := cf.load()
-	if err == nil && (*db == "") == (*server == "") {
-		err = errors.New("give exactly one of --sqlite and --server")
-	}
-	if err == nil && *server != "" && *pairs == "" {
-		err = errors.New("--server needs --pairs: the hash equivalence protocol cannot list a server's records (to import everything, read its database file with --sqlite)")
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv import: %v\n", err)
-		return 2
-	}
-	log := newLogger(cfg.Log)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	cfg := c.cfg
+	log := c.logger()
+	ctx, stop := c.signalContext()
 	defer stop()
-	store, err := openStore(ctx, cfg.Stores[0])
+	store, err := c.store(ctx)
 	if err == nil && backend.IsReadOnly(store) {
 		err = fmt.Errorf("%s is read-only: import into an s3:// or file:// store", store.Location())
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv import: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log, MaxBatch: 10000})
 	var batch []index.Equivalence

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,8 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/sstatefs/sstatefs/hashserv"
 	"github.com/sstatefs/sstatefs/internal/access"
+	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 	"github.com/sstatefs/sstatefs/sstate"
 )
@@ -92,7 +94,7 @@ func asNobody(t *testing.T, env ...string) string {
 
 // startLoggedMount is startTestMount with the mount's log kept for the
 // test to read.
-func startLoggedMount(t *testing.T, cfg Config) (*mounted, *testutil.SyncBuffer) {
+func startLoggedMount(t *testing.T, cfg config.Config) (*mounted, *testutil.SyncBuffer) {
 	t.Helper()
 	testutil.RequireFUSE(t)
 	var buf testutil.SyncBuffer
@@ -256,7 +258,7 @@ func TestHashservServeSocket(t *testing.T) {
 		mode  os.FileMode
 		gid   int
 	}{{"", 0o600, os.Getgid()}, {fmt.Sprint(testutil.Nobody), 0o660, testutil.Nobody}} {
-		owner, err := hashservSocket(HashservConfig{Group: tc.group}, uint32(os.Getuid()), uint32(os.Getgid()))
+		owner, err := hashservSocket(config.HashservConfig{Group: tc.group}, uint32(os.Getuid()), uint32(os.Getgid()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -273,7 +275,7 @@ func TestHashservServeSocket(t *testing.T) {
 			t.Errorf("group %q: socket %v %d:%d, want %v %d:%d", tc.group, mode, uid, gid, tc.mode, os.Getuid(), tc.gid)
 		}
 	}
-	if _, err := hashservSocket(HashservConfig{Group: "no-such-group-here"}, 0, 0); err == nil || !strings.Contains(err.Error(), "no-such-group-here") {
+	if _, err := hashservSocket(config.HashservConfig{Group: "no-such-group-here"}, 0, 0); err == nil || !strings.Contains(err.Error(), "no-such-group-here") {
 		t.Errorf("unknown group: %v", err)
 	}
 }
@@ -507,12 +509,12 @@ func TestHashservGroupConfig(t *testing.T) {
 		{[]string{"--config", f, "--hashserv-group", "4242"}, "4242", false},
 		{[]string{"--config", "/dev/null", "--hashserv-group", "root"}, "root", false},
 	} {
-		fset := flag.NewFlagSet("t", flag.ContinueOnError)
-		cf := newConfigFlags(fset)
+		fset := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		cf := config.NewFlags(fset)
 		if err := fset.Parse(tc.args); err != nil {
 			t.Fatal(err)
 		}
-		cfg, err := cf.load()
+		cfg, err := cf.Load()
 		if tc.wantErr {
 			if err == nil || !strings.Contains(err.Error(), "hashserv.group") || !strings.Contains(err.Error(), "no-such-group-here") {
 				t.Errorf("%v: %v, want an error naming hashserv.group and the group", tc.args, err)

@@ -4,13 +4,11 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -26,36 +24,22 @@ import (
 	"github.com/sstatefs/sstatefs/hashserv"
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/access"
+	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/publish"
 	"github.com/sstatefs/sstatefs/view"
 )
 
 func cmdMount(args []string) int {
-	fset := flag.NewFlagSet("mount", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), "Usage: sstatefs mount [flags] MOUNTPOINT\n\nMounts the store as an SSTATE_DIR and serves it in the foreground until SIGINT or SIGTERM.\n\nFlags:\n")
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+	c := newCommand("mount", "Usage: sstatefs mount [flags] MOUNTPOINT\n\nMounts the store as an SSTATE_DIR and serves it in the foreground until SIGINT or SIGTERM.")
+	if !c.parse(args, 1, 1, nil) {
 		return 2
 	}
-	if fset.NArg() != 1 {
-		fset.Usage()
-		return 2
-	}
-	cfg, err := cf.load()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs mount: %v\n", err)
-		return 2
-	}
-	log := newLogger(cfg.Log)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	log := c.logger()
+	ctx, stop := c.signalContext()
 	defer stop()
-	m, err := startMount(ctx, cfg, fset.Arg(0), log)
+	m, err := startMount(ctx, c.cfg, c.arg(0), log)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs mount: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	select {
 	case <-ctx.Done():
@@ -72,7 +56,7 @@ func cmdMount(args []string) int {
 
 // newLogger logs to stderr as text or JSON; it remembers the last warnings
 // and errors for `sstatefs status`.
-func newLogger(lc LogConfig) *slog.Logger {
+func newLogger(lc config.LogConfig) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(lc.Level))
 	opts := &slog.HandlerOptions{Level: l}
@@ -121,7 +105,7 @@ type mounted struct {
 var cacheClock = time.Now
 
 // startMount composes the stack for the first store and mounts it.
-func startMount(ctx context.Context, cfg Config, mountpoint string, log *slog.Logger) (m *mounted, err error) {
+func startMount(ctx context.Context, cfg config.Config, mountpoint string, log *slog.Logger) (m *mounted, err error) {
 	mp, err := checkMountpoint(mountpoint)
 	if err != nil {
 		return nil, err
@@ -484,7 +468,7 @@ func unescapeMountinfo(s string) string {
 // mountOwner is the owner of store objects: configured, else the mountpoint's.
 func mountOwner(owner, mp string) (uint32, uint32, error) {
 	if owner != "" {
-		return parseOwner(owner)
+		return config.ParseOwner(owner)
 	}
 	var st syscall.Stat_t
 	if err := syscall.Stat(mp, &st); err != nil {
@@ -495,7 +479,7 @@ func mountOwner(owner, mp string) (uint32, uint32, error) {
 
 // claimCacheDir takes the cache directory for this mount: it must not be in
 // use by another sstatefs, and its local overlay must belong to this store.
-func claimCacheDir(dir string, sc StoreConfig) (unlock func(), err error) {
+func claimCacheDir(dir string, sc config.StoreConfig) (unlock func(), err error) {
 	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o755); err != nil {
 		return nil, fmt.Errorf("cache dir: %w", err)
 	}
@@ -593,7 +577,7 @@ func compactLoop(ctx context.Context, store backend.Store, live *index.Live, eve
 	}
 }
 
-func prefetchWorkers(pc PrefetchConfig) int {
+func prefetchWorkers(pc config.PrefetchConfig) int {
 	if pc.Mode == "off" {
 		return 0
 	}

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
@@ -55,10 +56,10 @@ func makeArchive(t *testing.T) ([]byte, []byte) {
 	return data, payload
 }
 
-func testConfig(t *testing.T, url string) Config {
-	cfg := Defaults()
-	cfg.Stores = []StoreConfig{{URL: url, Timeout: Duration{Duration: 2 * time.Second}}}
-	storeDefaults(&cfg.Stores[0])
+func testConfig(t *testing.T, url string) config.Config {
+	cfg := config.Defaults()
+	cfg.Stores = []config.StoreConfig{{URL: url, Timeout: config.Duration{Duration: 2 * time.Second}}}
+	config.StoreDefaults(&cfg.Stores[0])
 	cfg.Cache.Dir = t.TempDir()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -66,7 +67,7 @@ func testConfig(t *testing.T, url string) Config {
 	return cfg
 }
 
-func startTestMount(t *testing.T, cfg Config) *mounted {
+func startTestMount(t *testing.T, cfg config.Config) *mounted {
 	t.Helper()
 	testutil.RequireFUSE(t)
 	m, err := startMount(context.Background(), cfg, t.TempDir(), testLogger(t))

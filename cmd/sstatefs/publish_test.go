@@ -22,6 +22,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
@@ -82,18 +83,18 @@ func publishLikeBitbake(t *testing.T, mp, key string, payload []byte) []byte {
 	return data
 }
 
-func s3Config(t *testing.T, env testutil.S3Env, bucket string) Config {
+func s3Config(t *testing.T, env testutil.S3Env, bucket string) config.Config {
 	t.Setenv("AWS_ACCESS_KEY_ID", env.AccessKey)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", env.SecretKey)
 	cfg := testConfig(t, "s3://"+bucket+"/sstate")
 	cfg.Stores[0].Endpoint = env.Endpoint
 	cfg.Stores[0].PathStyle = true
-	cfg.Publish.DrainTimeout = Duration{Duration: 20 * time.Second}
+	cfg.Publish.DrainTimeout = config.Duration{Duration: 20 * time.Second}
 	return cfg
 }
 
 // storeObjects lists the store's sstate objects with their bytes.
-func storeObjects(t *testing.T, cfg Config) map[string][]byte {
+func storeObjects(t *testing.T, cfg config.Config) map[string][]byte {
 	t.Helper()
 	ctx := context.Background()
 	store, err := openStore(ctx, cfg.Stores[0])
@@ -120,7 +121,7 @@ func storeObjects(t *testing.T, cfg Config) map[string][]byte {
 	return out
 }
 
-func loadIndex(t *testing.T, cfg Config) *index.Index {
+func loadIndex(t *testing.T, cfg config.Config) *index.Index {
 	t.Helper()
 	ctx := context.Background()
 	store, err := openStore(ctx, cfg.Stores[0])

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -38,36 +37,19 @@ type QueueStatus struct {
 }
 
 func cmdStatus(args []string) int {
-	fset := flag.NewFlagSet("status", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	asJSON := fset.Bool("json", false, "print JSON")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), `Usage: sstatefs status [flags] [MOUNTPOINT]
+	c := newCommand("status", `Usage: sstatefs status [flags] [MOUNTPOINT]
 
 Shows the live state of a running mount (stores, index age and size, cache use, lookups, upload
 queue, recent errors), asked over its control socket. MOUNTPOINT names the mount; without it,
 the mount using --cache-dir. When no mount is running there, it shows the upload queue left on
-disk.
-
-Flags:
-`)
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+disk.`, "cache.dir")
+	asJSON := c.flags.Bool("json", false, "print JSON")
+	if !c.parse(args, 0, 1, nil) {
 		return 2
 	}
-	cfg, err := cf.load()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs status: %v\n", err)
-		return 2
-	}
-	cacheDir := cfg.Cache.Dir
-	if fset.NArg() > 1 {
-		fset.Usage()
-		return 2
-	}
-	if fset.NArg() == 1 {
-		mp, _ := filepath.Abs(fset.Arg(0))
+	cacheDir := c.cfg.Cache.Dir
+	if c.flags.NArg() == 1 {
+		mp, _ := filepath.Abs(c.arg(0))
 		if real, err := filepath.EvalSymlinks(mp); err == nil {
 			mp = real
 		}
@@ -88,8 +70,7 @@ Flags:
 	}
 	st, err := readStatus(cacheDir)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs status: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	if *asJSON {
 		printJSON(os.Stdout, st)
