@@ -19,7 +19,6 @@ import (
 	"github.com/sstatefs/sstatefs/internal/access"
 	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/unixsock"
-	"github.com/sstatefs/sstatefs/sstate"
 )
 
 // equivBackend serves bitbake's hash equivalence protocol from the index:
@@ -51,26 +50,7 @@ func (b *equivBackend) GetByOuthash(method, outhash string) (hashserv.Equivalenc
 // from the index whether an sstate object named by the unihash is present,
 // at the top level or under any NATIVELSBSTRING directory.
 func (b *equivBackend) ObjectExists(unihash string) bool {
-	ix := b.live.Current()
-	if len(unihash) < 4 || !sstate.IsHash(unihash) {
-		return false
-	}
-	sub := unihash[0:2] + "/" + unihash[2:4]
-	dirs := []string{sub}
-	for _, e := range ix.Children("") {
-		if e.IsDir && sstate.IsNativeDir(e.Name) {
-			dirs = append(dirs, e.Name+"/"+sub)
-		}
-	}
-	needle := ":" + unihash + "_"
-	for _, d := range dirs {
-		for _, e := range ix.Children(d) {
-			if !e.IsDir && strings.Contains(e.Name, needle) {
-				return true
-			}
-		}
-	}
-	return false
+	return b.live.Current().HasObjectOfHash(unihash)
 }
 
 func (b *equivBackend) Record(ctx context.Context, e hashserv.Equivalence) error {

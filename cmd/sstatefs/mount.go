@@ -1,16 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +22,7 @@ import (
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/access"
 	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/publish"
 	"github.com/sstatefs/sstatefs/view"
 )
@@ -154,7 +152,7 @@ func startMount(ctx context.Context, cfg config.Config, mountpoint string, log *
 	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log})
 	journal.OnWrite(live.Apply) // this mount's publications show in its own index at once
 	if !readOnly {
-		initIndex(ctx, store, live, log)
+		index.InitEmpty(ctx, store, live, log)
 	}
 	queue, err := publish.Open(publish.Options{
 		Dir: filepath.Join(cfg.Cache.Dir, "queue"), Store: store, Recorder: journal,
@@ -245,7 +243,8 @@ func startMount(ctx context.Context, cfg config.Config, mountpoint string, log *
 	go journal.Run(rctx)
 	go v.RunPrefetch(rctx)
 	if !readOnly && cfg.Index.CompactInterval.Duration > 0 {
-		go compactLoop(rctx, store, live, cfg.Index.CompactInterval.Duration, cfg.Publish.WriterID, log)
+		go index.CompactEvery(rctx, store, live, cfg.Index.CompactInterval.Duration,
+			index.CompactOptions{Grace: index.DefaultGrace, Writer: cfg.Publish.WriterID, Logger: log})
 	}
 	m = &mounted{
 		mountpoint: mp, server: server, fs: f, live: live, cache: c, store: store,
@@ -410,59 +409,10 @@ func checkMountpoint(mp string) (string, error) {
 	if real, err := filepath.EvalSymlinks(abs); err == nil {
 		abs = real
 	}
-	if fstype, ok := mountedAt(abs); ok {
+	if fstype, _, ok := mountinfo.At(abs); ok {
 		return "", fmt.Errorf("mountpoint %s is busy: a %s file system is already mounted there; unmount it first (fusermount3 -u %s)", abs, fstype, abs)
 	}
 	return abs, nil
-}
-
-// mountedAt looks dir up in /proc/self/mountinfo.
-func mountedAt(dir string) (fstype string, ok bool) {
-	fstype, _, ok = mountInfo(dir)
-	return fstype, ok
-}
-
-// mountInfo returns the file system type and source of the mount at dir.
-func mountInfo(dir string) (fstype, source string, ok bool) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", "", false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options... - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || unescapeMountinfo(fields[4]) != dir {
-			continue
-		}
-		for i, fl := range fields {
-			if fl == "-" && i+2 < len(fields) {
-				return fields[i+1], unescapeMountinfo(fields[i+2]), true
-			}
-		}
-		return "unknown", "", true
-	}
-	return "", "", false
-}
-
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // mountOwner is the owner of store objects: configured, else the mountpoint's.
@@ -512,69 +462,6 @@ func claimCacheDir(dir string, sc config.StoreConfig) (unlock func(), err error)
 		return nil, fmt.Errorf("cache dir: %w", err)
 	}
 	return unlock, nil
-}
-
-// initIndex gives an empty, writable store an empty, complete snapshot, so
-// that absent names are answered from memory from the first build on. A
-// store with objects but no snapshot needs `sstatefs index build` (which
-// hashes every object); until then misses probe the store.
-func initIndex(ctx context.Context, store backend.Store, live *index.Live, log *slog.Logger) {
-	if ix := live.Current(); ix != nil && ix.Sources().Snapshot {
-		return
-	}
-	empty := true
-	errStop := errors.New("stop")
-	err := store.List(ctx, "", func(oi backend.ObjectInfo) error {
-		if backend.IsMeta(oi.Key) {
-			return nil
-		}
-		empty = false
-		return errStop
-	})
-	if err != nil && !errors.Is(err, errStop) {
-		log.Warn("cannot list the store to initialise its index", "store", store.Location(), "error", err)
-		return
-	}
-	if !empty {
-		log.Warn("the store has objects but no index snapshot: absent names cost a request each until you run `sstatefs index build`", "store", store.Location())
-		return
-	}
-	if err := index.Save(ctx, store, index.New(nil, time.Now())); err != nil {
-		log.Warn("writing an empty index", "store", store.Location(), "error", err)
-		return
-	}
-	if err := live.LoadOnce(ctx); err != nil {
-		log.Warn("reloading the index", "error", err)
-		return
-	}
-	log.Info("empty store: wrote an empty index", "store", store.Location())
-}
-
-// compactLoop folds the journal into a new snapshot now and then, when
-// enough segments have accumulated; with many mounts, whichever gets the
-// lock does it and the others skip.
-func compactLoop(ctx context.Context, store backend.Store, live *index.Live, every time.Duration, writer string, log *slog.Logger) {
-	const minSegments = 64
-	for {
-		// jitter: 50%..150% of the interval, so mounts do not line up
-		d := every/2 + time.Duration(rand.Int64N(int64(every)))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(d):
-		}
-		if ix := live.Current(); ix == nil || ix.Sources().Applied < minSegments {
-			continue
-		}
-		res, err := index.Compact(ctx, store, index.CompactOptions{Grace: index.DefaultGrace, Writer: writer, Logger: log})
-		switch {
-		case errors.Is(err, index.ErrCompactionRunning):
-		case err != nil:
-			log.Warn("index compaction failed", "error", err)
-		default:
-			log.Info("index compacted", "segments_folded", res.Folded, "segments_deleted", res.Deleted, "objects", res.Objects)
-		}
-	}
 }
 
 func prefetchWorkers(pc config.PrefetchConfig) int {

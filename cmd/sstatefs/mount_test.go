@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
@@ -258,7 +259,7 @@ func TestMountCommand(t *testing.T) {
 	defer cmd.Process.Kill()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if _, ok := mountedAt(mp); ok {
+		if _, _, ok := mountinfo.At(mp); ok {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -289,7 +290,7 @@ func TestMountCommand(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("no exit 20s after SIGTERM:\n%s", stderr.String())
 	}
-	if _, ok := mountedAt(mp); ok {
+	if _, _, ok := mountinfo.At(mp); ok {
 		t.Fatal("still mounted after exit")
 	}
 	if !strings.Contains(stderr.String(), "unmounting") {

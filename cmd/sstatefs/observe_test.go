@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
@@ -132,7 +133,7 @@ func TestMetricsHealthStatus(t *testing.T) {
 	env.Start()
 
 	// status over the control socket, found from the mountpoint
-	if _, source, ok := mountInfo(m.mountpoint); !ok || source != cfg.Cache.Dir {
+	if _, source, ok := mountinfo.At(m.mountpoint); !ok || source != cfg.Cache.Dir {
 		t.Fatalf("mount table source %q, want the cache dir %q", source, cfg.Cache.Dir)
 	}
 	st, err := askStatus(cfg.Cache.Dir)

@@ -19,6 +19,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/sstate"
 )
 
@@ -46,7 +47,7 @@ restore reads from local disk. MOUNTPOINT names the mount; without it, the mount
 	cacheDir := c.cfg.Cache.Dir
 	if c.flags.NArg() == 1 {
 		mp, _ := filepath.Abs(c.arg(0))
-		_, source, ok := mountInfo(mp)
+		_, source, ok := mountinfo.At(mp)
 		if !ok {
 			fmt.Fprintf(os.Stderr, "sstatefs prefetch: %s is not a mount\n", mp)
 			return 1

@@ -23,6 +23,7 @@ import (
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
@@ -449,7 +450,7 @@ func startBinary(t *testing.T, bin, mp string, args ...string) *exec.Cmd {
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, ok := mountedAt(mp); ok {
+		if _, _, ok := mountinfo.At(mp); ok {
 			return cmd
 		}
 		if time.Now().After(deadline) {

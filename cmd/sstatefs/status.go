@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/publish"
 )
 
@@ -53,7 +54,7 @@ disk.`, "cache.dir")
 		if real, err := filepath.EvalSymlinks(mp); err == nil {
 			mp = real
 		}
-		fstype, source, ok := mountInfo(mp)
+		fstype, source, ok := mountinfo.At(mp)
 		if !ok || fstype != "fuse" && fstype != "fuse.sstatefs" {
 			fmt.Fprintf(os.Stderr, "sstatefs status: %s is not an sstatefs mount\n", mp)
 			return 1
