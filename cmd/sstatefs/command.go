@@ -14,6 +14,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/stores"
 )
 
 // command is the prologue every subcommand shares: its flags (those of the
@@ -130,7 +131,7 @@ func (c *command) logger() *slog.Logger { return newLogger(c.cfg.Log) }
 
 // store opens the (first) store.
 func (c *command) store(ctx context.Context) (backend.Store, error) {
-	return openStore(ctx, c.cfg.Stores[0])
+	return stores.Open(ctx, c.cfg.Stores[0])
 }
 
 // arg is the i-th positional argument.

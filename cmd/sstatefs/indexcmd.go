@@ -14,6 +14,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/stores"
 )
 
 func cmdIndex(args []string) int {
@@ -66,7 +67,7 @@ func progressOut(quiet bool) io.Writer {
 
 func indexBuild(ctx context.Context, sc config.StoreConfig, concurrency int, full bool, progress, out io.Writer) error {
 	log := slog.New(slog.NewTextHandler(progress, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	store, err := openStore(ctx, sc)
+	store, err := stores.Open(ctx, sc)
 	if err != nil {
 		return err
 	}
@@ -126,14 +127,14 @@ func cmdIndexShow(args []string) int {
 }
 
 func indexShow(ctx context.Context, sc config.StoreConfig, out io.Writer) error {
-	store, err := openStore(ctx, sc)
+	store, err := stores.Open(ctx, sc)
 	if err != nil {
 		return err
 	}
 	ix, err := index.Load(ctx, store)
 	if err != nil {
 		if errors.Is(err, index.ErrNoIndex) {
-			return fmt.Errorf("%w: %s (create one with: sstatefs index build --store %s)", err, store.Location(), storeName(sc))
+			return fmt.Errorf("%w: %s (create one with: sstatefs index build --store %s)", err, store.Location(), stores.Name(sc))
 		}
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/mount"
 	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/sstate"
 )
@@ -149,9 +150,9 @@ func objectPaths(r io.Reader) ([]string, error) {
 }
 
 // prefetchViaMount sends the keys to the running mount in batches.
-func prefetchViaMount(ctx context.Context, cacheDir string, keys []string, jobs int, progress io.Writer) (PrefetchResult, error) {
-	var total PrefetchResult
-	sock := controlSocket(cacheDir)
+func prefetchViaMount(ctx context.Context, cacheDir string, keys []string, jobs int, progress io.Writer) (mount.PrefetchResult, error) {
+	var total mount.PrefetchResult
+	sock := mount.ControlSocket(cacheDir)
 	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
@@ -161,13 +162,13 @@ func prefetchViaMount(ctx context.Context, cacheDir string, keys []string, jobs 
 	batch := max(jobs*4, 16)
 	for i := 0; i < len(keys); i += batch {
 		part := keys[i:min(i+batch, len(keys))]
-		body, _ := json.Marshal(PrefetchRequest{Keys: part, Jobs: jobs})
+		body, _ := json.Marshal(mount.PrefetchRequest{Keys: part, Jobs: jobs})
 		req, _ := http.NewRequestWithContext(ctx, "POST", "http://sstatefs/prefetch", bytes.NewReader(body))
 		resp, err := client.Do(req)
 		if err != nil {
 			return total, fmt.Errorf("no sstatefs mount answers on %s (is one running with --cache-dir %s?): %w", sock, cacheDir, err)
 		}
-		var res PrefetchResult
+		var res mount.PrefetchResult
 		err = json.NewDecoder(resp.Body).Decode(&res)
 		resp.Body.Close()
 		if err != nil || resp.StatusCode != http.StatusOK {

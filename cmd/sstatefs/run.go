@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"syscall"
+
+	"github.com/sstatefs/sstatefs/internal/mount"
 )
 
 func cmdRun(args []string) int {
@@ -49,12 +51,12 @@ still drains and unmounts after it exits. For CI job scripts and container entry
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
-	m, err := startMount(context.Background(), c.cfg, mp, log)
+	m, err := mount.Start(context.Background(), c.cfg, mp, log)
 	if err != nil {
 		return c.fail(err)
 	}
-	rc := runCommand(argv, m.mountpoint, sigs, log)
-	if err := m.close(); err != nil {
+	rc := runCommand(argv, m.Mountpoint(), sigs, log)
+	if err := m.Close(); err != nil {
 		log.Error("unmount", "error", err)
 		if rc == 0 {
 			rc = 1

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sstatefs/sstatefs/internal/mount"
 	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/publish"
 )
@@ -21,20 +22,12 @@ import (
 // Status is what `sstatefs status` reports about the mount that owns a
 // cache directory, read from that directory.
 type Status struct {
-	CacheDir string          `json:"cache_dir"`
-	Store    string          `json:"store"`
-	PID      int             `json:"pid,omitempty"`
-	Running  bool            `json:"running"`
-	Queue    QueueStatus     `json:"queue"`
-	Entries  []publish.Entry `json:"entries"`
-}
-
-// QueueStatus summarises the upload queue.
-type QueueStatus struct {
-	Pending      int   `json:"pending"`       // waiting for an upload
-	Uploaded     int   `json:"uploaded"`      // in the store, waiting for the journal
-	Failing      int   `json:"failing"`       // at least one failed attempt
-	PendingBytes int64 `json:"pending_bytes"` // bytes still to upload
+	CacheDir string            `json:"cache_dir"`
+	Store    string            `json:"store"`
+	PID      int               `json:"pid,omitempty"`
+	Running  bool              `json:"running"`
+	Queue    mount.QueueStatus `json:"queue"`
+	Entries  []publish.Entry   `json:"entries"`
 }
 
 func cmdStatus(args []string) int {
@@ -88,9 +81,9 @@ func printJSON(w io.Writer, v any) {
 }
 
 // askStatus asks a running mount over its control socket.
-func askStatus(cacheDir string) (LiveStatus, error) {
-	var st LiveStatus
-	sock := controlSocket(cacheDir)
+func askStatus(cacheDir string) (mount.LiveStatus, error) {
+	var st mount.LiveStatus
+	sock := mount.ControlSocket(cacheDir)
 	client := &http.Client{
 		Timeout: 5 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -109,7 +102,7 @@ func askStatus(cacheDir string) (LiveStatus, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-func printLiveStatus(w io.Writer, st LiveStatus, now time.Time) {
+func printLiveStatus(w io.Writer, st mount.LiveStatus, now time.Time) {
 	ready := "ready"
 	if !st.Ready {
 		ready = "not ready"
@@ -173,28 +166,11 @@ func readStatus(dir string) (Status, error) {
 	if err != nil {
 		return st, err
 	}
-	st.Queue = summarizeQueue(st.Entries)
+	st.Queue = mount.SummarizeQueue(st.Entries)
 	if st.Entries == nil {
 		st.Entries = []publish.Entry{}
 	}
 	return st, nil
-}
-
-func summarizeQueue(entries []publish.Entry) QueueStatus {
-	var q QueueStatus
-	for _, e := range entries {
-		switch e.State {
-		case publish.Uploaded:
-			q.Uploaded++
-		default:
-			q.Pending++
-			q.PendingBytes += e.Size
-		}
-		if e.Attempts > 0 {
-			q.Failing++
-		}
-	}
-	return q
 }
 
 // lockHeld tells whether a process holds the mount's lock on the cache dir.

@@ -31,6 +31,23 @@ func At(dir string) (fstype, source string, ok bool) {
 	return "", "", false
 }
 
+// Under returns the mountpoints at dir or below it, in the table's order.
+func Under(dir string) []string {
+	b, err := os.ReadFile(File)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 {
+			if mp := unescape(f[4]); mp == dir || strings.HasPrefix(mp, dir+"/") {
+				out = append(out, mp)
+			}
+		}
+	}
+	return out
+}
+
 // parseLine reads one line of the table if it is the mount at dir:
 // id parent major:minor root mountpoint options... - fstype source superopts
 func parseLine(line, dir string) (fstype, source string, ok bool) {

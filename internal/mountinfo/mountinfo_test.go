@@ -30,4 +30,13 @@ func TestAt(t *testing.T) {
 			t.Errorf("At(%q) = %q, %q, %v; want %q, %q, %v", tc.dir, fstype, source, ok, tc.fstype, tc.source, tc.ok)
 		}
 	}
+	if got := Under("/srv"); len(got) != 1 || got[0] != "/srv/with space" {
+		t.Errorf("Under(/srv) = %q", got)
+	}
+	if got := Under("/odd"); len(got) != 1 || got[0] != "/odd" {
+		t.Errorf("Under(/odd) = %q", got)
+	}
+	if got := Under("/sr"); len(got) != 0 {
+		t.Errorf("Under(/sr) = %q", got)
+	}
 }

@@ -1,4 +1,6 @@
-package main
+// Package stores opens the store a configuration entry names: its backend
+// wrapped in the decorators every remote call goes through.
+package stores
 
 import (
 	"context"
@@ -13,10 +15,10 @@ import (
 	"github.com/sstatefs/sstatefs/internal/config"
 )
 
-// openStore builds the backend of a store entry and wraps it in the
+// Open builds the backend of a store entry and wraps it in the
 // decorators every remote call goes through: the one place that composes
 // the stack.
-func openStore(ctx context.Context, sc config.StoreConfig) (backend.Store, error) {
+func Open(ctx context.Context, sc config.StoreConfig) (backend.Store, error) {
 	u, err := url.Parse(sc.URL)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", config.RedactURL(sc.URL), err)
@@ -58,7 +60,7 @@ func openStore(ctx context.Context, sc config.StoreConfig) (backend.Store, error
 	return &backend.Timeout{Store: s, D: sc.Timeout.Duration}, nil
 }
 
-// storeName is a store's URL fit for messages.
-func storeName(sc config.StoreConfig) string {
+// Name is a store's URL fit for messages.
+func Name(sc config.StoreConfig) string {
 	return strings.TrimSuffix(config.RedactURL(sc.URL), "/")
 }
