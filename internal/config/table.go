@@ -126,7 +126,9 @@ func (s *Setting) helpDefault() string {
 func (s *Setting) Usage() string {
 	u := s.Help
 	if d := s.helpDefault(); d != "" && d != "false" {
-		u += " (default " + d + ")"
+		// without the README's backquotes: pflag would take a quoted
+		// word for the name of the flag's value
+		u += " (default " + strings.ReplaceAll(d, "`", "") + ")"
 	}
 	return u
 }

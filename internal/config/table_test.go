@@ -141,7 +141,8 @@ func TestFlags(t *testing.T) {
 	var help bytes.Buffer
 	fset.SetOutput(&help)
 	fset.PrintDefaults()
-	for _, want := range []string{"bound of the object cache (default 20GiB)", "uploads to the store at once (default 8)", "(default 10s)", "(default the host name)"} {
+	for _, want := range []string{"bound of the object cache (default 20GiB)", "uploads to the store at once (default 8)", "(default 10s)", "(default the host name)",
+		"--store-region string ", "(default $AWS_REGION, else us-east-1)"} {
 		if !strings.Contains(help.String(), want) {
 			t.Errorf("help does not show %q:\n%s", want, help.String())
 		}
