@@ -134,5 +134,14 @@ func (c *command) store(ctx context.Context) (backend.Store, error) {
 	return stores.Open(ctx, c.cfg.Stores[0])
 }
 
+// open is the start of a command that works on the store: a context that
+// SIGINT and SIGTERM cancel (stop releases them; call it also on error)
+// and the (first) store.
+func (c *command) open() (ctx context.Context, stop context.CancelFunc, store backend.Store, err error) {
+	ctx, stop = c.signalContext()
+	store, err = c.store(ctx)
+	return ctx, stop, store, err
+}
+
 // arg is the i-th positional argument.
 func (c *command) arg(i int) string { return c.flags.Arg(i) }

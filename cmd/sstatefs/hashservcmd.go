@@ -53,9 +53,8 @@ BB_HASHSERVE or as the BB_HASHSERVE_UPSTREAM of its local server. No database se
 		*listen = "unix:///run/sstatefs/hashserv.sock"
 	}
 	log := c.logger()
-	ctx, stop := c.signalContext()
+	ctx, stop, store, err := c.open()
 	defer stop()
-	store, err := c.store(ctx)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -111,9 +110,8 @@ import never overrides what the index already says.`, "store", "log", "publish.w
 	}
 	cfg := c.cfg
 	log := c.logger()
-	ctx, stop := c.signalContext()
+	ctx, stop, store, err := c.open()
 	defer stop()
-	store, err := c.store(ctx)
 	if err == nil && backend.IsReadOnly(store) {
 		err = fmt.Errorf("%s is read-only: import into an s3:// or file:// store", store.Location())
 	}

@@ -205,9 +205,8 @@ func cmdIndexCompact(args []string) int {
 	}) {
 		return 2
 	}
-	ctx, stop := c.signalContext()
+	ctx, stop, store, err := c.open()
 	defer stop()
-	store, err := c.store(ctx)
 	if err != nil {
 		return c.fail(err)
 	}

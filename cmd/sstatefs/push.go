@@ -60,10 +60,9 @@ are never followed (each is warned about), nor are names with control characters
 		fmt.Fprintf(os.Stderr, "sstatefs push: %s is not a directory\n", dir)
 		return 2
 	}
-	ctx, stop := c.signalContext()
-	defer stop()
 	log := c.logger()
-	store, err := c.store(ctx)
+	ctx, stop, store, err := c.open()
+	defer stop()
 	if err != nil {
 		return c.fail(err)
 	}
@@ -131,10 +130,9 @@ skipped; every object is verified against the index before it is renamed into pl
 			return 2
 		}
 	}
-	ctx, stop := c.signalContext()
-	defer stop()
 	log := c.logger()
-	store, err := c.store(ctx)
+	ctx, stop, store, err := c.open()
+	defer stop()
 	if err != nil {
 		return c.fail(err)
 	}
