@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
 )
 
 const bucket = "sstate-bench"
@@ -531,17 +533,8 @@ func describe(m Measurement, unit string) string {
 // safeRemoveAll removes dir unless something is still mounted below it:
 // removing through a mount would delete objects from the bucket.
 func safeRemoveAll(dir string) error {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			f := strings.Fields(line)
-			if len(f) > 4 {
-				mp := unescapeMount(f[4])
-				if mp == dir || strings.HasPrefix(mp, dir+"/") {
-					return fmt.Errorf("%s is still mounted", mp)
-				}
-			}
-		}
+	if mps := mountinfo.Under(dir); len(mps) > 0 {
+		return fmt.Errorf("%s is still mounted", mps[0])
 	}
 	return os.RemoveAll(dir)
 }

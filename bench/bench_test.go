@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/internal/netem"
 	"github.com/sstatefs/sstatefs/sstate"
 )
@@ -619,11 +620,10 @@ func TestInterruptCleansUp(t *testing.T) {
 }
 
 func mountsBelow(dir string) []string {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
 	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(unescapeMount(f[4]), dir+"/") {
-			out = append(out, unescapeMount(f[4]))
+	for _, mp := range mountinfo.Under(dir) {
+		if mp != dir {
+			out = append(out, mp)
 		}
 	}
 	return out

@@ -121,7 +121,7 @@ func readFile(t *testing.T, rel string) string {
 	return string(b)
 }
 
-var flagLine = regexp.MustCompile(`(?m)^\s+-([a-z0-9][a-z0-9-]*)`)
+var flagLine = regexp.MustCompile(`(?m)^\s+(?:-[a-z], )?--?([a-z0-9][a-z0-9-]*)`)
 
 // knownFlags are the flags `sstatefs SUB -h` lists.
 func knownFlags(t *testing.T, sub string) map[string]bool {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sstatefs/sstatefs/internal/mount"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
@@ -43,12 +44,12 @@ func TestMountOwnerPublishes(t *testing.T) {
 	if err := os.Chown(mp, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
-	m, err := startMount(context.Background(), cfg, mp, testLogger(t))
+	m, err := mount.Start(context.Background(), cfg, mp, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := m.close(); err != nil {
+		if err := m.Close(); err != nil {
 			t.Error(err)
 		}
 	})
@@ -76,7 +77,7 @@ func TestMountOwnerPublishes(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if left := m.queue.Drain(ctx); len(left) != 0 {
+	if left := m.Queue().Drain(ctx); len(left) != 0 {
 		t.Fatalf("not uploaded: %+v", left)
 	}
 	got := storeObjects(t, cfg)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/sstatefs/sstatefs/cache"
+	"github.com/sstatefs/sstatefs/internal/mount"
+	"github.com/sstatefs/sstatefs/internal/stores"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
@@ -33,7 +35,7 @@ func TestCorruptObjectBackedOffThroughMount(t *testing.T) {
 	cfg := s3Config(t, env, bucket)
 	cfg.Metrics.Addr = "127.0.0.1:0"
 	ctx := context.Background()
-	store, err := openStore(ctx, cfg.Stores[0])
+	store, err := stores.Open(ctx, cfg.Stores[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,15 +53,15 @@ func TestCorruptObjectBackedOffThroughMount(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := startTestMount(t, cfg)
-	base := scrape(t, m.metrics)
-	p := filepath.Join(m.mountpoint, keyLic)
+	base := scrape(t, m.MetricsAddr())
+	p := filepath.Join(m.Mountpoint(), keyLic)
 	for i := range 5 {
 		out, err := exec.Command("sha256sum", p).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "Input/output error") {
 			t.Fatalf("sha256sum %d of a corrupt object: %v %s", i, err, out)
 		}
 	}
-	after := scrape(t, m.metrics)
+	after := scrape(t, m.MetricsAddr())
 	delta := func(name string) float64 { return after[name] - base[name] }
 	if got := delta(`sstatefs_cache_misses_total`); got != 1 {
 		t.Errorf("5 sha256sum of a corrupt object started %v downloads, want 1", got)
@@ -95,7 +97,7 @@ func TestCorruptObjectBackedOffThroughMount(t *testing.T) {
 // than the cache's disk.
 func TestPrintLiveStatusCache(t *testing.T) {
 	now := time.Date(2026, 12, 2, 15, 0, 0, 0, time.UTC)
-	st := LiveStatus{Cache: CacheStatus{
+	st := mount.LiveStatus{Cache: mount.CacheStatus{
 		Limit: 20 << 30, DiskSize: 24 << 20, DiskFree: 3 << 20, Refused: 7,
 		BackedOff: []cache.Backoff{{Name: keyLic, Reason: "sha256 mismatch", Corrupt: true, Failures: 2, Until: now.Add(time.Minute)}},
 	}}
@@ -134,7 +136,7 @@ func (c *fakeClock) passBackoff() {
 // fakeCacheClock gives the mounts the test starts a clock it moves.
 func fakeCacheClock(t *testing.T) *fakeClock {
 	c := &fakeClock{t: time.Now()}
-	cacheClock = c.Now
-	t.Cleanup(func() { cacheClock = time.Now })
+	mount.CacheClock = c.Now
+	t.Cleanup(func() { mount.CacheClock = time.Now })
 	return c
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/stores"
 	"github.com/sstatefs/sstatefs/sstate"
 )
 
@@ -46,28 +47,28 @@ func TestEquivalentNameResolves(t *testing.T) {
 	if err := indexBuild(ctx, cfg.Stores[0], 2, false, io.Discard, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	store, _ := openStore(ctx, cfg.Stores[0])
+	store, _ := stores.Open(ctx, cfg.Stores[0])
 	j := index.NewJournal(store, index.JournalOptions{Writer: "test"})
 	if err := j.Reported(ctx, index.Equivalence{Method: "oe.sstatesig.OEOuthashBasic", Taskhash: task, Outhash: hexOf("out"), Unihash: uni, PN: "zlib-native", Task: "populate_sysroot", Created: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	m := startTestMount(t, cfg)
 	asked := name(task).String()
-	fi, err := os.Stat(filepath.Join(m.mountpoint, asked))
+	fi, err := os.Stat(filepath.Join(m.Mountpoint(), asked))
 	if err != nil || fi.Size() != int64(len(pkg)) {
 		t.Fatalf("stat through the taskhash name: %v %v", fi, err)
 	}
-	if got, err := os.ReadFile(filepath.Join(m.mountpoint, asked)); err != nil || !bytes.Equal(got, pkg) {
+	if got, err := os.ReadFile(filepath.Join(m.Mountpoint(), asked)); err != nil || !bytes.Equal(got, pkg) {
 		t.Fatalf("read through the taskhash name: %v", err)
 	}
-	if got, err := os.ReadFile(filepath.Join(m.mountpoint, asked+".siginfo")); err != nil || !bytes.Equal(got, sig) {
+	if got, err := os.ReadFile(filepath.Join(m.Mountpoint(), asked+".siginfo")); err != nil || !bytes.Equal(got, sig) {
 		t.Fatalf("siginfo through the taskhash name: %v", err)
 	}
 	// a hash with no equivalence stays absent
-	if _, err := os.Stat(filepath.Join(m.mountpoint, name(other).String())); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(m.Mountpoint(), name(other).String())); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("unrelated name: %v", err)
 	}
-	if s := m.view.Stats(); s.Resolved < 2 {
+	if s := m.View().Stats(); s.Resolved < 2 {
 		t.Errorf("resolved lookups %d, want at least 2", s.Resolved)
 	}
 	// nothing was copied in the store
@@ -161,16 +162,16 @@ func TestMountHashserv(t *testing.T) {
 	// the mount resolves the new taskhash's name at once
 	asked := obj
 	asked.Hash = t2
-	if got, err := os.ReadFile(filepath.Join(m.mountpoint, asked.String())); err != nil || string(got) != "the built output" {
+	if got, err := os.ReadFile(filepath.Join(m.Mountpoint(), asked.String())); err != nil || string(got) != "the built output" {
 		t.Fatalf("read through the equivalent name: %q %v", got, err)
 	}
 	// and a second mount reads the equivalence from the store
 	cfg2 := testConfig(t, "file://"+dir)
 	m2 := startTestMount(t, cfg2)
-	if got, err := os.ReadFile(filepath.Join(m2.mountpoint, asked.String())); err != nil || string(got) != "the built output" {
+	if got, err := os.ReadFile(filepath.Join(m2.Mountpoint(), asked.String())); err != nil || string(got) != "the built output" {
 		t.Fatalf("second mount: %q %v", got, err)
 	}
-	if n := m2.live.Current().NumEquivalences(); n != 2 {
+	if n := m2.Live().Current().NumEquivalences(); n != 2 {
 		t.Errorf("second mount sees %d equivalences, want 2", n)
 	}
 	// a bad request gets bitbake's error answer, and nothing is recorded
@@ -178,7 +179,7 @@ func TestMountHashserv(t *testing.T) {
 	if got := c2.call(t, fmt.Sprintf(`{"report": {"taskhash": %q, "method": "x", "outhash": %q, "unihash": "abc"}}`, hexOf("T3"), out)); !strings.Contains(got, "invoke-error") {
 		t.Errorf("invalid unihash: %s", got)
 	}
-	if _, ok := m.live.Current().Equivalence("x", hexOf("T3")); ok {
+	if _, ok := m.Live().Current().Equivalence("x", hexOf("T3")); ok {
 		t.Error("an invalid report was recorded")
 	}
 }

@@ -40,11 +40,11 @@ func TestMountFileStoreLinks(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := startTestMount(t, testConfig(t, "file://"+storeDir))
-	if got, err := os.ReadFile(filepath.Join(m.mountpoint, realKey)); err != nil || string(got) != "real object" {
+	if got, err := os.ReadFile(filepath.Join(m.Mountpoint(), realKey)); err != nil || string(got) != "real object" {
 		t.Fatalf("the real object through the mount: %q, %v", got, err)
 	}
 	for _, k := range []string{linkKey, dirKey} {
-		got, err := os.ReadFile(filepath.Join(m.mountpoint, k))
+		got, err := os.ReadFile(filepath.Join(m.Mountpoint(), k))
 		if err == nil || bytes.Contains(got, []byte("secret")) {
 			t.Errorf("read %s through the mount: %q, %v; want an error", k, got, err)
 		}

@@ -4,155 +4,17 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"log/slog"
-	"net"
 	"os"
-	"os/signal"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/hashimport"
-	"github.com/sstatefs/sstatefs/hashserv"
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/access"
-	"github.com/sstatefs/sstatefs/internal/unixsock"
-	"github.com/sstatefs/sstatefs/sstate"
+	"github.com/sstatefs/sstatefs/internal/mount"
 )
-
-// equivBackend serves bitbake's hash equivalence protocol from the index:
-// reads from the live merged index, reports recorded into the store
-// through the journal (and applied to the live index at once).
-type equivBackend struct {
-	live    *index.Live
-	journal *index.Journal
-}
-
-var _ hashserv.Backend = (*equivBackend)(nil)
-
-func toHashserv(e index.Equivalence) hashserv.Equivalence {
-	return hashserv.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
-		PN: e.PN, PV: e.PV, PR: e.PR, Task: e.Task, Owner: e.Owner, Created: e.Created}
-}
-
-func (b *equivBackend) Get(method, taskhash string) (hashserv.Equivalence, bool) {
-	e, ok := b.live.Current().Equivalence(method, taskhash)
-	return toHashserv(e), ok
-}
-
-func (b *equivBackend) GetByOuthash(method, outhash string) (hashserv.Equivalence, bool) {
-	e, ok := b.live.Current().ByOuthash(method, outhash)
-	return toHashserv(e), ok
-}
-
-// ObjectExists: bitbake asks only for objects that exist, so this answers
-// from the index whether an sstate object named by the unihash is present,
-// at the top level or under any NATIVELSBSTRING directory.
-func (b *equivBackend) ObjectExists(unihash string) bool {
-	ix := b.live.Current()
-	if len(unihash) < 4 || !sstate.IsHash(unihash) {
-		return false
-	}
-	sub := unihash[0:2] + "/" + unihash[2:4]
-	dirs := []string{sub}
-	for _, e := range ix.Children("") {
-		if e.IsDir && sstate.IsNativeDir(e.Name) {
-			dirs = append(dirs, e.Name+"/"+sub)
-		}
-	}
-	needle := ":" + unihash + "_"
-	for _, d := range dirs {
-		for _, e := range ix.Children(d) {
-			if !e.IsDir && strings.Contains(e.Name, needle) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-func (b *equivBackend) Record(ctx context.Context, e hashserv.Equivalence) error {
-	err := b.journal.Reported(ctx, index.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
-		PN: e.PN, PV: e.PV, PR: e.PR, Task: e.Task, Owner: e.Owner, Created: e.Created})
-	if errors.Is(err, index.ErrInvalidEquivalence) {
-		// the client's fault, not the store's: bitbake gets an error answer
-		return fmt.Errorf("%w: %w", hashserv.ErrInvalidRecord, err)
-	}
-	return err
-}
-
-// startHashserv listens on addr and serves the protocol until ctx ends.
-// A unix socket gets owner's uid, gid and mode; every connection (unix or
-// loopback TCP) whose peer the rule does not allow is served read-only.
-func startHashserv(ctx context.Context, addr string, b hashserv.Backend, readOnly bool, owner unixsock.Owner, rule access.Rule, log *slog.Logger) (*hashserv.Server, string, error) {
-	ln, err := hashserv.ListenAs(addr, owner)
-	if err != nil {
-		return nil, "", fmt.Errorf("hash equivalence server on %s: %w", addr, err)
-	}
-	gate := &recordGate{rule: rule, log: log, warned: map[uint32]bool{}}
-	srv := hashserv.New(b, hashserv.Options{Logger: log, ReadOnly: readOnly, MayRecord: gate.mayRecord})
-	go func() {
-		if err := srv.Serve(ctx, ln); err != nil && ctx.Err() == nil {
-			log.Error("hash equivalence server stopped", "addr", addr, "error", err)
-		}
-	}()
-	return srv, ln.Addr().String(), nil
-}
-
-// hashservSocket is the owner and mode of the hash equivalence socket:
-// uid:gid (the mount owner, or the user running `hashserv serve`), mode
-// 0600; with hashserv.group, that group and mode 0660.
-func hashservSocket(hc HashservConfig, uid, gid uint32) (unixsock.Owner, error) {
-	o := unixsock.Owner{UID: int(uid), GID: int(gid), Mode: 0o600}
-	if hc.Group != "" {
-		g, err := lookupGroup(hc.Group)
-		if err != nil {
-			return o, fmt.Errorf("hashserv.group (--hashserv-group): %w", err)
-		}
-		o.GID, o.Mode = g, 0o660
-	}
-	return o, nil
-}
-
-// recordGate decides per connection whether the client may record: those
-// the publish rule allows (by SO_PEERCRED, or the uid of a loopback TCP
-// client's socket); everyone else who can connect gets the read-only
-// behaviour, and each such uid is logged once.
-type recordGate struct {
-	rule access.Rule
-	log  *slog.Logger
-
-	mu      sync.Mutex      // protects warned, unknown
-	warned  map[uint32]bool // uids already logged
-	unknown bool            // an unidentified client was logged
-}
-
-func (g *recordGate) mayRecord(nc net.Conn) bool {
-	p, err := access.PeerOf(nc)
-	if err == nil && g.rule.AllowsPeer(p) {
-		return true
-	}
-	g.mu.Lock()
-	first := false
-	if err != nil {
-		first, g.unknown = !g.unknown, true
-	} else {
-		first, g.warned[p.UID] = !g.warned[p.UID], true
-	}
-	g.mu.Unlock()
-	if first {
-		if err != nil {
-			g.log.Warn("hash equivalence client not identified: its reports are answered, not recorded (logged once)", "client", nc.RemoteAddr().String(), "error", err)
-		} else {
-			g.log.Warn("hash equivalence client may not record: its reports are answered, not recorded (logged once per uid)", "peer", p.String(), "may_record", g.rule.String())
-		}
-	}
-	return false
-}
 
 func cmdHashserv(args []string) int {
 	if len(args) == 0 {
@@ -171,43 +33,30 @@ func cmdHashserv(args []string) int {
 }
 
 func cmdHashservServe(args []string) int {
-	fset := flag.NewFlagSet("hashserv serve", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	listen := fset.String("listen", "", "where to serve: unix:///path/to.sock or 127.0.0.1:PORT, as in BB_HASHSERVE (default: hashserv.listen, else unix:///run/sstatefs/hashserv.sock)")
-	readOnly := fset.Bool("read-only", false, "answer reports without recording them, like bitbake's --read-only server (for BB_HASHSERVE_UPSTREAM)")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), `Usage: sstatefs hashserv serve [flags]
+	c := newCommand("hashserv serve", `Usage: sstatefs hashserv serve [flags]
 
 Serves bitbake's hash equivalence protocol (OEHASHEQUIV 1.1) from the equivalence records in the
 (first) store's index, and records reports into the store, so bitbake can use sstatefs as
 BB_HASHSERVE or as the BB_HASHSERVE_UPSTREAM of its local server. No database server to run.
-(sstatefs mount --hashserv ADDR does the same inside a mount.)
-
-Flags:
-`)
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+(sstatefs mount --hashserv ADDR does the same inside a mount.)`,
+		"store", "log", "hashserv", "index.refresh_interval", "index.max_age", "publish.writer_id")
+	listen := c.flags.String("listen", "", "where to serve: unix:///path/to.sock or 127.0.0.1:PORT, as in BB_HASHSERVE (default: hashserv.listen, else unix:///run/sstatefs/hashserv.sock)")
+	readOnly := c.flags.Bool("read-only", false, "answer reports without recording them, like bitbake's --read-only server (for BB_HASHSERVE_UPSTREAM)")
+	if !c.parse(args, 0, -1, nil) {
 		return 2
 	}
-	cfg, err := cf.load()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv serve: %v\n", err)
-		return 2
-	}
+	cfg := c.cfg
 	if *listen == "" {
 		*listen = cfg.Hashserv.Listen
 	}
 	if *listen == "" {
 		*listen = "unix:///run/sstatefs/hashserv.sock"
 	}
-	log := newLogger(cfg.Log)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	log := c.logger()
+	ctx, stop, store, err := c.open()
 	defer stop()
-	store, err := openStore(ctx, cfg.Stores[0])
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv serve: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	live := index.NewLive(store, index.LiveOptions{Interval: cfg.Index.RefreshInterval.Duration, MaxAge: cfg.Index.MaxAge.Duration, Logger: log})
 	if err := live.LoadOnce(ctx); err != nil && !errors.Is(err, index.ErrNoIndex) {
@@ -221,15 +70,14 @@ Flags:
 	// without a mount, the socket and the right to record are the
 	// invoking user's (and root's)
 	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
-	owner, err := hashservSocket(cfg.Hashserv, uid, gid)
+	owner, err := mount.HashservSocket(cfg.Hashserv, uid, gid)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv serve: %v\n", err)
+		c.report(err)
 		return 2
 	}
-	_, addr, err := startHashserv(ctx, *listen, &equivBackend{live: live, journal: journal}, ro, owner, access.Rule{UID: uid, GID: gid}, log)
+	_, addr, err := mount.StartHashserv(ctx, *listen, mount.NewEquivBackend(live, journal), ro, owner, access.Rule{UID: uid, GID: gid}, log)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv serve: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	log.Info("serving hash equivalence", "addr", addr, "store", store.Location(), "equivalences", live.Current().NumEquivalences(), "read_only", ro)
 	<-ctx.Done()
@@ -240,47 +88,35 @@ Flags:
 }
 
 func cmdHashservImport(args []string) int {
-	fset := flag.NewFlagSet("hashserv import", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	db := fset.String("sqlite", "", "a bitbake-hashserv database file (its -d option); read-only")
-	server := fset.String("server", "", "a running hash equivalence server (unix:///path or host:port)")
-	pairs := fset.String("pairs", "", "with --server: file of 'METHOD TASKHASH' lines to import (the protocol cannot list a server's records)")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), `Usage: sstatefs hashserv import [flags]
+	c := newCommand("hashserv import", `Usage: sstatefs hashserv import [flags]
 
 Imports hash equivalence records into the (first) store's index: every record of a bitbake-hashserv
 sqlite database (--sqlite), or the records of the given pairs from a running server (--server with
 --pairs). Records are written as journal segments; the first report for a taskhash wins, so an
-import never overrides what the index already says.
-
-Flags:
-`)
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+import never overrides what the index already says.`, "store", "log", "publish.writer_id")
+	db := c.flags.String("sqlite", "", "a bitbake-hashserv database file (its -d option); read-only")
+	server := c.flags.String("server", "", "a running hash equivalence server (unix:///path or host:port)")
+	pairs := c.flags.String("pairs", "", "with --server: file of 'METHOD TASKHASH' lines to import (the protocol cannot list a server's records)")
+	if !c.parse(args, 0, -1, func() error {
+		if (*db == "") == (*server == "") {
+			return errors.New("give exactly one of --sqlite and --server")
+		}
+		if *server != "" && *pairs == "" {
+			return errors.New("--server needs --pairs: the hash equivalence protocol cannot list a server's records (to import everything, read its database file with --sqlite)")
+		}
+		return nil
+	}) {
 		return 2
 	}
-	cfg, err := cf.load()
-	if err == nil && (*db == "") == (*server == "") {
-		err = errors.New("give exactly one of --sqlite and --server")
-	}
-	if err == nil && *server != "" && *pairs == "" {
-		err = errors.New("--server needs --pairs: the hash equivalence protocol cannot list a server's records (to import everything, read its database file with --sqlite)")
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv import: %v\n", err)
-		return 2
-	}
-	log := newLogger(cfg.Log)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	cfg := c.cfg
+	log := c.logger()
+	ctx, stop, store, err := c.open()
 	defer stop()
-	store, err := openStore(ctx, cfg.Stores[0])
 	if err == nil && backend.IsReadOnly(store) {
 		err = fmt.Errorf("%s is read-only: import into an s3:// or file:// store", store.Location())
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs hashserv import: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log, MaxBatch: 10000})
 	var batch []index.Equivalence

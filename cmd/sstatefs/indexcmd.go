@@ -3,19 +3,18 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"sort"
-	"syscall"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/stores"
 )
 
 func cmdIndex(args []string) int {
@@ -37,32 +36,22 @@ func cmdIndex(args []string) int {
 }
 
 func cmdIndexBuild(args []string) int {
-	fset := flag.NewFlagSet("index build", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	concurrency := fset.Int("concurrency", 8, "objects hashed in parallel")
-	full := fset.Bool("full", false, "hash every object again instead of reusing the digests of unchanged objects")
-	quiet := fset.Bool("quiet", false, "no progress bar")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), "Usage: sstatefs index build [flags]\n\nScans the (first) store, hashes every object and writes the index into the store under .sstatefs/.\nDigests of objects unchanged since the previous index are reused.\n\nFlags:\n")
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+	c := newCommand("index build", "Usage: sstatefs index build [flags]\n\nScans the (first) store, hashes every object and writes the index into the store under .sstatefs/.\nDigests of objects unchanged since the previous index are reused.", "store")
+	concurrency := c.flags.Int("concurrency", 8, "objects hashed in parallel")
+	full := c.flags.Bool("full", false, "hash every object again instead of reusing the digests of unchanged objects")
+	quiet := c.flags.Bool("quiet", false, "no progress bar")
+	if !c.parse(args, 0, -1, func() error {
+		if *concurrency < 1 {
+			return errors.New("--concurrency must be at least 1")
+		}
+		return nil
+	}) {
 		return 2
 	}
-	cfg, err := cf.load()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs index build: %v\n", err)
-		return 2
-	}
-	if *concurrency < 1 {
-		fmt.Fprintf(os.Stderr, "sstatefs index build: --concurrency must be at least 1\n")
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := c.signalContext()
 	defer stop()
-	if err := indexBuild(ctx, cfg.Stores[0], *concurrency, *full, progressOut(*quiet), os.Stdout); err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs index build: %v\n", err)
-		return 1
+	if err := indexBuild(ctx, c.cfg.Stores[0], *concurrency, *full, progressOut(*quiet), os.Stdout); err != nil {
+		return c.fail(err)
 	}
 	return 0
 }
@@ -76,9 +65,9 @@ func progressOut(quiet bool) io.Writer {
 	return os.Stderr
 }
 
-func indexBuild(ctx context.Context, sc StoreConfig, concurrency int, full bool, progress, out io.Writer) error {
+func indexBuild(ctx context.Context, sc config.StoreConfig, concurrency int, full bool, progress, out io.Writer) error {
 	log := slog.New(slog.NewTextHandler(progress, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	store, err := openStore(ctx, sc)
+	store, err := stores.Open(ctx, sc)
 	if err != nil {
 		return err
 	}
@@ -125,38 +114,27 @@ func indexBuild(ctx context.Context, sc StoreConfig, concurrency int, full bool,
 }
 
 func cmdIndexShow(args []string) int {
-	fset := flag.NewFlagSet("index show", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), "Usage: sstatefs index show [flags]\n\nPrints a summary of the (first) store's index.\n\nFlags:\n")
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+	c := newCommand("index show", "Usage: sstatefs index show [flags]\n\nPrints a summary of the (first) store's index.", "store")
+	if !c.parse(args, 0, -1, nil) {
 		return 2
 	}
-	cfg, err := cf.load()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs index show: %v\n", err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := c.signalContext()
 	defer stop()
-	if err := indexShow(ctx, cfg.Stores[0], os.Stdout); err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs index show: %v\n", err)
-		return 1
+	if err := indexShow(ctx, c.cfg.Stores[0], os.Stdout); err != nil {
+		return c.fail(err)
 	}
 	return 0
 }
 
-func indexShow(ctx context.Context, sc StoreConfig, out io.Writer) error {
-	store, err := openStore(ctx, sc)
+func indexShow(ctx context.Context, sc config.StoreConfig, out io.Writer) error {
+	store, err := stores.Open(ctx, sc)
 	if err != nil {
 		return err
 	}
 	ix, err := index.Load(ctx, store)
 	if err != nil {
 		if errors.Is(err, index.ErrNoIndex) {
-			return fmt.Errorf("%w: %s (create one with: sstatefs index build --store %s)", err, store.Location(), storeName(sc))
+			return fmt.Errorf("%w: %s (create one with: sstatefs index build --store %s)", err, store.Location(), stores.Name(sc))
 		}
 		return err
 	}
@@ -217,36 +195,25 @@ func humanBytes(n int64) string {
 }
 
 func cmdIndexCompact(args []string) int {
-	fset := flag.NewFlagSet("index compact", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	grace := fset.Duration("grace", 10*time.Minute, "journal segments younger than this are kept after folding (readers may be loading them)")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), "Usage: sstatefs index compact [flags]\n\nFolds the journal segments that mounts wrote into a new index snapshot, then deletes folded\nsegments older than --grace. Safe while mounts keep writing; one compaction runs at a time.\n\nFlags:\n")
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+	c := newCommand("index compact", "Usage: sstatefs index compact [flags]\n\nFolds the journal segments that mounts wrote into a new index snapshot, then deletes folded\nsegments older than --grace. Safe while mounts keep writing; one compaction runs at a time.", "store", "log")
+	grace := c.flags.Duration("grace", index.DefaultGrace, "journal segments younger than this are kept after folding (readers may be loading them)")
+	if !c.parse(args, 0, -1, func() error {
+		if *grace < 0 {
+			return errors.New("--grace must not be negative")
+		}
+		return nil
+	}) {
 		return 2
 	}
-	cfg, err := cf.load()
-	if err == nil && *grace < 0 {
-		err = errors.New("--grace must not be negative")
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs index compact: %v\n", err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop, store, err := c.open()
 	defer stop()
-	store, err := openStore(ctx, cfg.Stores[0])
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs index compact: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	start := time.Now()
-	res, err := index.Compact(ctx, store, index.CompactOptions{Grace: *grace, Logger: newLogger(cfg.Log)})
+	res, err := index.Compact(ctx, store, index.CompactOptions{Grace: *grace, Logger: c.logger()})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs index compact: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	fmt.Printf("compacted %s: %d segments folded, %d deleted, %d objects in the snapshot, in %s\n",
 		store.Location(), res.Folded, res.Deleted, res.Objects, time.Since(start).Round(time.Millisecond))

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,8 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/sstatefs/sstatefs/hashserv"
 	"github.com/sstatefs/sstatefs/internal/access"
+	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/mount"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 	"github.com/sstatefs/sstatefs/sstate"
 )
@@ -92,7 +95,7 @@ func asNobody(t *testing.T, env ...string) string {
 
 // startLoggedMount is startTestMount with the mount's log kept for the
 // test to read.
-func startLoggedMount(t *testing.T, cfg Config) (*mounted, *testutil.SyncBuffer) {
+func startLoggedMount(t *testing.T, cfg config.Config) (*mount.Mount, *testutil.SyncBuffer) {
 	t.Helper()
 	testutil.RequireFUSE(t)
 	var buf testutil.SyncBuffer
@@ -101,13 +104,13 @@ func startLoggedMount(t *testing.T, cfg Config) (*mounted, *testutil.SyncBuffer)
 		w = io.MultiWriter(&buf, os.Stderr)
 	}
 	// as newLogger does: warnings and errors are kept for the status
-	log := slog.New(&recentErrors{Handler: slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}), ring: &errorRing{}})
-	m, err := startMount(context.Background(), cfg, t.TempDir(), log)
+	log := slog.New(mount.RememberErrors(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	m, err := mount.Start(context.Background(), cfg, t.TempDir(), log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := m.close(); err != nil {
+		if err := m.Close(); err != nil {
 			t.Error(err)
 		}
 	})
@@ -147,11 +150,11 @@ func TestHashservWhoMayRecord(t *testing.T) {
 	equiv := func(task string) string {
 		return fmt.Sprintf(`{"report-equiv": {"taskhash": %q, "method": %q, "unihash": %q}}`, task, method, hexOf("attacker"))
 	}
-	recorded := func(m *mounted, task string) bool {
-		_, ok := m.live.Current().Equivalence(method, task)
+	recorded := func(m *mount.Mount, task string) bool {
+		_, ok := m.Live().Current().Equivalence(method, task)
 		return ok
 	}
-	mount := func(t *testing.T, listen, owner, group string) (*mounted, *testutil.SyncBuffer) {
+	mount := func(t *testing.T, listen, owner, group string) (*mount.Mount, *testutil.SyncBuffer) {
 		cfg := base
 		cfg.Cache.Dir = t.TempDir()
 		cfg.Hashserv.Listen, cfg.Mount.Owner, cfg.Hashserv.Group = listen, owner, group
@@ -222,7 +225,7 @@ func TestHashservWhoMayRecord(t *testing.T) {
 	t.Run("loopback TCP", func(t *testing.T) {
 		m, log := mount(t, "127.0.0.1:0", "1000:1000", "")
 		task := hexOf("T-tcp")
-		got := asNobody(t, "SSTATEFS_TEST_CLIENT=hashserv tcp "+m.hsAddr, "SSTATEFS_TEST_LINES="+report(task))
+		got := asNobody(t, "SSTATEFS_TEST_CLIENT=hashserv tcp "+m.HashservAddr(), "SSTATEFS_TEST_LINES="+report(task))
 		if !strings.Contains(got, `"unihash": "`+task+`"`) {
 			t.Fatalf("nobody over TCP: %s", got)
 		}
@@ -232,7 +235,7 @@ func TestHashservWhoMayRecord(t *testing.T) {
 		if !strings.Contains(log.String(), fmt.Sprintf("uid %d (TCP)", testutil.Nobody)) {
 			t.Errorf("the TCP client was not identified:\n%s", log.String())
 		}
-		c, err := net.Dial("tcp", m.hsAddr)
+		c, err := net.Dial("tcp", m.HashservAddr())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -256,13 +259,13 @@ func TestHashservServeSocket(t *testing.T) {
 		mode  os.FileMode
 		gid   int
 	}{{"", 0o600, os.Getgid()}, {fmt.Sprint(testutil.Nobody), 0o660, testutil.Nobody}} {
-		owner, err := hashservSocket(HashservConfig{Group: tc.group}, uint32(os.Getuid()), uint32(os.Getgid()))
+		owner, err := mount.HashservSocket(config.HashservConfig{Group: tc.group}, uint32(os.Getuid()), uint32(os.Getgid()))
 		if err != nil {
 			t.Fatal(err)
 		}
 		sock := filepath.Join(t.TempDir(), "hs.sock")
 		ctx, cancel := context.WithCancel(context.Background())
-		_, _, err = startHashserv(ctx, "unix://"+sock, &nullBackend{}, false, owner, access.Rule{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}, testLogger(t))
+		_, _, err = mount.StartHashserv(ctx, "unix://"+sock, &nullBackend{}, false, owner, access.Rule{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}, testLogger(t))
 		if err != nil {
 			cancel()
 			t.Fatal(err)
@@ -273,7 +276,7 @@ func TestHashservServeSocket(t *testing.T) {
 			t.Errorf("group %q: socket %v %d:%d, want %v %d:%d", tc.group, mode, uid, gid, tc.mode, os.Getuid(), tc.gid)
 		}
 	}
-	if _, err := hashservSocket(HashservConfig{Group: "no-such-group-here"}, 0, 0); err == nil || !strings.Contains(err.Error(), "no-such-group-here") {
+	if _, err := mount.HashservSocket(config.HashservConfig{Group: "no-such-group-here"}, 0, 0); err == nil || !strings.Contains(err.Error(), "no-such-group-here") {
 		t.Errorf("unknown group: %v", err)
 	}
 }
@@ -298,10 +301,10 @@ func TestMetricsListenerNoActions(t *testing.T) {
 	cfg.Mount.Owner = "1000:1000"
 	cfg.Prefetch.Mode = "off"
 	m, log := startLoggedMount(t, cfg)
-	body, _ := json.Marshal(PrefetchRequest{Keys: []string{key}, Jobs: 1})
+	body, _ := json.Marshal(mount.PrefetchRequest{Keys: []string{key}, Jobs: 1})
 
 	for _, ct := range []string{"application/json", "text/plain"} {
-		resp, err := http.Post("http://"+m.metrics+"/prefetch", ct, bytes.NewReader(body))
+		resp, err := http.Post("http://"+m.MetricsAddr()+"/prefetch", ct, bytes.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -310,14 +313,14 @@ func TestMetricsListenerNoActions(t *testing.T) {
 			t.Errorf("POST /prefetch (%s) on the metrics listener: %s, want 404 or 405", ct, resp.Status)
 		}
 	}
-	if s := m.cache.Stats(); s.Misses != 0 || s.Entries != 0 {
+	if s := m.Cache().Stats(); s.Misses != 0 || s.Entries != 0 {
 		t.Fatalf("the metrics listener made the mount fetch: %+v", s)
 	}
 	if strings.Contains(log.String(), "not on a loopback address") {
 		t.Errorf("warned about a loopback metrics address:\n%s", log.String())
 	}
 
-	sock := controlSocket(cfg.Cache.Dir)
+	sock := mount.ControlSocket(cfg.Cache.Dir)
 	if mode, uid, gid := socketOwner(t, sock); mode != os.ModeSocket|0o600 || uid != 1000 || gid != 1000 {
 		t.Errorf("control socket %v %d:%d, want 0600 owned by the mount owner 1000:1000", mode, uid, gid)
 	}
@@ -332,7 +335,7 @@ func TestMetricsListenerNoActions(t *testing.T) {
 	if got := asNobody(t, env...); !strings.Contains(got, "status: 403") {
 		t.Errorf("nobody's prefetch on an opened control socket: %s, want 403", got)
 	}
-	if s := m.cache.Stats(); s.Misses != 0 || s.Entries != 0 {
+	if s := m.Cache().Stats(); s.Misses != 0 || s.Entries != 0 {
 		t.Fatalf("nobody made the mount fetch: %+v", s)
 	}
 	// root (and the owner) may: `sstatefs prefetch` uses the control socket
@@ -340,37 +343,6 @@ func TestMetricsListenerNoActions(t *testing.T) {
 	if err != nil || res.Fetched != 1 {
 		t.Fatalf("prefetch over the control socket: %+v %v", res, err)
 	}
-
-	t.Run("non-loopback warning", func(t *testing.T) {
-		// judged on the address the listener got, without opening one to
-		// the network in a test
-		for _, tc := range []struct {
-			addr string
-			ip   net.IP
-			warn bool
-		}{
-			{"0.0.0.0:9477", net.IPv4zero, true},
-			{":9477", net.IPv6unspecified, true},
-			{"10.1.2.3:9477", net.IPv4(10, 1, 2, 3), true},
-			{"127.0.0.1:9477", net.IPv4(127, 0, 0, 1), false},
-			{"[::1]:9477", net.IPv6loopback, false},
-		} {
-			var log testutil.SyncBuffer
-			warnExposedMetrics(slog.New(slog.NewTextHandler(&log, nil)), tc.addr, &net.TCPAddr{IP: tc.ip, Port: 9477})
-			got := log.String()
-			if !tc.warn {
-				if got != "" {
-					t.Errorf("%s: warned about a loopback listener: %s", tc.addr, got)
-				}
-				continue
-			}
-			for _, want := range []string{"level=WARN", "not on a loopback address", "addr=" + tc.addr, "/status"} {
-				if !strings.Contains(got, want) {
-					t.Errorf("%s: no %q in the warning:\n%s", tc.addr, want, got)
-				}
-			}
-		}
-	})
 }
 
 // TestObservationHasNoSecrets: the bearer token and the URL query of an
@@ -394,14 +366,14 @@ func TestObservationHasNoSecrets(t *testing.T) {
 	cfg.Stores[0].BearerTokenFile = tokFile
 	cfg.Metrics.Addr = "127.0.0.1:0"
 	m, log := startLoggedMount(t, cfg)
-	m.obs.healthEvery = 0
+	m.SetHealthEvery(0)
 	// failures: a lookup and a read of objects the store answers 500 for
-	os.Stat(filepath.Join(m.mountpoint, keyLic))
-	os.ReadFile(filepath.Join(m.mountpoint, testKey(901, "package")))
+	os.Stat(filepath.Join(m.Mountpoint(), keyLic))
+	os.ReadFile(filepath.Join(m.Mountpoint(), testKey(901, "package")))
 
 	bodies := map[string]string{}
 	for _, path := range []string{"/metrics", "/healthz", "/readyz", "/status"} {
-		_, bodies["metrics listener "+path] = getStatus(t, "http://"+m.metrics+path)
+		_, bodies["metrics listener "+path] = getStatus(t, "http://"+m.MetricsAddr()+path)
 	}
 	st, err := askStatus(cfg.Cache.Dir)
 	if err != nil {
@@ -486,7 +458,7 @@ with hashserv.create_client(addr) as c:
 		if err != nil || !strings.Contains(string(out), "unihash "+task) {
 			t.Fatalf("owner %s: bitbake's client as nobody: %v\n%s", tc.owner, err, out)
 		}
-		if _, ok := m.live.Current().Equivalence(method, task); ok != tc.records {
+		if _, ok := m.Live().Current().Equivalence(method, task); ok != tc.records {
 			t.Errorf("owner %s, group %q: nobody's report recorded: %v, want %v", tc.owner, tc.group, ok, tc.records)
 		}
 	}
@@ -507,12 +479,12 @@ func TestHashservGroupConfig(t *testing.T) {
 		{[]string{"--config", f, "--hashserv-group", "4242"}, "4242", false},
 		{[]string{"--config", "/dev/null", "--hashserv-group", "root"}, "root", false},
 	} {
-		fset := flag.NewFlagSet("t", flag.ContinueOnError)
-		cf := newConfigFlags(fset)
+		fset := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		cf := config.NewFlags(fset)
 		if err := fset.Parse(tc.args); err != nil {
 			t.Fatal(err)
 		}
-		cfg, err := cf.load()
+		cfg, err := cf.Load()
 		if tc.wantErr {
 			if err == nil || !strings.Contains(err.Error(), "hashserv.group") || !strings.Contains(err.Error(), "no-such-group-here") {
 				t.Errorf("%v: %v, want an error naming hashserv.group and the group", tc.args, err)
@@ -522,7 +494,7 @@ func TestHashservGroupConfig(t *testing.T) {
 		if err != nil || cfg.Hashserv.Group != tc.want {
 			t.Errorf("%v: group %q %v, want %q", tc.args, cfg.Hashserv.Group, err, tc.want)
 		}
-		o, err := hashservSocket(cfg.Hashserv, 1000, 1000)
+		o, err := mount.HashservSocket(cfg.Hashserv, 1000, 1000)
 		if err != nil || o.Mode != 0o660 || (tc.want == "root" && o.GID != 0) || (tc.want == "4242" && o.GID != 4242) {
 			t.Errorf("%v: socket %+v %v", tc.args, o, err)
 		}

@@ -17,6 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/mount"
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
+	"github.com/sstatefs/sstatefs/internal/stores"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
@@ -55,10 +59,10 @@ func makeArchive(t *testing.T) ([]byte, []byte) {
 	return data, payload
 }
 
-func testConfig(t *testing.T, url string) Config {
-	cfg := Defaults()
-	cfg.Stores = []StoreConfig{{URL: url, Timeout: Duration{Duration: 2 * time.Second}}}
-	storeDefaults(&cfg.Stores[0])
+func testConfig(t *testing.T, url string) config.Config {
+	cfg := config.Defaults()
+	cfg.Stores = []config.StoreConfig{{URL: url, Timeout: config.Duration{Duration: 2 * time.Second}}}
+	config.StoreDefaults(&cfg.Stores[0])
 	cfg.Cache.Dir = t.TempDir()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -66,15 +70,15 @@ func testConfig(t *testing.T, url string) Config {
 	return cfg
 }
 
-func startTestMount(t *testing.T, cfg Config) *mounted {
+func startTestMount(t *testing.T, cfg config.Config) *mount.Mount {
 	t.Helper()
 	testutil.RequireFUSE(t)
-	m, err := startMount(context.Background(), cfg, t.TempDir(), testLogger(t))
+	m, err := mount.Start(context.Background(), cfg, t.TempDir(), testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := m.close(); err != nil {
+		if err := m.Close(); err != nil {
 			t.Error(err)
 		}
 	})
@@ -106,7 +110,7 @@ func TestMountS3(t *testing.T) {
 	cfg.Stores[0].Endpoint = env.Endpoint
 	cfg.Stores[0].PathStyle = true
 	ctx := context.Background()
-	store, err := openStore(ctx, cfg.Stores[0])
+	store, err := stores.Open(ctx, cfg.Stores[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,13 +133,13 @@ func TestMountS3(t *testing.T) {
 
 	clock := fakeCacheClock(t)
 	m := startTestMount(t, cfg)
-	if got := restore(t, m.mountpoint, keyPkg); !bytes.Equal(got, payload) {
+	if got := restore(t, m.Mountpoint(), keyPkg); !bytes.Equal(got, payload) {
 		t.Fatal("restored payload differs")
 	}
-	if _, err := os.Stat(filepath.Join(m.mountpoint, keyGone)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(m.Mountpoint(), keyGone)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("absent object: %v", err)
 	}
-	ents, err := os.ReadDir(filepath.Join(m.mountpoint, "debian-12/c3/69"))
+	ents, err := os.ReadDir(filepath.Join(m.Mountpoint(), "debian-12/c3/69"))
 	if err != nil || len(ents) != 2 {
 		t.Fatalf("ls: %v %v", ents, err)
 	}
@@ -144,21 +148,21 @@ func TestMountS3(t *testing.T) {
 	// cached one still reads, stat still answers from the index
 	env.Stop()
 	start := time.Now()
-	if _, err := os.ReadFile(filepath.Join(m.mountpoint, keyLic)); !errors.Is(err, syscall.EIO) {
+	if _, err := os.ReadFile(filepath.Join(m.Mountpoint(), keyLic)); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("read with the store stopped = %v, want EIO", err)
 	}
 	if d := time.Since(start); d > 30*time.Second {
 		t.Errorf("failing read took %v", d)
 	}
-	if got := restore(t, m.mountpoint, keyPkg); !bytes.Equal(got, payload) {
+	if got := restore(t, m.Mountpoint(), keyPkg); !bytes.Equal(got, payload) {
 		t.Fatal("cached object unreadable while the store is down")
 	}
-	if _, err := os.Stat(filepath.Join(m.mountpoint, keyLic)); err != nil {
+	if _, err := os.Stat(filepath.Join(m.Mountpoint(), keyLic)); err != nil {
 		t.Fatalf("stat from the index with the store down: %v", err)
 	}
 	env.Start()
 	clock.passBackoff() // the failed download is retried once its back-off ends
-	if got, err := os.ReadFile(filepath.Join(m.mountpoint, keyLic)); err != nil || string(got) != "lic" {
+	if got, err := os.ReadFile(filepath.Join(m.Mountpoint(), keyLic)); err != nil || string(got) != "lic" {
 		t.Fatalf("after the store came back: %q %v", got, err)
 	}
 }
@@ -186,12 +190,12 @@ func TestMountHTTPMirror(t *testing.T) {
 	t.Run("NoIndex", func(t *testing.T) {
 		cfg := testConfig(t, srv.URL)
 		m := startTestMount(t, cfg)
-		if got := restore(t, m.mountpoint, keyPkg); !bytes.Equal(got, payload) {
+		if got := restore(t, m.Mountpoint(), keyPkg); !bytes.Equal(got, payload) {
 			t.Fatal("restored payload differs")
 		}
 		before := count()
 		for range 3 {
-			if _, err := os.Stat(filepath.Join(m.mountpoint, keyGone)); !errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Stat(filepath.Join(m.Mountpoint(), keyGone)); !errors.Is(err, os.ErrNotExist) {
 				t.Fatal(err)
 			}
 			time.Sleep(1100 * time.Millisecond) // past the kernel's negative entry timeout
@@ -200,14 +204,14 @@ func TestMountHTTPMirror(t *testing.T) {
 			t.Errorf("3 stats of an absent name made %d requests, want 1 (negative cache)", n)
 		}
 		// writes are kept locally: the mirror is read-only
-		tmp := filepath.Join(m.mountpoint, "aa/bb/new.tmp")
+		tmp := filepath.Join(m.Mountpoint(), "aa/bb/new.tmp")
 		if err := os.MkdirAll(filepath.Dir(tmp), 0o775); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(tmp, []byte("local"), 0o664); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Link(tmp, filepath.Join(m.mountpoint, keyGone)); err != nil {
+		if err := os.Link(tmp, filepath.Join(m.Mountpoint(), keyGone)); err != nil {
 			t.Fatalf("link on a read-only mirror: %v", err)
 		}
 	})
@@ -218,20 +222,20 @@ func TestMountHTTPMirror(t *testing.T) {
 		}
 		cfg := testConfig(t, srv.URL+"/")
 		m := startTestMount(t, cfg)
-		if m.live.Current() == nil || m.live.Current().Len() != 2 {
+		if m.Live().Current() == nil || m.Live().Current().Len() != 2 {
 			t.Fatal("index not loaded over HTTP")
 		}
 		before := count()
 		for i := range 100 {
 			name := strings.Replace(keyGone, "populate_lic", "t"+string(rune('a'+i%26))+strings.Repeat("x", i/26), 1)
-			if _, err := os.Stat(filepath.Join(m.mountpoint, name)); !errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Stat(filepath.Join(m.Mountpoint(), name)); !errors.Is(err, os.ErrNotExist) {
 				t.Fatal(err)
 			}
 		}
 		if n := count() - before; n != 0 {
 			t.Errorf("100 absent names made %d requests with a fresh index, want 0", n)
 		}
-		if got := restore(t, m.mountpoint, keyPkg); !bytes.Equal(got, payload) {
+		if got := restore(t, m.Mountpoint(), keyPkg); !bytes.Equal(got, payload) {
 			t.Fatal("restored payload differs")
 		}
 	})
@@ -257,7 +261,7 @@ func TestMountCommand(t *testing.T) {
 	defer cmd.Process.Kill()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if _, ok := mountedAt(mp); ok {
+		if _, _, ok := mountinfo.At(mp); ok {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -288,7 +292,7 @@ func TestMountCommand(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("no exit 20s after SIGTERM:\n%s", stderr.String())
 	}
-	if _, ok := mountedAt(mp); ok {
+	if _, _, ok := mountinfo.At(mp); ok {
 		t.Fatal("still mounted after exit")
 	}
 	if !strings.Contains(stderr.String(), "unmounting") {
@@ -297,11 +301,11 @@ func TestMountCommand(t *testing.T) {
 }
 
 func TestMountRefusesWithoutFUSE(t *testing.T) {
-	old := fuseDevice
-	fuseDevice = filepath.Join(t.TempDir(), "no-fuse")
-	t.Cleanup(func() { fuseDevice = old })
+	old := mount.FUSEDevice
+	mount.FUSEDevice = filepath.Join(t.TempDir(), "no-fuse")
+	t.Cleanup(func() { mount.FUSEDevice = old })
 	cfg := testConfig(t, "file://"+t.TempDir())
-	_, err := startMount(context.Background(), cfg, t.TempDir(), testLogger(t))
+	_, err := mount.Start(context.Background(), cfg, t.TempDir(), testLogger(t))
 	if err == nil || !strings.Contains(err.Error(), "FUSE is unavailable") || !strings.Contains(err.Error(), "no-fuse") {
 		t.Fatalf("mount without FUSE: %v", err)
 	}

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
+	"github.com/sstatefs/sstatefs/internal/stores"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
@@ -57,7 +59,7 @@ func TestMetricsHealthStatus(t *testing.T) {
 	cfg.Metrics.Addr = "127.0.0.1:0"
 	cfg.Mount.ReadyFile = filepath.Join(t.TempDir(), "run", "ready")
 	ctx := context.Background()
-	store, err := openStore(ctx, cfg.Stores[0])
+	store, err := stores.Open(ctx, cfg.Stores[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,27 +71,27 @@ func TestMetricsHealthStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := startTestMount(t, cfg)
-	m.obs.healthEvery = 0
+	m.SetHealthEvery(0)
 	if _, err := os.Stat(cfg.Mount.ReadyFile); err != nil {
 		t.Fatalf("ready file: %v", err)
 	}
-	base := scrape(t, m.metrics)
+	base := scrape(t, m.MetricsAddr())
 
 	// traffic: 5 absent names, one object read twice, one publication
 	for i := range 5 {
-		os.Stat(filepath.Join(m.mountpoint, strings.Replace(keyGone, "populate_lic", fmt.Sprint("t", i), 1)))
+		os.Stat(filepath.Join(m.Mountpoint(), strings.Replace(keyGone, "populate_lic", fmt.Sprint("t", i), 1)))
 	}
 	for range 2 {
-		if b, err := os.ReadFile(filepath.Join(m.mountpoint, keyLic)); err != nil || len(b) != len(data) {
+		if b, err := os.ReadFile(filepath.Join(m.Mountpoint(), keyLic)); err != nil || len(b) != len(data) {
 			t.Fatal(err)
 		}
 	}
-	publishLikeBitbake(t, m.mountpoint, testKey(600, "package"), []byte("x"))
+	publishLikeBitbake(t, m.Mountpoint(), testKey(600, "package"), []byte("x"))
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	m.queue.Drain(dctx)
+	m.Queue().Drain(dctx)
 
-	after := scrape(t, m.metrics)
+	after := scrape(t, m.MetricsAddr())
 	delta := func(name string) float64 { return after[name] - base[name] }
 	for name, want := range map[string]float64{
 		`sstatefs_cache_misses_total`:                        1,
@@ -117,29 +119,29 @@ func TestMetricsHealthStatus(t *testing.T) {
 		t.Errorf("cache bytes %v, want %d", after["sstatefs_cache_bytes"], len(data))
 	}
 
-	if code, _ := getStatus(t, "http://"+m.metrics+"/readyz"); code != 200 {
+	if code, _ := getStatus(t, "http://"+m.MetricsAddr()+"/readyz"); code != 200 {
 		t.Errorf("/readyz = %d", code)
 	}
-	code, body := getStatus(t, "http://"+m.metrics+"/healthz")
+	code, body := getStatus(t, "http://"+m.MetricsAddr()+"/healthz")
 	if code != 200 || !strings.Contains(body, `"store_reachable":true`) {
 		t.Errorf("/healthz = %d %s", code, body)
 	}
 	env.Stop()
-	code, body = getStatus(t, "http://"+m.metrics+"/healthz")
+	code, body = getStatus(t, "http://"+m.MetricsAddr()+"/healthz")
 	if code != 503 || !strings.Contains(body, `"store_reachable":false`) {
 		t.Errorf("/healthz with the store down = %d %s", code, body)
 	}
 	env.Start()
 
 	// status over the control socket, found from the mountpoint
-	if _, source, ok := mountInfo(m.mountpoint); !ok || source != cfg.Cache.Dir {
+	if _, source, ok := mountinfo.At(m.Mountpoint()); !ok || source != cfg.Cache.Dir {
 		t.Fatalf("mount table source %q, want the cache dir %q", source, cfg.Cache.Dir)
 	}
 	st, err := askStatus(cfg.Cache.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Mountpoint != m.mountpoint || !st.Ready || st.Index.Objects < 1 || st.Cache.Misses != 1 || st.Uploads.Uploaded != 2 {
+	if st.Mountpoint != m.Mountpoint() || !st.Ready || st.Index.Objects < 1 || st.Cache.Misses != 1 || st.Uploads.Uploaded != 2 {
 		b, _ := json.MarshalIndent(st, "", " ")
 		t.Errorf("status: %s", b)
 	}
@@ -150,7 +152,7 @@ func TestMetricsHealthStatus(t *testing.T) {
 			t.Errorf("status output lacks %q:\n%s", want, out.String())
 		}
 	}
-	if err := m.close(); err != nil {
+	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(cfg.Mount.ReadyFile); !os.IsNotExist(err) {

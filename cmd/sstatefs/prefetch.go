@@ -6,68 +6,56 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"sort"
-	"syscall"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/mount"
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/sstate"
 )
 
 func cmdPrefetch(args []string) int {
-	fset := flag.NewFlagSet("prefetch", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	list := fset.String("list", "", "file naming the objects (- for stdin): object paths, `find` output, or bitbake's `--setscene-only -DD` log; every sstate path found in it counts")
-	since := fset.Duration("accessed-since", 0, "also every object the index records as used within this long (e.g. 168h: what last week's builds used)")
-	jobs := fset.Int("jobs", 8, "objects fetched at once")
-	quiet := fset.Bool("quiet", false, "no progress bar")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), `Usage: sstatefs prefetch [flags] [MOUNTPOINT]
+	c := newCommand("prefetch", `Usage: sstatefs prefetch [flags] [MOUNTPOINT]
 
 Fetches objects into the disk cache of a running mount ahead of a build, in parallel, so that the
 restore reads from local disk. MOUNTPOINT names the mount; without it, the mount using
---cache-dir. Objects come from --list and/or --accessed-since.
-
-Flags:
-`)
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+--cache-dir. Objects come from --list and/or --accessed-since.`, "store", "cache.dir")
+	list := c.flags.String("list", "", "file naming the objects (- for stdin): object paths, `find` output, or bitbake's `--setscene-only -DD` log; every sstate path found in it counts")
+	since := c.flags.Duration("accessed-since", 0, "also every object the index records as used within this long (e.g. 168h: what last week's builds used)")
+	jobs := c.flags.Int("jobs", 8, "objects fetched at once")
+	quiet := c.flags.Bool("quiet", false, "no progress bar")
+	if !c.parse(args, 0, -1, func() error {
+		if *list == "" && *since <= 0 {
+			return errors.New("nothing to prefetch: give --list and/or --accessed-since")
+		}
+		if *jobs < 1 || c.flags.NArg() > 1 {
+			return errors.New("--jobs must be at least 1, and at most one MOUNTPOINT")
+		}
+		return nil
+	}) {
 		return 2
 	}
-	cfg, err := cf.load()
-	if err == nil && *list == "" && *since <= 0 {
-		err = errors.New("nothing to prefetch: give --list and/or --accessed-since")
-	}
-	if err == nil && (*jobs < 1 || fset.NArg() > 1) {
-		err = errors.New("--jobs must be at least 1, and at most one MOUNTPOINT")
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs prefetch: %v\n", err)
-		return 2
-	}
-	cacheDir := cfg.Cache.Dir
-	if fset.NArg() == 1 {
-		mp, _ := filepath.Abs(fset.Arg(0))
-		_, source, ok := mountInfo(mp)
+	cacheDir := c.cfg.Cache.Dir
+	if c.flags.NArg() == 1 {
+		mp, _ := filepath.Abs(c.arg(0))
+		_, source, ok := mountinfo.At(mp)
 		if !ok {
 			fmt.Fprintf(os.Stderr, "sstatefs prefetch: %s is not a mount\n", mp)
 			return 1
 		}
 		cacheDir = source
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := c.signalContext()
 	defer stop()
 	keys := map[string]bool{}
 	if *list != "" {
@@ -91,7 +79,7 @@ Flags:
 		}
 	}
 	if *since > 0 {
-		store, err := openStore(ctx, cfg.Stores[0])
+		store, err := c.store(ctx)
 		if err == nil {
 			var ix *index.Index
 			ix, err = index.Load(ctx, store)
@@ -162,9 +150,9 @@ func objectPaths(r io.Reader) ([]string, error) {
 }
 
 // prefetchViaMount sends the keys to the running mount in batches.
-func prefetchViaMount(ctx context.Context, cacheDir string, keys []string, jobs int, progress io.Writer) (PrefetchResult, error) {
-	var total PrefetchResult
-	sock := controlSocket(cacheDir)
+func prefetchViaMount(ctx context.Context, cacheDir string, keys []string, jobs int, progress io.Writer) (mount.PrefetchResult, error) {
+	var total mount.PrefetchResult
+	sock := mount.ControlSocket(cacheDir)
 	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
@@ -174,13 +162,13 @@ func prefetchViaMount(ctx context.Context, cacheDir string, keys []string, jobs 
 	batch := max(jobs*4, 16)
 	for i := 0; i < len(keys); i += batch {
 		part := keys[i:min(i+batch, len(keys))]
-		body, _ := json.Marshal(PrefetchRequest{Keys: part, Jobs: jobs})
+		body, _ := json.Marshal(mount.PrefetchRequest{Keys: part, Jobs: jobs})
 		req, _ := http.NewRequestWithContext(ctx, "POST", "http://sstatefs/prefetch", bytes.NewReader(body))
 		resp, err := client.Do(req)
 		if err != nil {
 			return total, fmt.Errorf("no sstatefs mount answers on %s (is one running with --cache-dir %s?): %w", sock, cacheDir, err)
 		}
-		var res PrefetchResult
+		var res mount.PrefetchResult
 		err = json.NewDecoder(resp.Body).Decode(&res)
 		resp.Body.Close()
 		if err != nil || resp.StatusCode != http.StatusOK {

@@ -63,20 +63,20 @@ func TestPrefetch(t *testing.T) {
 	m := startTestMount(t, cfg)
 	k0 := testKey(700, "populate_sysroot")
 	// touch the siginfo: nothing is fetched; touch the package: it is
-	unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(m.mountpoint, k0+".siginfo"), nil, 0)
-	unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(m.mountpoint, k0), nil, 0)
+	unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(m.Mountpoint(), k0+".siginfo"), nil, 0)
+	unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(m.Mountpoint(), k0), nil, 0)
 	deadline := time.Now().Add(10 * time.Second)
-	for m.cache.Stats().Entries < 1 && time.Now().Before(deadline) {
+	for m.Cache().Stats().Entries < 1 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if s := m.cache.Stats(); s.Entries != 1 || s.Bytes != int64(len(objs[k0])) {
+	if s := m.Cache().Stats(); s.Entries != 1 || s.Bytes != int64(len(objs[k0])) {
 		t.Fatalf("after touching a package and a siginfo the cache holds %+v, want just the package", s)
 	}
-	misses := m.cache.Stats().Misses
-	if got, err := os.ReadFile(filepath.Join(m.mountpoint, k0)); err != nil || !bytes.Equal(got, objs[k0]) {
+	misses := m.Cache().Stats().Misses
+	if got, err := os.ReadFile(filepath.Join(m.Mountpoint(), k0)); err != nil || !bytes.Equal(got, objs[k0]) {
 		t.Fatal(err)
 	}
-	if m.cache.Stats().Misses != misses {
+	if m.Cache().Stats().Misses != misses {
 		t.Error("reading a prefetched object downloaded it again")
 	}
 
@@ -97,7 +97,7 @@ func TestPrefetch(t *testing.T) {
 	if res.Fetched != 2 || res.Cached != 1 || len(res.Missing) != 1 || len(res.Failed) != 1 || !strings.Contains(res.Failed[0], k3) {
 		t.Fatalf("prefetch result %+v", res)
 	}
-	if _, err := os.ReadFile(filepath.Join(m.mountpoint, k3)); !errors.Is(err, syscall.EIO) {
+	if _, err := os.ReadFile(filepath.Join(m.Mountpoint(), k3)); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("corrupt object after a failed prefetch: %v", err)
 	}
 	// no mount: a clear error

@@ -22,6 +22,10 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/mount"
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
+	"github.com/sstatefs/sstatefs/internal/stores"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
@@ -82,21 +86,21 @@ func publishLikeBitbake(t *testing.T, mp, key string, payload []byte) []byte {
 	return data
 }
 
-func s3Config(t *testing.T, env testutil.S3Env, bucket string) Config {
+func s3Config(t *testing.T, env testutil.S3Env, bucket string) config.Config {
 	t.Setenv("AWS_ACCESS_KEY_ID", env.AccessKey)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", env.SecretKey)
 	cfg := testConfig(t, "s3://"+bucket+"/sstate")
 	cfg.Stores[0].Endpoint = env.Endpoint
 	cfg.Stores[0].PathStyle = true
-	cfg.Publish.DrainTimeout = Duration{Duration: 20 * time.Second}
+	cfg.Publish.DrainTimeout = config.Duration{Duration: 20 * time.Second}
 	return cfg
 }
 
 // storeObjects lists the store's sstate objects with their bytes.
-func storeObjects(t *testing.T, cfg Config) map[string][]byte {
+func storeObjects(t *testing.T, cfg config.Config) map[string][]byte {
 	t.Helper()
 	ctx := context.Background()
-	store, err := openStore(ctx, cfg.Stores[0])
+	store, err := stores.Open(ctx, cfg.Stores[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,10 +124,10 @@ func storeObjects(t *testing.T, cfg Config) map[string][]byte {
 	return out
 }
 
-func loadIndex(t *testing.T, cfg Config) *index.Index {
+func loadIndex(t *testing.T, cfg config.Config) *index.Index {
 	t.Helper()
 	ctx := context.Background()
-	store, err := openStore(ctx, cfg.Stores[0])
+	store, err := stores.Open(ctx, cfg.Stores[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,14 +151,14 @@ func TestPublishThroughMountS3(t *testing.T) {
 	for i := range 3 {
 		k := testKey(i, "populate_sysroot")
 		payloads[k] = bytes.Repeat([]byte(fmt.Sprint(i)), 100_000+i)
-		want[k] = publishLikeBitbake(t, m.mountpoint, k, payloads[k])
-		want[k+".siginfo"], _ = os.ReadFile(filepath.Join(m.mountpoint, k+".siginfo"))
+		want[k] = publishLikeBitbake(t, m.Mountpoint(), k, payloads[k])
+		want[k+".siginfo"], _ = os.ReadFile(filepath.Join(m.Mountpoint(), k+".siginfo"))
 	}
 	// touch of an object it uses (utimensat) becomes an access record
-	unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(m.mountpoint, testKey(0, "populate_sysroot")), nil, 0)
+	unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(m.Mountpoint(), testKey(0, "populate_sysroot")), nil, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if left := m.queue.Drain(ctx); len(left) != 0 {
+	if left := m.Queue().Drain(ctx); len(left) != 0 {
 		t.Fatalf("not uploaded: %+v", left)
 	}
 	got := storeObjects(t, cfg)
@@ -178,7 +182,7 @@ func TestPublishThroughMountS3(t *testing.T) {
 	cfg2.Cache.Dir = t.TempDir()
 	m2 := startTestMount(t, cfg2)
 	for k, p := range payloads {
-		if got := restore(t, m2.mountpoint, k); !bytes.Equal(got, p) {
+		if got := restore(t, m2.Mountpoint(), k); !bytes.Equal(got, p) {
 			t.Fatalf("second mount restores other bytes for %s", k)
 		}
 	}
@@ -194,17 +198,17 @@ func TestPublishWhileStoreDown(t *testing.T) {
 	env.Stop()
 	k := testKey(7, "package")
 	start := time.Now()
-	data := publishLikeBitbake(t, m.mountpoint, k, []byte("built while the store was down"))
+	data := publishLikeBitbake(t, m.Mountpoint(), k, []byte("built while the store was down"))
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("publishing with the store down took %v", d)
 	}
 	// readable through the mount while queued
-	if got, err := os.ReadFile(filepath.Join(m.mountpoint, k)); err != nil || !bytes.Equal(got, data) {
+	if got, err := os.ReadFile(filepath.Join(m.Mountpoint(), k)); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("queued object unreadable: %v", err)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		ents := m.queue.Entries()
+		ents := m.Queue().Entries()
 		if len(ents) > 0 && ents[0].Attempts >= 2 {
 			break
 		}
@@ -225,7 +229,7 @@ func TestPublishWhileStoreDown(t *testing.T) {
 	env.Start()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if left := m.queue.Drain(ctx); len(left) != 0 {
+	if left := m.Queue().Drain(ctx); len(left) != 0 {
 		t.Fatalf("not uploaded after the store returned: %+v", left)
 	}
 	if got := storeObjects(t, cfg); !bytes.Equal(got[k], data) {
@@ -448,7 +452,7 @@ func startBinary(t *testing.T, bin, mp string, args ...string) *exec.Cmd {
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, ok := mountedAt(mp); ok {
+		if _, _, ok := mountinfo.At(mp); ok {
 			return cmd
 		}
 		if time.Now().After(deadline) {
@@ -464,13 +468,13 @@ func TestRestartSettlesOverlay(t *testing.T) {
 	env := testutil.S3Server(t)
 	bucket := env.NewBucket(t)
 	cfg := s3Config(t, env, bucket)
-	m, err := startMount(context.Background(), cfg, t.TempDir(), testLogger(t))
+	m, err := mount.Start(context.Background(), cfg, t.TempDir(), testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	k := testKey(42, "package")
-	data := publishLikeBitbake(t, m.mountpoint, k, []byte("settle me"))
-	if err := m.close(); err != nil { // drains the queue
+	data := publishLikeBitbake(t, m.Mountpoint(), k, []byte("settle me"))
+	if err := m.Close(); err != nil { // drains the queue
 		t.Fatal(err)
 	}
 	overlayFile := filepath.Join(cfg.Cache.Dir, "overlay", k)
@@ -481,10 +485,10 @@ func TestRestartSettlesOverlay(t *testing.T) {
 	if _, err := os.Stat(overlayFile); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("published object still in the overlay after the restart: %v", err)
 	}
-	if got, err := os.ReadFile(filepath.Join(m2.mountpoint, k)); err != nil || !bytes.Equal(got, data) {
+	if got, err := os.ReadFile(filepath.Join(m2.Mountpoint(), k)); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("settled object reads %d bytes, %v", len(got), err)
 	}
-	if s := m2.cache.Stats(); s.Misses != 0 {
+	if s := m2.Cache().Stats(); s.Misses != 0 {
 		t.Errorf("reading a settled object fetched it (%+v)", s)
 	}
 }

@@ -4,13 +4,10 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -45,39 +42,29 @@ func bytesBar(w io.Writer, what string) (transfer.Progress, func()) {
 }
 
 func cmdPush(args []string) int {
-	fset := flag.NewFlagSet("push", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	jobs := fset.Int("jobs", 8, "objects uploaded at once")
-	quiet := fset.Bool("quiet", false, "no progress bar")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), `Usage: sstatefs push [flags] DIR
+	c := newCommand("push", `Usage: sstatefs push [flags] DIR
 
 Uploads the sstate objects of a local SSTATE_DIR (an existing sstate-cache) to the (first)
 store, in parallel. Objects the store already has are skipped (never replaced); running it
 again after an interruption finishes the job. Uploaded objects are recorded in the index.
 Files that are not sstate objects (temp files, locks) are ignored. Symbolic links
-are never followed (each is warned about), nor are names with control characters pushed.
-
-Flags:
-`)
-		fset.PrintDefaults()
-	}
-	cfg, ok := parseTransfer("push", fset, cf, args, jobs)
-	if !ok {
+are never followed (each is warned about), nor are names with control characters pushed.`, "store", "log", "publish.writer_id")
+	jobs := c.flags.Int("jobs", 8, "objects uploaded at once")
+	quiet := c.flags.Bool("quiet", false, "no progress bar")
+	if !c.parse(args, 1, 1, checkJobs(jobs)) {
 		return 2
 	}
-	dir := fset.Arg(0)
+	cfg := c.cfg
+	dir := c.arg(0)
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		fmt.Fprintf(os.Stderr, "sstatefs push: %s is not a directory\n", dir)
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	log := c.logger()
+	ctx, stop, store, err := c.open()
 	defer stop()
-	log := newLogger(cfg.Log)
-	store, err := openStore(ctx, cfg.Stores[0])
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs push: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	if backend.IsReadOnly(store) {
 		fmt.Fprintf(os.Stderr, "sstatefs push: %s is read-only (a plain HTTP mirror takes no writes); push to an s3:// or file:// store\n", store.Location())
@@ -112,24 +99,15 @@ Flags:
 }
 
 func cmdExport(args []string) int {
-	fset := flag.NewFlagSet("export", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	jobs := fset.Int("jobs", 8, "objects downloaded at once")
-	list := fset.String("list", "", "file with the object paths to export, one per line (- for stdin); their .siginfo/.sig come along")
-	quiet := fset.Bool("quiet", false, "no progress bar")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), `Usage: sstatefs export [flags] DIR
+	c := newCommand("export", `Usage: sstatefs export [flags] DIR
 
 Writes a plain SSTATE_DIR copy of the (first) store, or of the objects in --list, into DIR
 (for air-gapped sites, SDKs and backups). Objects already in DIR with the right size are
-skipped; every object is verified against the index before it is renamed into place.
-
-Flags:
-`)
-		fset.PrintDefaults()
-	}
-	cfg, ok := parseTransfer("export", fset, cf, args, jobs)
-	if !ok {
+skipped; every object is verified against the index before it is renamed into place.`, "store", "log")
+	jobs := c.flags.Int("jobs", 8, "objects downloaded at once")
+	list := c.flags.String("list", "", "file with the object paths to export, one per line (- for stdin); their .siginfo/.sig come along")
+	quiet := c.flags.Bool("quiet", false, "no progress bar")
+	if !c.parse(args, 1, 1, checkJobs(jobs)) {
 		return 2
 	}
 	var keys []string
@@ -152,13 +130,11 @@ Flags:
 			return 2
 		}
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	log := c.logger()
+	ctx, stop, store, err := c.open()
 	defer stop()
-	log := newLogger(cfg.Log)
-	store, err := openStore(ctx, cfg.Stores[0])
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs export: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	ix, err := indexOf(ctx, store)
 	if err != nil {
@@ -168,11 +144,11 @@ Flags:
 	progress, finish := bytesBar(progressOut(*quiet), "exporting")
 	start := time.Now()
 	res, err := transfer.Export(ctx, transfer.ExportOptions{
-		Dir: fset.Arg(0), Store: store, Index: ix, Keys: keys, Jobs: *jobs, Progress: progress, Logger: log,
+		Dir: c.arg(0), Store: store, Index: ix, Keys: keys, Jobs: *jobs, Progress: progress, Logger: log,
 	})
 	finish()
 	fmt.Printf("exported %d objects (%s) from %s to %s in %s; %d already there\n",
-		res.Written, humanBytes(res.WrittenBytes), store.Location(), fset.Arg(0), time.Since(start).Round(time.Millisecond), res.Skipped)
+		res.Written, humanBytes(res.WrittenBytes), store.Location(), c.arg(0), time.Since(start).Round(time.Millisecond), res.Skipped)
 	for _, k := range res.Missing {
 		fmt.Fprintf(os.Stderr, "not in the store: %s\n", k)
 	}
@@ -232,26 +208,14 @@ func readList(path string) (keys, bad []string, err error) {
 	return keys, bad, sc.Err()
 }
 
-// parseTransfer parses the flags of push and export: one DIR argument,
-// the configuration, --jobs. ok is false when the command must stop
-// (with exit status 2, the problem already reported).
-func parseTransfer(name string, fset *flag.FlagSet, cf *configFlags, args []string, jobs *int) (cfg Config, ok bool) {
-	if err := fset.Parse(args); err != nil {
-		return cfg, false
+// checkJobs is the rule of --jobs.
+func checkJobs(jobs *int) func() error {
+	return func() error {
+		if *jobs < 1 {
+			return errors.New("--jobs must be at least 1")
+		}
+		return nil
 	}
-	if fset.NArg() != 1 {
-		fset.Usage()
-		return cfg, false
-	}
-	cfg, err := cf.load()
-	if err == nil && *jobs < 1 {
-		err = errors.New("--jobs must be at least 1")
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs %s: %v\n", name, err)
-		return cfg, false
-	}
-	return cfg, true
 }
 
 // indexOf loads the store's index; a store without one gives nil.

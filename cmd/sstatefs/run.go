@@ -3,47 +3,38 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
 	"syscall"
+
+	"github.com/sstatefs/sstatefs/internal/mount"
 )
 
 func cmdRun(args []string) int {
-	fset := flag.NewFlagSet("run", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	mountpoint := fset.String("mountpoint", "", "where to mount (default $SSTATE_DIR if set, else a new directory under $TMPDIR)")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), `Usage: sstatefs run [mount flags] [--mountpoint DIR] -- COMMAND [ARG...]
+	c := newCommand("run", `Usage: sstatefs run [mount flags] [--mountpoint DIR] -- COMMAND [ARG...]
 
 Mounts the store, waits until the mount is ready, runs COMMAND with SSTATE_DIR set to the
 mountpoint, then uploads what the command published (up to the drain timeout), unmounts and
 exits with the command's exit status. SIGINT/SIGTERM are passed on to the command; the wrapper
-still drains and unmounts after it exits. For CI job scripts and container entrypoints.
-
-Flags:
-`)
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+still drains and unmounts after it exits. For CI job scripts and container entrypoints.`)
+	mountpoint := c.flags.String("mountpoint", "", "where to mount (default $SSTATE_DIR if set, else a new directory under $TMPDIR)")
+	// the flags after COMMAND are the command's
+	c.flagsEndAtFirstArg()
+	if !c.parse(args, 1, -1, nil) {
 		return 2
 	}
-	argv := fset.Args()
-	if len(argv) > 0 && argv[0] == "--" {
+	argv := c.flags.Args()
+	if argv[0] == "--" {
 		argv = argv[1:]
 	}
 	if len(argv) == 0 {
-		fset.Usage()
+		c.flags.Usage()
 		return 2
 	}
-	cfg, err := cf.load()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs run: %v\n", err)
-		return 2
-	}
-	log := newLogger(cfg.Log)
+	log := c.logger()
+	var err error
 
 	mp := *mountpoint
 	if mp == "" {
@@ -51,8 +42,7 @@ Flags:
 	}
 	if mp == "" {
 		if mp, err = os.MkdirTemp("", "sstatefs-run-"); err != nil {
-			fmt.Fprintf(os.Stderr, "sstatefs run: %v\n", err)
-			return 1
+			return c.fail(err)
 		}
 		defer os.Remove(mp)
 	}
@@ -61,13 +51,12 @@ Flags:
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
-	m, err := startMount(context.Background(), cfg, mp, log)
+	m, err := mount.Start(context.Background(), c.cfg, mp, log)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs run: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
-	rc := runCommand(argv, m.mountpoint, sigs, log)
-	if err := m.close(); err != nil {
+	rc := runCommand(argv, m.Mountpoint(), sigs, log)
+	if err := m.Close(); err != nil {
 		log.Error("unmount", "error", err)
 		if rc == 0 {
 			rc = 1

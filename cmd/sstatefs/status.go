@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -15,63 +14,40 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sstatefs/sstatefs/internal/mount"
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/publish"
 )
 
 // Status is what `sstatefs status` reports about the mount that owns a
 // cache directory, read from that directory.
 type Status struct {
-	CacheDir string          `json:"cache_dir"`
-	Store    string          `json:"store"`
-	PID      int             `json:"pid,omitempty"`
-	Running  bool            `json:"running"`
-	Queue    QueueStatus     `json:"queue"`
-	Entries  []publish.Entry `json:"entries"`
-}
-
-// QueueStatus summarises the upload queue.
-type QueueStatus struct {
-	Pending      int   `json:"pending"`       // waiting for an upload
-	Uploaded     int   `json:"uploaded"`      // in the store, waiting for the journal
-	Failing      int   `json:"failing"`       // at least one failed attempt
-	PendingBytes int64 `json:"pending_bytes"` // bytes still to upload
+	CacheDir string            `json:"cache_dir"`
+	Store    string            `json:"store"`
+	PID      int               `json:"pid,omitempty"`
+	Running  bool              `json:"running"`
+	Queue    mount.QueueStatus `json:"queue"`
+	Entries  []publish.Entry   `json:"entries"`
 }
 
 func cmdStatus(args []string) int {
-	fset := flag.NewFlagSet("status", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
-	asJSON := fset.Bool("json", false, "print JSON")
-	fset.Usage = func() {
-		fmt.Fprintf(fset.Output(), `Usage: sstatefs status [flags] [MOUNTPOINT]
+	c := newCommand("status", `Usage: sstatefs status [flags] [MOUNTPOINT]
 
 Shows the live state of a running mount (stores, index age and size, cache use, lookups, upload
 queue, recent errors), asked over its control socket. MOUNTPOINT names the mount; without it,
 the mount using --cache-dir. When no mount is running there, it shows the upload queue left on
-disk.
-
-Flags:
-`)
-		fset.PrintDefaults()
-	}
-	if err := fset.Parse(args); err != nil {
+disk.`, "cache.dir")
+	asJSON := c.flags.Bool("json", false, "print JSON")
+	if !c.parse(args, 0, 1, nil) {
 		return 2
 	}
-	cfg, err := cf.load()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs status: %v\n", err)
-		return 2
-	}
-	cacheDir := cfg.Cache.Dir
-	if fset.NArg() > 1 {
-		fset.Usage()
-		return 2
-	}
-	if fset.NArg() == 1 {
-		mp, _ := filepath.Abs(fset.Arg(0))
+	cacheDir := c.cfg.Cache.Dir
+	if c.flags.NArg() == 1 {
+		mp, _ := filepath.Abs(c.arg(0))
 		if real, err := filepath.EvalSymlinks(mp); err == nil {
 			mp = real
 		}
-		fstype, source, ok := mountInfo(mp)
+		fstype, source, ok := mountinfo.At(mp)
 		if !ok || fstype != "fuse" && fstype != "fuse.sstatefs" {
 			fmt.Fprintf(os.Stderr, "sstatefs status: %s is not an sstatefs mount\n", mp)
 			return 1
@@ -88,8 +64,7 @@ Flags:
 	}
 	st, err := readStatus(cacheDir)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs status: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
 	if *asJSON {
 		printJSON(os.Stdout, st)
@@ -106,9 +81,9 @@ func printJSON(w io.Writer, v any) {
 }
 
 // askStatus asks a running mount over its control socket.
-func askStatus(cacheDir string) (LiveStatus, error) {
-	var st LiveStatus
-	sock := controlSocket(cacheDir)
+func askStatus(cacheDir string) (mount.LiveStatus, error) {
+	var st mount.LiveStatus
+	sock := mount.ControlSocket(cacheDir)
 	client := &http.Client{
 		Timeout: 5 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -127,7 +102,7 @@ func askStatus(cacheDir string) (LiveStatus, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-func printLiveStatus(w io.Writer, st LiveStatus, now time.Time) {
+func printLiveStatus(w io.Writer, st mount.LiveStatus, now time.Time) {
 	ready := "ready"
 	if !st.Ready {
 		ready = "not ready"
@@ -191,28 +166,11 @@ func readStatus(dir string) (Status, error) {
 	if err != nil {
 		return st, err
 	}
-	st.Queue = summarizeQueue(st.Entries)
+	st.Queue = mount.SummarizeQueue(st.Entries)
 	if st.Entries == nil {
 		st.Entries = []publish.Entry{}
 	}
 	return st, nil
-}
-
-func summarizeQueue(entries []publish.Entry) QueueStatus {
-	var q QueueStatus
-	for _, e := range entries {
-		switch e.State {
-		case publish.Uploaded:
-			q.Uploaded++
-		default:
-			q.Pending++
-			q.PendingBytes += e.Size
-		}
-		if e.Attempts > 0 {
-			q.Failing++
-		}
-	}
-	return q
 }
 
 // lockHeld tells whether a process holds the mount's lock on the cache dir.

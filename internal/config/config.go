@@ -1,8 +1,11 @@
-package main
+// Package config owns the configuration of sstatefs: the Config struct, the
+// table that declares every setting once (TOML key, flag, environment
+// name, default, help, validation), strict TOML decoding, validation, and
+// the flag sets built from the table.
+package config
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"net/url"
@@ -16,8 +19,6 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
-
-	sfs "github.com/sstatefs/sstatefs/fs"
 )
 
 // Config is the whole configuration: defaults, then the TOML file, then
@@ -230,21 +231,18 @@ func CacheDir() string {
 }
 
 // Defaults returns the configuration with no file and no flags: the
-// embedded default store under the user's data directory.
+// embedded default store under the user's data directory. Every value
+// comes from the table (Settings).
 func Defaults() Config {
-	return Config{
-		Stores: []StoreConfig{{URL: "file://" + filepath.Join(DataDir(), "store")}},
-		Cache:  CacheConfig{Dir: CacheDir(), Size: Size{Bytes: 20 << 30}},
-		Mount:  MountConfig{ReadAhead: Size{Bytes: sfs.ReadAheadKB << 10}},
-		Index: IndexConfig{
-			RefreshInterval: Duration{Duration: time.Minute},
-			NegativeTTL:     Duration{Duration: time.Minute},
-			CompactInterval: Duration{Duration: time.Hour},
-		},
-		Publish:  PublishConfig{Concurrency: 8, DrainTimeout: Duration{Duration: 30 * time.Second}, WriterID: defaultWriterID()},
-		Prefetch: PrefetchConfig{Mode: "touch", Concurrency: 4},
-		Log:      LogConfig{Level: "info", Format: "text"},
+	var c Config
+	c.Stores = []StoreConfig{{}}
+	for _, st := range Settings() {
+		if d := st.defaultValue(); d != "" && !st.perStore() {
+			// the table's defaults are checked by TestDefaultsParse
+			_ = st.set(&c, d)
+		}
 	}
+	return c
 }
 
 func defaultWriterID() string {
@@ -255,13 +253,14 @@ func defaultWriterID() string {
 	return h
 }
 
-// storeDefaults fills what a store entry left out.
-func storeDefaults(s *StoreConfig) {
-	if s.Timeout.Duration == 0 {
-		s.Timeout.Duration = 10 * time.Second
-	}
-	if s.MaxConnections == 0 {
-		s.MaxConnections = 64
+// StoreDefaults fills what a store entry left out, from the table.
+func StoreDefaults(s *StoreConfig) {
+	for _, st := range Settings() {
+		d := st.defaultValue()
+		if !st.perStore() || d == "" || !reflect.ValueOf(st.store(s)).Elem().IsZero() {
+			continue
+		}
+		_ = setValue(st.store(s), d)
 	}
 	if s.Region == "" && strings.HasPrefix(s.URL, "s3://") {
 		s.Region = os.Getenv("AWS_REGION")
@@ -271,7 +270,9 @@ func storeDefaults(s *StoreConfig) {
 	}
 }
 
-const systemConfig = "/etc/sstatefs/sstatefs.toml"
+// SystemFile is the configuration file read when neither --config nor
+// $SSTATEFS_CONFIG names one, if it exists.
+const SystemFile = "/etc/sstatefs/sstatefs.toml"
 
 // configPath picks the file: --config, else $SSTATEFS_CONFIG, else the
 // system file if it exists. explicit is false for the system file, whose
@@ -283,7 +284,7 @@ func configPath(flagValue string) (path string, explicit bool) {
 	if env := os.Getenv("SSTATEFS_CONFIG"); env != "" {
 		return env, true
 	}
-	return systemConfig, false
+	return SystemFile, false
 }
 
 // LoadFile decodes a TOML file strictly into cfg: unknown keys are errors,
@@ -448,7 +449,7 @@ func (c *Config) Validate() error {
 				bad("%s: endpoint, path_style and profile apply to s3:// stores only", name)
 			}
 			if u.User != nil {
-				bad("%s: do not put credentials in the url; use netrc or bearer_token_file", redactURL(s.URL))
+				bad("%s: do not put credentials in the url; use netrc or bearer_token_file", RedactURL(s.URL))
 			}
 		default:
 			bad("%s: unsupported scheme %q (want file, s3, http or https)", name, u.Scheme)
@@ -470,57 +471,28 @@ func (c *Config) Validate() error {
 	if c.Cache.Dir == "" {
 		bad("cache.dir is empty")
 	}
-	for _, err := range []error{
-		c.Cache.Size.check("cache.size (--cache-size)"),
-		c.Mount.ReadAhead.check("mount.read_ahead (--mount-read-ahead)"),
-		c.Index.RefreshInterval.check("index.refresh_interval (--index-refresh-interval)"),
-		c.Index.MaxAge.check("index.max_age (--index-max-age)"),
-		c.Index.NegativeTTL.check("index.negative_ttl (--index-negative-ttl)"),
-		c.Index.CompactInterval.check("index.compact_interval (--index-compact-interval)"),
-	} {
-		if err != nil {
+	// what the table says of each setting: valid durations and sizes,
+	// allowed values, minimums
+	for _, st := range Settings() {
+		if err := st.check(c); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if c.Index.RefreshInterval.invalid == "" && c.Index.RefreshInterval.Duration <= 0 {
 		bad("index.refresh_interval must be positive, got %v", c.Index.RefreshInterval)
 	}
-	if c.Publish.Concurrency < 1 {
-		bad("publish.concurrency must be at least 1, got %d", c.Publish.Concurrency)
-	}
-	if err := c.Publish.DrainTimeout.check("publish.drain_timeout (--publish-drain-timeout)"); err != nil {
-		errs = append(errs, err)
-	}
 	if c.Publish.WriterID == "" {
 		bad("publish.writer_id is empty")
 	}
 	if c.Mount.Owner != "" {
-		if _, _, err := parseOwner(c.Mount.Owner); err != nil {
+		if _, _, err := ParseOwner(c.Mount.Owner); err != nil {
 			bad("mount.owner: %v", err)
 		}
 	}
 	if c.Hashserv.Group != "" {
-		if _, err := lookupGroup(c.Hashserv.Group); err != nil {
-			bad("hashserv.group (--hashserv-group): %v", err)
+		if _, err := LookupGroup(c.Hashserv.Group); err != nil {
+			bad("%s: %v", label("hashserv.group"), err)
 		}
-	}
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("log.level %q: want debug, info, warn or error", c.Log.Level)
-	}
-	switch c.Prefetch.Mode {
-	case "touch", "lookup", "off":
-	default:
-		bad("prefetch.mode %q: want touch, lookup or off", c.Prefetch.Mode)
-	}
-	if c.Prefetch.Concurrency < 1 {
-		bad("prefetch.concurrency must be at least 1, got %d", c.Prefetch.Concurrency)
-	}
-	switch c.Log.Format {
-	case "text", "json":
-	default:
-		bad("log.format %q: want text or json", c.Log.Format)
 	}
 	if c.Metrics.Addr != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics.Addr); err != nil {
@@ -530,8 +502,8 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// lookupGroup resolves a group name or a numeric gid.
-func lookupGroup(s string) (int, error) {
+// LookupGroup resolves a group name or a numeric gid.
+func LookupGroup(s string) (int, error) {
 	if gid, err := strconv.ParseUint(s, 10, 31); err == nil {
 		return int(gid), nil
 	}
@@ -546,7 +518,8 @@ func lookupGroup(s string) (int, error) {
 	return gid, nil
 }
 
-func parseOwner(s string) (uid, gid uint32, err error) {
+// ParseOwner parses "uid:gid" (numbers).
+func ParseOwner(s string) (uid, gid uint32, err error) {
 	u, g, ok := strings.Cut(s, ":")
 	if !ok {
 		return 0, 0, fmt.Errorf("%q: want uid:gid (numbers)", s)
@@ -559,8 +532,8 @@ func parseOwner(s string) (uid, gid uint32, err error) {
 	return uint32(uv), uint32(gv), nil
 }
 
-// redactURL drops userinfo and query from a URL for messages.
-func redactURL(raw string) string {
+// RedactURL drops userinfo and query from a URL for messages.
+func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparsable url)"
@@ -568,137 +541,4 @@ func redactURL(raw string) string {
 	u.User = nil
 	u.RawQuery = ""
 	return u.String()
-}
-
-// configFlags binds every key to a flag. Flags are applied after the file:
-// only the flags actually given override it.
-type configFlags struct {
-	fs     *flag.FlagSet
-	config string
-	apply  []func(*Config) error
-}
-
-func newConfigFlags(fs *flag.FlagSet) *configFlags {
-	cf := &configFlags{fs: fs}
-	fs.StringVar(&cf.config, "config", "", "configuration file (default $SSTATEFS_CONFIG, else "+systemConfig+")")
-	str := func(name, usage string, set func(*Config, string)) {
-		var v string
-		fs.StringVar(&v, name, "", usage)
-		cf.apply = append(cf.apply, func(c *Config) error {
-			if isSet(fs, name) {
-				set(c, v)
-			}
-			return nil
-		})
-	}
-	boolean := func(name, usage string, set func(*Config, bool)) {
-		var v bool
-		fs.BoolVar(&v, name, false, usage)
-		cf.apply = append(cf.apply, func(c *Config) error {
-			if isSet(fs, name) {
-				set(c, v)
-			}
-			return nil
-		})
-	}
-	text := func(name, usage string, get func(*Config) interface{ UnmarshalText([]byte) error }) {
-		var v string
-		fs.StringVar(&v, name, "", usage)
-		cf.apply = append(cf.apply, func(c *Config) error {
-			if !isSet(fs, name) {
-				return nil
-			}
-			return get(c).UnmarshalText([]byte(v))
-		})
-	}
-	integer := func(name, usage string, set func(*Config, int)) {
-		var v int
-		fs.IntVar(&v, name, 0, usage)
-		cf.apply = append(cf.apply, func(c *Config) error {
-			if isSet(fs, name) {
-				set(c, v)
-			}
-			return nil
-		})
-	}
-	first := func(c *Config) *StoreConfig {
-		if len(c.Stores) == 0 {
-			c.Stores = []StoreConfig{{}}
-		}
-		return &c.Stores[0]
-	}
-	str("store", "URL of the (first) store: file:///dir, s3://bucket/prefix, https://host/path", func(c *Config, v string) {
-		// A store given on the command line replaces the configured list.
-		c.Stores = []StoreConfig{{URL: v}}
-	})
-	str("store-endpoint", "s3: endpoint URL of an S3-compatible server", func(c *Config, v string) { first(c).Endpoint = v })
-	str("store-region", "s3: region", func(c *Config, v string) { first(c).Region = v })
-	boolean("store-path-style", "s3: path-style addressing", func(c *Config, v bool) { first(c).PathStyle = v })
-	str("store-profile", "s3: shared config profile", func(c *Config, v string) { first(c).Profile = v })
-	str("store-ca-bundle", "PEM file of extra CA certificates", func(c *Config, v string) { first(c).CABundle = v })
-	str("store-bearer-token-file", "https: file holding a bearer token", func(c *Config, v string) { first(c).BearerTokenFile = v })
-	str("store-netrc", "https: netrc file for basic auth", func(c *Config, v string) { first(c).Netrc = v })
-	text("store-timeout", "deadline of every remote call (default 10s)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &first(c).Timeout })
-	integer("store-max-connections", "connections to the store (default 64)", func(c *Config, v int) { first(c).MaxConnections = v })
-	str("cache-dir", "local cache directory (default "+CacheDir()+")", func(c *Config, v string) { c.Cache.Dir = v })
-	text("cache-size", "bound of the disk cache, e.g. 20GiB", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Cache.Size })
-	text("index-refresh-interval", "how often the index is reloaded (default 1m)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.RefreshInterval })
-	text("index-max-age", "the index answers absent names while younger than this (default 3 x refresh interval)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.MaxAge })
-	text("index-negative-ttl", "stores without a fresh index: how long an absent answer is kept (default 1m)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.NegativeTTL })
-	text("index-compact-interval", "how often the mount checks whether to fold the journal into a new snapshot (default 1h, 0 disables)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Index.CompactInterval })
-	boolean("mount-allow-other", "let other users (the build user) use the mount", func(c *Config, v bool) { c.Mount.AllowOther = v })
-	boolean("allow-other", "same as --mount-allow-other", func(c *Config, v bool) { c.Mount.AllowOther = v })
-	str("mount-owner", "uid:gid owning store objects; it (and its group) may publish (default: the mountpoint's owner)", func(c *Config, v string) { c.Mount.Owner = v })
-	boolean("mount-debug", "log every FUSE request", func(c *Config, v bool) { c.Mount.Debug = v })
-	boolean("debug", "debug logging, including every FUSE request", func(c *Config, v bool) { c.Mount.Debug = v; c.Log.Level = "debug" })
-	integer("publish-concurrency", "uploads to the store at once (default 8)", func(c *Config, v int) { c.Publish.Concurrency = v })
-	text("publish-drain-timeout", "at SIGTERM, how long to keep uploading queued objects before exiting (default 30s)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Publish.DrainTimeout })
-	str("publish-writer-id", "name of this mount in the index journal (default: the host name)", func(c *Config, v string) { c.Publish.WriterID = v })
-	str("log-level", "debug, info, warn or error", func(c *Config, v string) { c.Log.Level = v })
-	str("log-format", "text or json", func(c *Config, v string) { c.Log.Format = v })
-	str("prefetch-mode", "what starts a background fetch: touch (bitbake's check), lookup, or off (default touch)", func(c *Config, v string) { c.Prefetch.Mode = v })
-	integer("prefetch-concurrency", "background fetches at once (default 4)", func(c *Config, v int) { c.Prefetch.Concurrency = v })
-	str("hashserv", "serve bitbake's hash equivalence protocol on unix:///path or 127.0.0.1:PORT (off by default)", func(c *Config, v string) { c.Hashserv.Listen = v })
-	str("hashserv-group", "group (name or gid) that may also connect to the hash equivalence socket (mode 0660; default: only its owner, mode 0600)", func(c *Config, v string) { c.Hashserv.Group = v })
-	boolean("hashserv-read-only", "the hash equivalence server answers reports without recording them (like bitbake's --read-only server)", func(c *Config, v bool) { c.Hashserv.ReadOnly = v })
-	boolean("mount-daemon-opens", "answer every open in sstatefs (one round trip per open, FUSE passthrough of cached objects) instead of letting the kernel open files itself", func(c *Config, v bool) { c.Mount.DaemonOpens = v })
-	boolean("mount-no-passthrough", "with --mount-daemon-opens: serve reads of cached objects from sstatefs instead of FUSE passthrough", func(c *Config, v bool) { c.Mount.NoPassthrough = v })
-	text("mount-read-ahead", "kernel read-ahead of the mount, the size of streamed READ requests (default 512KiB; 0: the kernel's 128KiB)", func(c *Config) interface{ UnmarshalText([]byte) error } { return &c.Mount.ReadAhead })
-	str("mount-ready-file", "file created once the mount is up and its index loaded (readiness gate)", func(c *Config, v string) { c.Mount.ReadyFile = v })
-	str("ready-file", "same as --mount-ready-file", func(c *Config, v string) { c.Mount.ReadyFile = v })
-	str("metrics-addr", "serve /metrics, /healthz, /readyz and /status on host:port (off by default)", func(c *Config, v string) { c.Metrics.Addr = v })
-	return cf
-}
-
-func isSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == name {
-			set = true
-		}
-	})
-	return set
-}
-
-// load builds the configuration: defaults, file, flags; then validates.
-func (cf *configFlags) load() (Config, error) {
-	cfg := Defaults()
-	path, explicit := configPath(cf.config)
-	// The file's problems do not hide those of the flags and of Validate:
-	// all are reported at once.
-	var errs []error
-	if _, err := os.Stat(path); err == nil || explicit {
-		if err := LoadFile(&cfg, path); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, a := range cf.apply {
-		if err := a(&cfg); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for i := range cfg.Stores {
-		storeDefaults(&cfg.Stores[i])
-	}
-	return cfg, errors.Join(append(errs, cfg.Validate())...)
 }

@@ -1,4 +1,6 @@
-package main
+// Package stores opens the store a configuration entry names: its backend
+// wrapped in the decorators every remote call goes through.
+package stores
 
 import (
 	"context"
@@ -10,15 +12,16 @@ import (
 	"github.com/sstatefs/sstatefs/backend/file"
 	httpstore "github.com/sstatefs/sstatefs/backend/http"
 	"github.com/sstatefs/sstatefs/backend/s3"
+	"github.com/sstatefs/sstatefs/internal/config"
 )
 
-// openStore builds the backend of a store entry and wraps it in the
+// Open builds the backend of a store entry and wraps it in the
 // decorators every remote call goes through: the one place that composes
 // the stack.
-func openStore(ctx context.Context, sc StoreConfig) (backend.Store, error) {
+func Open(ctx context.Context, sc config.StoreConfig) (backend.Store, error) {
 	u, err := url.Parse(sc.URL)
 	if err != nil {
-		return nil, fmt.Errorf("store %s: %w", redactURL(sc.URL), err)
+		return nil, fmt.Errorf("store %s: %w", config.RedactURL(sc.URL), err)
 	}
 	var s backend.Store
 	switch u.Scheme {
@@ -52,10 +55,12 @@ func openStore(ctx context.Context, sc StoreConfig) (backend.Store, error) {
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("store %s: unsupported scheme %q (want file, s3, http or https)", redactURL(sc.URL), u.Scheme)
+		return nil, fmt.Errorf("store %s: unsupported scheme %q (want file, s3, http or https)", config.RedactURL(sc.URL), u.Scheme)
 	}
 	return &backend.Timeout{Store: s, D: sc.Timeout.Duration}, nil
 }
 
-// storeName is a store's URL fit for messages.
-func storeName(sc StoreConfig) string { return strings.TrimSuffix(redactURL(sc.URL), "/") }
+// Name is a store's URL fit for messages.
+func Name(sc config.StoreConfig) string {
+	return strings.TrimSuffix(config.RedactURL(sc.URL), "/")
+}

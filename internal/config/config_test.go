@@ -1,12 +1,13 @@
-package main
+package config
 
 import (
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 func TestConfigLayers(t *testing.T) {
@@ -33,12 +34,12 @@ refresh_interval = "30s"
 allow_other = true
 owner = "1000:1000"
 `), 0o644)
-	fset := flag.NewFlagSet("t", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
+	fset := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	cf := NewFlags(fset)
 	if err := fset.Parse([]string{"--config", cfgFile, "--cache-size", "1GiB", "--store-timeout", "7s"}); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := cf.load()
+	cfg, err := cf.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,10 +66,10 @@ owner = "1000:1000"
 func TestConfigDefaultsEmbeddedStore(t *testing.T) {
 	t.Setenv("XDG_DATA_HOME", "/data")
 	t.Setenv("SSTATEFS_CONFIG", "")
-	fset := flag.NewFlagSet("t", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
+	fset := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	cf := NewFlags(fset)
 	fset.Parse(nil)
-	cfg, err := cf.load()
+	cfg, err := cf.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,10 +88,10 @@ dri = "/x"
 refresh = "1m"
 `), 0o644)
 	t.Setenv("SSTATEFS_CONFIG", cfgFile)
-	fset := flag.NewFlagSet("t", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
+	fset := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	cf := NewFlags(fset)
 	fset.Parse(nil)
-	_, err := cf.load()
+	_, err := cf.Load()
 	if err == nil || !strings.Contains(err.Error(), `"cache.dri"`) || !strings.Contains(err.Error(), `"index.refresh"`) || !strings.Contains(err.Error(), cfgFile) {
 		t.Fatalf("unknown keys: %v", err)
 	}
@@ -110,7 +111,7 @@ owner = "bob"
 [log]
 level = "loud"
 `), 0o644)
-	_, err = cf.load()
+	_, err = cf.Load()
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
@@ -121,11 +122,11 @@ level = "loud"
 		}
 	}
 	os.WriteFile(cfgFile, []byte("[cache]\nsize = \"12 parsecs\"\n"), 0o644)
-	if _, err := cf.load(); err == nil || !strings.Contains(err.Error(), "12 parsecs") {
+	if _, err := cf.Load(); err == nil || !strings.Contains(err.Error(), "12 parsecs") {
 		t.Errorf("bad size: %v", err)
 	}
 	os.WriteFile(cfgFile, []byte("[[store]]\nurl = \"https://user:hunter2@example.org/x\"\n"), 0o644)
-	if _, err := cf.load(); err == nil || strings.Contains(err.Error(), "hunter2") {
+	if _, err := cf.Load(); err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("credentials in url: %v", err)
 	}
 }
@@ -173,10 +174,10 @@ level = "loud"
 x = 1
 `), 0o644)
 	t.Setenv("SSTATEFS_CONFIG", cfgFile)
-	fset := flag.NewFlagSet("t", flag.ContinueOnError)
-	cf := newConfigFlags(fset)
+	fset := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	cf := NewFlags(fset)
 	fset.Parse(nil)
-	cfg, err := cf.load()
+	cfg, err := cf.Load()
 	if err == nil {
 		t.Fatal("a file with type errors was accepted")
 	}

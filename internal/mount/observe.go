@@ -1,4 +1,4 @@
-package main
+package mount
 
 import (
 	"context"
@@ -32,6 +32,12 @@ import (
 type recentErrors struct {
 	slog.Handler
 	ring *errorRing
+}
+
+// RememberErrors wraps h so that the last warnings and errors logged
+// through it are kept for the status of a mount started with that logger.
+func RememberErrors(h slog.Handler) slog.Handler {
+	return &recentErrors{Handler: h, ring: &errorRing{}}
 }
 
 type errorRing struct {
@@ -132,7 +138,7 @@ type LookupStatus struct {
 // observer serves metrics, health, readiness and the control socket of a
 // running mount.
 type observer struct {
-	m       *mounted
+	m       *Mount
 	ring    *errorRing
 	start   time.Time
 	ready   atomic.Bool
@@ -170,7 +176,7 @@ func (o *observer) onFetch(n int64, d time.Duration, err error) {
 }
 
 // attach registers the metrics of a mount's parts.
-func (o *observer) attach(m *mounted) {
+func (o *observer) attach(m *Mount) {
 	o.m = m
 	counter := func(name, help string, f func() float64) {
 		o.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
@@ -277,7 +283,7 @@ func (o *observer) status() LiveStatus {
 	st.Cache = CacheStatus{Bytes: cs.Bytes, Limit: o.limit, Entries: cs.Entries, Hits: cs.Hits, Misses: cs.Misses, Evictions: cs.Evictions, Corrupted: cs.Corrupted, FetchedBytes: cs.FetchedBytes, Refused: cs.Refused, BackedOff: m.cache.BackedOff(), DiskSize: cs.DiskSize, DiskFree: cs.DiskFree}
 	vs := m.view.Stats()
 	st.Lookups = LookupStatus{Hits: vs.Hits, Misses: vs.Misses, Probes: vs.Probes, ProbeHits: vs.ProbeHits, ProbeErrors: vs.ProbeErrors}
-	st.Queue = summarizeQueue(st.Entries)
+	st.Queue = SummarizeQueue(st.Entries)
 	return st
 }
 
@@ -379,8 +385,8 @@ func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, log *slog.L
 	}
 }
 
-// controlSocket is where a running mount answers `sstatefs status`.
-func controlSocket(cacheDir string) string {
+// ControlSocket is where a running mount answers `sstatefs status`.
+func ControlSocket(cacheDir string) string {
 	return filepath.Join(cacheDir, "state", "control.sock")
 }
 
@@ -388,7 +394,7 @@ func controlSocket(cacheDir string) string {
 // owner), mode 0600 from the start. One left by a crash is replaced (the
 // cache dir lock is ours).
 func listenControl(cacheDir string, uid, gid uint32) (net.Listener, error) {
-	ln, err := unixsock.Listen(controlSocket(cacheDir), unixsock.Owner{UID: int(uid), GID: int(gid), Mode: 0o600})
+	ln, err := unixsock.Listen(ControlSocket(cacheDir), unixsock.Owner{UID: int(uid), GID: int(gid), Mode: 0o600})
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
@@ -469,4 +475,30 @@ func (o *observer) servePrefetch(w http.ResponseWriter, r *http.Request) {
 	wg.Wait()
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(res)
+}
+
+// QueueStatus summarises the upload queue.
+type QueueStatus struct {
+	Pending      int   `json:"pending"`       // waiting for an upload
+	Uploaded     int   `json:"uploaded"`      // in the store, waiting for the journal
+	Failing      int   `json:"failing"`       // at least one failed attempt
+	PendingBytes int64 `json:"pending_bytes"` // bytes still to upload
+}
+
+// SummarizeQueue counts the entries of an upload queue by state.
+func SummarizeQueue(entries []publish.Entry) QueueStatus {
+	var q QueueStatus
+	for _, e := range entries {
+		switch e.State {
+		case publish.Uploaded:
+			q.Uploaded++
+		default:
+			q.Pending++
+			q.PendingBytes += e.Size
+		}
+		if e.Attempts > 0 {
+			q.Failing++
+		}
+	}
+	return q
 }

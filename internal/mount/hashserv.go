@@ -1,0 +1,133 @@
+package mount
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+
+	"github.com/sstatefs/sstatefs/hashserv"
+	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/access"
+	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/unixsock"
+)
+
+// equivBackend serves bitbake's hash equivalence protocol from the index:
+// reads from the live merged index, reports recorded into the store
+// through the journal (and applied to the live index at once).
+type equivBackend struct {
+	live    *index.Live
+	journal *index.Journal
+}
+
+var _ hashserv.Backend = (*equivBackend)(nil)
+
+// NewEquivBackend serves the protocol from live and records reports
+// through journal.
+func NewEquivBackend(live *index.Live, journal *index.Journal) hashserv.Backend {
+	return &equivBackend{live: live, journal: journal}
+}
+
+func toHashserv(e index.Equivalence) hashserv.Equivalence {
+	return hashserv.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
+		PN: e.PN, PV: e.PV, PR: e.PR, Task: e.Task, Owner: e.Owner, Created: e.Created}
+}
+
+func (b *equivBackend) Get(method, taskhash string) (hashserv.Equivalence, bool) {
+	e, ok := b.live.Current().Equivalence(method, taskhash)
+	return toHashserv(e), ok
+}
+
+func (b *equivBackend) GetByOuthash(method, outhash string) (hashserv.Equivalence, bool) {
+	e, ok := b.live.Current().ByOuthash(method, outhash)
+	return toHashserv(e), ok
+}
+
+// ObjectExists: bitbake asks only for objects that exist, so this answers
+// from the index whether an sstate object named by the unihash is present,
+// at the top level or under any NATIVELSBSTRING directory.
+func (b *equivBackend) ObjectExists(unihash string) bool {
+	return b.live.Current().HasObjectOfHash(unihash)
+}
+
+func (b *equivBackend) Record(ctx context.Context, e hashserv.Equivalence) error {
+	err := b.journal.Reported(ctx, index.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
+		PN: e.PN, PV: e.PV, PR: e.PR, Task: e.Task, Owner: e.Owner, Created: e.Created})
+	if errors.Is(err, index.ErrInvalidEquivalence) {
+		// the client's fault, not the store's: bitbake gets an error answer
+		return fmt.Errorf("%w: %w", hashserv.ErrInvalidRecord, err)
+	}
+	return err
+}
+
+// StartHashserv listens on addr and serves the protocol until ctx ends.
+// A unix socket gets owner's uid, gid and mode; every connection (unix or
+// loopback TCP) whose peer the rule does not allow is served read-only.
+func StartHashserv(ctx context.Context, addr string, b hashserv.Backend, readOnly bool, owner unixsock.Owner, rule access.Rule, log *slog.Logger) (*hashserv.Server, string, error) {
+	ln, err := hashserv.ListenAs(addr, owner)
+	if err != nil {
+		return nil, "", fmt.Errorf("hash equivalence server on %s: %w", addr, err)
+	}
+	gate := &recordGate{rule: rule, log: log, warned: map[uint32]bool{}}
+	srv := hashserv.New(b, hashserv.Options{Logger: log, ReadOnly: readOnly, MayRecord: gate.mayRecord})
+	go func() {
+		if err := srv.Serve(ctx, ln); err != nil && ctx.Err() == nil {
+			log.Error("hash equivalence server stopped", "addr", addr, "error", err)
+		}
+	}()
+	return srv, ln.Addr().String(), nil
+}
+
+// HashservSocket is the owner and mode of the hash equivalence socket:
+// uid:gid (the mount owner, or the user running `hashserv serve`), mode
+// 0600; with hashserv.group, that group and mode 0660.
+func HashservSocket(hc config.HashservConfig, uid, gid uint32) (unixsock.Owner, error) {
+	o := unixsock.Owner{UID: int(uid), GID: int(gid), Mode: 0o600}
+	if hc.Group != "" {
+		g, err := config.LookupGroup(hc.Group)
+		if err != nil {
+			return o, fmt.Errorf("hashserv.group (--hashserv-group): %w", err)
+		}
+		o.GID, o.Mode = g, 0o660
+	}
+	return o, nil
+}
+
+// recordGate decides per connection whether the client may record: those
+// the publish rule allows (by SO_PEERCRED, or the uid of a loopback TCP
+// client's socket); everyone else who can connect gets the read-only
+// behaviour, and each such uid is logged once.
+type recordGate struct {
+	rule access.Rule
+	log  *slog.Logger
+
+	mu      sync.Mutex      // protects warned, unknown
+	warned  map[uint32]bool // uids already logged
+	unknown bool            // an unidentified client was logged
+}
+
+func (g *recordGate) mayRecord(nc net.Conn) bool {
+	p, err := access.PeerOf(nc)
+	if err == nil && g.rule.AllowsPeer(p) {
+		return true
+	}
+	g.mu.Lock()
+	first := false
+	if err != nil {
+		first, g.unknown = !g.unknown, true
+	} else {
+		first, g.warned[p.UID] = !g.warned[p.UID], true
+	}
+	g.mu.Unlock()
+	if first {
+		if err != nil {
+			g.log.Warn("hash equivalence client not identified: its reports are answered, not recorded (logged once)", "client", nc.RemoteAddr().String(), "error", err)
+		} else {
+			g.log.Warn("hash equivalence client may not record: its reports are answered, not recorded (logged once per uid)", "peer", p.String(), "may_record", g.rule.String())
+		}
+	}
+	return false
+}

@@ -1,0 +1,478 @@
+// Package mount assembles a mount: the store, its live index (initialised,
+// compacted now and then), the cache, the view, the FUSE file system, the
+// upload queue, the hash equivalence server, the control socket and the
+// metrics. The command and its tests start mounts with it.
+package mount
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/cache"
+	sfs "github.com/sstatefs/sstatefs/fs"
+	"github.com/sstatefs/sstatefs/hashserv"
+	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/access"
+	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/mountinfo"
+	"github.com/sstatefs/sstatefs/internal/stores"
+	"github.com/sstatefs/sstatefs/publish"
+	"github.com/sstatefs/sstatefs/view"
+)
+
+// ringOf returns the error ring of a logger whose handler RememberErrors
+// made (a fresh one for other loggers).
+func ringOf(log *slog.Logger) *errorRing {
+	if r, ok := log.Handler().(*recentErrors); ok {
+		return r.ring
+	}
+	return &errorRing{}
+}
+
+// Mount is a running mount.
+type Mount struct {
+	mountpoint string
+	server     *fuse.Server
+	fs         *sfs.FS
+	live       *index.Live
+	cache      *cache.Cache
+	store      backend.Store
+	queue      *publish.Queue
+	journal    *index.Journal
+	view       *view.View
+	obs        *observer
+	hashserv   *hashserv.Server // nil unless --hashserv
+	hsAddr     string           // where hashserv listens
+	cacheDir   string
+	readyFile  string
+	metrics    string // address of the metrics endpoint, "" when off
+	drain      time.Duration
+	cancel     context.CancelFunc
+	done       chan struct{} // closed when the FUSE server stops serving
+	log        *slog.Logger
+	unlock     func()
+}
+
+// CacheClock is the clock of the cache's back-off of failed downloads;
+// tests move it instead of sleeping.
+var CacheClock = time.Now
+
+// Start composes the stack for the first store of cfg and mounts it at
+// mountpoint (created if missing). ctx bounds the start only; the mount
+// runs until Close.
+func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.Logger) (m *Mount, err error) {
+	mp, err := checkMountpoint(mountpoint)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkFUSE(); err != nil {
+		return nil, err
+	}
+	sc := cfg.Stores[0]
+	if len(cfg.Stores) > 1 {
+		log.Warn("only the first store is served; the others are ignored for now", "store", stores.Name(sc))
+	}
+	uid, gid, err := mountOwner(cfg.Mount.Owner, mp)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := claimCacheDir(cfg.Cache.Dir, sc)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			unlock()
+		}
+	}()
+	store, err := stores.Open(ctx, sc)
+	if err != nil {
+		return nil, err
+	}
+	obs := newObserver(ringOf(log), cfg.Cache.Size.Bytes)
+	c, err := cache.Open(cache.Options{Dir: filepath.Join(cfg.Cache.Dir, "cache"), MaxBytes: cfg.Cache.Size.Bytes, Logger: log, OnFetch: obs.onFetch, Now: CacheClock})
+	if err != nil {
+		return nil, err
+	}
+	live := index.NewLive(store, index.LiveOptions{Interval: cfg.Index.RefreshInterval.Duration, MaxAge: cfg.Index.MaxAge.Duration, Logger: log})
+	switch err := live.LoadOnce(ctx); {
+	case err == nil:
+		// the live index logged it, with its size and how long it took
+	case errors.Is(err, index.ErrNoIndex):
+		log.Info("store has no index: lookups probe the store", "store", store.Location(), "negative_ttl", cfg.Index.NegativeTTL.Duration)
+	default:
+		log.Warn("index not loaded, lookups probe the store until it loads", "store", store.Location(), "error", err)
+	}
+	// The write path: published objects go to a durable queue, are uploaded
+	// in the background and recorded in this mount's journal segments.
+	readOnly := backend.IsReadOnly(store)
+	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log})
+	journal.OnWrite(live.Apply) // this mount's publications show in its own index at once
+	if !readOnly {
+		index.InitEmpty(ctx, store, live, log)
+	}
+	queue, err := publish.Open(publish.Options{
+		Dir: filepath.Join(cfg.Cache.Dir, "queue"), Store: store, Recorder: journal,
+		Concurrency: cfg.Publish.Concurrency, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	queue.SetReadOnly(readOnly)
+	overlay := filepath.Join(cfg.Cache.Dir, "overlay")
+	if ix := live.Current(); ix != nil {
+		// Objects published in an earlier run and now in the store leave the
+		// overlay for the bounded cache.
+		res, err := publish.Settle(overlay, queue, ix, c, store.Location())
+		if err != nil {
+			log.Warn("moving published objects into the cache", "error", err)
+		} else if res.Moved > 0 {
+			log.Info("published objects moved from the overlay into the cache", "objects", res.Moved, "bytes", res.Bytes)
+		}
+	}
+	if readOnly {
+		log.Info("store is read-only: objects bitbake publishes stay in the local overlay", "store", store.Location())
+	}
+	var onAccess func(string, time.Time)
+	if !readOnly {
+		onAccess = journal.Accessed
+	}
+	v := view.New(view.Options{
+		Store:           store,
+		Index:           live,
+		Cache:           c,
+		Probes:          cache.NewStatCache(100_000, cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
+		Logger:          log,
+		OnAccess:        onAccess,
+		PrefetchWorkers: prefetchWorkers(cfg.Prefetch),
+	})
+	publishFn := func(ctx context.Context, key, path string) error {
+		err := queue.Enqueue(key, path)
+		if errors.Is(err, publish.ErrReadOnly) {
+			return nil // kept in the overlay, as announced at start
+		}
+		return err
+	}
+	f, root, err := sfs.New(sfs.Options{
+		View:     v,
+		Overlay:  overlay,
+		StateDir: filepath.Join(cfg.Cache.Dir, "state"),
+		UID:      uid, GID: gid,
+		// who may publish: the mount owner and its group (and root)
+		Publishers:    access.Rule{UID: uid, GID: gid},
+		CacheDir:      cfg.Cache.Dir,
+		Logger:        log,
+		Publish:       publishFn,
+		Prefetch:      sfs.PrefetchMode(cfg.Prefetch.Mode),
+		DaemonOpens:   cfg.Mount.DaemonOpens,
+		NoPassthrough: cfg.Mount.NoPassthrough,
+	})
+	if err != nil {
+		return nil, err
+	}
+	opts := sfs.MountOptions(sfs.MountConfig{
+		AllowOther: cfg.Mount.AllowOther, Debug: cfg.Mount.Debug, Source: cfg.Cache.Dir,
+		EntryTimeout:    cfg.Index.RefreshInterval.Duration,
+		NegativeTimeout: min(cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
+	})
+	// go-fuse's messages (the server's and the node bridge's) go to the
+	// log: every request with --mount-debug (at info level, so that they
+	// show whatever --log-level says), otherwise only what goes wrong, as
+	// warnings
+	level := slog.LevelWarn
+	if cfg.Mount.Debug {
+		level = slog.LevelInfo
+	}
+	opts.Logger = slog.NewLogLogger(log.Handler(), level)
+	opts.MountOptions.Logger = opts.Logger
+	server, err := gofs.Mount(mp, root, opts)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
+	if ra := cfg.Mount.ReadAhead.Bytes; ra > 0 {
+		if err := sfs.SetReadAhead(mp, int((ra+1023)>>10)); err != nil {
+			log.Debug("kernel read-ahead left at its default (needs root)", "error", err)
+		}
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	go live.Run(rctx)
+	go queue.Run(rctx)
+	go journal.Run(rctx)
+	go v.RunPrefetch(rctx)
+	if !readOnly && cfg.Index.CompactInterval.Duration > 0 {
+		go index.CompactEvery(rctx, store, live, cfg.Index.CompactInterval.Duration,
+			index.CompactOptions{Grace: index.DefaultGrace, Writer: cfg.Publish.WriterID, Logger: log})
+	}
+	m = &Mount{
+		mountpoint: mp, server: server, fs: f, live: live, cache: c, store: store,
+		queue: queue, journal: journal, view: v, obs: obs, cacheDir: cfg.Cache.Dir,
+		readyFile: cfg.Mount.ReadyFile, drain: cfg.Publish.DrainTimeout.Duration,
+		cancel: cancel, done: make(chan struct{}), log: log, unlock: unlock,
+	}
+	go func() { server.Wait(); close(m.done) }()
+	// who may change the store through the hash equivalence server and ask
+	// the mount to act: the publish rule, with the mount owner
+	rule := access.Rule{UID: uid, GID: gid}
+	if cfg.Hashserv.Listen != "" {
+		owner, err := HashservSocket(cfg.Hashserv, uid, gid)
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+		hs, addr, err := StartHashserv(rctx, cfg.Hashserv.Listen, NewEquivBackend(live, journal), readOnly || cfg.Hashserv.ReadOnly, owner, rule, log)
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+		m.hashserv, m.hsAddr = hs, addr
+		log.Info("serving hash equivalence", "addr", addr, "equivalences", live.Current().NumEquivalences(), "may_record", rule.String())
+	}
+	obs.attach(m)
+	obs.actions = rule
+	if ln, err := listenControl(cfg.Cache.Dir, uid, gid); err != nil {
+		log.Warn("no control socket: `sstatefs status` shows only the queue on disk", "error", err)
+	} else {
+		go serveHTTP(rctx, ln, obs.controlHandler(), log)
+	}
+	if cfg.Metrics.Addr != "" {
+		ln, err := net.Listen("tcp", cfg.Metrics.Addr)
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("--metrics-addr %s: %w", cfg.Metrics.Addr, err)
+		}
+		m.metrics = ln.Addr().String()
+		log.Info("serving metrics and health", "addr", m.metrics, "paths", "/metrics /healthz /readyz /status")
+		warnExposedMetrics(log, cfg.Metrics.Addr, ln.Addr())
+		go serveHTTP(rctx, ln, obs.handler(), log)
+	}
+	warmStart := time.Now()
+	if n, err := f.WarmDirs(mp, sfs.WarmDirsMax); err != nil {
+		log.Warn("could not list the store's directories ahead of the build", "error", err)
+	} else if n > 0 {
+		log.Debug("store directories shown to the kernel", "dirs", n, "took", time.Since(warmStart).Round(time.Millisecond))
+	}
+	obs.ready.Store(true)
+	if m.readyFile != "" {
+		if err := writeReadyFile(m.readyFile); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("ready file: %w", err)
+		}
+	}
+	log.Info("mounted", "mountpoint", mp, "store", store.Location(), "cache", cfg.Cache.Dir, "allow_other", cfg.Mount.AllowOther, "publishers", access.Rule{UID: uid, GID: gid}.String())
+	return m, nil
+}
+
+// Close unmounts (lazily if the mount stays busy), then keeps uploading
+// what is queued for up to the drain timeout, reports what is left (it stays
+// queued on disk for the next start) and stops the background work.
+func (m *Mount) Close() error {
+	defer m.unlock()
+	defer m.cancel()
+	m.obs.ready.Store(false)
+	if m.readyFile != "" {
+		os.Remove(m.readyFile)
+	}
+	err := m.Unmount()
+	m.Drain()
+	m.cache.Close()
+	if ferr := m.fs.Close(); err == nil {
+		err = ferr
+	}
+	return err
+}
+
+// Drain keeps uploading what is queued for up to the drain timeout and
+// reports what is left (it stays queued on disk for the next start).
+func (m *Mount) Drain() {
+	if n := m.queue.Len(); n > 0 {
+		m.log.Info("uploading queued objects before exit", "objects", n, "drain_timeout", m.drain)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), m.drain)
+	defer cancel()
+	left := m.queue.Drain(ctx)
+	if err := m.journal.Flush(ctx); err != nil {
+		m.log.Warn("access records not written to the journal", "error", err)
+	}
+	if len(left) == 0 {
+		return
+	}
+	m.log.Warn("objects not uploaded yet; they stay queued and are uploaded at the next start", "objects", len(left), "queue", m.queue.Dir())
+	for _, e := range left {
+		m.log.Warn("not uploaded", "object", e.Key, "attempts", e.Attempts, "last_error", e.LastError)
+	}
+}
+
+// Unmount unmounts, lazily if the mount stays busy, and waits for the FUSE
+// server to stop.
+func (m *Mount) Unmount() error {
+	select {
+	case <-m.done:
+		return nil
+	default:
+	}
+	var err error
+	for i := 0; i < 5; i++ {
+		if err = m.server.Unmount(); err == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		m.log.Warn("mount busy, detaching it lazily", "mountpoint", m.mountpoint, "error", err)
+		if derr := syscall.Unmount(m.mountpoint, syscall.MNT_DETACH); derr != nil {
+			return fmt.Errorf("unmount %s: %w (lazy unmount: %v)", m.mountpoint, err, derr)
+		}
+	}
+	select {
+	case <-m.done:
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("unmount %s: FUSE server did not stop", m.mountpoint)
+	}
+	return nil
+}
+
+// FUSEDevice is the kernel's FUSE device (a variable for tests).
+var FUSEDevice = "/dev/fuse"
+
+// checkFUSE fails with advice when the kernel's FUSE device cannot be used.
+func checkFUSE() error {
+	f, err := os.OpenFile(FUSEDevice, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("FUSE is unavailable: %w (install fuse3; in a container pass --device /dev/fuse and --cap-add SYS_ADMIN; as a non-root user /dev/fuse must be accessible to you)", err)
+	}
+	f.Close()
+	return nil
+}
+
+// checkMountpoint returns the absolute mountpoint, refusing one that is not
+// a directory or is already a mount.
+func checkMountpoint(mp string) (string, error) {
+	abs, err := filepath.Abs(mp)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(abs)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(abs, 0o755); err != nil {
+			return "", fmt.Errorf("mountpoint: %w", err)
+		}
+		fi, err = os.Stat(abs)
+	}
+	if errors.Is(err, syscall.ENOTCONN) {
+		return "", fmt.Errorf("mountpoint %s is a stale FUSE mount (transport endpoint is not connected); run: fusermount3 -u %s", abs, abs)
+	}
+	if err != nil {
+		return "", fmt.Errorf("mountpoint: %w", err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("mountpoint %s is not a directory", abs)
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	if fstype, _, ok := mountinfo.At(abs); ok {
+		return "", fmt.Errorf("mountpoint %s is busy: a %s file system is already mounted there; unmount it first (fusermount3 -u %s)", abs, fstype, abs)
+	}
+	return abs, nil
+}
+
+// mountOwner is the owner of store objects: configured, else the mountpoint's.
+func mountOwner(owner, mp string) (uint32, uint32, error) {
+	if owner != "" {
+		return config.ParseOwner(owner)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(mp, &st); err != nil {
+		return 0, 0, fmt.Errorf("mountpoint %s: %w", mp, err)
+	}
+	return st.Uid, st.Gid, nil
+}
+
+// claimCacheDir takes the cache directory for this mount: it must not be in
+// use by another sstatefs, and its local overlay must belong to this store.
+func claimCacheDir(dir string, sc config.StoreConfig) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o755); err != nil {
+		return nil, fmt.Errorf("cache dir: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(dir, "state", "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("cache dir: %w", err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		pid, _ := os.ReadFile(lf.Name())
+		lf.Close()
+		return nil, fmt.Errorf("cache dir %s is in use by another sstatefs (pid %s); give each mount its own --cache-dir", dir, strings.TrimSpace(string(pid)))
+	}
+	lf.Truncate(0)
+	fmt.Fprintf(lf, "%d\n", os.Getpid())
+	unlock = func() { lf.Close() }
+
+	owner := filepath.Join(dir, "state", "store")
+	want := stores.Name(sc) + "\n"
+	switch got, err := os.ReadFile(owner); {
+	case err == nil && string(got) != want:
+		unlock()
+		return nil, fmt.Errorf("cache dir %s holds the local files of store %s, not %s; use another --cache-dir", dir, strings.TrimSpace(string(got)), stores.Name(sc))
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.WriteFile(owner, []byte(want), 0o644); err != nil {
+			unlock()
+			return nil, fmt.Errorf("cache dir: %w", err)
+		}
+	case err != nil:
+		unlock()
+		return nil, fmt.Errorf("cache dir: %w", err)
+	}
+	return unlock, nil
+}
+
+func prefetchWorkers(pc config.PrefetchConfig) int {
+	if pc.Mode == "off" {
+		return 0
+	}
+	return pc.Concurrency
+}
+
+// Mountpoint is where the store is mounted (absolute, without links).
+func (m *Mount) Mountpoint() string { return m.mountpoint }
+
+// Done is closed when the FUSE server stops serving (also when the mount
+// is unmounted from outside).
+func (m *Mount) Done() <-chan struct{} { return m.done }
+
+// MetricsAddr is the address of the metrics endpoint, "" when off.
+func (m *Mount) MetricsAddr() string { return m.metrics }
+
+// HashservAddr is where the hash equivalence server listens, "" when off.
+func (m *Mount) HashservAddr() string { return m.hsAddr }
+
+// Cache is the mount's disk cache.
+func (m *Mount) Cache() *cache.Cache { return m.cache }
+
+// Live is the mount's live index.
+func (m *Mount) Live() *index.Live { return m.live }
+
+// Queue is the mount's upload queue.
+func (m *Mount) Queue() *publish.Queue { return m.queue }
+
+// View is the mount's view of the store.
+func (m *Mount) View() *view.View { return m.view }
+
+// SetHealthEvery sets how long /healthz reuses a check of the store
+// (default 10s; tests set 0 to see a change at once).
+func (m *Mount) SetHealthEvery(d time.Duration) {
+	m.obs.healthMu.Lock()
+	defer m.obs.healthMu.Unlock()
+	m.obs.healthEvery = d
+}
