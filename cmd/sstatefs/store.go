@@ -8,7 +8,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/backend/file"
-	httpstore "github.com/sstatefs/sstatefs/backend/http"
+	"github.com/sstatefs/sstatefs/backend/httpstore"
 	"github.com/sstatefs/sstatefs/backend/s3"
 )
 

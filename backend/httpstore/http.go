@@ -3,10 +3,8 @@
 // are files under a base URL in the SSTATE_DIR layout. It owns the mapping of
 // HEAD and ranged GET answers to the backend contract, authentication (a
 // bearer token file, re-read when rotated, or netrc basic auth) and the TLS
-// trust of the mirror. Listing and writing are refused.
-//
-// The directory is backend/http; the package is called httpstore so it does
-// not shadow net/http.
+// trust of the mirror. Listing and writing are refused. It is not called
+// http so that it does not shadow net/http.
 package httpstore
 
 import (
