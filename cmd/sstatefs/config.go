@@ -17,6 +17,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/sstatefs/sstatefs/backend"
 	sfs "github.com/sstatefs/sstatefs/fs"
 )
 
@@ -448,7 +449,7 @@ func (c *Config) Validate() error {
 				bad("%s: endpoint, path_style and profile apply to s3:// stores only", name)
 			}
 			if u.User != nil {
-				bad("%s: do not put credentials in the url; use netrc or bearer_token_file", redactURL(s.URL))
+				bad("%s: do not put credentials in the url; use netrc or bearer_token_file", backend.RedactURL(s.URL))
 			}
 		default:
 			bad("%s: unsupported scheme %q (want file, s3, http or https)", name, u.Scheme)
@@ -557,17 +558,6 @@ func parseOwner(s string) (uid, gid uint32, err error) {
 		return 0, 0, fmt.Errorf("%q: want uid:gid (numbers)", s)
 	}
 	return uint32(uv), uint32(gv), nil
-}
-
-// redactURL drops userinfo and query from a URL for messages.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable url)"
-	}
-	u.User = nil
-	u.RawQuery = ""
-	return u.String()
 }
 
 // configFlags binds every key to a flag. Flags are applied after the file:

@@ -18,7 +18,7 @@ import (
 func openStore(ctx context.Context, sc StoreConfig) (backend.Store, error) {
 	u, err := url.Parse(sc.URL)
 	if err != nil {
-		return nil, fmt.Errorf("store %s: %w", redactURL(sc.URL), err)
+		return nil, fmt.Errorf("store %s: %w", backend.RedactURL(sc.URL), err)
 	}
 	var s backend.Store
 	switch u.Scheme {
@@ -52,10 +52,10 @@ func openStore(ctx context.Context, sc StoreConfig) (backend.Store, error) {
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("store %s: unsupported scheme %q (want file, s3, http or https)", redactURL(sc.URL), u.Scheme)
+		return nil, fmt.Errorf("store %s: unsupported scheme %q (want file, s3, http or https)", backend.RedactURL(sc.URL), u.Scheme)
 	}
 	return &backend.Timeout{Store: s, D: sc.Timeout.Duration}, nil
 }
 
 // storeName is a store's URL fit for messages.
-func storeName(sc StoreConfig) string { return strings.TrimSuffix(redactURL(sc.URL), "/") }
+func storeName(sc StoreConfig) string { return strings.TrimSuffix(backend.RedactURL(sc.URL), "/") }
