@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // fakeConn is the server side of one connection to a fake hash equivalence
@@ -269,7 +271,7 @@ func TestFromServerFake(t *testing.T) {
 				{"do it", h(6)},   // invalid method: not asked
 				{mSysroot, h(1)},  // repeated: read once
 			}
-			want := []Equivalence{
+			want := []index.Equivalence{
 				{Method: mSysroot, Taskhash: h(1), Outhash: h(0xa1), Unihash: h(0x101), PN: "zlib", PV: "1.3.1", PR: "r0", Task: "populate_sysroot", Owner: "probe",
 					Created: utc("2026-11-25T21:46:31.437029Z")},
 				{Method: mPackage, Taskhash: h(2), Outhash: h(0xa2), Unihash: h(0x102), Created: utc("2026-11-25T21:46:32Z")},
@@ -279,14 +281,14 @@ func TestFromServerFake(t *testing.T) {
 				n := 0x1000 + i
 				db.rows[MethodTaskhash{mSysroot, h(n)}] = row(mSysroot, h(n), h(n), h(n), "2026-11-26T00:00:00+00:00", nil)
 				pairs = append(pairs, MethodTaskhash{mSysroot, h(n)})
-				want = append(want, Equivalence{Method: mSysroot, Taskhash: h(n), Outhash: h(n), Unihash: h(n), Created: utc("2026-11-26T00:00:00Z")})
+				want = append(want, index.Equivalence{Method: mSysroot, Taskhash: h(n), Outhash: h(n), Unihash: h(n), Created: utc("2026-11-26T00:00:00Z")})
 			}
 			db.unihash[MethodTaskhash{mPackage, h(0x2000)}] = h(0x2000)
 			pairs = append(pairs, MethodTaskhash{mPackage, h(0x2000)})
-			want = append(want, Equivalence{Method: mPackage, Taskhash: h(0x2000), Unihash: h(0x2000)})
+			want = append(want, index.Equivalence{Method: mPackage, Taskhash: h(0x2000), Unihash: h(0x2000)})
 
 			addr := startFake(t, network, db.serve)
-			var got []Equivalence
+			var got []index.Equivalence
 			res, err := FromServer(context.Background(), addr, ServerOptions{Pairs: pairs, Timeout: 10 * time.Second}, collect(&got))
 			if err != nil {
 				t.Fatal(err)
@@ -322,7 +324,7 @@ func TestFromServerErrors(t *testing.T) {
 		handle func(c *fakeConn) // nil: no server at the address
 		addr   string            // when no server
 		opt    ServerOptions
-		fn     func(Equivalence) error
+		fn     func(index.Equivalence) error
 		is     error
 		want   []string
 	}{
@@ -394,7 +396,7 @@ func TestFromServerErrors(t *testing.T) {
 		},
 		{
 			name: "fn error", handle: db.serve,
-			fn: func(Equivalence) error { return errIndexFull },
+			fn: func(index.Equivalence) error { return errIndexFull },
 			is: errIndexFull, want: []string{h(1)},
 		},
 	}
@@ -413,7 +415,7 @@ func TestFromServerErrors(t *testing.T) {
 			}
 			fn := tt.fn
 			if fn == nil {
-				fn = func(Equivalence) error { return nil }
+				fn = func(index.Equivalence) error { return nil }
 			}
 			_, err := FromServer(context.Background(), addr, opt, fn)
 			if err == nil {
@@ -442,7 +444,7 @@ func TestFromServerInvokeErrorType(t *testing.T) {
 		c.message()
 		c.sendMessage(map[string]any{"invoke-error": map[string]string{"message": "Invalid unihash"}})
 	})
-	_, err := FromServer(context.Background(), addr, ServerOptions{Pairs: []MethodTaskhash{{mSysroot, h(1)}}}, func(Equivalence) error { return nil })
+	_, err := FromServer(context.Background(), addr, ServerOptions{Pairs: []MethodTaskhash{{mSysroot, h(1)}}}, func(index.Equivalence) error { return nil })
 	var ie *InvokeError
 	if !errors.As(err, &ie) || ie.Command != "get" || ie.Message != "Invalid unihash" {
 		t.Errorf("error %v, want an *InvokeError of get: Invalid unihash", err)
@@ -459,7 +461,7 @@ func TestFromServerCancel(t *testing.T) {
 	addr := startFake(t, "unix", db.serve)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	res, err := FromServer(ctx, addr, ServerOptions{Pairs: pairs}, func(Equivalence) error { cancel(); return nil })
+	res, err := FromServer(ctx, addr, ServerOptions{Pairs: pairs}, func(index.Equivalence) error { cancel(); return nil })
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("error %v, want context.Canceled", err)
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // bitbakeDir returns the bitbake tree named by SSTATEFS_BITBAKE_DIR, or
@@ -255,7 +257,7 @@ func TestBitbakeUpstream(t *testing.T) {
 	b := newMemBackend()
 	created := time.Date(2026, 3, 4, 5, 6, 7, 890000000, time.UTC)
 	for i := range 3 {
-		b.seed(Equivalence{Method: method, Taskhash: h64(0x1000 + i), Outhash: h64(0xaaaa), Unihash: h64(0x2000),
+		b.seed(index.Equivalence{Method: method, Taskhash: h64(0x1000 + i), Outhash: h64(0xaaaa), Unihash: h64(0x2000),
 			PN: "zlib", PV: "1.3", PR: "r0", Task: "populate_sysroot", Owner: "ci", Created: created.Add(time.Duration(i) * time.Second)})
 	}
 	b.addObject(h64(0x2000))

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/sstatefs/sstatefs/index"
 )
 
 func TestAppendJSON(t *testing.T) {
@@ -214,7 +216,7 @@ func FuzzSession(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		b := newMemBackend()
-		b.seed(Equivalence{Method: "m", Taskhash: "t", Outhash: "o", Unihash: h64(1)})
+		b.seed(index.Equivalence{Method: "m", Taskhash: "t", Outhash: "o", Unihash: h64(1)})
 		b.addObject(h64(1))
 		var log bytes.Buffer
 		s := New(b, Options{MaxMessage: 4096, Logger: slog.New(slog.NewTextHandler(&log, nil))})

@@ -34,19 +34,12 @@ type equivBackend struct {
 
 var _ hashserv.Backend = (*equivBackend)(nil)
 
-func toHashserv(e index.Equivalence) hashserv.Equivalence {
-	return hashserv.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
-		PN: e.PN, PV: e.PV, PR: e.PR, Task: e.Task, Owner: e.Owner, Created: e.Created}
+func (b *equivBackend) Get(method, taskhash string) (index.Equivalence, bool) {
+	return b.live.Current().Equivalence(method, taskhash)
 }
 
-func (b *equivBackend) Get(method, taskhash string) (hashserv.Equivalence, bool) {
-	e, ok := b.live.Current().Equivalence(method, taskhash)
-	return toHashserv(e), ok
-}
-
-func (b *equivBackend) GetByOuthash(method, outhash string) (hashserv.Equivalence, bool) {
-	e, ok := b.live.Current().ByOuthash(method, outhash)
-	return toHashserv(e), ok
+func (b *equivBackend) GetByOuthash(method, outhash string) (index.Equivalence, bool) {
+	return b.live.Current().ByOuthash(method, outhash)
 }
 
 // ObjectExists: bitbake asks only for objects that exist, so this answers
@@ -75,9 +68,8 @@ func (b *equivBackend) ObjectExists(unihash string) bool {
 	return false
 }
 
-func (b *equivBackend) Record(ctx context.Context, e hashserv.Equivalence) error {
-	err := b.journal.Reported(ctx, index.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
-		PN: e.PN, PV: e.PV, PR: e.PR, Task: e.Task, Owner: e.Owner, Created: e.Created})
+func (b *equivBackend) Record(ctx context.Context, e index.Equivalence) error {
+	err := b.journal.Reported(ctx, e)
 	if errors.Is(err, index.ErrInvalidEquivalence) {
 		// the client's fault, not the store's: bitbake gets an error answer
 		return fmt.Errorf("%w: %w", hashserv.ErrInvalidRecord, err)
@@ -301,9 +293,8 @@ Flags:
 		return first
 	}
 	imported := 0
-	add := func(e hashimport.Equivalence) error {
-		batch = append(batch, index.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
-			PN: e.PN, PV: e.PV, PR: e.PR, Task: e.Task, Owner: e.Owner, Created: e.Created})
+	add := func(e index.Equivalence) error {
+		batch = append(batch, e)
 		imported++
 		if len(batch) >= 2000 {
 			return flush()
