@@ -17,25 +17,11 @@ import (
 	"time"
 
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
 // These tests run the real bitbake-hashserv from the bitbake checkout named
 // by SSTATEFS_BITBAKE_DIR, and skip without one.
-
-func bitbakeDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("SSTATEFS_BITBAKE_DIR")
-	if dir == "" {
-		t.Skip("SSTATEFS_BITBAKE_DIR is not set: no real bitbake-hashserv to test against")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "bin", "bitbake-hashserv")); err != nil {
-		t.Fatalf("SSTATEFS_BITBAKE_DIR: %v", err)
-	}
-	if _, err := exec.LookPath("python3"); err != nil {
-		t.Fatalf("SSTATEFS_BITBAKE_DIR is set but: %v", err)
-	}
-	return dir
-}
 
 // pythonEnv is the environment for bitbake's Python: without the
 // HASHSERVER_ defaults of bitbake-hashserv, and writing no bytecode into
@@ -223,7 +209,7 @@ func report(t *testing.T, bbdir, addr string, pairs []MethodTaskhash) []*index.E
 }
 
 func TestBitbakeHashserv(t *testing.T) {
-	bbdir := bitbakeDir(t)
+	bbdir := testutil.BitbakeDir(t)
 	for _, network := range []string{"unix", "tcp"} {
 		t.Run(network, func(t *testing.T) {
 			s := startHashserv(t, bbdir, network)
@@ -306,7 +292,7 @@ func TestBitbakeHashserv(t *testing.T) {
 }
 
 func TestBitbakeHashservRefuses(t *testing.T) {
-	bbdir := bitbakeDir(t)
+	bbdir := testutil.BitbakeDir(t)
 	s := startHashserv(t, bbdir, "unix", "--anon-perms", "@none")
 	_, err := FromServer(context.Background(), s.addr, ServerOptions{Pairs: []MethodTaskhash{{mSysroot, h(1)}}}, func(index.Equivalence) error { return nil })
 	var ie *InvokeError

@@ -12,25 +12,8 @@ import (
 	"time"
 
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/testutil"
 )
-
-// bitbakeDir returns the bitbake tree named by SSTATEFS_BITBAKE_DIR, or
-// skips the test: bitbake's own client is the judge of compatibility, but
-// CI has no bitbake.
-func bitbakeDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("SSTATEFS_BITBAKE_DIR")
-	if dir == "" {
-		t.Skip("SSTATEFS_BITBAKE_DIR is not set")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "lib", "hashserv", "client.py")); err != nil {
-		t.Fatalf("SSTATEFS_BITBAKE_DIR=%s is not a bitbake tree: %v", dir, err)
-	}
-	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("no python3")
-	}
-	return dir
-}
 
 // python runs a script with bitbake's lib on the path and returns its
 // standard output.
@@ -119,7 +102,7 @@ print(json.dumps(out))
 `
 
 func TestBitbakeClient(t *testing.T) {
-	dir := bitbakeDir(t)
+	dir := testutil.BitbakeDir(t)
 	for _, network := range []string{"unix", "tcp"} {
 		t.Run(network, func(t *testing.T) {
 			b := newMemBackend()
@@ -253,7 +236,7 @@ print(json.dumps(out))
 `
 
 func TestBitbakeUpstream(t *testing.T) {
-	dir := bitbakeDir(t)
+	dir := testutil.BitbakeDir(t)
 	b := newMemBackend()
 	created := time.Date(2026, 3, 4, 5, 6, 7, 890000000, time.UTC)
 	for i := range 3 {
