@@ -2,7 +2,6 @@ package hashimport
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,8 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unicode/utf8"
 
+	"github.com/sstatefs/sstatefs/hashserv/wire"
 	"github.com/sstatefs/sstatefs/index"
 )
 
@@ -45,17 +44,7 @@ func (c *fakeConn) sendMessage(msg any) {
 		c.t.Error(err)
 		return
 	}
-	if len(b) < maxChunk-1 {
-		c.send(string(b))
-		return
-	}
-	c.send(`{"chunk-stream": null}`)
-	for len(b) > 0 {
-		n := min(len(b), maxChunk-1)
-		c.send(string(b[:n]))
-		b = b[n:]
-	}
-	c.send("")
+	c.nc.Write(wire.AppendMessage(nil, b))
 }
 
 // handshake reads the protocol line and headers and checks them.
@@ -467,37 +456,5 @@ func TestFromServerCancel(t *testing.T) {
 	}
 	if res.Read > batchSize {
 		t.Errorf("read %d records after the cancel", res.Read)
-	}
-}
-
-func TestWriteChunked(t *testing.T) {
-	for _, n := range []int{0, 10, maxChunk - 3, maxChunk - 2, maxChunk - 1, 70000} {
-		// Multi-byte characters: bitbake counts characters, not bytes.
-		msg := strings.Repeat("é", n/2) + strings.Repeat("x", n-n/2)
-		var buf bytes.Buffer
-		w := bufio.NewWriter(&buf)
-		if err := writeChunked(w, []byte(msg)); err != nil {
-			t.Fatal(err)
-		}
-		w.Flush()
-		lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
-		if n < maxChunk-1 {
-			if len(lines) != 1 || lines[0] != msg {
-				t.Errorf("%d characters: sent as %d lines", n, len(lines))
-			}
-			continue
-		}
-		if lines[0] != `{"chunk-stream": null}` || lines[len(lines)-1] != "" {
-			t.Fatalf("%d characters: framing %q ... %q", n, lines[0], lines[len(lines)-1])
-		}
-		body := lines[1 : len(lines)-1]
-		for i, l := range body {
-			if c := utf8.RuneCountInString(l); c > maxChunk-1 || (i < len(body)-1 && c != maxChunk-1) {
-				t.Errorf("%d characters: line %d has %d characters", n, i, c)
-			}
-		}
-		if strings.Join(body, "") != msg {
-			t.Errorf("%d characters: chunks do not join to the message", n)
-		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/sstatefs/sstatefs/hashserv/wire"
 	"github.com/sstatefs/sstatefs/index"
 )
 
@@ -322,7 +323,7 @@ func cmdGetOuthash(_ context.Context, c *conn, arg json.RawMessage) (any, error)
 // an empty line. A line that is not two words closes the connection.
 func streamGet(c *conn, _ json.RawMessage) (func(string) (string, error), error) {
 	return func(line string) (string, error) {
-		f := pySplit(line)
+		f := wire.Fields(line)
 		if len(f) != 2 {
 			return "", protoErrorf("get-stream: want \"METHOD TASKHASH\", got %q", line)
 		}
@@ -451,7 +452,7 @@ func checkField(name, key, v string, word bool) error {
 		return protoErrorf("%s: %q is empty", name, key)
 	}
 	for _, r := range v {
-		if unicode.IsControl(r) || word && pyIsSpace(r) {
+		if unicode.IsControl(r) || word && wire.IsSpace(r) {
 			return protoErrorf("%s: %q has a control or space character: %q", name, key, v)
 		}
 	}

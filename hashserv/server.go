@@ -7,9 +7,10 @@
 //
 // The behaviour follows bitbake's own server (lib/hashserv/server.py and
 // lib/bb/asyncrpc, bitbake 2.19) and the bytes of
-// compat/hashserv-transcript.txt: framing and chunking (wire.go), the
-// handshake, normal and stream modes (conn.go), and every command with
-// bitbake's answer (commands.go). It differs where the store or safety
+// compat/hashserv-transcript.txt: the handshake, framing and chunking
+// (package hashserv/wire, which the hashimport client shares), replies
+// spelled as Python's json.dumps (pyjson.go), normal and stream modes
+// (conn.go), and every command with bitbake's answer (commands.go). It differs where the store or safety
 // asks for it, each documented at its place:
 //
 //   - exists-stream answers whether the sstate object exists, not
