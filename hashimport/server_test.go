@@ -371,6 +371,31 @@ func TestFromServerErrors(t *testing.T) {
 			},
 			is: ErrProtocol, want: []string{"answered the record of"},
 		},
+		{
+			// bitbake's own client reads lines of 64 KiB at most; a server
+			// sending a longer one is not bitbake's.
+			name: "line over 64 KiB",
+			handle: func(c *fakeConn) {
+				c.handshake()
+				c.message()
+				c.sendMessage(map[string]bool{"alive": true})
+				c.message()
+				c.send(`{"x": "` + strings.Repeat("y", 70000) + `"}`)
+			},
+			is: ErrProtocol, want: []string{"longer than 64 KiB", h(1)},
+		},
+		{
+			name: "cut in a chunked reply",
+			handle: func(c *fakeConn) {
+				c.handshake()
+				c.message()
+				c.sendMessage(map[string]bool{"alive": true})
+				c.message()
+				c.send(`{"chunk-stream": null}`)
+				c.send(`{"taskhash":`)
+			},
+			is: ErrServerClosed, want: []string{h(1)},
+		},
 		{name: "no pairs", handle: db.serve, opt: ServerOptions{}, is: ErrNoEnumeration, want: []string{"holds 5 unihash and 4 outhash rows"}},
 		{
 			name: "no pairs, no usage",
