@@ -23,19 +23,6 @@ import (
 // These tests run the real bitbake-hashserv from the bitbake checkout named
 // by SSTATEFS_BITBAKE_DIR, and skip without one.
 
-// pythonEnv is the environment for bitbake's Python: without the
-// HASHSERVER_ defaults of bitbake-hashserv, and writing no bytecode into
-// the bitbake checkout.
-func pythonEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "HASHSERVER_") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, "PYTHONDONTWRITEBYTECODE=1")
-}
-
 // hashserv is one bitbake-hashserv process.
 type hashserv struct {
 	addr, db, log string
@@ -69,7 +56,7 @@ func startHashserv(t *testing.T, bbdir, network string, args ...string) *hashser
 		"-b", s.addr, "-d", s.db, "-l", "WARNING"}, args...)...)
 	s.cmd.Dir = dir
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	s.cmd.Env = pythonEnv()
+	s.cmd.Env = testutil.BitbakeEnv(bbdir)
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +163,7 @@ func report(t *testing.T, bbdir, addr string, pairs []MethodTaskhash) []*index.E
 		args = append(args, p.Method+" "+p.Taskhash)
 	}
 	cmd := exec.Command("python3", args...)
-	cmd.Env = pythonEnv()
+	cmd.Env = testutil.BitbakeEnv(bbdir)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -26,7 +26,7 @@ func python(t *testing.T, dir, script string, args ...string) []byte {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "python3", append([]string{f}, args...)...)
-	cmd.Env = append(os.Environ(), "PYTHONPATH="+filepath.Join(dir, "lib"), "PYTHONDONTWRITEBYTECODE=1")
+	cmd.Env = testutil.BitbakeEnv(dir)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -42,7 +42,7 @@ func hashclient(t *testing.T, dir, addr string, args ...string) (string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "python3", append([]string{filepath.Join(dir, "bin", "bitbake-hashclient"), "--address", addr, "--no-netrc"}, args...)...)
-	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
+	cmd.Env = testutil.BitbakeEnv(dir)
 	out, err := cmd.CombinedOutput()
 	code := 0
 	if err != nil {

@@ -128,12 +128,12 @@ func TestReadHandshake(t *testing.T) {
 // its limits; and any valid UTF-8 text survives framing and reading.
 func FuzzReadMessage(f *testing.F) {
 	for _, s := range []string{
-		`{"ping": {}}` + "\n",
-		"{\"chunk-stream\": null}\n{\"ping\":\n {}}\n\n",
-		"{\"chunk-stream\": null}\n\n",
-		"null\n{}\n[]\n\"s\"\n",
-		"\xff\n",
-		strings.Repeat("{", 100) + "\n",
+		`"ok"` + "\n" + `{"alive": true}` + " \t\n",
+		"{\"chunk-stream\": null}\n{\"a\": \n\"b\"}\n \n",
+		"{\"chunk-stream\": 1, \"x\": 2}\n" + strings.Repeat("z", 199) + "\n",
+		"{\"chunk-stream\": null}\n" + strings.Repeat("é", 120) + "\n\n",
+		"ok\r\nEND\n\x1c\n",
+		"partial",
 	} {
 		f.Add([]byte(s))
 	}

@@ -56,3 +56,17 @@ func BitbakeDir(t testing.TB) string {
 	}
 	return dir
 }
+
+// BitbakeEnv is the environment to run bitbake's Python from the checkout
+// dir with: its lib on the path, no bytecode written into the checkout, and
+// none of bitbake-hashserv's HASHSERVER_ defaults, which would change what
+// a test asks for.
+func BitbakeEnv(dir string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "HASHSERVER_") && !strings.HasPrefix(kv, "PYTHONPATH=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, "PYTHONPATH="+filepath.Join(dir, "lib"), "PYTHONDONTWRITEBYTECODE=1")
+}
