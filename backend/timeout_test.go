@@ -14,7 +14,7 @@ import (
 // TestTimeoutConsumerPause checks that the minimum-progress rule counts
 // only the time a Read waits for the store: a consumer that stops between
 // Reads for longer than the timeout (a reader of the mount that pauses) is
-// not cut off. The trickling store is in backend/http's tests.
+// not cut off. The trickling store is in backend/httpstore's tests.
 func TestTimeoutConsumerPause(t *testing.T) {
 	fs, err := file.New(t.TempDir())
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/sstatefs/sstatefs/internal/mountinfo"
+	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
 const bucket = "sstate-bench"
@@ -90,7 +91,7 @@ func (b *Bench) Run(ctx context.Context) int {
 
 func (b *Bench) run(ctx context.Context) (*Results, error) {
 	o := b.Opts
-	vgw := findVersitygw()
+	vgw := testutil.FindVersitygw()
 	if vgw == "" {
 		return nil, errNoVersitygw
 	}

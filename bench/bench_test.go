@@ -22,6 +22,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/internal/netem"
+	"github.com/sstatefs/sstatefs/internal/testutil"
 	"github.com/sstatefs/sstatefs/sstate"
 )
 
@@ -504,7 +505,7 @@ func (l testLog) Write(p []byte) (int, error) {
 // SSTATEFS_REQUIRE_S3=1 (CI) says it must be there.
 func needVersitygw(t *testing.T) {
 	t.Helper()
-	if findVersitygw() == "" {
+	if testutil.FindVersitygw() == "" {
 		if os.Getenv("SSTATEFS_REQUIRE_S3") == "1" {
 			t.Fatal(errNoVersitygw.Error() + " (SSTATEFS_REQUIRE_S3=1)")
 		}
@@ -644,7 +645,7 @@ func TestArrivals(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(dir, "s3"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := StartS3Server(ctx, findVersitygw(), filepath.Join(dir, "s3"), filepath.Join(dir, "versitygw.log"), "", a.URL)
+	srv, err := StartS3Server(ctx, testutil.FindVersitygw(), filepath.Join(dir, "s3"), filepath.Join(dir, "versitygw.log"), "", a.URL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"go/build"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -36,27 +34,6 @@ type S3Server struct {
 	proc      *Proc
 }
 
-// findVersitygw returns the path of versitygw on PATH or in
-// $(go env GOPATH)/bin, or "".
-func findVersitygw() string {
-	if p, err := exec.LookPath("versitygw"); err == nil {
-		return p
-	}
-	gopaths := []string{build.Default.GOPATH}
-	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
-		gopaths = append(gopaths, strings.TrimSpace(string(out)))
-	}
-	for _, gps := range gopaths {
-		for _, gp := range filepath.SplitList(gps) {
-			p := filepath.Join(gp, "bin", "versitygw")
-			if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-				return p
-			}
-		}
-	}
-	return ""
-}
-
 // errNoVersitygw says how to get the S3 server.
 var errNoVersitygw = errors.New("versitygw not found on PATH or in $(go env GOPATH)/bin; install it with: " + testutil.VersitygwInstall)
 
@@ -66,7 +43,7 @@ var errNoVersitygw = errors.New("versitygw not found on PATH or in $(go env GOPA
 // accessLog, if not "", is where versitygw logs every request; events, if
 // not "", where it posts an event for every object stored.
 func StartS3Server(ctx context.Context, bin, dir, logFile, accessLog, events string) (*S3Server, error) {
-	addr, err := freeAddr()
+	addr, err := testutil.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -113,15 +90,6 @@ func StartS3Server(ctx context.Context, bin, dir, logFile, accessLog, events str
 // kill after a short grace loses nothing; the grace is short because its
 // graceful shutdown waits for idle keep-alive connections.
 func (s *S3Server) Stop() { s.proc.Stop(time.Second) }
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
 
 // binaryVersion names a Go binary by its module version ("versitygw
 // v1.8.0"), which go install records in it.

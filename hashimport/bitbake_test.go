@@ -15,38 +15,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
 // These tests run the real bitbake-hashserv from the bitbake checkout named
 // by SSTATEFS_BITBAKE_DIR, and skip without one.
-
-func bitbakeDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("SSTATEFS_BITBAKE_DIR")
-	if dir == "" {
-		t.Skip("SSTATEFS_BITBAKE_DIR is not set: no real bitbake-hashserv to test against")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "bin", "bitbake-hashserv")); err != nil {
-		t.Fatalf("SSTATEFS_BITBAKE_DIR: %v", err)
-	}
-	if _, err := exec.LookPath("python3"); err != nil {
-		t.Fatalf("SSTATEFS_BITBAKE_DIR is set but: %v", err)
-	}
-	return dir
-}
-
-// pythonEnv is the environment for bitbake's Python: without the
-// HASHSERVER_ defaults of bitbake-hashserv, and writing no bytecode into
-// the bitbake checkout.
-func pythonEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "HASHSERVER_") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, "PYTHONDONTWRITEBYTECODE=1")
-}
 
 // hashserv is one bitbake-hashserv process.
 type hashserv struct {
@@ -81,7 +56,7 @@ func startHashserv(t *testing.T, bbdir, network string, args ...string) *hashser
 		"-b", s.addr, "-d", s.db, "-l", "WARNING"}, args...)...)
 	s.cmd.Dir = dir
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	s.cmd.Env = pythonEnv()
+	s.cmd.Env = testutil.BitbakeEnv(bbdir)
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -181,14 +156,14 @@ func str(p *string) string {
 
 // report runs reportScript against addr and returns bitbake's view of pairs
 // as Equivalences; nil for pairs it does not know.
-func report(t *testing.T, bbdir, addr string, pairs []MethodTaskhash) []*Equivalence {
+func report(t *testing.T, bbdir, addr string, pairs []MethodTaskhash) []*index.Equivalence {
 	t.Helper()
 	args := []string{"-c", reportScript, filepath.Join(bbdir, "lib"), addr}
 	for _, p := range pairs {
 		args = append(args, p.Method+" "+p.Taskhash)
 	}
 	cmd := exec.Command("python3", args...)
-	cmd.Env = pythonEnv()
+	cmd.Env = testutil.BitbakeEnv(bbdir)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -199,13 +174,13 @@ func report(t *testing.T, bbdir, addr string, pairs []MethodTaskhash) []*Equival
 	if err := json.Unmarshal(out, &recs); err != nil {
 		t.Fatalf("bitbake's client printed %q: %v", out, err)
 	}
-	var eqs []*Equivalence
+	var eqs []*index.Equivalence
 	for _, r := range recs {
 		if r == nil {
 			eqs = append(eqs, nil)
 			continue
 		}
-		e := &Equivalence{Method: r.Method, Taskhash: r.Taskhash, Outhash: str(r.Outhash), Unihash: r.Unihash,
+		e := &index.Equivalence{Method: r.Method, Taskhash: r.Taskhash, Outhash: str(r.Outhash), Unihash: r.Unihash,
 			Owner: str(r.Owner), PN: str(r.PN), PV: str(r.PV), PR: str(r.PR), Task: str(r.Task)}
 		if r.Created != nil {
 			// bitbake: datetime.now().astimezone(timezone.utc).isoformat()
@@ -221,7 +196,7 @@ func report(t *testing.T, bbdir, addr string, pairs []MethodTaskhash) []*Equival
 }
 
 func TestBitbakeHashserv(t *testing.T) {
-	bbdir := bitbakeDir(t)
+	bbdir := testutil.BitbakeDir(t)
 	for _, network := range []string{"unix", "tcp"} {
 		t.Run(network, func(t *testing.T) {
 			s := startHashserv(t, bbdir, network)
@@ -236,13 +211,13 @@ func TestBitbakeHashserv(t *testing.T) {
 			if bitbake[1].Unihash != h(0x2000) || bitbake[3].Outhash != "" || bitbake[0].Outhash != h(0xaaaa) {
 				t.Fatalf("bitbake-hashserv did not equate as expected: %+v %+v %+v", bitbake[0], bitbake[1], bitbake[3])
 			}
-			var want []Equivalence
+			var want []index.Equivalence
 			for _, e := range bitbake[:4] {
 				want = append(want, *e)
 			}
 
 			// The server, through our client: what bitbake's client reads.
-			var got []Equivalence
+			var got []index.Equivalence
 			res, err := FromServer(context.Background(), s.addr, ServerOptions{Pairs: pairs}, collect(&got))
 			if err != nil {
 				t.Fatalf("FromServer: %v\n%s", err, s.logText())
@@ -259,8 +234,8 @@ func TestBitbakeHashserv(t *testing.T) {
 
 			// The database the server wrote, read while it runs: the same
 			// records, the second outhash of 0x1000 too, ordered by created.
-			later := Equivalence{Method: mSysroot, Taskhash: h(0x1000), Outhash: h(0xcccc), Unihash: h(0x2000), Owner: "later"}
-			wantDB := func(t *testing.T, db []Equivalence) {
+			later := index.Equivalence{Method: mSysroot, Taskhash: h(0x1000), Outhash: h(0xcccc), Unihash: h(0x2000), Owner: "later"}
+			wantDB := func(t *testing.T, db []index.Equivalence) {
 				t.Helper()
 				if len(db) != 5 {
 					t.Fatalf("FromSQLite read %d records, want 5: %+v", len(db), db)
@@ -270,14 +245,14 @@ func TestBitbakeHashserv(t *testing.T) {
 					t.Fatalf("second outhash of 0x1000 has no created: %+v", db[4])
 				}
 				later.Created = db[4].Created
-				sameEquivalences(t, db, []Equivalence{want[3], want[0], want[1], want[2], later})
+				sameEquivalences(t, db, []index.Equivalence{want[3], want[0], want[1], want[2], later})
 				for i := 2; i < len(db); i++ {
 					if db[i].Created.Before(db[i-1].Created) {
 						t.Errorf("record %d created %v before record %d's %v", i, db[i].Created, i-1, db[i-1].Created)
 					}
 				}
 			}
-			var live []Equivalence
+			var live []index.Equivalence
 			if res, err := FromSQLite(context.Background(), s.db, collect(&live)); err != nil || res.Skipped != 0 {
 				t.Fatalf("FromSQLite of the live database: %+v, %v", res, err)
 			}
@@ -287,7 +262,7 @@ func TestBitbakeHashserv(t *testing.T) {
 			s.stop(t)
 			names := dirNames(t, filepath.Dir(s.db))
 			before := fileDigest(t, s.db)
-			var stopped []Equivalence
+			var stopped []index.Equivalence
 			if res, err := FromSQLite(context.Background(), s.db, collect(&stopped)); err != nil || res.Skipped != 0 {
 				t.Fatalf("FromSQLite of the stopped server's database: %+v, %v", res, err)
 			}
@@ -304,14 +279,14 @@ func TestBitbakeHashserv(t *testing.T) {
 }
 
 func TestBitbakeHashservRefuses(t *testing.T) {
-	bbdir := bitbakeDir(t)
+	bbdir := testutil.BitbakeDir(t)
 	s := startHashserv(t, bbdir, "unix", "--anon-perms", "@none")
-	_, err := FromServer(context.Background(), s.addr, ServerOptions{Pairs: []MethodTaskhash{{mSysroot, h(1)}}}, func(Equivalence) error { return nil })
+	_, err := FromServer(context.Background(), s.addr, ServerOptions{Pairs: []MethodTaskhash{{mSysroot, h(1)}}}, func(index.Equivalence) error { return nil })
 	var ie *InvokeError
 	if !errors.As(err, &ie) || ie.Command != "get" || !strings.Contains(ie.Message, "not allowed") {
 		t.Errorf("error %v, want the server's refusal of get", err)
 	}
-	_, err = FromServer(context.Background(), s.addr, ServerOptions{}, func(Equivalence) error { return nil })
+	_, err = FromServer(context.Background(), s.addr, ServerOptions{}, func(index.Equivalence) error { return nil })
 	if !errors.Is(err, ErrNoEnumeration) || strings.Contains(err.Error(), "holds") {
 		t.Errorf("error %v, want ErrNoEnumeration without counts", err)
 	}

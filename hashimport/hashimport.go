@@ -12,27 +12,9 @@ import (
 	"strings"
 	"time"
 	"unicode"
-)
 
-// Equivalence mirrors one joined row of bitbake-hashserv's tables
-// (unihashes_v3 ⋈ outhashes_v2 on method, taskhash).
-type Equivalence struct {
-	Method   string // bitbake's task method, e.g. "do_populate_sysroot"
-	Taskhash string
-	// Outhash is "" when the server knows the unihash but has no output hash
-	// for it (report-equiv, a backfill from an upstream, outhashes cleaned).
-	Outhash string
-	Unihash string // 64 lowercase hex characters: the hash in sstate object names
-	PN, PV  string
-	PR      string
-	Task    string
-	Owner   string
-	// Created is when the outhash was reported, in UTC; zero when there is
-	// no outhash row or it has no time. bitbake stores it as ISO 8601 text,
-	// in UTC with an offset; older releases stored naive local times
-	// ("2006-01-02 15:04:05.999999"), which are read as UTC.
-	Created time.Time
-}
+	"github.com/sstatefs/sstatefs/index"
+)
 
 // MethodTaskhash names one record on a hash equivalence server.
 type MethodTaskhash struct {
@@ -89,7 +71,7 @@ func (e *InvokeError) Error() string {
 }
 
 // check returns why e cannot be imported, or "".
-func (e *Equivalence) check() string {
+func check(e *index.Equivalence) string {
 	if reason := checkMethod(e.Method); reason != "" {
 		return reason
 	}

@@ -12,29 +12,24 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode/utf8"
+
+	"github.com/sstatefs/sstatefs/hashserv/wire"
 )
 
 // The client side of bitbake's hash equivalence protocol, OEHASHEQUIV 1.1
-// (bitbake's lib/bb/asyncrpc and lib/hashserv), as far as an import needs it.
+// (bitbake's lib/bb/asyncrpc and lib/hashserv), as far as an import needs
+// it; the framing is hashserv/wire's, which the server shares.
 //
-// After a handshake (protocol line, header lines, empty line) the client
-// sends one JSON object per line, {"<command>": <args>}, and the server
-// answers each with one JSON line. Messages of 32 KiB characters or more
-// travel as a {"chunk-stream": null} line, the JSON text cut into lines of
-// 32767 characters, and an empty line. The stream commands (get-stream,
-// exists-stream, gc-mark-stream) answer "ok" and then exchange raw text
-// lines until the client sends END, which the server answers with a raw ok.
-// A refused command is answered {"invoke-error": {"message": ...}}, after
-// which the server closes the connection.
+// After the handshake the client sends one JSON message per line,
+// {"<command>": <args>}, and the server answers each with one. The stream
+// commands (get-stream, exists-stream, gc-mark-stream) answer "ok" and then
+// exchange raw text lines until the client sends END, which the server
+// answers with a raw ok. A refused command is answered
+// {"invoke-error": {"message": ...}}, after which the server closes the
+// connection.
 const (
-	protocolLine = "OEHASHEQUIV 1.1"
-	// maxChunk is bitbake's DEFAULT_MAX_CHUNK; the Python server's line
-	// buffer is 64 KiB.
-	maxChunk = 32 * 1024
-	// maxLine and maxMessage bound what a misbehaving server can make the
-	// client buffer. bitbake never sends a line longer than maxChunk.
-	maxLine    = 1 << 20
+	// maxMessage bounds what a misbehaving server can make the client
+	// buffer for one chunked reply (lines are bounded by wire.MaxLine).
 	maxMessage = 256 << 20
 	// defaultTimeout is bitbake's client timeout.
 	defaultTimeout = 30 * time.Second
@@ -45,8 +40,9 @@ const (
 type client struct {
 	addr    string
 	nc      net.Conn
-	r       *bufio.Reader
+	r       *wire.LineReader
 	w       *bufio.Writer
+	out     []byte // the writer's framing buffer
 	timeout time.Duration
 	stream  string // the stream command in effect, "" in normal mode
 	stop    func() bool
@@ -97,19 +93,19 @@ func dial(ctx context.Context, addr string, timeout time.Duration) (*client, err
 	c := &client{
 		addr:    addr,
 		nc:      nc,
-		r:       bufio.NewReaderSize(nc, 64<<10),
+		r:       wire.NewLineReader(nc, wire.MaxLine),
 		w:       bufio.NewWriterSize(nc, 64<<10),
 		timeout: timeout,
 		// Closing the connection is what interrupts a blocked read or write.
 		stop: context.AfterFunc(ctx, func() { nc.Close() }),
 	}
 	// The server answers the headers only when asked (needs-headers: true).
-	c.w.WriteString(protocolLine + "\nneeds-headers: false\n\n")
+	c.w.WriteString(wire.ClientHello)
 	reply, err := c.invoke("ping", struct{}{})
 	if err != nil {
 		c.close()
 		if errors.Is(err, ErrServerClosed) {
-			return nil, fmt.Errorf("%w after the %s handshake: not a hash equivalence server, or one that does not speak this protocol version", err, protocolLine)
+			return nil, fmt.Errorf("%w after the %s handshake: not a hash equivalence server, or one that does not speak this protocol version", err, wire.ProtocolLine)
 		}
 		return nil, err
 	}
@@ -224,28 +220,9 @@ func (c *client) writeMessage(msg any) error {
 	if err := c.nc.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
 		return c.ioError(err)
 	}
-	return c.ioError(writeChunked(c.w, b))
-}
-
-func writeChunked(w *bufio.Writer, msg []byte) error {
-	if utf8.RuneCount(msg) < maxChunk-1 {
-		w.Write(msg)
-		return w.WriteByte('\n')
-	}
-	w.WriteString("{\"chunk-stream\": null}\n")
-	for len(msg) > 0 {
-		// Lines are counted in characters, as Python counts a str.
-		n, chars := 0, 0
-		for n < len(msg) && chars < maxChunk-1 {
-			_, size := utf8.DecodeRune(msg[n:])
-			n += size
-			chars++
-		}
-		w.Write(msg[:n])
-		w.WriteByte('\n')
-		msg = msg[n:]
-	}
-	return w.WriteByte('\n')
+	c.out = wire.AppendMessage(c.out[:0], b)
+	_, err = c.w.Write(c.out)
+	return c.ioError(err)
 }
 
 func (c *client) writeLine(line string) error {
@@ -266,27 +243,12 @@ func (c *client) flush() error {
 // readMessage reads one JSON reply to command, joining a chunked one, and
 // turns an invoke-error into *InvokeError.
 func (c *client) readMessage(command string) (json.RawMessage, error) {
-	line, err := c.readLine()
-	if err != nil {
-		return nil, err
+	if err := c.nc.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
+		return nil, c.ioError(err)
 	}
-	msg := []byte(line)
-	if isChunkStream(msg) {
-		var joined []byte
-		for {
-			part, err := c.readLine()
-			if err != nil {
-				return nil, err
-			}
-			if part == "" {
-				break
-			}
-			if len(joined)+len(part) > maxMessage {
-				return nil, fmt.Errorf("hash equivalence server %s: %w: reply to %s longer than %d bytes", c.addr, ErrProtocol, command, maxMessage)
-			}
-			joined = append(joined, part...)
-		}
-		msg = joined
+	msg, err := wire.ReadMessage(c.r, maxMessage)
+	if err != nil {
+		return nil, c.readError(err)
 	}
 	if !json.Valid(msg) {
 		return nil, fmt.Errorf("hash equivalence server %s: %w: reply to %s is not JSON: %q", c.addr, ErrProtocol, command, short(string(msg)))
@@ -304,41 +266,30 @@ func (c *client) readMessage(command string) (json.RawMessage, error) {
 	return msg, nil
 }
 
-// isChunkStream tells the first line of a chunked message.
-func isChunkStream(line []byte) bool {
-	if !bytes.Contains(line, []byte(`"chunk-stream"`)) {
-		return false
-	}
-	var m map[string]json.RawMessage
-	if json.Unmarshal(line, &m) != nil {
-		return false
-	}
-	_, ok := m["chunk-stream"]
-	return ok
-}
-
-// readLine reads one line without its newline.
+// readLine reads one raw line (stream mode), as bitbake's client does:
+// without its newline and trailing whitespace.
 func (c *client) readLine() (string, error) {
 	if err := c.nc.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
 		return "", c.ioError(err)
 	}
-	var buf []byte
-	for {
-		frag, err := c.r.ReadSlice('\n')
-		buf = append(buf, frag...)
-		switch {
-		case err == nil:
-			return string(buf[:len(buf)-1]), nil
-		case errors.Is(err, bufio.ErrBufferFull):
-			if len(buf) > maxLine {
-				return "", fmt.Errorf("hash equivalence server %s: %w: line longer than %d bytes", c.addr, ErrProtocol, maxLine)
-			}
-		case errors.Is(err, io.EOF) && len(buf) > 0:
-			return "", fmt.Errorf("hash equivalence server %s: %w in the middle of a line", c.addr, ErrServerClosed)
-		default:
-			return "", c.ioError(err)
-		}
+	line, err := c.r.ReadText()
+	if err != nil {
+		return "", c.readError(err)
 	}
+	return line, nil
+}
+
+// readError sorts a read's error: a server breaking the framing or its
+// limits is ErrProtocol, one closing in the middle of a line or message
+// ErrServerClosed, the rest network errors.
+func (c *client) readError(err error) error {
+	switch {
+	case errors.Is(err, wire.ErrLineTooLong), errors.Is(err, wire.ErrMessageTooLong), errors.Is(err, wire.ErrInvalidUTF8):
+		return fmt.Errorf("hash equivalence server %s: %w: %w", c.addr, ErrProtocol, err)
+	case errors.Is(err, wire.ErrPartialLine), errors.Is(err, wire.ErrPartialMessage):
+		return fmt.Errorf("hash equivalence server %s: %w: %w", c.addr, ErrServerClosed, err)
+	}
+	return c.ioError(err)
 }
 
 // ioError names the server in a network error and marks the server's

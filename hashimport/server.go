@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // ServerOptions configures FromServer.
@@ -39,7 +41,7 @@ const batchSize = 256
 // Invalid pairs, pairs the server does not know and invalid answers are
 // counted and skipped; repeated pairs are read once. A refused command
 // (*InvokeError), a closed connection and an error from fn are fatal.
-func FromServer(ctx context.Context, addr string, opt ServerOptions, fn func(Equivalence) error) (Result, error) {
+func FromServer(ctx context.Context, addr string, opt ServerOptions, fn func(index.Equivalence) error) (Result, error) {
 	var res Result
 	c, err := dial(ctx, addr, opt.Timeout)
 	if err != nil {
@@ -117,12 +119,12 @@ type fullRow struct {
 }
 
 // readBatch reads the records of pairs and passes them to fn in order.
-func (c *client) readBatch(pairs []MethodTaskhash, res *Result, fn func(Equivalence) error) error {
+func (c *client) readBatch(pairs []MethodTaskhash, res *Result, fn func(index.Equivalence) error) error {
 	if len(pairs) == 0 {
 		return nil
 	}
 	type outcome struct {
-		e       Equivalence
+		e       index.Equivalence
 		problem string // why the record is skipped
 		miss    bool   // no outhash row: ask get-stream
 	}
@@ -156,7 +158,7 @@ func (c *client) readBatch(pairs []MethodTaskhash, res *Result, fn func(Equivale
 			if row.Method != pairs[i].Method || row.Taskhash != pairs[i].Taskhash {
 				return fmt.Errorf("hash equivalence server %s: %w: get %s %s answered the record of %s %s", c.addr, ErrProtocol, pairs[i].Method, pairs[i].Taskhash, short(row.Method), short(row.Taskhash))
 			}
-			out[i].e = Equivalence{
+			out[i].e = index.Equivalence{
 				Method: row.Method, Taskhash: row.Taskhash, Outhash: row.Outhash, Unihash: row.Unihash,
 				PN: row.PN, PV: row.PV, PR: row.PR, Task: row.Task, Owner: row.Owner,
 			}
@@ -198,7 +200,7 @@ func (c *client) readBatch(pairs []MethodTaskhash, res *Result, fn func(Equivale
 					out[i].problem = "not known to the server"
 					return nil
 				}
-				out[i].e = Equivalence{Method: pairs[i].Method, Taskhash: pairs[i].Taskhash, Unihash: unihash}
+				out[i].e = index.Equivalence{Method: pairs[i].Method, Taskhash: pairs[i].Taskhash, Unihash: unihash}
 				return nil
 			})
 		if err != nil {
@@ -209,7 +211,7 @@ func (c *client) readBatch(pairs []MethodTaskhash, res *Result, fn func(Equivale
 	for i, o := range out {
 		row := fmt.Sprintf("pair (%s %s)", pairs[i].Method, pairs[i].Taskhash)
 		if o.problem == "" {
-			o.problem = o.e.check()
+			o.problem = check(&o.e)
 		}
 		if o.problem != "" {
 			res.skip("%s: %s", row, o.problem)

@@ -2,7 +2,6 @@ package hashimport
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unicode/utf8"
+
+	"github.com/sstatefs/sstatefs/hashserv/wire"
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // fakeConn is the server side of one connection to a fake hash equivalence
@@ -43,17 +44,7 @@ func (c *fakeConn) sendMessage(msg any) {
 		c.t.Error(err)
 		return
 	}
-	if len(b) < maxChunk-1 {
-		c.send(string(b))
-		return
-	}
-	c.send(`{"chunk-stream": null}`)
-	for len(b) > 0 {
-		n := min(len(b), maxChunk-1)
-		c.send(string(b[:n]))
-		b = b[n:]
-	}
-	c.send("")
+	c.nc.Write(wire.AppendMessage(nil, b))
 }
 
 // handshake reads the protocol line and headers and checks them.
@@ -269,7 +260,7 @@ func TestFromServerFake(t *testing.T) {
 				{"do it", h(6)},   // invalid method: not asked
 				{mSysroot, h(1)},  // repeated: read once
 			}
-			want := []Equivalence{
+			want := []index.Equivalence{
 				{Method: mSysroot, Taskhash: h(1), Outhash: h(0xa1), Unihash: h(0x101), PN: "zlib", PV: "1.3.1", PR: "r0", Task: "populate_sysroot", Owner: "probe",
 					Created: utc("2026-11-25T21:46:31.437029Z")},
 				{Method: mPackage, Taskhash: h(2), Outhash: h(0xa2), Unihash: h(0x102), Created: utc("2026-11-25T21:46:32Z")},
@@ -279,14 +270,14 @@ func TestFromServerFake(t *testing.T) {
 				n := 0x1000 + i
 				db.rows[MethodTaskhash{mSysroot, h(n)}] = row(mSysroot, h(n), h(n), h(n), "2026-11-26T00:00:00+00:00", nil)
 				pairs = append(pairs, MethodTaskhash{mSysroot, h(n)})
-				want = append(want, Equivalence{Method: mSysroot, Taskhash: h(n), Outhash: h(n), Unihash: h(n), Created: utc("2026-11-26T00:00:00Z")})
+				want = append(want, index.Equivalence{Method: mSysroot, Taskhash: h(n), Outhash: h(n), Unihash: h(n), Created: utc("2026-11-26T00:00:00Z")})
 			}
 			db.unihash[MethodTaskhash{mPackage, h(0x2000)}] = h(0x2000)
 			pairs = append(pairs, MethodTaskhash{mPackage, h(0x2000)})
-			want = append(want, Equivalence{Method: mPackage, Taskhash: h(0x2000), Unihash: h(0x2000)})
+			want = append(want, index.Equivalence{Method: mPackage, Taskhash: h(0x2000), Unihash: h(0x2000)})
 
 			addr := startFake(t, network, db.serve)
-			var got []Equivalence
+			var got []index.Equivalence
 			res, err := FromServer(context.Background(), addr, ServerOptions{Pairs: pairs, Timeout: 10 * time.Second}, collect(&got))
 			if err != nil {
 				t.Fatal(err)
@@ -322,7 +313,7 @@ func TestFromServerErrors(t *testing.T) {
 		handle func(c *fakeConn) // nil: no server at the address
 		addr   string            // when no server
 		opt    ServerOptions
-		fn     func(Equivalence) error
+		fn     func(index.Equivalence) error
 		is     error
 		want   []string
 	}{
@@ -380,6 +371,31 @@ func TestFromServerErrors(t *testing.T) {
 			},
 			is: ErrProtocol, want: []string{"answered the record of"},
 		},
+		{
+			// bitbake's own client reads lines of 64 KiB at most; a server
+			// sending a longer one is not bitbake's.
+			name: "line over 64 KiB",
+			handle: func(c *fakeConn) {
+				c.handshake()
+				c.message()
+				c.sendMessage(map[string]bool{"alive": true})
+				c.message()
+				c.send(`{"x": "` + strings.Repeat("y", 70000) + `"}`)
+			},
+			is: ErrProtocol, want: []string{"longer than 64 KiB", h(1)},
+		},
+		{
+			name: "cut in a chunked reply",
+			handle: func(c *fakeConn) {
+				c.handshake()
+				c.message()
+				c.sendMessage(map[string]bool{"alive": true})
+				c.message()
+				c.send(`{"chunk-stream": null}`)
+				c.send(`{"taskhash":`)
+			},
+			is: ErrServerClosed, want: []string{h(1)},
+		},
 		{name: "no pairs", handle: db.serve, opt: ServerOptions{}, is: ErrNoEnumeration, want: []string{"holds 5 unihash and 4 outhash rows"}},
 		{
 			name: "no pairs, no usage",
@@ -394,7 +410,7 @@ func TestFromServerErrors(t *testing.T) {
 		},
 		{
 			name: "fn error", handle: db.serve,
-			fn: func(Equivalence) error { return errIndexFull },
+			fn: func(index.Equivalence) error { return errIndexFull },
 			is: errIndexFull, want: []string{h(1)},
 		},
 	}
@@ -413,7 +429,7 @@ func TestFromServerErrors(t *testing.T) {
 			}
 			fn := tt.fn
 			if fn == nil {
-				fn = func(Equivalence) error { return nil }
+				fn = func(index.Equivalence) error { return nil }
 			}
 			_, err := FromServer(context.Background(), addr, opt, fn)
 			if err == nil {
@@ -442,7 +458,7 @@ func TestFromServerInvokeErrorType(t *testing.T) {
 		c.message()
 		c.sendMessage(map[string]any{"invoke-error": map[string]string{"message": "Invalid unihash"}})
 	})
-	_, err := FromServer(context.Background(), addr, ServerOptions{Pairs: []MethodTaskhash{{mSysroot, h(1)}}}, func(Equivalence) error { return nil })
+	_, err := FromServer(context.Background(), addr, ServerOptions{Pairs: []MethodTaskhash{{mSysroot, h(1)}}}, func(index.Equivalence) error { return nil })
 	var ie *InvokeError
 	if !errors.As(err, &ie) || ie.Command != "get" || ie.Message != "Invalid unihash" {
 		t.Errorf("error %v, want an *InvokeError of get: Invalid unihash", err)
@@ -459,43 +475,11 @@ func TestFromServerCancel(t *testing.T) {
 	addr := startFake(t, "unix", db.serve)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	res, err := FromServer(ctx, addr, ServerOptions{Pairs: pairs}, func(Equivalence) error { cancel(); return nil })
+	res, err := FromServer(ctx, addr, ServerOptions{Pairs: pairs}, func(index.Equivalence) error { cancel(); return nil })
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("error %v, want context.Canceled", err)
 	}
 	if res.Read > batchSize {
 		t.Errorf("read %d records after the cancel", res.Read)
-	}
-}
-
-func TestWriteChunked(t *testing.T) {
-	for _, n := range []int{0, 10, maxChunk - 3, maxChunk - 2, maxChunk - 1, 70000} {
-		// Multi-byte characters: bitbake counts characters, not bytes.
-		msg := strings.Repeat("é", n/2) + strings.Repeat("x", n-n/2)
-		var buf bytes.Buffer
-		w := bufio.NewWriter(&buf)
-		if err := writeChunked(w, []byte(msg)); err != nil {
-			t.Fatal(err)
-		}
-		w.Flush()
-		lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
-		if n < maxChunk-1 {
-			if len(lines) != 1 || lines[0] != msg {
-				t.Errorf("%d characters: sent as %d lines", n, len(lines))
-			}
-			continue
-		}
-		if lines[0] != `{"chunk-stream": null}` || lines[len(lines)-1] != "" {
-			t.Fatalf("%d characters: framing %q ... %q", n, lines[0], lines[len(lines)-1])
-		}
-		body := lines[1 : len(lines)-1]
-		for i, l := range body {
-			if c := utf8.RuneCountInString(l); c > maxChunk-1 || (i < len(body)-1 && c != maxChunk-1) {
-				t.Errorf("%d characters: line %d has %d characters", n, i, c)
-			}
-		}
-		if strings.Join(body, "") != msg {
-			t.Errorf("%d characters: chunks do not join to the message", n)
-		}
 	}
 }

@@ -14,6 +14,8 @@ import (
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // requiredColumns are the columns FromSQLite reads, by table, as bitbake's
@@ -57,7 +59,7 @@ ORDER BY julianday(o.created), CAST(o.created AS TEXT), u.method, u.taskhash, o.
 // row (a server's get with all=true returns only the oldest).
 //
 // An error from fn stops the import and is returned wrapped.
-func FromSQLite(ctx context.Context, path string, fn func(Equivalence) error) (Result, error) {
+func FromSQLite(ctx context.Context, path string, fn func(index.Equivalence) error) (Result, error) {
 	var res Result
 	wal, before, err := checkSQLiteFile(path)
 	if err != nil {
@@ -110,7 +112,7 @@ func FromSQLite(ctx context.Context, path string, fn func(Equivalence) error) (R
 			&oid, &outhash, &created, &owner, &pn, &pv, &pr, &task); err != nil {
 			return res, fmt.Errorf("hashserv database %s: unihashes_v3 id %d: %w", path, uid, err)
 		}
-		e := Equivalence{
+		e := index.Equivalence{
 			Method: method.String, Taskhash: taskhash.String, Unihash: unihash.String,
 			Outhash: outhash.String, Owner: owner.String,
 			PN: pn.String, PV: pv.String, PR: pr.String, Task: task.String,
@@ -124,7 +126,7 @@ func FromSQLite(ctx context.Context, path string, fn func(Equivalence) error) (R
 			res.skip("%s: outhash is NULL", row)
 			continue
 		}
-		if reason := e.check(); reason != "" {
+		if reason := check(&e); reason != "" {
 			res.skip("%s: %s", row, reason)
 			continue
 		}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // bitbakeSchema is the schema bitbake-hashserv 2.19 creates
@@ -85,8 +87,8 @@ func createDB(t *testing.T, path string, unihashes [][3]string, outhashes []outh
 	}
 }
 
-func collect(out *[]Equivalence) func(Equivalence) error {
-	return func(e Equivalence) error {
+func collect(out *[]index.Equivalence) func(index.Equivalence) error {
+	return func(e index.Equivalence) error {
 		*out = append(*out, e)
 		return nil
 	}
@@ -101,7 +103,7 @@ func utc(s string) time.Time {
 }
 
 // sameEquivalences compares field by field, times with Equal.
-func sameEquivalences(t *testing.T, got, want []Equivalence) {
+func sameEquivalences(t *testing.T, got, want []index.Equivalence) {
 	t.Helper()
 	if len(got) != len(want) {
 		t.Errorf("got %d records, want %d", len(got), len(want))
@@ -176,12 +178,12 @@ func TestFromSQLite(t *testing.T) {
 	before := fileDigest(t, path)
 	names := dirNames(t, dir)
 
-	var got []Equivalence
+	var got []index.Equivalence
 	res, err := FromSQLite(context.Background(), path, collect(&got))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Equivalence{
+	want := []index.Equivalence{
 		{Method: mSysroot, Taskhash: h(4), Unihash: h(0x104)},
 		{Method: mSysroot, Taskhash: h(11), Outhash: h(0xab), Unihash: h(0x10b), Owner: "carol"},
 		{Method: mPackage, Taskhash: h(3), Outhash: h(0xc2), Unihash: h(0x103), PN: "busybox", PV: "1.36", PR: "r0", Task: "package",
@@ -219,7 +221,7 @@ func TestFromSQLite(t *testing.T) {
 	}
 
 	// The same again: the order is deterministic.
-	var again []Equivalence
+	var again []index.Equivalence
 	if _, err := FromSQLite(context.Background(), path, collect(&again)); err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +243,7 @@ func TestFromSQLiteReadOnlyFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Chmod(dir, 0o755) })
-	var got []Equivalence
+	var got []index.Equivalence
 	if _, err := FromSQLite(context.Background(), path, collect(&got)); err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +302,7 @@ func TestFromSQLiteErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			called := false
-			_, err := FromSQLite(context.Background(), tt.path, func(Equivalence) error { called = true; return nil })
+			_, err := FromSQLite(context.Background(), tt.path, func(index.Equivalence) error { called = true; return nil })
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -326,7 +328,7 @@ func TestFromSQLiteStops(t *testing.T) {
 
 	t.Run("fn error", func(t *testing.T) {
 		stop := errors.New("index full")
-		res, err := FromSQLite(context.Background(), path, func(Equivalence) error { return stop })
+		res, err := FromSQLite(context.Background(), path, func(index.Equivalence) error { return stop })
 		if !errors.Is(err, stop) || !strings.Contains(err.Error(), h(1)) {
 			t.Errorf("error %v, want %v naming the row", err, stop)
 		}
@@ -337,7 +339,7 @@ func TestFromSQLiteStops(t *testing.T) {
 	t.Run("cancel", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		n := 0
-		_, err := FromSQLite(ctx, path, func(Equivalence) error { n++; cancel(); return nil })
+		_, err := FromSQLite(ctx, path, func(index.Equivalence) error { n++; cancel(); return nil })
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("error %v, want context.Canceled", err)
 		}
@@ -386,7 +388,7 @@ func TestParseCreated(t *testing.T) {
 func TestFromSQLiteChanged(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "hashserv.db")
 	createDB(t, path, [][3]string{{mSysroot, h(1), h(0x101)}, {mSysroot, h(2), h(0x102)}}, nil)
-	_, err := FromSQLite(context.Background(), path, func(Equivalence) error {
+	_, err := FromSQLite(context.Background(), path, func(index.Equivalence) error {
 		// What a checkpoint of a server that opened the file meanwhile does.
 		return os.Chtimes(path, time.Time{}, time.Now().Add(time.Hour))
 	})
@@ -420,8 +422,8 @@ func TestFromSQLiteLive(t *testing.T) {
 	if _, err := os.Stat(path + "-wal"); err != nil {
 		t.Fatalf("no -wal file: %v", err)
 	}
-	var got []Equivalence
-	res, err := FromSQLite(context.Background(), path, func(e Equivalence) error {
+	var got []index.Equivalence
+	res, err := FromSQLite(context.Background(), path, func(e index.Equivalence) error {
 		if len(got) == 0 {
 			insert(4) // after the snapshot: not read
 		}
@@ -431,7 +433,7 @@ func TestFromSQLiteLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Equivalence{
+	want := []index.Equivalence{
 		{Method: mSysroot, Taskhash: h(1), Unihash: h(0x101)},
 		{Method: mSysroot, Taskhash: h(2), Outhash: h(0xa2), Unihash: h(0x102), Created: utc("2024-01-02T00:00:00Z")},
 		{Method: mSysroot, Taskhash: h(3), Outhash: h(0xa3), Unihash: h(0x103), Created: utc("2024-01-03T00:00:00Z")},

@@ -10,25 +10,10 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// bitbakeDir returns the bitbake tree named by SSTATEFS_BITBAKE_DIR, or
-// skips the test: bitbake's own client is the judge of compatibility, but
-// CI has no bitbake.
-func bitbakeDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("SSTATEFS_BITBAKE_DIR")
-	if dir == "" {
-		t.Skip("SSTATEFS_BITBAKE_DIR is not set")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "lib", "hashserv", "client.py")); err != nil {
-		t.Fatalf("SSTATEFS_BITBAKE_DIR=%s is not a bitbake tree: %v", dir, err)
-	}
-	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("no python3")
-	}
-	return dir
-}
+	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/testutil"
+)
 
 // python runs a script with bitbake's lib on the path and returns its
 // standard output.
@@ -41,7 +26,7 @@ func python(t *testing.T, dir, script string, args ...string) []byte {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "python3", append([]string{f}, args...)...)
-	cmd.Env = append(os.Environ(), "PYTHONPATH="+filepath.Join(dir, "lib"), "PYTHONDONTWRITEBYTECODE=1")
+	cmd.Env = testutil.BitbakeEnv(dir)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -57,7 +42,7 @@ func hashclient(t *testing.T, dir, addr string, args ...string) (string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "python3", append([]string{filepath.Join(dir, "bin", "bitbake-hashclient"), "--address", addr, "--no-netrc"}, args...)...)
-	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
+	cmd.Env = testutil.BitbakeEnv(dir)
 	out, err := cmd.CombinedOutput()
 	code := 0
 	if err != nil {
@@ -117,7 +102,7 @@ print(json.dumps(out))
 `
 
 func TestBitbakeClient(t *testing.T) {
-	dir := bitbakeDir(t)
+	dir := testutil.BitbakeDir(t)
 	for _, network := range []string{"unix", "tcp"} {
 		t.Run(network, func(t *testing.T) {
 			b := newMemBackend()
@@ -251,11 +236,11 @@ print(json.dumps(out))
 `
 
 func TestBitbakeUpstream(t *testing.T) {
-	dir := bitbakeDir(t)
+	dir := testutil.BitbakeDir(t)
 	b := newMemBackend()
 	created := time.Date(2026, 3, 4, 5, 6, 7, 890000000, time.UTC)
 	for i := range 3 {
-		b.seed(Equivalence{Method: method, Taskhash: h64(0x1000 + i), Outhash: h64(0xaaaa), Unihash: h64(0x2000),
+		b.seed(index.Equivalence{Method: method, Taskhash: h64(0x1000 + i), Outhash: h64(0xaaaa), Unihash: h64(0x2000),
 			PN: "zlib", PV: "1.3", PR: "r0", Task: "populate_sysroot", Owner: "ci", Created: created.Add(time.Duration(i) * time.Second)})
 	}
 	b.addObject(h64(0x2000))

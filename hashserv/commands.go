@@ -13,6 +13,9 @@ import (
 	"slices"
 	"time"
 	"unicode"
+
+	"github.com/sstatefs/sstatefs/hashserv/wire"
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // command is one command of the protocol. Exactly one of run (normal
@@ -168,23 +171,23 @@ func (a args) unihash() (string, error) {
 
 // lookup returns the record of (method, taskhash) if it has a valid
 // unihash.
-func (c *conn) lookup(method, taskhash string) (Equivalence, bool) {
+func (c *conn) lookup(method, taskhash string) (index.Equivalence, bool) {
 	e, ok := c.srv.backend.Get(method, taskhash)
 	return c.checked(e, ok, "taskhash", taskhash)
 }
 
 // lookupOuthash returns the first record of (method, outhash) if it has a
 // valid unihash.
-func (c *conn) lookupOuthash(method, outhash string) (Equivalence, bool) {
+func (c *conn) lookupOuthash(method, outhash string) (index.Equivalence, bool) {
 	if outhash == "" {
 		c.srv.misses.Add(1)
-		return Equivalence{}, false
+		return index.Equivalence{}, false
 	}
 	e, ok := c.srv.backend.GetByOuthash(method, outhash)
 	return c.checked(e, ok, "outhash", outhash)
 }
 
-func (c *conn) checked(e Equivalence, ok bool, kind, hash string) (Equivalence, bool) {
+func (c *conn) checked(e index.Equivalence, ok bool, kind, hash string) (index.Equivalence, bool) {
 	if ok && !validUnihash(e.Unihash) {
 		c.log.Warn("hashserv: ignoring a record whose unihash is not 64 lowercase hex characters",
 			slog.String("method", e.Method), slog.String(kind, hash), slog.String("unihash", e.Unihash))
@@ -210,10 +213,10 @@ func short(taskhash, method, unihash string) object {
 // id is bitbake's row number, which an index shared by many hosts has
 // not: it is the first 53 bits of SHA-256(method NUL taskhash NUL
 // outhash) plus one, stable across servers and restarts and exact in
-// every JSON reader. outhash_siginfo is not kept (Equivalence has no
+// every JSON reader. outhash_siginfo is not kept (index.Equivalence has no
 // field for it) and is always null; empty PN, PV, PR, task and owner are
 // null, as absent ones are in bitbake.
-func row(e Equivalence, withUnihash bool) object {
+func row(e index.Equivalence, withUnihash bool) object {
 	h := sha256.Sum256([]byte(e.Method + "\x00" + e.Taskhash + "\x00" + e.Outhash))
 	id := binary.BigEndian.Uint64(h[:8])>>11 + 1
 	o := object{
@@ -320,7 +323,7 @@ func cmdGetOuthash(_ context.Context, c *conn, arg json.RawMessage) (any, error)
 // an empty line. A line that is not two words closes the connection.
 func streamGet(c *conn, _ json.RawMessage) (func(string) (string, error), error) {
 	return func(line string) (string, error) {
-		f := pySplit(line)
+		f := wire.Fields(line)
 		if len(f) != 2 {
 			return "", protoErrorf("get-stream: want \"METHOD TASKHASH\", got %q", line)
 		}
@@ -449,7 +452,7 @@ func checkField(name, key, v string, word bool) error {
 		return protoErrorf("%s: %q is empty", name, key)
 	}
 	for _, r := range v {
-		if unicode.IsControl(r) || word && pyIsSpace(r) {
+		if unicode.IsControl(r) || word && wire.IsSpace(r) {
 			return protoErrorf("%s: %q has a control or space character: %q", name, key, v)
 		}
 	}
@@ -458,13 +461,13 @@ func checkField(name, key, v string, word bool) error {
 
 // reportArgs decodes the arguments of report in bitbake's order: the
 // unihash first (invoke-error), then method, outhash and taskhash.
-func reportArgs(arg json.RawMessage) (Equivalence, error) {
+func reportArgs(arg json.RawMessage) (index.Equivalence, error) {
 	const name = "report"
 	a, err := objectArgs(name, arg)
 	if err != nil {
-		return Equivalence{}, err
+		return index.Equivalence{}, err
 	}
-	var e Equivalence
+	var e index.Equivalence
 	if e.Unihash, err = a.unihash(); err != nil {
 		return e, err
 	}
@@ -497,7 +500,7 @@ func reportArgs(arg json.RawMessage) (Equivalence, error) {
 		*f.dst = v
 	}
 	// outhash_siginfo, the text the outhash was computed from, has no
-	// place in an Equivalence and is dropped.
+	// place in an index.Equivalence and is dropped.
 	return e, nil
 }
 
@@ -559,7 +562,7 @@ func cmdReportEquiv(ctx context.Context, c *conn, arg json.RawMessage) (any, err
 	if err != nil {
 		return nil, err
 	}
-	var e Equivalence
+	var e index.Equivalence
 	if e.Unihash, err = a.unihash(); err != nil {
 		return nil, err
 	}
@@ -648,7 +651,7 @@ func (s *Server) outhashRecorded(method, taskhash, outhash string) bool {
 }
 
 // record writes e through the Backend within RecordTimeout.
-func (s *Server) record(ctx context.Context, e Equivalence) error {
+func (s *Server) record(ctx context.Context, e index.Equivalence) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opt.RecordTimeout)
 	defer cancel()
 	if err := s.backend.Record(ctx, e); err != nil {
@@ -664,7 +667,7 @@ func (s *Server) record(ctx context.Context, e Equivalence) error {
 // settled is the unihash of e's taskhash after recording e: the stored
 // one, as bitbake reads it back, in case another writer of the same
 // store got there first; e's own if the Backend does not show it yet.
-func (s *Server) settled(e Equivalence) string {
+func (s *Server) settled(e index.Equivalence) string {
 	if cur, ok := s.backend.Get(e.Method, e.Taskhash); ok && validUnihash(cur.Unihash) {
 		return cur.Unihash
 	}

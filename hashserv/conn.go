@@ -10,18 +10,10 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/sstatefs/sstatefs/hashserv/wire"
 )
-
-// protocolName and the accepted versions are bitbake's
-// (ServerClient.validate_proto_version): above 1.0, at most 1.1.
-const protocolName = "OEHASHEQUIV"
-
-// maxHeaders bounds the header lines of a handshake (bitbake sets no
-// bound; its client sends one).
-const maxHeaders = 64
 
 // conn is one client connection. It is used by one goroutine.
 type conn struct {
@@ -31,7 +23,7 @@ type conn struct {
 	readOnly bool
 	commands []command // the table for readOnly
 	nc       net.Conn
-	r        *lineReader
+	r        *wire.LineReader
 	dec      decoder
 	w        *bufio.Writer
 	log      *slog.Logger
@@ -66,7 +58,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	c := &conn{
 		srv: s,
 		nc:  nc,
-		r:   newLineReader(nc, MaxLine),
+		r:   wire.NewLineReader(nc, MaxLine),
 		w:   bufio.NewWriterSize(nc, 4096),
 		log: s.log.With(slog.Uint64("conn", id), slog.String("client", remote)),
 	}
@@ -136,8 +128,8 @@ func (c *conn) run(ctx context.Context) error {
 	}
 }
 
-// handshake reads "OEHASHEQUIV 1.1", header lines and an empty line, as
-// AsyncServerConnection.process_requests does, and answers the empty
+// handshake reads "OEHASHEQUIV 1.1", header lines and an empty line
+// (wire.ReadHandshake), and answers the empty
 // header block when the client sends needs-headers: true. Anything else
 // closes the connection without an answer. The whole handshake must
 // arrive within IdleTimeout.
@@ -145,41 +137,9 @@ func (c *conn) handshake() error {
 	if c.srv.opt.IdleTimeout > 0 {
 		c.nc.SetReadDeadline(time.Now().Add(c.srv.opt.IdleTimeout))
 	}
-	line, err := c.r.readText()
+	headers, err := wire.ReadHandshake(c.r)
 	if err != nil {
 		return err
-	}
-	if line == "" {
-		return protoErrorf("empty protocol line")
-	}
-	f := pySplit(line)
-	if len(f) != 2 {
-		return protoErrorf("bad protocol line %q", line)
-	}
-	if f[0] != protocolName {
-		return protoErrorf("not the %s protocol: %q", protocolName, line)
-	}
-	v, ok := parseVersion(f[1])
-	if !ok || !(compareVersion(v, []int{1, 0}) > 0 && compareVersion(v, []int{1, 1}) <= 0) {
-		return protoErrorf("unsupported protocol version %q", f[1])
-	}
-	headers := map[string]string{}
-	for n := 0; ; n++ {
-		if n == maxHeaders {
-			return protoErrorf("more than %d header lines", maxHeaders)
-		}
-		h, err := c.r.readText()
-		if err != nil {
-			return err
-		}
-		if h == "" {
-			break
-		}
-		tag, value, ok := strings.Cut(h, ":")
-		if !ok {
-			return protoErrorf("bad header line %q", h)
-		}
-		headers[strings.ToLower(tag)] = strings.TrimFunc(value, pyIsSpace)
 	}
 	if headers["needs-headers"] == "true" {
 		// bitbake's hash equivalence server has no headers to send: the
@@ -190,38 +150,6 @@ func (c *conn) handshake() error {
 		return c.flush()
 	}
 	return nil
-}
-
-// parseVersion parses "1.1" as bitbake does (int() of each dotted part).
-func parseVersion(s string) ([]int, bool) {
-	var v []int
-	for p := range strings.SplitSeq(s, ".") {
-		n, err := strconv.Atoi(p)
-		if err != nil {
-			return nil, false
-		}
-		v = append(v, n)
-	}
-	return v, true
-}
-
-// compareVersion compares like Python tuples.
-func compareVersion(a, b []int) int {
-	for i := 0; i < len(a) && i < len(b); i++ {
-		if a[i] != b[i] {
-			if a[i] < b[i] {
-				return -1
-			}
-			return 1
-		}
-	}
-	switch {
-	case len(a) < len(b):
-		return -1
-	case len(a) > len(b):
-		return 1
-	}
-	return 0
 }
 
 // dispatch runs the first command of bitbake's order that the message
@@ -271,7 +199,7 @@ func (c *conn) stream(cmd command, raw []byte) error {
 	}
 	for {
 		c.readDeadline()
-		line, err := c.r.readText()
+		line, err := c.r.ReadText()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return io.EOF
@@ -340,7 +268,7 @@ func (c *conn) flush() error {
 // buffered, so that pipelined stream queries (bitbake sends them in
 // batches) are answered in few writes.
 func (c *conn) flushIfIdle() error {
-	if c.r.lineBuffered() {
+	if c.r.LineBuffered() {
 		return nil
 	}
 	return c.flush()

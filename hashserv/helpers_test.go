@@ -15,39 +15,41 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // memBackend is an in-memory Backend for protocol tests: the first record
 // of a taskhash and of an outhash win, exact duplicates are ignored.
 type memBackend struct {
 	mu        sync.Mutex
-	byTask    map[[2]string]Equivalence
-	byOut     map[[2]string]Equivalence
+	byTask    map[[2]string]index.Equivalence
+	byOut     map[[2]string]index.Equivalence
 	triples   map[[3]string]bool
 	objects   map[string]bool
-	recorded  []Equivalence
-	recordErr error             // returned by Record when set
-	block     chan struct{}     // Record waits on it when set
-	hook      func(Equivalence) // called first by Record when set
+	recorded  []index.Equivalence
+	recordErr error                   // returned by Record when set
+	block     chan struct{}           // Record waits on it when set
+	hook      func(index.Equivalence) // called first by Record when set
 }
 
 func newMemBackend() *memBackend {
 	return &memBackend{
-		byTask:  map[[2]string]Equivalence{},
-		byOut:   map[[2]string]Equivalence{},
+		byTask:  map[[2]string]index.Equivalence{},
+		byOut:   map[[2]string]index.Equivalence{},
 		triples: map[[3]string]bool{},
 		objects: map[string]bool{},
 	}
 }
 
-func (b *memBackend) Get(method, taskhash string) (Equivalence, bool) {
+func (b *memBackend) Get(method, taskhash string) (index.Equivalence, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e, ok := b.byTask[[2]string{method, taskhash}]
 	return e, ok
 }
 
-func (b *memBackend) GetByOuthash(method, outhash string) (Equivalence, bool) {
+func (b *memBackend) GetByOuthash(method, outhash string) (index.Equivalence, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e, ok := b.byOut[[2]string{method, outhash}]
@@ -60,7 +62,7 @@ func (b *memBackend) ObjectExists(unihash string) bool {
 	return b.objects[unihash]
 }
 
-func (b *memBackend) Record(ctx context.Context, e Equivalence) error {
+func (b *memBackend) Record(ctx context.Context, e index.Equivalence) error {
 	if b.hook != nil {
 		b.hook(e)
 	}
@@ -82,7 +84,7 @@ func (b *memBackend) Record(ctx context.Context, e Equivalence) error {
 }
 
 // store adds a record (also used to seed a backend).
-func (b *memBackend) store(e Equivalence) {
+func (b *memBackend) store(e index.Equivalence) {
 	t := [3]string{e.Method, e.Taskhash, e.Outhash}
 	if b.triples[t] {
 		return
@@ -96,7 +98,7 @@ func (b *memBackend) store(e Equivalence) {
 	}
 }
 
-func (b *memBackend) seed(e Equivalence) {
+func (b *memBackend) seed(e index.Equivalence) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.store(e)
@@ -108,10 +110,10 @@ func (b *memBackend) addObject(unihash string) {
 	b.objects[unihash] = true
 }
 
-func (b *memBackend) records() []Equivalence {
+func (b *memBackend) records() []index.Equivalence {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return append([]Equivalence(nil), b.recorded...)
+	return append([]index.Equivalence(nil), b.recorded...)
 }
 
 // h64 is a 64-hex-digit hash of n, as the transcript's "%064x".

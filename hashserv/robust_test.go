@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // Bad input gets a closed connection; the server goes on serving others
@@ -71,7 +73,7 @@ func TestStuckClients(t *testing.T) {
 	b := newMemBackend()
 	// Known, so that each query has a 65-byte answer that fills the
 	// socket buffers quickly.
-	b.seed(Equivalence{Method: method, Taskhash: h64(1), Outhash: h64(2), Unihash: h64(3)})
+	b.seed(index.Equivalence{Method: method, Taskhash: h64(1), Outhash: h64(2), Unihash: h64(3)})
 	_, addr := startServer(t, b, Options{IdleTimeout: idle}, "tcp")
 	for _, tc := range []struct {
 		name string

@@ -7,9 +7,10 @@
 //
 // The behaviour follows bitbake's own server (lib/hashserv/server.py and
 // lib/bb/asyncrpc, bitbake 2.19) and the bytes of
-// compat/hashserv-transcript.txt: framing and chunking (wire.go), the
-// handshake, normal and stream modes (conn.go), and every command with
-// bitbake's answer (commands.go). It differs where the store or safety
+// compat/hashserv-transcript.txt: the handshake, framing and chunking
+// (package hashserv/wire, which the hashimport client shares), replies
+// spelled as Python's json.dumps (pyjson.go), normal and stream modes
+// (conn.go), and every command with bitbake's answer (commands.go). It differs where the store or safety
 // asks for it, each documented at its place:
 //
 //   - exists-stream answers whether the sstate object exists, not
@@ -40,17 +41,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/unixsock"
 )
-
-// Equivalence is one report: a row of bitbake's unihashes_v3 joined with
-// its outhashes_v2 row. Outhash is empty for an equivalence reported with
-// report-equiv (bitbake then stores no outhash row).
-type Equivalence struct {
-	Method, Taskhash, Outhash, Unihash string
-	PN, PV, PR, Task, Owner            string // empty when not reported
-	Created                            time.Time
-}
 
 // Backend stores equivalences. Implementations are safe for concurrent use.
 //
@@ -64,10 +57,10 @@ type Equivalence struct {
 // as bitbake's outhashes_v2 rows do.
 type Backend interface {
 	// Get returns the first record of (method, taskhash).
-	Get(method, taskhash string) (Equivalence, bool)
+	Get(method, taskhash string) (index.Equivalence, bool)
 	// GetByOuthash returns the first-reported record with this
 	// (method, outhash); outhash is never empty.
-	GetByOuthash(method, outhash string) (Equivalence, bool)
+	GetByOuthash(method, outhash string) (index.Equivalence, bool)
 	// ObjectExists reports whether an sstate object named by this unihash
 	// is present. exists-stream answers true only for those, so that
 	// bitbake asks for nothing it cannot restore.
@@ -82,7 +75,7 @@ type Backend interface {
 	// it tell. An error wrapping ErrInvalidRecord says the Backend refuses
 	// the record itself (a field it cannot store): the report is then
 	// bad input, not a failure of the Backend.
-	Record(ctx context.Context, e Equivalence) error
+	Record(ctx context.Context, e index.Equivalence) error
 }
 
 // ErrInvalidRecord is wrapped by a Backend's Record error for a record it

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // The equivalence rules, from bitbake's own tests (lib/hashserv/tests.py).
@@ -109,7 +111,7 @@ func TestReportRules(t *testing.T) {
 		// test_ro_server: reports are answered, nothing is recorded,
 		// report-equiv is unknown.
 		b := newMemBackend()
-		b.seed(Equivalence{Method: method, Taskhash: h64(1), Outhash: h64(0xa), Unihash: h64(0x100)})
+		b.seed(index.Equivalence{Method: method, Taskhash: h64(1), Outhash: h64(0xa), Unihash: h64(0x100)})
 		_, cl := serveAndConnect(t, b, Options{ReadOnly: true})
 		if got := cl.getStream(h64(1)); got[0] != h64(0x100) {
 			t.Fatalf("get-stream answered %q", got)
@@ -223,7 +225,7 @@ func TestGetFull(t *testing.T) {
 	if r.(map[string]any)["unihash"] != h64(0x100) {
 		t.Fatal(r)
 	}
-	id := row(Equivalence{Method: method, Taskhash: h64(1), Outhash: h64(0xa)}, false)[0].value
+	id := row(index.Equivalence{Method: method, Taskhash: h64(1), Outhash: h64(0xa)}, false)[0].value
 	rest := `"method": "do_populate_sysroot", "taskhash": "` + h64(1) + `", "outhash": "` + h64(0xa) +
 		`", "created": "2026-01-02T03:04:05+00:00", "owner": "me", "PN": "zlib", "PV": "1.3", "PR": "r0", "task": "populate_sysroot", "outhash_siginfo": null`
 	full := `{"id": ` + string(appendJSON(nil, id)) + `, ` + rest + `, "unihash": "` + h64(0x100) + `", "gc_mark": ""}` + "\n"
@@ -243,7 +245,7 @@ func TestGetFull(t *testing.T) {
 			t.Errorf("%s answered\n%s\nwant\n%s", tc.msg, got, tc.want)
 		}
 	}
-	if r := b.records(); len(r) != 1 || r[0] != (Equivalence{Method: method, Taskhash: h64(1), Outhash: h64(0xa), Unihash: h64(0x100),
+	if r := b.records(); len(r) != 1 || r[0] != (index.Equivalence{Method: method, Taskhash: h64(1), Outhash: h64(0xa), Unihash: h64(0x100),
 		Owner: "me", PN: "zlib", PV: "1.3", PR: "r0", Task: "populate_sysroot", Created: created}) {
 		t.Errorf("recorded %+v", r)
 	}
@@ -314,8 +316,8 @@ func TestCommands(t *testing.T) {
 
 func TestStreams(t *testing.T) {
 	b := newMemBackend()
-	b.seed(Equivalence{Method: method, Taskhash: h64(1), Outhash: h64(0xa), Unihash: h64(0x100)})
-	b.seed(Equivalence{Method: method, Taskhash: h64(2), Outhash: h64(0xb), Unihash: "not-a-unihash"})
+	b.seed(index.Equivalence{Method: method, Taskhash: h64(1), Outhash: h64(0xa), Unihash: h64(0x100)})
+	b.seed(index.Equivalence{Method: method, Taskhash: h64(2), Outhash: h64(0xb), Unihash: "not-a-unihash"})
 	b.addObject(h64(0x100))
 	b.addObject("not-a-unihash")
 	s, addr := startServer(t, b, Options{}, "tcp")
@@ -483,7 +485,7 @@ func TestChunked(t *testing.T) {
 		// Only a record with long fields gives a long answer; the index
 		// could hold one.
 		pn := strings.Repeat("n", 40000)
-		b.seed(Equivalence{Method: method, Taskhash: h64(2), Outhash: h64(0xb), Unihash: h64(0x200), PN: pn})
+		b.seed(index.Equivalence{Method: method, Taskhash: h64(2), Outhash: h64(0xb), Unihash: h64(0x200), PN: pn})
 		cl := connect(t, addr)
 		cl.send(`{"get": {"taskhash": "` + h64(2) + `", "method": "` + method + `", "all": true}}` + "\n")
 		if l := cl.line(); l != "{\"chunk-stream\": null}\n" {
@@ -542,7 +544,7 @@ func TestReportLocking(t *testing.T) {
 	b := newMemBackend()
 	release := make(chan struct{})
 	entered := make(chan struct{}, 1)
-	b.hook = func(e Equivalence) {
+	b.hook = func(e index.Equivalence) {
 		if e.Taskhash == h64(1) {
 			entered <- struct{}{}
 			<-release

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sstatefs/sstatefs/index"
 )
 
 // The transcript of the real bitbake-hashserv (compat/), beside the
@@ -198,7 +200,7 @@ func TestTranscriptRaw(t *testing.T) {
 			b := newMemBackend()
 			// "this taskhash was already known from an earlier report",
 			// and its object exists.
-			b.seed(Equivalence{Method: method, Taskhash: h64(0x5000), Outhash: h64(0xcccc), Unihash: h64(0x6000),
+			b.seed(index.Equivalence{Method: method, Taskhash: h64(0x5000), Outhash: h64(0xcccc), Unihash: h64(0x6000),
 				PN: "rawprobe", PV: "1.0", PR: "r0", Task: "populate_sysroot", Created: time.Now()})
 			b.addObject(h64(0x6000))
 			_, addr := startServer(t, b, Options{}, tc.network)

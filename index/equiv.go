@@ -14,15 +14,27 @@ import (
 	"unicode/utf8"
 )
 
-// Equivalence is one hash equivalence report: bitbake's unihashes_v3 + outhashes_v2 rows in one.
+// Equivalence is one hash equivalence record: a row of bitbake-hashserv's
+// unihashes_v3 joined with its outhashes_v2 row (on method, taskhash). It
+// is the one type the index stores, hashserv serves and hashimport reads.
 type Equivalence struct {
-	Method           string // e.g. "oe.sstatesig.OEOuthashBasic" or with a ":do_task" suffix
-	Taskhash         string // lowercase hex
-	Outhash          string // lowercase hex, may be "" for report-equiv records
-	Unihash          string // lowercase hex (64 chars in current bitbake)
+	// Method is what bitbake reports as the method: the outhash function
+	// (SSTATE_HASHEQUIV_METHOD, "oe.sstatesig.OEOuthashBasic" in OE-core),
+	// to which a signature generator may append a per-task suffix
+	// (siggen's extramethod; OE-core appends none). It is no task name;
+	// the protocol treats it as an opaque string.
+	Method   string
+	Taskhash string // lowercase hex
+	// Outhash is "" when there is no output hash for the unihash
+	// (report-equiv, a backfill from an upstream, outhashes cleaned).
+	Outhash string
+	Unihash string // lowercase hex; 64 characters (SHA-256) in current bitbake
+	// PN, PV, PR and Task describe the reporting task; empty when not reported.
 	PN, PV, PR, Task string
-	Owner            string
-	Created          time.Time
+	Owner            string // the reporting user; empty without authentication
+	// Created is when the outhash was reported, in UTC; zero when there is
+	// no outhash row or it has no time.
+	Created time.Time
 }
 
 // ErrInvalidEquivalence: an equivalence record breaks the rules Validate

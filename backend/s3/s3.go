@@ -6,7 +6,6 @@ package s3
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -112,7 +111,7 @@ func ParseURL(raw string) (bucket, prefix string, err error) {
 		return "", "", fmt.Errorf("store URL %q: want s3://bucket/prefix", raw)
 	}
 	if u.User != nil {
-		return "", "", fmt.Errorf("store URL %q: credentials do not belong in the URL (use the environment or a profile)", redactURL(raw))
+		return "", "", fmt.Errorf("store URL %q: credentials do not belong in the URL (use the environment or a profile)", backend.RedactURL(raw))
 	}
 	if u.RawQuery != "" || u.Fragment != "" {
 		return "", "", fmt.Errorf("store URL %q: takes no query or fragment", raw)
@@ -125,14 +124,6 @@ func ParseURL(raw string) (bucket, prefix string, err error) {
 		return "", "", fmt.Errorf("store URL %q: %w", raw, err)
 	}
 	return u.Host, prefix, nil
-}
-
-// redactURL hides credentials in a URL that failed to parse as one.
-func redactURL(raw string) string {
-	if u, err := url.Parse(raw); err == nil {
-		return u.Redacted()
-	}
-	return "(unparsable URL)"
 }
 
 func checkBucket(b string) error {
@@ -179,10 +170,10 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Endpoint != "" {
 		u, err := url.Parse(cfg.Endpoint)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("s3 store %s: endpoint %q: want http(s)://host[:port]", s.location, redactURL(cfg.Endpoint))
+			return nil, fmt.Errorf("s3 store %s: endpoint %q: want http(s)://host[:port]", s.location, backend.RedactURL(cfg.Endpoint))
 		}
 		if u.User != nil {
-			return nil, fmt.Errorf("s3 store %s: endpoint %q: credentials do not belong in the URL", s.location, u.Redacted())
+			return nil, fmt.Errorf("s3 store %s: endpoint %q: credentials do not belong in the URL", s.location, backend.RedactURL(cfg.Endpoint))
 		}
 	}
 
@@ -221,7 +212,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		opts = append(opts, config.WithSharedConfigProfile(cfg.Profile))
 	}
 	if cfg.CABundle != "" {
-		pem, err := readCABundle(cfg.CABundle)
+		pem, _, err := backend.ReadCABundle(cfg.CABundle)
 		if err != nil {
 			return nil, fmt.Errorf("s3 store %s: %w", s.location, err)
 		}
@@ -229,7 +220,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	} else if env := os.Getenv("AWS_CA_BUNDLE"); env != "" {
 		// The SDK loads it itself, but reports a file without
 		// certificates without naming it.
-		if _, err := readCABundle(env); err != nil {
+		if _, _, err := backend.ReadCABundle(env); err != nil {
 			return nil, fmt.Errorf("s3 store %s: AWS_CA_BUNDLE: %w", s.location, err)
 		}
 	}
@@ -257,24 +248,11 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	// The endpoint may also come from AWS_ENDPOINT_URL(_S3) or the profile.
 	if ep := aws.ToString(s.client.Options().BaseEndpoint); ep != "" {
 		if u, err := url.Parse(ep); err == nil {
-			s.location += " (endpoint " + u.Redacted() + ")"
+			s.location += " (endpoint " + backend.RedactURL(ep) + ")"
 			s.plainHTTP = strings.EqualFold(u.Scheme, "http")
 		}
 	}
 	return s, nil
-}
-
-// readCABundle reads a PEM file and checks that it holds certificates, so
-// that a wrong path or file is reported by name (the SDK does not name it).
-func readCABundle(path string) ([]byte, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("CA bundle: %w", err)
-	}
-	if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("CA bundle %s: no PEM certificates in it", path)
-	}
-	return pem, nil
 }
 
 // Location implements backend.Store.

@@ -50,25 +50,6 @@ func newStore(t *testing.T, cfg Config) *Store {
 	return s
 }
 
-func randBytes(t *testing.T, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func readAll(t *testing.T, s backend.Store, key string, off, n int64) ([]byte, error) {
-	t.Helper()
-	rc, err := s.Open(context.Background(), key, off, n)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return io.ReadAll(rc)
-}
-
 func TestConformance(t *testing.T) {
 	env := testutil.S3Server(t)
 	useCreds(t, env)
@@ -359,11 +340,11 @@ func TestUnseekableBody(t *testing.T) {
 			cfg.CABundle = env.CAFile
 			s := newStore(t, cfg)
 			ctx := context.Background()
-			data := randBytes(t, 3<<20)
+			data := testutil.RandBytes(t, 3<<20)
 			if err := s.Create(ctx, "ab/big", onlyReader{bytes.NewReader(data)}, int64(len(data))); err != nil {
 				t.Fatalf("Create from a plain reader: %v", err)
 			}
-			if got, err := readAll(t, s, "ab/big", 0, -1); err != nil || !bytes.Equal(got, data) {
+			if got, err := testutil.ReadAll(t, s, "ab/big", 0, -1); err != nil || !bytes.Equal(got, data) {
 				t.Fatalf("read back %d bytes, %v", len(got), err)
 			}
 			if err := s.Create(ctx, "ab/big", onlyReader{bytes.NewReader(data)}, int64(len(data))); !errors.Is(err, backend.ErrExist) {
@@ -383,7 +364,7 @@ func TestUnseekableBody(t *testing.T) {
 			if err := s.Create(ctx, "ab/unsized", onlyReader{strings.NewReader("unsized")}, -1); err != nil {
 				t.Fatalf("Create of unknown size: %v", err)
 			}
-			if got, err := readAll(t, s, "ab/unsized", 0, -1); err != nil || string(got) != "unsized" {
+			if got, err := testutil.ReadAll(t, s, "ab/unsized", 0, -1); err != nil || string(got) != "unsized" {
 				t.Fatalf("unsized object reads %q, %v", got, err)
 			}
 		})
@@ -421,7 +402,7 @@ func TestOpenRanges(t *testing.T) {
 		{key: "ab/empty", off: 0, n: 0, want: ""},
 		{key: "ab/empty", off: 1, n: -1, wantFail: true},
 	} {
-		got, err := readAll(t, s, tc.key, tc.off, tc.n)
+		got, err := testutil.ReadAll(t, s, tc.key, tc.off, tc.n)
 		if tc.wantFail {
 			if err == nil || errors.Is(err, backend.ErrNotExist) {
 				t.Errorf("Open(%s, %d, %d) = %q, %v; want an error", tc.key, tc.off, tc.n, got, err)
@@ -456,7 +437,7 @@ func TestMultipart(t *testing.T) {
 	s := newStore(t, envConfig(env, env.NewBucket(t), "p"))
 	ctx := context.Background()
 	const size = 70 << 20
-	data := randBytes(t, size)
+	data := testutil.RandBytes(t, size)
 
 	check := func(t *testing.T, key string) {
 		t.Helper()
@@ -464,11 +445,11 @@ func TestMultipart(t *testing.T) {
 		if err != nil || oi.Size != size {
 			t.Fatalf("Stat = %+v, %v; want %d bytes", oi, err, size)
 		}
-		got, err := readAll(t, s, key, 0, -1)
+		got, err := testutil.ReadAll(t, s, key, 0, -1)
 		if err != nil || !bytes.Equal(got, data) {
 			t.Fatalf("read back %d bytes, %v; want the %d bytes written", len(got), err, size)
 		}
-		got, err = readAll(t, s, key, size-5, -1)
+		got, err = testutil.ReadAll(t, s, key, size-5, -1)
 		if err != nil || !bytes.Equal(got, data[size-5:]) {
 			t.Fatalf("tail read %d bytes, %v", len(got), err)
 		}
@@ -581,7 +562,7 @@ func TestMultipartIfNoneMatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	part, err := s.client.UploadPart(ctx, &s3.UploadPartInput{Bucket: &s.bucket, Key: &k, UploadId: cm.UploadId,
-		PartNumber: aws.Int32(1), Body: bytes.NewReader(randBytes(t, 5<<20)), ChecksumAlgorithm: types.ChecksumAlgorithmCrc32})
+		PartNumber: aws.Int32(1), Body: bytes.NewReader(testutil.RandBytes(t, 5<<20)), ChecksumAlgorithm: types.ChecksumAlgorithmCrc32})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -595,7 +576,7 @@ func TestMultipartIfNoneMatch(t *testing.T) {
 	if err := classify("create", "ab/race", err); !errors.Is(err, backend.ErrExist) {
 		t.Fatalf("completing over an existing key with If-None-Match: * = %v, want ErrExist", err)
 	}
-	if got, err := readAll(t, s, "ab/race", 0, -1); err != nil || string(got) != "winner" {
+	if got, err := testutil.ReadAll(t, s, "ab/race", 0, -1); err != nil || string(got) != "winner" {
 		t.Fatalf("object reads %q, %v; want the first writer's", got, err)
 	}
 	s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &k, UploadId: cm.UploadId})
@@ -651,7 +632,7 @@ func TestKnownDigestIsChecked(t *testing.T) {
 	env := testutil.S3Server(t)
 	useCreds(t, env)
 	s := newStore(t, envConfig(env, env.NewBucket(t), "p"))
-	data := randBytes(t, 100_000)
+	data := testutil.RandBytes(t, 100_000)
 	ctx := context.Background()
 	good := sha256.Sum256(data)
 	body := &countingReader{ReadSeeker: bytes.NewReader(data)}
@@ -662,7 +643,7 @@ func TestKnownDigestIsChecked(t *testing.T) {
 	if body.n != int64(len(data)) {
 		t.Errorf("the upload read %d bytes of a %d-byte body", body.n, len(data))
 	}
-	if got, err := readAll(t, s, "a/good", 0, -1); err != nil || !bytes.Equal(got, data) {
+	if got, err := testutil.ReadAll(t, s, "a/good", 0, -1); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("read back: %d bytes, %v", len(got), err)
 	}
 	bad := good

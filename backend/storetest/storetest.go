@@ -5,7 +5,6 @@ package storetest
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
 // Options describes what the store under test can do.
@@ -31,15 +31,6 @@ type Options struct {
 
 // A real sstate object name: long, with colons.
 const objKey = "debian-12/c3/69/sstate:sstate-probe-native:x86_64-linux:1.0:r0:x86_64:14:c369644453e7186778f2fc3e6bd1f8573c07d05e836615ed00790293797515bf_populate_sysroot.tar.zst"
-
-func randBytes(t *testing.T, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 // Run runs the suite. newStore returns a fresh, empty store for each subtest.
 func Run(t *testing.T, newStore func(t *testing.T) backend.Store, opt Options) {
@@ -78,7 +69,7 @@ func Run(t *testing.T, newStore func(t *testing.T) backend.Store, opt Options) {
 
 	t.Run("StatAndRead", func(t *testing.T) {
 		s := newStore(t)
-		data := randBytes(t, 300_000)
+		data := testutil.RandBytes(t, 300_000)
 		before := time.Now().Add(-time.Minute)
 		put(t, s, objKey, data)
 		oi, err := s.Stat(ctx, objKey)
@@ -150,7 +141,7 @@ func Run(t *testing.T, newStore func(t *testing.T) backend.Store, opt Options) {
 				".sstatefs/index/snapshot.v1":          5,
 			}
 			for k, n := range want {
-				put(t, s, k, randBytes(t, int(n)))
+				put(t, s, k, testutil.RandBytes(t, int(n)))
 			}
 			list := func(prefix string) map[string]int64 {
 				got := map[string]int64{}
@@ -231,7 +222,7 @@ func Run(t *testing.T, newStore func(t *testing.T) backend.Store, opt Options) {
 		errs := make([]error, writers)
 		var wg sync.WaitGroup
 		for i := range writers {
-			datas[i] = randBytes(t, 64<<10+i)
+			datas[i] = testutil.RandBytes(t, 64<<10+i)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

@@ -137,9 +137,8 @@ import never overrides what the index already says.`, "store", "log", "publish.w
 		return first
 	}
 	imported := 0
-	add := func(e hashimport.Equivalence) error {
-		batch = append(batch, index.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
-			PN: e.PN, PV: e.PV, PR: e.PR, Task: e.Task, Owner: e.Owner, Created: e.Created})
+	add := func(e index.Equivalence) error {
+		batch = append(batch, e)
 		imported++
 		if len(batch) >= 2000 {
 			return flush()

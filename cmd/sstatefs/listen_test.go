@@ -21,7 +21,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/sstatefs/sstatefs/hashserv"
+	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/access"
 	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/mount"
@@ -395,14 +395,14 @@ func TestObservationHasNoSecrets(t *testing.T) {
 // nullBackend knows nothing and records nothing.
 type nullBackend struct{}
 
-func (nullBackend) Get(string, string) (hashserv.Equivalence, bool) {
-	return hashserv.Equivalence{}, false
+func (nullBackend) Get(string, string) (index.Equivalence, bool) {
+	return index.Equivalence{}, false
 }
-func (nullBackend) GetByOuthash(string, string) (hashserv.Equivalence, bool) {
-	return hashserv.Equivalence{}, false
+func (nullBackend) GetByOuthash(string, string) (index.Equivalence, bool) {
+	return index.Equivalence{}, false
 }
-func (nullBackend) ObjectExists(string) bool                           { return false }
-func (nullBackend) Record(context.Context, hashserv.Equivalence) error { return nil }
+func (nullBackend) ObjectExists(string) bool                        { return false }
+func (nullBackend) Record(context.Context, index.Equivalence) error { return nil }
 
 // TestHashservBitbakeClientAsOtherUser: bitbake's own client (from the tree
 // named by SSTATEFS_BITBAKE_DIR), run as nobody, reports through a mount's

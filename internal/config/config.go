@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/sstatefs/sstatefs/backend"
 )
 
 // Config is the whole configuration: defaults, then the TOML file, then
@@ -449,7 +451,7 @@ func (c *Config) Validate() error {
 				bad("%s: endpoint, path_style and profile apply to s3:// stores only", name)
 			}
 			if u.User != nil {
-				bad("%s: do not put credentials in the url; use netrc or bearer_token_file", RedactURL(s.URL))
+				bad("%s: do not put credentials in the url; use netrc or bearer_token_file", backend.RedactURL(s.URL))
 			}
 		default:
 			bad("%s: unsupported scheme %q (want file, s3, http or https)", name, u.Scheme)
@@ -530,15 +532,4 @@ func ParseOwner(s string) (uid, gid uint32, err error) {
 		return 0, 0, fmt.Errorf("%q: want uid:gid (numbers)", s)
 	}
 	return uint32(uv), uint32(gv), nil
-}
-
-// RedactURL drops userinfo and query from a URL for messages.
-func RedactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable url)"
-	}
-	u.User = nil
-	u.RawQuery = ""
-	return u.String()
 }

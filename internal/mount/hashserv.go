@@ -31,19 +31,12 @@ func NewEquivBackend(live *index.Live, journal *index.Journal) hashserv.Backend 
 	return &equivBackend{live: live, journal: journal}
 }
 
-func toHashserv(e index.Equivalence) hashserv.Equivalence {
-	return hashserv.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
-		PN: e.PN, PV: e.PV, PR: e.PR, Task: e.Task, Owner: e.Owner, Created: e.Created}
+func (b *equivBackend) Get(method, taskhash string) (index.Equivalence, bool) {
+	return b.live.Current().Equivalence(method, taskhash)
 }
 
-func (b *equivBackend) Get(method, taskhash string) (hashserv.Equivalence, bool) {
-	e, ok := b.live.Current().Equivalence(method, taskhash)
-	return toHashserv(e), ok
-}
-
-func (b *equivBackend) GetByOuthash(method, outhash string) (hashserv.Equivalence, bool) {
-	e, ok := b.live.Current().ByOuthash(method, outhash)
-	return toHashserv(e), ok
+func (b *equivBackend) GetByOuthash(method, outhash string) (index.Equivalence, bool) {
+	return b.live.Current().ByOuthash(method, outhash)
 }
 
 // ObjectExists: bitbake asks only for objects that exist, so this answers
@@ -53,9 +46,8 @@ func (b *equivBackend) ObjectExists(unihash string) bool {
 	return b.live.Current().HasObjectOfHash(unihash)
 }
 
-func (b *equivBackend) Record(ctx context.Context, e hashserv.Equivalence) error {
-	err := b.journal.Reported(ctx, index.Equivalence{Method: e.Method, Taskhash: e.Taskhash, Outhash: e.Outhash, Unihash: e.Unihash,
-		PN: e.PN, PV: e.PV, PR: e.PR, Task: e.Task, Owner: e.Owner, Created: e.Created})
+func (b *equivBackend) Record(ctx context.Context, e index.Equivalence) error {
+	err := b.journal.Reported(ctx, e)
 	if errors.Is(err, index.ErrInvalidEquivalence) {
 		// the client's fault, not the store's: bitbake gets an error answer
 		return fmt.Errorf("%w: %w", hashserv.ErrInvalidRecord, err)

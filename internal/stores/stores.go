@@ -10,7 +10,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/backend/file"
-	httpstore "github.com/sstatefs/sstatefs/backend/http"
+	"github.com/sstatefs/sstatefs/backend/httpstore"
 	"github.com/sstatefs/sstatefs/backend/s3"
 	"github.com/sstatefs/sstatefs/internal/config"
 )
@@ -21,7 +21,7 @@ import (
 func Open(ctx context.Context, sc config.StoreConfig) (backend.Store, error) {
 	u, err := url.Parse(sc.URL)
 	if err != nil {
-		return nil, fmt.Errorf("store %s: %w", config.RedactURL(sc.URL), err)
+		return nil, fmt.Errorf("store %s: %w", backend.RedactURL(sc.URL), err)
 	}
 	var s backend.Store
 	switch u.Scheme {
@@ -55,12 +55,12 @@ func Open(ctx context.Context, sc config.StoreConfig) (backend.Store, error) {
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("store %s: unsupported scheme %q (want file, s3, http or https)", config.RedactURL(sc.URL), u.Scheme)
+		return nil, fmt.Errorf("store %s: unsupported scheme %q (want file, s3, http or https)", backend.RedactURL(sc.URL), u.Scheme)
 	}
 	return &backend.Timeout{Store: s, D: sc.Timeout.Duration}, nil
 }
 
 // Name is a store's URL fit for messages.
 func Name(sc config.StoreConfig) string {
-	return strings.TrimSuffix(config.RedactURL(sc.URL), "/")
+	return strings.TrimSuffix(backend.RedactURL(sc.URL), "/")
 }

@@ -64,8 +64,9 @@ type s3Server struct {
 
 var bucketSeq atomic.Int64
 
-// findVersitygw returns the path of the versitygw binary, or "".
-func findVersitygw() string {
+// FindVersitygw returns the path of the versitygw binary on PATH or in
+// $(go env GOPATH)/bin, or "".
+func FindVersitygw() string {
 	if p, err := exec.LookPath("versitygw"); err == nil {
 		return p
 	}
@@ -108,7 +109,7 @@ func S3ServerTLS(t testing.TB) S3Env {
 
 func startS3Server(t testing.TB, useTLS bool) S3Env {
 	t.Helper()
-	bin := findVersitygw()
+	bin := FindVersitygw()
 	if bin == "" {
 		msg := "versitygw not found on PATH or in $(go env GOPATH)/bin; install it with: " + VersitygwInstall
 		if os.Getenv("SSTATEFS_REQUIRE_S3") == "1" {
@@ -116,7 +117,7 @@ func startS3Server(t testing.TB, useTLS bool) S3Env {
 		}
 		t.Skip(msg)
 	}
-	addr, err := freeAddr()
+	addr, err := FreeAddr()
 	if err != nil {
 		t.Fatalf("versitygw: finding a free port: %v", err)
 	}
@@ -247,7 +248,8 @@ func (e S3Env) NewBucket(t testing.TB) string {
 	return name
 }
 
-func freeAddr() (string, error) {
+// FreeAddr returns a free TCP address on 127.0.0.1 to listen on.
+func FreeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err

@@ -3,17 +3,14 @@
 // are files under a base URL in the SSTATE_DIR layout. It owns the mapping of
 // HEAD and ranged GET answers to the backend contract, authentication (a
 // bearer token file, re-read when rotated, or netrc basic auth) and the TLS
-// trust of the mirror. Listing and writing are refused.
-//
-// The directory is backend/http; the package is called httpstore so it does
-// not shadow net/http.
+// trust of the mirror. Listing and writing are refused. It is not called
+// http so that it does not shadow net/http.
 package httpstore
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -83,7 +80,7 @@ func New(cfg Config) (*Store, error) {
 	}
 	s := &Store{
 		base:      base,
-		location:  base.Scheme + "://" + base.Host + strings.TrimSuffix(base.EscapedPath(), "/"),
+		location:  strings.TrimSuffix(backend.RedactURL(base.String()), "/"),
 		userAgent: cfg.UserAgent,
 	}
 	if s.userAgent == "" {
@@ -150,7 +147,7 @@ func parseBaseURL(raw string) (*url.URL, *url.Userinfo, error) {
 		if hidden {
 			return fmt.Errorf("http store URL (not shown: it may hold credentials): %s", why)
 		}
-		return fmt.Errorf("http store URL %q: %s", redact(u), why)
+		return fmt.Errorf("http store URL %q: %s", backend.RedactURL(u.String()), why)
 	}
 	userinfo := u.User
 	u.User = nil
@@ -170,14 +167,6 @@ func parseBaseURL(raw string) (*url.URL, *url.Userinfo, error) {
 		}
 	}
 	return u, userinfo, nil
-}
-
-// redact returns u without userinfo and query, for messages.
-func redact(u *url.URL) string {
-	if u.Scheme == "" {
-		return u.Host + u.EscapedPath()
-	}
-	return u.Scheme + "://" + u.Host + u.EscapedPath()
 }
 
 // cause strips the *url.Error net/http and net/url wrap errors in: it
@@ -201,7 +190,7 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 	}
 	prev := via[len(via)-1].URL
 	if (prev.Scheme == "https" || via[0].URL.Scheme == "https") && req.URL.Scheme != "https" {
-		return fmt.Errorf("refusing a redirect from https to http: %s redirected to %s", redact(prev), redact(req.URL))
+		return fmt.Errorf("refusing a redirect from https to http: %s redirected to %s", backend.RedactURL(prev.String()), backend.RedactURL(req.URL.String()))
 	}
 	if origin(req.URL) != origin(via[0].URL) {
 		req.Header.Del("Authorization")
@@ -225,35 +214,18 @@ func origin(u *url.URL) string {
 }
 
 // loadCABundle returns the system roots plus every certificate in the PEM
-// file at path; a bundle with no certificate, or a bad one, is an error.
+// file at path.
 func loadCABundle(path string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(path)
+	_, certs, err := backend.ReadCABundle(path)
 	if err != nil {
-		return nil, fmt.Errorf("CA bundle: %w", err)
+		return nil, err
 	}
 	pool, err := x509.SystemCertPool()
 	if err != nil {
 		pool = x509.NewCertPool()
 	}
-	n := 0
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("CA bundle %s: certificate %d: %w", path, n+1, err)
-		}
-		pool.AddCert(cert)
-		n++
-	}
-	if n == 0 {
-		return nil, fmt.Errorf("CA bundle %s: no PEM certificate found", path)
+	for _, c := range certs {
+		pool.AddCert(c)
 	}
 	return pool, nil
 }
@@ -335,7 +307,7 @@ func (s *Store) objectURL(key string) *url.URL {
 func (s *Store) do(ctx context.Context, method string, u *url.URL, rangeHeader string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %v", method, redact(u), cause(err))
+		return nil, fmt.Errorf("%s %s: %v", method, backend.RedactURL(u.String()), cause(err))
 	}
 	req.Header.Set("User-Agent", s.userAgent)
 	if rangeHeader != "" {
@@ -353,7 +325,7 @@ func (s *Store) do(ctx context.Context, method string, u *url.URL, rangeHeader s
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, redact(u), cause(err))
+		return nil, fmt.Errorf("%s %s: %w", method, backend.RedactURL(u.String()), cause(err))
 	}
 	return resp, nil
 }
@@ -396,7 +368,7 @@ func discard(resp *http.Response) {
 // fail closes resp and returns the error for its status.
 func fail(resp *http.Response, method string, u *url.URL) error {
 	discard(resp)
-	return &statusError{method: method, url: redact(u), code: resp.StatusCode}
+	return &statusError{method: method, url: backend.RedactURL(u.String()), code: resp.StatusCode}
 }
 
 func lastModified(resp *http.Response) time.Time {
@@ -483,7 +455,7 @@ func (s *Store) probe(ctx context.Context, key string, u *url.URL) (backend.Obje
 			err = errors.New("Content-Range gives no size")
 		}
 		if err != nil {
-			return backend.ObjectInfo{}, fmt.Errorf("GET %s: %w", redact(u), err)
+			return backend.ObjectInfo{}, fmt.Errorf("GET %s: %w", backend.RedactURL(u.String()), err)
 		}
 		oi.Size = total
 	case http.StatusRequestedRangeNotSatisfiable:
@@ -499,7 +471,7 @@ func (s *Store) probe(ctx context.Context, key string, u *url.URL) (backend.Obje
 		n, err := io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		if err != nil {
-			return backend.ObjectInfo{}, fmt.Errorf("GET %s: %w", redact(u), err)
+			return backend.ObjectInfo{}, fmt.Errorf("GET %s: %w", backend.RedactURL(u.String()), err)
 		}
 		oi.Size = n
 	default:
@@ -596,12 +568,12 @@ func (s *Store) openPartial(resp *http.Response, u *url.URL, offset, length int6
 	}
 	if err != nil {
 		discard(resp)
-		return nil, fmt.Errorf("GET %s: %w", redact(u), err)
+		return nil, fmt.Errorf("GET %s: %w", backend.RedactURL(u.String()), err)
 	}
 	if want < 0 {
 		want = last - first + 1
 	}
-	return &backend.Body{RC: resp.Body, What: "GET " + redact(u), Left: want}, nil
+	return &backend.Body{RC: resp.Body, What: "GET " + backend.RedactURL(u.String()), Left: want}, nil
 }
 
 // openWhole returns the part of a 200 answer (the whole object) from offset.
@@ -619,7 +591,7 @@ func (s *Store) openWhole(key string, resp *http.Response, u *url.URL, offset, l
 		}
 		if err != nil {
 			resp.Body.Close()
-			return nil, fmt.Errorf("GET %s: %w", redact(u), err)
+			return nil, fmt.Errorf("GET %s: %w", backend.RedactURL(u.String()), err)
 		}
 	}
 	want, atMost := length, false
@@ -630,7 +602,7 @@ func (s *Store) openWhole(key string, resp *http.Response, u *url.URL, offset, l
 		// The size is unknown, so a body ending early is the object's end.
 		atMost = true
 	}
-	return &backend.Body{RC: resp.Body, What: "GET " + redact(u), Left: want, AtMost: atMost}, nil
+	return &backend.Body{RC: resp.Body, What: "GET " + backend.RedactURL(u.String()), Left: want, AtMost: atMost}, nil
 }
 
 // List implements backend.Store: a plain HTTP mirror cannot be listed.

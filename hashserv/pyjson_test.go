@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"log/slog"
 	"math"
@@ -13,6 +12,9 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/sstatefs/sstatefs/hashserv/wire"
+	"github.com/sstatefs/sstatefs/index"
 )
 
 func TestAppendJSON(t *testing.T) {
@@ -97,7 +99,7 @@ func TestEncodeMessageChunking(t *testing.T) {
 			t.Errorf("%d: chunks do not join back", n)
 		}
 		// And our decoder reads it back.
-		d := decoder{r: newLineReader(bytes.NewReader(encodeMessage(object{{"k", s}})), MaxLine), maxMessage: 1 << 20}
+		d := decoder{r: wire.NewLineReader(bytes.NewReader(encodeMessage(object{{"k", s}})), MaxLine), maxMessage: 1 << 20}
 		m, err := d.readMessage()
 		var got string
 		if err != nil || json.Unmarshal(m["k"], &got) != nil || got != s {
@@ -106,30 +108,10 @@ func TestEncodeMessageChunking(t *testing.T) {
 	}
 }
 
-func TestReadLine(t *testing.T) {
-	in := "a\n\nb c \r\n" + strings.Repeat("x", 10) + "\n" + strings.Repeat("y", 11) + "\nz"
-	r := newLineReader(strings.NewReader(in), 10)
-	for _, want := range []string{"a", "", "b c \r", strings.Repeat("x", 10)} {
-		l, err := r.readLine()
-		if err != nil || string(l) != want {
-			t.Fatalf("got %q, %v; want %q", l, err, want)
-		}
-	}
-	if _, err := r.readLine(); !errors.Is(err, errLineTooLong) {
-		t.Fatalf("11 bytes: %v", err)
-	}
-	r = newLineReader(strings.NewReader("z"), 10)
-	if _, err := r.readLine(); !errors.Is(err, errPartialLine) {
-		t.Fatalf("partial line: %v", err)
-	}
-	if _, err := newLineReader(strings.NewReader(""), 10).readLine(); !errors.Is(err, io.EOF) {
-		t.Fatalf("empty input: %v", err)
-	}
-}
-
-// FuzzDecode feeds arbitrary bytes to the message decoder: it must return
-// messages or errors, never panic, never accept a line or a message over
-// its limits; and any string survives encoding and decoding.
+// FuzzDecode feeds arbitrary bytes to the server's message decoder: it
+// must return messages or errors, never panic (the line and message limits
+// are wire's, fuzzed there); and any string survives encoding and
+// decoding.
 func FuzzDecode(f *testing.F) {
 	for _, s := range []string{
 		`{"ping": {}}` + "\n",
@@ -145,7 +127,7 @@ func FuzzDecode(f *testing.F) {
 	}
 	const maxLine, maxMessage = 200, 1000
 	f.Fuzz(func(t *testing.T, data []byte) {
-		d := decoder{r: newLineReader(bytes.NewReader(data), maxLine), maxMessage: maxMessage}
+		d := decoder{r: wire.NewLineReader(bytes.NewReader(data), maxLine), maxMessage: maxMessage}
 		for range 1000 {
 			m, err := d.readMessage()
 			if err != nil {
@@ -153,9 +135,6 @@ func FuzzDecode(f *testing.F) {
 			}
 			if m == nil {
 				t.Fatal("nil message without an error")
-			}
-			if len(d.r.buf) > maxLine {
-				t.Fatalf("accepted a line of %d bytes", len(d.r.buf))
 			}
 		}
 		if !utf8.Valid(data) {
@@ -166,7 +145,7 @@ func FuzzDecode(f *testing.F) {
 		if bytes.ContainsFunc(enc[:len(enc)-1], func(r rune) bool { return r > 0x7e }) {
 			t.Fatalf("non-ASCII output %q", enc)
 		}
-		d = decoder{r: newLineReader(bytes.NewReader(enc), MaxLine), maxMessage: 1 << 20}
+		d = decoder{r: wire.NewLineReader(bytes.NewReader(enc), MaxLine), maxMessage: 1 << 20}
 		m, err := d.readMessage()
 		var got string
 		if err != nil || json.Unmarshal(m["k"], &got) != nil {
@@ -214,7 +193,7 @@ func FuzzSession(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		b := newMemBackend()
-		b.seed(Equivalence{Method: "m", Taskhash: "t", Outhash: "o", Unihash: h64(1)})
+		b.seed(index.Equivalence{Method: "m", Taskhash: "t", Outhash: "o", Unihash: h64(1)})
 		b.addObject(h64(1))
 		var log bytes.Buffer
 		s := New(b, Options{MaxMessage: 4096, Logger: slog.New(slog.NewTextHandler(&log, nil))})

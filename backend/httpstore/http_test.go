@@ -23,6 +23,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/backend/storetest"
+	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
 // newStore builds a store; unless the test chose credentials, it reads an
@@ -76,16 +77,6 @@ func seed(t *testing.T, dir, key string, data []byte) {
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func readAll(t *testing.T, s backend.Store, key string, off, n int64) ([]byte, error) {
-	t.Helper()
-	rc, err := s.Open(context.Background(), key, off, n)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return io.ReadAll(rc)
 }
 
 func TestConformance(t *testing.T) {
@@ -302,7 +293,7 @@ func TestTLS(t *testing.T) {
 	if err != nil || oi.Size != 5 {
 		t.Fatalf("Stat with the CA bundle: %+v, %v", oi, err)
 	}
-	if got, err := readAll(t, s, "ab/cd/x", 1, 3); err != nil || string(got) != "ell" {
+	if got, err := testutil.ReadAll(t, s, "ab/cd/x", 1, 3); err != nil || string(got) != "ell" {
 		t.Fatalf("read with the CA bundle: %q, %v", got, err)
 	}
 
@@ -392,7 +383,7 @@ func TestKeyEscaping(t *testing.T) {
 	if err != nil || oi.Size != 7 {
 		t.Fatalf("Stat: %+v, %v", oi, err)
 	}
-	if got, err := readAll(t, s, key, 2, 3); err != nil || string(got) != "ylo" {
+	if got, err := testutil.ReadAll(t, s, key, 2, 3); err != nil || string(got) != "ylo" {
 		t.Fatalf("read: %q, %v", got, err)
 	}
 	want := "/base%20dir/ab/cd/sstate:gcc-cross:x86_64-linux:12.2+git:r0:x86_64:11:abcd_populate_sysroot.tar.zst%3F%23%2520%20x?sig=abc"
@@ -433,7 +424,7 @@ func TestServerIgnoresRange(t *testing.T) {
 				t.Fatalf("Stat: %+v, %v", oi, err)
 			}
 			for _, r := range []struct{ off, n int64 }{{0, -1}, {0, 1}, {1000, 4096}, {99_999, 1}, {50_000, -1}, {99_000, 5000}, {100_000, -1}, {100_000, 10}} {
-				got, err := readAll(t, s, "ab/cd/x", r.off, r.n)
+				got, err := testutil.ReadAll(t, s, "ab/cd/x", r.off, r.n)
 				end := int64(len(data))
 				if r.n >= 0 && r.off+r.n < end {
 					end = r.off + r.n
@@ -442,7 +433,7 @@ func TestServerIgnoresRange(t *testing.T) {
 					t.Errorf("read off=%d n=%d: %d bytes, %v; want %d bytes", r.off, r.n, len(got), err, end-r.off)
 				}
 			}
-			if _, err := readAll(t, s, "ab/cd/x", 100_001, 10); err == nil {
+			if _, err := testutil.ReadAll(t, s, "ab/cd/x", 100_001, 10); err == nil {
 				t.Error("read past the end succeeded")
 			}
 		})
@@ -505,7 +496,7 @@ func TestEmptyAndEdgeRanges(t *testing.T) {
 		{"ab/cd/abc", 4, 1, "", false},
 		{"ab/cd/abc", -1, 1, "", false},
 	} {
-		got, err := readAll(t, s, tc.key, tc.off, tc.n)
+		got, err := testutil.ReadAll(t, s, tc.key, tc.off, tc.n)
 		if (err == nil) != tc.ok || string(got) != tc.want {
 			t.Errorf("read %s off=%d n=%d: %q, %v; want %q ok=%v", tc.key, tc.off, tc.n, got, err, tc.want, tc.ok)
 		}
@@ -559,7 +550,7 @@ func TestShortBody(t *testing.T) {
 				ranges = ranges[2:]
 			}
 			for _, r := range ranges {
-				got, err := readAll(t, s, "ab/cd/x", r.off, r.n)
+				got, err := testutil.ReadAll(t, s, "ab/cd/x", r.off, r.n)
 				if !errors.Is(err, io.ErrUnexpectedEOF) {
 					t.Errorf("read off=%d n=%d: %d bytes, %v; want io.ErrUnexpectedEOF", r.off, r.n, len(got), err)
 				}
@@ -717,7 +708,7 @@ func TestSecretsNotInErrors(t *testing.T) {
 			check(err)
 		}
 		if _, err := s.Stat(ctx, "ab/cd/0"); err == nil {
-			_, err := readAll(t, s, "ab/cd/0", 0, -1)
+			_, err := testutil.ReadAll(t, s, "ab/cd/0", 0, -1)
 			check(err)
 		}
 	}
@@ -825,7 +816,7 @@ func TestKeepAlive(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, r := range []struct{ off, n int64 }{{0, -1}, {10, 100}, {1000, -1}} {
-			if _, err := readAll(t, s, "ab/cd/x", r.off, r.n); err != nil {
+			if _, err := testutil.ReadAll(t, s, "ab/cd/x", r.off, r.n); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -1014,7 +1005,7 @@ func TestTrickleCutOff(t *testing.T) {
 	// 40 chunks due in it, a margin that holds on a loaded machine.
 	const size = 3 << 20
 	steady := &backend.Timeout{Store: newStore(t, Config{URL: pacedServer(t, size, 64<<10, 25*time.Millisecond).URL}), D: time.Second}
-	got, err := readAll(t, steady, "ab/cd/x", 0, -1)
+	got, err := testutil.ReadAll(t, steady, "ab/cd/x", 0, -1)
 	if err != nil || len(got) != size {
 		t.Fatalf("steady server: %d bytes, %v; want %d bytes", len(got), err, size)
 	}
