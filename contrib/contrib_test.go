@@ -1367,8 +1367,10 @@ func TestSystemdUnitPrivileges(t *testing.T) {
 				<-done
 			}
 		})
+		// ready as the unit's ExecStartPost waits for it: the ready file
+		// (written once the hash equivalence socket listens too)
 		deadline := time.Now().Add(30 * time.Second)
-		for !mounted(s.mnt) {
+		for !mounted(s.mnt) || !fileExists(filepath.Join(s.dir, "ready")) {
 			if time.Now().After(deadline) {
 				t.Fatalf("not mounted with the unit's privileges (%s):\n%s", bounding, log.String())
 			}
@@ -1435,4 +1437,9 @@ func TestSystemdUnitPrivileges(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(s.mnt, key)); err != nil || string(b) != "payload of "+key {
 		t.Errorf("after the restart: %q %v", b, err)
 	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
