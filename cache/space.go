@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"syscall"
+
+	"github.com/sstatefs/sstatefs/internal/units"
 )
 
 // The cache is bounded by the free space of its file system as well as by
@@ -40,8 +42,8 @@ func (c *Cache) warnOversized() {
 	}
 	if c.max > total {
 		c.log.LogAttrs(context.Background(), slog.LevelWarn, "cache size exceeds its file system: the free space bounds the cache instead",
-			slog.String("dir", c.dir), slog.String("cache_size", formatBytes(c.max)),
-			slog.String("filesystem_size", formatBytes(total)), slog.String("available", formatBytes(free)))
+			slog.String("dir", c.dir), slog.String("cache_size", units.Bytes(c.max)),
+			slog.String("filesystem_size", units.Bytes(total)), slog.String("available", units.Bytes(free)))
 	}
 }
 
@@ -98,17 +100,4 @@ func (c *Cache) makeRoom(need int64) {
 	c.mu.Lock()
 	c.makeRoomLocked(need, "")
 	c.mu.Unlock()
-}
-
-func formatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/stores"
+	"github.com/sstatefs/sstatefs/internal/units"
 )
 
 func cmdIndex(args []string) int {
@@ -109,7 +110,7 @@ func indexBuild(ctx context.Context, sc config.StoreConfig, concurrency int, ful
 	if err := index.Save(ctx, store, ix); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "indexed %d objects (%s) of %s in %s\n", ix.Len(), humanBytes(ix.TotalSize()), store.Location(), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "indexed %d objects (%s) of %s in %s\n", ix.Len(), units.Bytes(ix.TotalSize()), store.Location(), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -141,7 +142,7 @@ func indexShow(ctx context.Context, sc config.StoreConfig, out io.Writer) error 
 	s := index.Summarize(ix)
 	fmt.Fprintf(out, "store:    %s\n", store.Location())
 	fmt.Fprintf(out, "created:  %s (%s ago)\n", s.Created.UTC().Format(time.RFC3339), time.Since(s.Created).Round(time.Second))
-	fmt.Fprintf(out, "objects:  %d (%s)\n", s.Objects, humanBytes(s.Bytes))
+	fmt.Fprintf(out, "objects:  %d (%s)\n", s.Objects, units.Bytes(s.Bytes))
 	fmt.Fprintf(out, "kinds:    %d packages, %d .siginfo, %d .sig\n", s.Packages, s.Siginfo, s.Sig)
 	fmt.Fprintf(out, "equivalences: %d hash equivalence records\n", s.Equivalences)
 	src := s.Sources
@@ -179,19 +180,6 @@ func printCounts(out io.Writer, title string, m map[string]int, rename map[strin
 		}
 		fmt.Fprintf(out, "  %-28s %d\n", name, m[k])
 	}
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func cmdIndexCompact(args []string) int {

@@ -21,6 +21,7 @@ import (
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/mount"
 	"github.com/sstatefs/sstatefs/internal/mountinfo"
+	"github.com/sstatefs/sstatefs/internal/units"
 	"github.com/sstatefs/sstatefs/sstate"
 )
 
@@ -103,7 +104,7 @@ restore reads from local disk. MOUNTPOINT names the mount; without it, the mount
 	sort.Strings(sorted)
 	res, err := prefetchViaMount(ctx, cacheDir, sorted, *jobs, progressOut(*quiet))
 	fmt.Printf("prefetched %d objects (%s), %d were cached already, %d not in the store, %d failed\n",
-		res.Fetched, humanBytes(res.Bytes), res.Cached, len(res.Missing), len(res.Failed))
+		res.Fetched, units.Bytes(res.Bytes), res.Cached, len(res.Missing), len(res.Failed))
 	for _, f := range res.Failed {
 		fmt.Fprintf(os.Stderr, "failed: %s\n", f)
 	}

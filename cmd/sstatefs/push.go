@@ -14,6 +14,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/units"
 	"github.com/sstatefs/sstatefs/transfer"
 )
 
@@ -83,7 +84,7 @@ are never followed (each is warned about), nor are names with control characters
 	})
 	finish()
 	fmt.Printf("pushed %d objects (%s) to %s in %s; %d already known, %d already in the store, %d kept by the store (other content), %d files ignored\n",
-		res.Uploaded, humanBytes(res.UploadedBytes), store.Location(), time.Since(start).Round(time.Millisecond),
+		res.Uploaded, units.Bytes(res.UploadedBytes), store.Location(), time.Since(start).Round(time.Millisecond),
 		res.Skipped, res.Existing, res.Conflicts, res.Ignored)
 	if res.Symlinks > 0 {
 		fmt.Fprintf(os.Stderr, "sstatefs push: %d symbolic links under sstate names not pushed (links are never followed; bitbake links objects it got from a file:// SSTATE_MIRRORS into SSTATE_DIR: push that mirror directory itself)\n", res.Symlinks)
@@ -148,7 +149,7 @@ skipped; every object is verified against the index before it is renamed into pl
 	})
 	finish()
 	fmt.Printf("exported %d objects (%s) from %s to %s in %s; %d already there\n",
-		res.Written, humanBytes(res.WrittenBytes), store.Location(), c.arg(0), time.Since(start).Round(time.Millisecond), res.Skipped)
+		res.Written, units.Bytes(res.WrittenBytes), store.Location(), c.arg(0), time.Since(start).Round(time.Millisecond), res.Skipped)
 	for _, k := range res.Missing {
 		fmt.Fprintf(os.Stderr, "not in the store: %s\n", k)
 	}

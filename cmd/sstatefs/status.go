@@ -16,6 +16,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/internal/mount"
 	"github.com/sstatefs/sstatefs/internal/mountinfo"
+	"github.com/sstatefs/sstatefs/internal/units"
 	"github.com/sstatefs/sstatefs/publish"
 )
 
@@ -118,18 +119,18 @@ func printLiveStatus(w io.Writer, st mount.LiveStatus, now time.Time) {
 			fresh = "STALE"
 		}
 		fmt.Fprintf(w, "index:    %d objects (%s), %d equivalences, loaded %s ago (%s), %d journal segments applied\n",
-			st.Index.Objects, humanBytes(st.Index.Bytes), st.Index.Equivalences, st.Index.Age, fresh, st.Index.Segments)
+			st.Index.Objects, units.Bytes(st.Index.Bytes), st.Index.Equivalences, st.Index.Age, fresh, st.Index.Segments)
 	} else {
 		fmt.Fprintf(w, "index:    none loaded: lookups probe the store\n")
 	}
 	fmt.Fprintf(w, "disk:     %s of %s in %d objects; %d hits, %d misses, %d evictions, %d failed verification, %s fetched\n",
-		humanBytes(st.Cache.Bytes), humanBytes(st.Cache.Limit), st.Cache.Entries, st.Cache.Hits, st.Cache.Misses, st.Cache.Evictions, st.Cache.Corrupted, humanBytes(st.Cache.FetchedBytes))
+		units.Bytes(st.Cache.Bytes), units.Bytes(st.Cache.Limit), st.Cache.Entries, st.Cache.Hits, st.Cache.Misses, st.Cache.Evictions, st.Cache.Corrupted, units.Bytes(st.Cache.FetchedBytes))
 	if st.Cache.DiskSize > 0 {
 		note := ""
 		if st.Cache.Limit > st.Cache.DiskSize {
 			note = " (smaller than the cache size: the free space bounds the cache)"
 		}
-		fmt.Fprintf(w, "          file system of %s, %s free%s\n", humanBytes(st.Cache.DiskSize), humanBytes(st.Cache.DiskFree), note)
+		fmt.Fprintf(w, "          file system of %s, %s free%s\n", units.Bytes(st.Cache.DiskSize), units.Bytes(st.Cache.DiskFree), note)
 	}
 	if len(st.Cache.BackedOff) > 0 || st.Cache.Refused > 0 {
 		fmt.Fprintf(w, "held back: %d objects whose last download failed, not retried until their back-off ends; %d opens refused meanwhile\n", len(st.Cache.BackedOff), st.Cache.Refused)
@@ -140,8 +141,8 @@ func printLiveStatus(w io.Writer, st mount.LiveStatus, now time.Time) {
 	}
 	fmt.Fprintf(w, "lookups:  %d present, %d absent, %d store probes (%d failed)\n", st.Lookups.Hits+st.Lookups.ProbeHits, st.Lookups.Misses, st.Lookups.Probes, st.Lookups.ProbeErrors)
 	fmt.Fprintf(w, "uploads:  %d pending (%s), %d waiting for the index journal, %d failing; %d uploaded (%s), %d kept by the store (other content), %d failed attempts\n",
-		st.Queue.Pending, humanBytes(st.Queue.PendingBytes), st.Queue.Uploaded, st.Queue.Failing,
-		st.Uploads.Uploaded, humanBytes(st.Uploads.UploadedBytes), st.Uploads.Conflicts, st.Uploads.Failures)
+		st.Queue.Pending, units.Bytes(st.Queue.PendingBytes), st.Queue.Uploaded, st.Queue.Failing,
+		st.Uploads.Uploaded, units.Bytes(st.Uploads.UploadedBytes), st.Uploads.Conflicts, st.Uploads.Failures)
 	printEntries(w, st.Entries, now)
 	if len(st.Errors) > 0 {
 		fmt.Fprintf(w, "recent warnings and errors:\n")
@@ -196,13 +197,13 @@ func printStatus(w io.Writer, st Status, now time.Time) {
 	fmt.Fprintf(w, "cache:   %s\n", st.CacheDir)
 	fmt.Fprintf(w, "mount:   %s\n", state)
 	fmt.Fprintf(w, "uploads: %d pending (%s), %d waiting for the index journal, %d failing\n",
-		st.Queue.Pending, humanBytes(st.Queue.PendingBytes), st.Queue.Uploaded, st.Queue.Failing)
+		st.Queue.Pending, units.Bytes(st.Queue.PendingBytes), st.Queue.Uploaded, st.Queue.Failing)
 	printEntries(w, st.Entries, now)
 }
 
 func printEntries(w io.Writer, entries []publish.Entry, now time.Time) {
 	for _, e := range entries {
-		line := fmt.Sprintf("  %-8s %s (%s, queued %s ago)", e.State, e.Key, humanBytes(e.Size), now.Sub(e.Enqueued).Round(time.Second))
+		line := fmt.Sprintf("  %-8s %s (%s, queued %s ago)", e.State, e.Key, units.Bytes(e.Size), now.Sub(e.Enqueued).Round(time.Second))
 		if e.Attempts > 0 {
 			line += fmt.Sprintf("\n           %d failed attempts, last: %s", e.Attempts, e.LastError)
 			if !e.NextTry.IsZero() {

@@ -1,0 +1,18 @@
+// Package units formats quantities for people: logs, status and progress.
+package units
+
+import "fmt"
+
+// Bytes prints n in binary units with one decimal: 512 B, 1.5 KiB, 20.0 GiB.
+func Bytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
