@@ -208,6 +208,7 @@ func TestRules(t *testing.T) {
 			e.temp(t, owner, "tmp.a", "x")
 			e.pub.fail = errPublish
 			_, err := e.o.Link(ctx, owner, "tmp.a", newKey)
+			e.reopen(t) // nothing left in the overlay directory either
 			return err
 		},
 		wantErr: errPublish,
@@ -288,7 +289,9 @@ func TestRules(t *testing.T) {
 		run: func(t *testing.T, e *env) error {
 			e.temp(t, owner, "tmp.a", "x")
 			e.pub.fail = errPublish
-			return e.o.Rename(ctx, owner, "tmp.a", newKey, 0)
+			err := e.o.Rename(ctx, owner, "tmp.a", newKey, 0)
+			e.reopen(t) // nothing left in the overlay directory either
+			return err
 		},
 		wantErr: errPublish,
 		kinds:   map[string]string{newKey: "absent", "tmp.a": "local"},
