@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sstatefs/sstatefs/overlay"
+	"github.com/sstatefs/sstatefs/view"
 )
 
 // dirNode is a directory: of the store (from the index or the layout), of
@@ -35,7 +36,7 @@ var (
 )
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	key := join(rel(&d.Inode), name)
+	key := view.Join(rel(&d.Inode), name)
 	e, err := d.fs.overlay.Lookup(ctx, key)
 	if err != nil {
 		return nil, d.fs.errno(ctx, "lookup", key, err)
@@ -102,7 +103,7 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	list := d.fs.overlay.ReadDir(key)
 	entries := make([]fuse.DirEntry, 0, len(list))
 	for _, e := range list {
-		ck := join(key, e.Name)
+		ck := view.Join(key, e.Name)
 		ino := e.Ino
 		switch {
 		case e.Mode == syscall.S_IFDIR:
@@ -116,7 +117,7 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 }
 
 func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	key := join(rel(&d.Inode), name)
+	key := view.Join(rel(&d.Inode), name)
 	if err := d.fs.overlay.Mkdir(ctx, caller(ctx), key, mode); err != nil {
 		return nil, d.fs.errno(ctx, "mkdir", key, err)
 	}
@@ -125,12 +126,12 @@ func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 }
 
 func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
-	key := join(rel(&d.Inode), name)
+	key := view.Join(rel(&d.Inode), name)
 	return d.fs.errno(ctx, "rmdir", key, d.fs.overlay.Rmdir(ctx, caller(ctx), key))
 }
 
 func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	key := join(rel(&d.Inode), name)
+	key := view.Join(rel(&d.Inode), name)
 	fd, st, err := d.fs.overlay.Create(ctx, caller(ctx), key, int(flags), mode)
 	if err != nil {
 		return nil, nil, 0, d.fs.errno(ctx, "create", key, err)
@@ -150,7 +151,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 }
 
 func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
-	key := join(rel(&d.Inode), name)
+	key := view.Join(rel(&d.Inode), name)
 	return d.fs.errno(ctx, "unlink", key, d.fs.overlay.Unlink(ctx, caller(ctx), key))
 }
 
@@ -159,12 +160,12 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 	if !ok {
 		return syscall.EXDEV
 	}
-	from, to := join(rel(&d.Inode), name), join(rel(&np.Inode), newName)
+	from, to := view.Join(rel(&d.Inode), name), view.Join(rel(&np.Inode), newName)
 	return d.fs.errno(ctx, "rename", to, d.fs.overlay.Rename(ctx, caller(ctx), from, to, flags))
 }
 
 func (d *dirNode) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	key := join(rel(&d.Inode), name)
+	key := view.Join(rel(&d.Inode), name)
 	ln, ok := target.(*localNode)
 	if !ok {
 		// A store object has no local file to link; refuse clearly (never
@@ -181,7 +182,7 @@ func (d *dirNode) Link(ctx context.Context, target gofs.InodeEmbedder, name stri
 }
 
 func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	key := join(rel(&d.Inode), name)
+	key := view.Join(rel(&d.Inode), name)
 	st, err := d.fs.overlay.Symlink(ctx, caller(ctx), target, key)
 	if err != nil {
 		return nil, d.fs.errno(ctx, "symlink", key, err)

@@ -169,13 +169,6 @@ func dirIno(rel string) uint64 {
 	return pathHash(rel) | dirInoBit
 }
 
-func join(dir, name string) string {
-	if dir == "" {
-		return name
-	}
-	return dir + "/" + name
-}
-
 // rel returns the node's path relative to the mount root ("" for the root).
 func rel(n *gofs.Inode) string { return n.Path(n.Root()) }
 

@@ -74,7 +74,7 @@ func (o *Overlay) Symlink(ctx context.Context, c access.Caller, target, key stri
 func (o *Overlay) Rmdir(ctx context.Context, c access.Caller, key string) error {
 	// Refuse while the directory shows anything of the store.
 	for _, e := range o.store.ReadDir(key) {
-		if !o.whiteouts.has(join(key, e.Name)) {
+		if !o.whiteouts.has(view.Join(key, e.Name)) {
 			return fmt.Errorf("rmdir %s: %w", key, ErrNotEmpty)
 		}
 	}

@@ -231,7 +231,7 @@ func (o *Overlay) ReadDir(dir string) []DirEntry {
 	var out []DirEntry
 	if des, err := os.ReadDir(o.Path(dir)); err == nil {
 		for _, de := range des {
-			if view.Hidden(join(dir, de.Name())) {
+			if view.Hidden(view.Join(dir, de.Name())) {
 				continue
 			}
 			fi, err := de.Info()
@@ -244,7 +244,7 @@ func (o *Overlay) ReadDir(dir string) []DirEntry {
 		}
 	}
 	for _, e := range o.store.ReadDir(dir) {
-		if seen[e.Name] || o.whiteouts.has(join(dir, e.Name)) {
+		if seen[e.Name] || o.whiteouts.has(view.Join(dir, e.Name)) {
 			continue
 		}
 		mode := uint32(syscall.S_IFREG)
@@ -266,7 +266,7 @@ func (o *Overlay) MakeDirs(dir string) error {
 	}
 	var k string
 	for _, el := range strings.Split(filepath.ToSlash(dir), "/") {
-		k = join(k, el)
+		k = view.Join(k, el)
 		if o.names.has(k) {
 			continue // made through the mount already: no syscall
 		}
@@ -355,13 +355,6 @@ func (o *Overlay) unhide(ctx context.Context, op, key string) {
 	if err := o.whiteouts.remove(key); err != nil {
 		o.log.LogAttrs(ctx, slog.LevelError, "could not drop a whiteout", slog.String("op", op), slog.String("object", key), slog.String("error", err.Error()))
 	}
-}
-
-func join(dir, name string) string {
-	if dir == "" {
-		return name
-	}
-	return dir + "/" + name
 }
 
 func parent(key string) string {

@@ -192,7 +192,8 @@ func Hidden(key string) bool {
 	return key+"/" == backend.MetaPrefix || backend.IsMeta(key)
 }
 
-func join(dir, name string) string {
+// Join is the key of name in directory dir ("" is the root).
+func Join(dir, name string) string {
 	if dir == "" {
 		return name
 	}
@@ -257,7 +258,7 @@ func (v *View) ReadDir(dir string) []index.Entry {
 	}
 	var out []index.Entry
 	for _, e := range ix.Children(dir) {
-		if Hidden(join(dir, e.Name)) {
+		if Hidden(Join(dir, e.Name)) {
 			continue
 		}
 		out = append(out, e)
