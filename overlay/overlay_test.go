@@ -75,7 +75,7 @@ type env struct {
 
 // newEnv builds the real read side (a file store holding storeKey, its
 // index, the disk cache, the view) and an overlay over it, with no kernel.
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	ctx := context.Background()
 	storeDir := t.TempDir()
@@ -120,7 +120,7 @@ func newEnv(t *testing.T) *env {
 }
 
 // reopen opens the overlay anew over the same directories (a restart).
-func (e *env) reopen(t *testing.T) {
+func (e *env) reopen(t testing.TB) {
 	t.Helper()
 	o, err := overlay.Open(e.opt)
 	if err != nil {
@@ -483,5 +483,18 @@ func TestWhiteoutSaveFailure(t *testing.T) {
 	// hiding the store object again needs a whiteout saved: the unlink fails
 	if err := e.o.Unlink(ctx, owner, storeKey); err == nil || !strings.Contains(err.Error(), "whiteouts") {
 		t.Errorf("unlink of a store object whose whiteout cannot be saved: %v, want an error naming the whiteouts", err)
+	}
+}
+
+// BenchmarkLookupAbsent is the hot path of bitbake's existence checks: an
+// object name that is nowhere, answered from memory without allocating.
+func BenchmarkLookupAbsent(b *testing.B) {
+	e := newEnv(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := e.o.Lookup(ctx, newKey); err != overlay.ErrNotExist {
+			b.Fatal(err)
+		}
 	}
 }

@@ -188,8 +188,9 @@ func (v *View) resolve(ix *index.Index, name sstate.Name) (Object, bool) {
 
 // Hidden reports whether key is the store's metadata (backend.MetaPrefix,
 // or a name below it), which the mount never shows nor lets anyone create.
+// It is on the path of every lookup: no allocation.
 func Hidden(key string) bool {
-	return key+"/" == backend.MetaPrefix || backend.IsMeta(key)
+	return key == backend.MetaPrefix[:len(backend.MetaPrefix)-1] || backend.IsMeta(key)
 }
 
 // Join is the key of name in directory dir ("" is the root).
