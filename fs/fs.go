@@ -61,8 +61,9 @@ type Options struct {
 	// whose target is an sstate object name (temp files, lock files and the
 	// like are never published). path is the overlay file. It must return
 	// once the publication is durable; an error undoes the link or rename
-	// and fails it with EIO, so bitbake never sees a publish succeed that
-	// would be lost. May be nil.
+	// and fails it (EIO unless it is a local errno), so bitbake never sees
+	// a publish succeed that would be lost (overlay.Options.Publish). May
+	// be nil.
 	Publish func(ctx context.Context, key, path string) error
 	// DaemonOpens answers every open in this process (a round trip per
 	// open, and FUSE passthrough of cached objects) instead of letting the
