@@ -166,14 +166,11 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 
 func (d *dirNode) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	key := view.Join(rel(&d.Inode), name)
-	ln, ok := target.(*localNode)
-	if !ok {
-		// A store object has no local file to link; refuse clearly (never
-		// ENOSYS, which bitbake treats as fatal).
-		d.fs.log.Warn("link: source is a store object, refusing with EXDEV", "link", key)
-		return nil, syscall.EXDEV
+	src := "" // a store object
+	if ln, ok := target.(*localNode); ok {
+		src = ln.key()
 	}
-	st, err := d.fs.overlay.Link(ctx, caller(ctx), ln.key(), key)
+	st, err := d.fs.overlay.Link(ctx, caller(ctx), src, key)
 	if err != nil {
 		return nil, d.fs.errno(ctx, "link", key, err)
 	}

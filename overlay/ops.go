@@ -265,12 +265,18 @@ func (o *Overlay) Rename(ctx context.Context, c access.Caller, from, to string, 
 }
 
 // Link makes key a hard link to the overlay file src and returns its
-// attributes. A link onto an object's name publishes it (Options.Publish);
-// if that fails the link is removed and the publish's error returned.
+// attributes; src "" is a store object, which has no local file to link:
+// ErrCrossDevice (never ENOSYS, which bitbake treats as fatal). A link
+// onto an object's name publishes it (Options.Publish); if that fails the
+// link is removed and the publish's error returned.
 func (o *Overlay) Link(ctx context.Context, c access.Caller, src, key string) (syscall.Stat_t, error) {
 	var st syscall.Stat_t
 	if view.Hidden(key) {
 		return st, fmt.Errorf("link %s: the store's metadata: %w", key, ErrPermission)
+	}
+	if src == "" {
+		o.log.Warn("link: source is a store object, refusing with EXDEV", "link", key)
+		return st, fmt.Errorf("link %s: the source is a store object: %w", key, ErrCrossDevice)
 	}
 	if o.exists(ctx, key) {
 		return st, fmt.Errorf("link %s: %w", key, ErrExist)

@@ -203,6 +203,14 @@ func TestRules(t *testing.T) {
 		wantErr: overlay.ErrExist,
 		kinds:   map[string]string{storeKey: "object"},
 	}, {
+		name: "link of a store object",
+		run: func(t *testing.T, e *env) error {
+			_, err := e.o.Link(ctx, owner, "", newKey)
+			return err
+		},
+		wantErr: overlay.ErrCrossDevice,
+		kinds:   map[string]string{newKey: "absent"},
+	}, {
 		name: "link undone when the publish fails",
 		run: func(t *testing.T, e *env) error {
 			e.temp(t, owner, "tmp.a", "x")
