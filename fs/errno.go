@@ -3,13 +3,14 @@ package fs
 import (
 	"context"
 	"errors"
-	"io/fs"
+	iofs "io/fs"
 	"log/slog"
 	"net"
 	"syscall"
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/cache"
+	"github.com/sstatefs/sstatefs/overlay"
 )
 
 // errno maps an error to the errno the kernel gets: the one place where that
@@ -24,9 +25,19 @@ func (f *FS) errno(ctx context.Context, op, key string, err error) syscall.Errno
 	var oe *net.OpError
 	var de *net.DNSError
 	switch {
-	case errors.Is(err, backend.ErrNotExist), errors.Is(err, fs.ErrNotExist):
+	case err == overlay.ErrNotExist: // the hot path of absent names
 		return syscall.ENOENT
-	case errors.Is(err, backend.ErrExist), errors.Is(err, fs.ErrExist):
+	case errors.Is(err, overlay.ErrPermission):
+		return syscall.EACCES
+	case errors.Is(err, overlay.ErrCrossDevice):
+		return syscall.EXDEV
+	case errors.Is(err, overlay.ErrNotEmpty):
+		return syscall.ENOTEMPTY
+	case errors.Is(err, overlay.ErrInvalid):
+		return syscall.EINVAL
+	case errors.Is(err, backend.ErrNotExist), errors.Is(err, iofs.ErrNotExist), errors.Is(err, overlay.ErrNotExist):
+		return syscall.ENOENT
+	case errors.Is(err, backend.ErrExist), errors.Is(err, iofs.ErrExist), errors.Is(err, overlay.ErrExist):
 		return syscall.EEXIST
 	case errors.Is(err, backend.ErrReadOnly):
 		return syscall.EROFS

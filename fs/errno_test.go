@@ -12,6 +12,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/cache"
+	"github.com/sstatefs/sstatefs/overlay"
 )
 
 func TestErrno(t *testing.T) {
@@ -34,6 +35,14 @@ func TestErrno(t *testing.T) {
 		{&os.PathError{Op: "mkdir", Path: "x", Err: syscall.ENOSPC}, syscall.ENOSPC},
 		{&os.PathError{Op: "x", Path: "x", Err: syscall.ECONNRESET}, syscall.EIO},
 		{errors.New("something else"), syscall.EIO},
+		{overlay.ErrNotExist, syscall.ENOENT},
+		{fmt.Errorf("unlink k: %w", overlay.ErrNotExist), syscall.ENOENT},
+		{fmt.Errorf("link k: %w", overlay.ErrExist), syscall.EEXIST},
+		{fmt.Errorf("rmdir k: %w", overlay.ErrNotEmpty), syscall.ENOTEMPTY},
+		{fmt.Errorf("link k by uid 1: %w", overlay.ErrPermission), syscall.EACCES},
+		{fmt.Errorf("rename k: %w", overlay.ErrCrossDevice), syscall.EXDEV},
+		{fmt.Errorf("rename k: flags 0x2: %w", overlay.ErrInvalid), syscall.EINVAL},
+		{fmt.Errorf("rename a to b: %w", syscall.ENOTDIR), syscall.ENOTDIR},
 	} {
 		if got := f.errno(context.Background(), "op", "key", tc.err); got != tc.want {
 			t.Errorf("errno(%v) = %v, want %v", tc.err, got, tc.want)

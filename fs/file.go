@@ -164,7 +164,7 @@ func (f *FS) answer(ctx context.Context, key string, h cache.Handle, dest []byte
 		}
 		return sliceResult(dest[:k]), 0
 	}
-	r := &fileResult{fd: file.Fd(), off: off, size: k}
+	r := &fileResult{fs: f, key: key, fd: file.Fd(), off: off, size: k}
 	if release {
 		r.h = h
 	}
@@ -202,6 +202,8 @@ func (r sliceResult) Slices() ([][]byte, fuse.Status)    { return [][]byte{r}, f
 // (1 MiB by default) with the reply's header: larger reads do not come
 // here.
 type fileResult struct {
+	fs   *FS
+	key  string // the object's, for errno's log line
 	h    cache.Handle
 	fd   uintptr
 	off  int64
@@ -219,7 +221,8 @@ func (r *fileResult) Bytes(buf []byte) ([]byte, fuse.Status) {
 	}
 	k, err := syscall.Pread(int(r.fd), buf[:r.size], r.off)
 	if err != nil {
-		return nil, fuse.ToStatus(err)
+		// go-fuse asks for Bytes after the operation returned: no ctx left
+		return nil, fuse.Status(r.fs.errno(context.Background(), "read", r.key, err))
 	}
 	if k < r.size {
 		// the bytes were there when the read was answered
@@ -364,7 +367,7 @@ func (n *localNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.A
 		return g.Getattr(ctx, out)
 	}
 	var st syscall.Stat_t
-	if err := syscall.Lstat(n.fs.overlayPath(n.key()), &st); err != nil {
+	if err := syscall.Lstat(n.fs.overlay.Path(n.key()), &st); err != nil {
 		return n.fs.errno(ctx, "getattr", n.key(), err)
 	}
 	out.FromStat(&st)
@@ -376,7 +379,7 @@ func (n *localNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.Se
 		return s.Setattr(ctx, in, out)
 	}
 	key := n.key()
-	if err := setattrPath(n.fs.overlayPath(key), in); err != nil {
+	if err := setattrPath(n.fs.overlay.Path(key), in); err != nil {
 		return n.fs.errno(ctx, "setattr", key, err)
 	}
 	return n.Getattr(ctx, nil, out)
@@ -392,7 +395,7 @@ func (n *localNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 		return nil, 0, syscall.ENOSYS
 	}
 	key := n.key()
-	fd, err := syscall.Open(n.fs.overlayPath(key), int(flags&^(syscall.O_APPEND|fuse.FMODE_EXEC))|syscall.O_CLOEXEC, 0)
+	fd, err := syscall.Open(n.fs.overlay.Path(key), int(flags&^(syscall.O_APPEND|fuse.FMODE_EXEC))|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, 0, n.fs.errno(ctx, "open", key, err)
 	}
@@ -421,7 +424,7 @@ func (noPassthrough) PassthroughFd() (int, bool) { return 0, false }
 // that came without a handle.
 func (n *localNode) withFile(ctx context.Context, what string, flags int, op func(fd int) error) syscall.Errno {
 	key := n.key()
-	fd, err := syscall.Open(n.fs.overlayPath(key), flags|syscall.O_CLOEXEC, 0)
+	fd, err := syscall.Open(n.fs.overlay.Path(key), flags|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return n.fs.errno(ctx, what, key, err)
 	}
@@ -483,7 +486,7 @@ func (n *localNode) Allocate(ctx context.Context, fh gofs.FileHandle, off, size 
 
 func (n *localNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	key := n.key()
-	t, err := os.Readlink(n.fs.overlayPath(key))
+	t, err := os.Readlink(n.fs.overlay.Path(key))
 	if err != nil {
 		return nil, n.fs.errno(ctx, "readlink", key, err)
 	}

@@ -1,24 +1,26 @@
-// Package fs is the kernel-facing layer of sstatefs: go-fuse nodes that turn
-// syscalls into calls on the view of the store (package view) and on a local
-// overlay directory, and map errors to errno in one place (errno.go). It
-// holds no storage logic.
+// Package fs is the kernel adapter of sstatefs: go-fuse nodes that turn
+// each syscall into a call on the layers below, which know nothing of the
+// kernel, and map their errors to errno in one place (errno.go). It holds
+// no storage or overlay rules of its own:
+//   - package view answers for the store's objects (read-only): stat from
+//     the index, bytes fetched on open into the verified disk cache;
+//   - package overlay owns the local layer (everything created through the
+//     mount), the whiteouts that hide store objects, and the rules of
+//     links, renames, publication and who may publish.
 //
-// The tree is the union of two layers:
-//   - the store's objects (read-only, from the view): stat answered from the
-//     index, bytes fetched on open into the verified disk cache;
-//   - the overlay, a local directory holding everything created through the
-//     mount: bitbake's temp files and the objects it publishes by link or
-//     rename, lock files, the sanity check's file, directories, symlinks.
-//
-// The overlay wins where both have a name. Removing a store object through
-// the mount hides it locally (a whiteout); the store is never changed here.
+// What is left here is the kernel's side: inode numbers, attributes and
+// their timeouts, open files and how reads are answered (splice, FUSE
+// passthrough, the kernel's page cache), statfs, xattrs.
 //
 // Who may do what: the kernel checks ordinary Unix permissions
 // (default_permissions) against the attributes returned here (store objects
 // and directories belong to the mount owner, 0664 and 0775); on top of
-// that, publishing (a link or rename onto an sstate object name, or
-// creating one) and hiding a store object are allowed only to
-// Options.Publishers, whatever the overlay's modes say.
+// that, the overlay allows publishing and hiding store objects only to
+// Options.Publishers.
+//
+// The package's name is the directory's, fixed in the project's layout; it
+// shadows the standard library's io/fs, which is imported as iofs where
+// needed.
 package fs
 
 import (
@@ -27,9 +29,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
@@ -38,7 +38,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sstatefs/sstatefs/internal/access"
-	"github.com/sstatefs/sstatefs/sstate"
+	"github.com/sstatefs/sstatefs/overlay"
 	"github.com/sstatefs/sstatefs/view"
 )
 
@@ -61,8 +61,9 @@ type Options struct {
 	// whose target is an sstate object name (temp files, lock files and the
 	// like are never published). path is the overlay file. It must return
 	// once the publication is durable; an error undoes the link or rename
-	// and fails it with EIO, so bitbake never sees a publish succeed that
-	// would be lost. May be nil.
+	// and fails it (EIO unless it is a local errno), so bitbake never sees
+	// a publish succeed that would be lost (overlay.Options.Publish). May
+	// be nil.
 	Publish func(ctx context.Context, key, path string) error
 	// DaemonOpens answers every open in this process (a round trip per
 	// open, and FUSE passthrough of cached objects) instead of letting the
@@ -91,27 +92,20 @@ const (
 	PrefetchOff      PrefetchMode = "off"
 )
 
-// FS is the shared state of all nodes of one mount.
+// FS is the shared state of all nodes of one mount. Its fields are set by
+// New and never change: no lock (view and overlay lock for themselves).
 type FS struct {
 	view     *view.View
-	overlay  string
+	overlay  *overlay.Overlay
 	uid, gid uint32
 	cacheDir string
 	log      *slog.Logger
-	publish  func(ctx context.Context, key, path string) error
 	start    time.Time
 
 	daemonOpens   bool
 	noPassthrough bool
 	objectTimeout time.Duration
 	prefetch      PrefetchMode
-	chownWarn     sync.Once
-
-	publishers access.Rule
-	refused    sync.Map // uid → struct{}: callers already logged as refused
-
-	whiteouts *whiteouts
-	names     *overlayNames
 }
 
 // New prepares the file system and returns its root node.
@@ -119,25 +113,18 @@ func New(opt Options) (*FS, gofs.InodeEmbedder, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	for _, d := range []string{opt.Overlay, opt.StateDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, nil, err
-		}
-	}
-	wo, err := openWhiteouts(filepath.Join(opt.StateDir, "whiteouts"))
+	ov, err := overlay.Open(overlay.Options{
+		Store: opt.View, Dir: opt.Overlay, StateDir: opt.StateDir, UID: opt.UID, GID: opt.GID,
+		Publishers: opt.Publishers, Publish: opt.Publish, Logger: opt.Logger,
+	})
 	if err != nil {
 		return nil, nil, err
 	}
-	names, err := loadOverlayNames(opt.Overlay)
-	if err != nil {
-		return nil, nil, fmt.Errorf("reading overlay %s: %w", opt.Overlay, err)
-	}
 	f := &FS{
-		view: opt.View, overlay: opt.Overlay, uid: opt.UID, gid: opt.GID,
-		cacheDir: opt.CacheDir, log: opt.Logger, publish: opt.Publish,
-		start: time.Now(), whiteouts: wo, names: names, prefetch: opt.Prefetch,
+		view: opt.View, overlay: ov, uid: opt.UID, gid: opt.GID,
+		cacheDir: opt.CacheDir, log: opt.Logger,
+		start: time.Now(), prefetch: opt.Prefetch,
 		daemonOpens: opt.DaemonOpens, noPassthrough: opt.NoPassthrough, objectTimeout: opt.ObjectTimeout,
-		publishers: opt.Publishers,
 	}
 	if f.objectTimeout <= 0 {
 		f.objectTimeout = time.Hour
@@ -145,57 +132,19 @@ func New(opt Options) (*FS, gofs.InodeEmbedder, error) {
 	if f.cacheDir == "" {
 		f.cacheDir = opt.Overlay
 	}
-	// The overlay's root is the mount's root: like the store's directories
-	// it belongs to the mount owner, group-writable, so that the kernel
-	// lets the owner and its group create files there and nobody else.
-	if os.Getuid() == 0 {
-		if err := os.Lchown(opt.Overlay, int(opt.UID), int(opt.GID)); err != nil {
-			return nil, nil, fmt.Errorf("giving overlay %s to the mount owner: %w", opt.Overlay, err)
-		}
-	}
-	if err := os.Chmod(opt.Overlay, 0o775); err != nil {
-		return nil, nil, fmt.Errorf("overlay %s: %w", opt.Overlay, err)
-	}
 	return f, &dirNode{fs: f}, nil
 }
 
 // Close releases the FS's files.
-func (f *FS) Close() error { return f.whiteouts.close() }
+func (f *FS) Close() error { return f.overlay.Close() }
 
-// publishes reports whether a link or rename onto key publishes an object.
-func (f *FS) publishes(key string) bool {
-	return f.publish != nil && isObjectName(key)
-}
-
-// isObjectName reports whether key is an sstate object's name: what every
-// builder sharing the store trusts once it is there.
-func isObjectName(key string) bool {
-	_, err := sstate.Parse(key)
-	return err == nil
-}
-
-// allowPublish answers EACCES unless the caller may publish or hide store
-// objects (Options.Publishers). The kernel's permission checks come first;
-// this one holds even in an overlay directory someone made 0777. A refused
-// user is logged once.
-func (f *FS) allowPublish(ctx context.Context, op, key string) syscall.Errno {
+// caller is the process making the request, as the overlay's rules see it.
+func caller(ctx context.Context) access.Caller {
 	c, ok := fuse.FromContext(ctx)
 	if !ok {
-		return syscall.EACCES
+		return overlay.UnknownCaller
 	}
-	if f.publishers.Allows(access.Caller{UID: c.Uid, GID: c.Gid, PID: c.Pid}) {
-		return 0
-	}
-	if _, seen := f.refused.LoadOrStore(c.Uid, struct{}{}); !seen {
-		f.log.Warn("refused: only the mount's publishers may publish or hide store objects (logged once per user)",
-			"op", op, "object", key, "uid", c.Uid, "gid", c.Gid, "publishers", f.publishers.String())
-	}
-	return syscall.EACCES
-}
-
-// overlayPath is the overlay file of a mount-relative path.
-func (f *FS) overlayPath(rel string) string {
-	return filepath.Join(f.overlay, filepath.FromSlash(rel))
+	return access.Caller{UID: c.Uid, GID: c.Gid, PID: c.Pid}
 }
 
 // Inode numbers: overlay files keep the number of their overlay file, so
@@ -221,37 +170,8 @@ func dirIno(rel string) uint64 {
 	return pathHash(rel) | dirInoBit
 }
 
-func join(dir, name string) string {
-	if dir == "" {
-		return name
-	}
-	return dir + "/" + name
-}
-
 // rel returns the node's path relative to the mount root ("" for the root).
 func rel(n *gofs.Inode) string { return n.Path(n.Root()) }
-
-// chownToCaller gives a new overlay file to the process that created it
-// (a mount made by root serving a build user through allow_other).
-func (f *FS) chownToCaller(ctx context.Context, p string) {
-	if os.Getuid() != 0 {
-		return
-	}
-	if c, ok := fuse.FromContext(ctx); ok {
-		f.chown(p, int(c.Uid), int(c.Gid))
-	}
-}
-
-// chown changes an overlay path's owner; a failure (no CAP_CHOWN) leaves
-// the file to root, which the build user may then not be able to change:
-// say so, once.
-func (f *FS) chown(p string, uid, gid int) {
-	if err := syscall.Lchown(p, uid, gid); err != nil {
-		f.chownWarn.Do(func() {
-			f.log.Warn("cannot give files created through the mount to their creator (needs CAP_CHOWN); they stay owned by the mount's user", "path", p, "error", err)
-		})
-	}
-}
 
 // MountConfig is how the kernel side of a mount is set up.
 type MountConfig struct {
@@ -303,83 +223,6 @@ func MountOptions(mc MountConfig) *gofs.Options {
 		},
 	}
 }
-
-// whiteouts are the store objects hidden by an unlink through the mount,
-// kept in a file so they stay hidden after a restart.
-type whiteouts struct {
-	mu   sync.Mutex // protects set and f
-	set  map[string]bool
-	path string
-}
-
-func openWhiteouts(p string) (*whiteouts, error) {
-	w := &whiteouts{set: map[string]bool{}, path: p}
-	data, err := os.ReadFile(p)
-	if err != nil && !os.IsNotExist(err) {
-		return nil, err
-	}
-	for _, line := range splitLines(string(data)) {
-		w.set[line] = true
-	}
-	return w, nil
-}
-
-func splitLines(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\n' {
-			if i > start {
-				out = append(out, s[start:i])
-			}
-			start = i + 1
-		}
-	}
-	return out
-}
-
-func (w *whiteouts) has(key string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.set[key]
-}
-
-func (w *whiteouts) add(key string) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.set[key] {
-		return nil
-	}
-	w.set[key] = true
-	return w.saveLocked()
-}
-
-func (w *whiteouts) remove(key string) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.set[key] {
-		return nil
-	}
-	delete(w.set, key)
-	return w.saveLocked()
-}
-
-// saveLocked rewrites the file atomically; whiteouts are rare (cleanup
-// tools), so a rewrite per change is cheap enough.
-func (w *whiteouts) saveLocked() error {
-	var b []byte
-	for k := range w.set {
-		b = append(b, k...)
-		b = append(b, '\n')
-	}
-	tmp := w.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, w.path)
-}
-
-func (w *whiteouts) close() error { return nil }
 
 // ReadAheadKB is the kernel read-ahead a mount gets (SetReadAhead): the
 // kernel's default (128 KiB) splits a streamed object into many small READ

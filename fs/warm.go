@@ -3,6 +3,8 @@ package fs
 import (
 	"os"
 	"path/filepath"
+
+	"github.com/sstatefs/sstatefs/view"
 )
 
 // WarmDirsMax is the most directories WarmDirs shows the kernel.
@@ -31,7 +33,7 @@ func (f *FS) WarmDirs(mountpoint string, max int) (int, error) {
 		var sub []string
 		for _, e := range f.view.ReadDir(d) {
 			if e.IsDir {
-				sub = append(sub, join(d, e.Name))
+				sub = append(sub, view.Join(d, e.Name))
 			}
 		}
 		if len(sub) == 0 {

@@ -124,7 +124,7 @@ func (v *View) Stat(ctx context.Context, key string) (Object, error) {
 }
 
 func (v *View) stat(ctx context.Context, key string) (o Object, probed bool, err error) {
-	if backend.IsMeta(key) {
+	if Hidden(key) {
 		return Object{}, false, notExist(key)
 	}
 	ix := v.index.Current()
@@ -186,6 +186,21 @@ func (v *View) resolve(ix *index.Index, name sstate.Name) (Object, bool) {
 	return Object{Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256, Chunks: o.Chunks, Source: o.Key}, true
 }
 
+// Hidden reports whether key is the store's metadata (backend.MetaPrefix,
+// or a name below it), which the mount never shows nor lets anyone create.
+// It is on the path of every lookup: no allocation.
+func Hidden(key string) bool {
+	return key == backend.MetaPrefix[:len(backend.MetaPrefix)-1] || backend.IsMeta(key)
+}
+
+// Join is the key of name in directory dir ("" is the root).
+func Join(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
 func notExist(key string) error { return fmt.Errorf("%s: %w", key, backend.ErrNotExist) }
 
 // errNotExist answers the misses of the hot path (thousands per build)
@@ -207,7 +222,7 @@ func (v *View) IsDir(dir string) bool {
 	if dir == "" {
 		return true
 	}
-	if backend.IsMeta(dir+"/") || dir+"/" == backend.MetaPrefix {
+	if Hidden(dir) {
 		return false
 	}
 	ix := v.index.Current()
@@ -244,7 +259,7 @@ func (v *View) ReadDir(dir string) []index.Entry {
 	}
 	var out []index.Entry
 	for _, e := range ix.Children(dir) {
-		if dir == "" && e.Name+"/" == backend.MetaPrefix {
+		if Hidden(Join(dir, e.Name)) {
 			continue
 		}
 		out = append(out, e)

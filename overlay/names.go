@@ -1,4 +1,4 @@
-package fs
+package overlay
 
 import (
 	"errors"
@@ -8,7 +8,7 @@ import (
 	"sync"
 )
 
-// overlayNames is the set of names the overlay holds, kept in memory so
+// nameSet is the set of names the overlay holds, kept in memory so
 // that a lookup of a store object (nearly every lookup bitbake makes) asks
 // the overlay directory only when it has the name: the overlay changes
 // only through this mount, which updates the set with every change it
@@ -16,31 +16,31 @@ import (
 // costs a syscall, never a wrong answer; a missing one would hide an
 // overlay file, which is why every change below is made after the
 // syscall succeeded and directory renames rescan what they moved.
-type overlayNames struct {
+type nameSet struct {
 	mu    sync.RWMutex // protects names
 	names map[string]struct{}
 }
 
-// loadOverlayNames walks the overlay directory.
-func loadOverlayNames(root string) (*overlayNames, error) {
-	o := &overlayNames{names: map[string]struct{}{}}
+// loadNames walks the overlay directory.
+func loadNames(root string) (*nameSet, error) {
+	o := &nameSet{names: map[string]struct{}{}}
 	return o, o.addTree(root, "")
 }
 
-func (o *overlayNames) has(key string) bool {
+func (o *nameSet) has(key string) bool {
 	o.mu.RLock()
 	_, ok := o.names[key]
 	o.mu.RUnlock()
 	return ok
 }
 
-func (o *overlayNames) add(key string) {
+func (o *nameSet) add(key string) {
 	o.mu.Lock()
 	o.names[key] = struct{}{}
 	o.mu.Unlock()
 }
 
-func (o *overlayNames) remove(key string) {
+func (o *nameSet) remove(key string) {
 	o.mu.Lock()
 	delete(o.names, key)
 	o.mu.Unlock()
@@ -48,7 +48,7 @@ func (o *overlayNames) remove(key string) {
 
 // addTree adds key and everything below it in the overlay rooted at root
 // ("" for the whole overlay).
-func (o *overlayNames) addTree(root, key string) error {
+func (o *nameSet) addTree(root, key string) error {
 	top := filepath.Join(root, filepath.FromSlash(key))
 	var found []string
 	err := filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
@@ -74,7 +74,7 @@ func (o *overlayNames) addTree(root, key string) error {
 }
 
 // removeTree removes key and every name below it.
-func (o *overlayNames) removeTree(key string) {
+func (o *nameSet) removeTree(key string) {
 	prefix := key + "/"
 	o.mu.Lock()
 	delete(o.names, key)
