@@ -81,9 +81,9 @@ func (h fileHandle) Close() error   { return h.f.Close() }
 type download struct {
 	obj    Object
 	cancel context.CancelFunc // stops the fetch (Close)
-	tmp   *os.File // read and written at offsets; stays valid after rename
-	size  int64
-	chunk int64 // chunk size
+	tmp    *os.File           // read and written at offsets; stays valid after rename
+	size   int64
+	chunk  int64 // chunk size
 
 	mu       sync.Mutex // protects written, verified, done, err, refs
 	cond     *sync.Cond
