@@ -698,14 +698,16 @@ func TestCacheBound(t *testing.T) {
 		// evicted): a walk meanwhile could count both
 		fetchedOne(t, 1)
 		var total int64
+		var names []string
 		filepath.Walk(filepath.Join(m.cacheDir, "cache", "objects"), func(p string, fi os.FileInfo, err error) error {
 			if err == nil && fi.Mode().IsRegular() {
 				total += fi.Size()
+				names = append(names, fi.Name()[:8])
 			}
 			return nil
 		})
 		if total > 350_000 {
-			t.Fatalf("cache holds %d bytes, bound 350000", total)
+			t.Fatalf("cache holds %d bytes, bound 350000: %v; stats %+v", total, names, m.cache.Stats())
 		}
 	}
 }
