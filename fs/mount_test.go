@@ -912,10 +912,10 @@ func TestKernelOpensKeepPages(t *testing.T) {
 			}
 			st := m.cache.Stats()
 			if st.Misses != 1 {
-				t.Errorf("downloads = %d, want 1", st.Misses)
+				t.Errorf("downloads = %d, want 1; stats %+v", st.Misses, st)
 			}
 			if !daemon && st.Hits != first.Hits {
-				t.Errorf("%d reads reached the disk cache after the first read; want 0 (kernel pages)", st.Hits-first.Hits)
+				t.Errorf("%d reads reached the disk cache after the first read; want 0 (kernel pages); stats after the first read %+v, after three %+v", st.Hits-first.Hits, first, st)
 			}
 			if daemon && st.Hits < first.Hits+2 {
 				t.Errorf("cache hits %d after the first read, %d after three: want an open per read", first.Hits, st.Hits)

@@ -65,6 +65,7 @@ func TestObjectOpenModes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer r.Close() // before the unmount, also when the test stops early
 	for _, flags := range []int{os.O_WRONLY, os.O_RDWR} {
 		w, err := os.OpenFile(p, flags, 0)
 		if err == nil {
@@ -86,6 +87,7 @@ func TestObjectOpenModes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("open of an object for writing with no reader: %v", err)
 	}
+	defer w.Close()
 	for i := range 2 {
 		r, err := os.Open(p)
 		if err != nil {
