@@ -27,17 +27,22 @@ type objectNode struct {
 
 	watching atomic.Bool // a watchDownload goroutine is running
 
-	// Open handles by io mode, until their RELEASE (which comes after the
-	// kernel has let go of the file). The kernel refuses (EIO) to open an
+	// Open handles by io mode, until their RELEASE. The kernel refuses (EIO) to open an
 	// inode in passthrough mode while it is open in cached mode, and the
 	// reverse; and go-fuse gives every open of a node the backing file of
 	// a passthrough open it still holds (if the handle offers
 	// PassthroughFd), an open for writing included, whose writes would
 	// then reach the verified cache file. So opens take the mode the open
 	// handles allow (see Open).
-	modeMu     sync.Mutex // protects passOpen, cachedOpen
+	modeMu     sync.Mutex // protects passOpen, cachedOpen, wasCached
 	passOpen   int        // handles that may have a backing file
-	cachedOpen int        // handles in cached mode
+	cachedOpen int        // read handles in cached mode
+	// wasCached: a read handle was opened in cached mode (during the
+	// download). Further reads stay in that mode: the kernel may still
+	// count a file in cached mode for a moment after its RELEASE has been
+	// answered (seen under load: a passthrough open right after one
+	// failed with EIO), and a passthrough open then fails.
+	wasCached bool
 }
 
 var (
@@ -113,9 +118,12 @@ func (n *objectNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	}
 	oh := &objectHandle{node: n}
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
-		// Writes fail (EROFS), so a writable open can only be in cached
-		// mode; while a reader holds the object in passthrough mode it is
-		// refused at once (touch then sets the times by name).
+		// Writes fail (EROFS), so a writable open must not have the cache
+		// file as its backing; while a reader holds the object in
+		// passthrough mode it is refused at once (touch then sets the
+		// times by name). It is a direct-I/O open, which the kernel keeps
+		// out of both io modes: readers opened meanwhile or right after it
+		// may still use passthrough.
 		n.modeMu.Lock()
 		defer n.modeMu.Unlock()
 		if n.passOpen > 0 {
@@ -128,8 +136,8 @@ func (n *objectNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 			}
 			oh.h = h
 		}
-		n.cachedOpen++
-		return oh, 0, 0
+		oh.direct = true
+		return oh, fuse.FOPEN_DIRECT_IO, 0
 	}
 	h, err := n.fs.view.Open(ctx, n.obj)
 	if err != nil {
@@ -145,11 +153,12 @@ func (n *objectNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	// fails verification never outlive this open.
 	n.modeMu.Lock()
 	defer n.modeMu.Unlock()
-	if n.passOpen > 0 || (n.cachedOpen == 0 && h.File() != nil && !n.fs.noPassthrough) {
+	if n.passOpen > 0 || (!n.wasCached && h.File() != nil && !n.fs.noPassthrough) {
 		n.passOpen++
 		return &passthroughHandle{oh}, flagsOut, 0
 	}
 	n.cachedOpen++
+	n.wasCached = true
 	return oh, flagsOut, 0
 }
 
@@ -322,8 +331,9 @@ func (n *objectNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32
 // write-only open). It offers no PassthroughFd, so that go-fuse never
 // gives it a backing file (see objectNode.passOpen).
 type objectHandle struct {
-	node *objectNode
-	h    cache.Handle
+	node   *objectNode
+	h      cache.Handle
+	direct bool // a writable open: direct I/O, in neither io mode
 }
 
 var (
@@ -373,9 +383,11 @@ func (h *objectHandle) Write(ctx context.Context, data []byte, off int64) (uint3
 }
 
 func (h *objectHandle) Release(ctx context.Context) syscall.Errno {
-	h.node.modeMu.Lock()
-	h.node.cachedOpen--
-	h.node.modeMu.Unlock()
+	if !h.direct {
+		h.node.modeMu.Lock()
+		h.node.cachedOpen--
+		h.node.modeMu.Unlock()
+	}
 	if h.h != nil {
 		h.h.Close()
 	}

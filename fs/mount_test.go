@@ -221,6 +221,9 @@ func mount(t testing.TB, o mountOpts) *testMount {
 		c.Close()
 		if t.Failed() {
 			t.Logf("cache log:\n%s\nfs log:\n%s", cacheLog.String(), fsLog.String())
+			if o.debugLog {
+				t.Logf("go-fuse log:\n%s", fuseLog.String())
+			}
 		}
 	})
 	return m
