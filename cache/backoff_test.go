@@ -91,6 +91,7 @@ func TestCorruptObjectBackedOff(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(func() { c.Close() })
 			const key = "ab/cd/sstate:x:::::1:abcd_populate_sysroot.tar.zst"
 			data := rnd(t, 3<<20)
 			obj := storeObject(store, key, data)
@@ -172,6 +173,7 @@ func TestHangingStoreBackedOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	const key = "ab/cd/sstate:y:::::1:abcd_package.tar.zst"
 	data := rnd(t, 100_000)
 	if err := fstore.Put(context.Background(), key, bytes.NewReader(data), int64(len(data))); err != nil {

@@ -38,6 +38,10 @@ import (
 // ErrCorrupt is wrapped by errors about content that did not verify.
 var ErrCorrupt = errors.New("content does not match its digest")
 
+// ErrClosed is returned by a cache after Close, and wrapped by the error of
+// the downloads Close stopped.
+var ErrClosed = errors.New("cache closed")
+
 // Options configure a Cache.
 type Options struct {
 	Dir      string
@@ -81,8 +85,14 @@ type Cache struct {
 	backoff   *backoffs
 
 	// Lock order: dlMu before mu.
-	dlMu      sync.Mutex           // protects downloads
+	dlMu      sync.Mutex           // protects downloads, closed and the Add of busy
 	downloads map[string]*download // running downloads by id
+	closed    bool                 // set by Close: nothing new starts
+	// busy counts the goroutines that may still write into dir (downloads)
+	// and the Adopts under way: Close waits for them, so nothing writes
+	// there once it has returned (a restart, or a test removing the
+	// directory, would otherwise race with them).
+	busy sync.WaitGroup
 
 	mu        sync.Mutex                    // protects lru, bytes, verified, lastUse, persisted
 	lru       *simplelru.LRU[string, int64] // id -> size, oldest first
@@ -351,10 +361,20 @@ func (c *Cache) evictOneLocked(id string, size int64) {
 	}
 }
 
-// Close writes the last uses not yet on disk, so that the LRU order
-// survives a clean restart exactly (after a crash it is off by at most a
-// minute).
+// Close stops the downloads under way (their readers get an error wrapping
+// ErrClosed) and waits for them, so that nothing writes into the cache
+// directory once it has returned; then it writes the last uses not yet on
+// disk, so that the LRU order survives a clean restart exactly (after a
+// crash it is off by at most a minute). Opens after Close fail with
+// ErrClosed. Close may be called more than once.
 func (c *Cache) Close() error {
+	c.dlMu.Lock()
+	c.closed = true
+	for _, d := range c.downloads {
+		d.cancel()
+	}
+	c.dlMu.Unlock()
+	c.busy.Wait()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for id, t := range c.lastUse {
@@ -396,6 +416,14 @@ func (c *Cache) Adopt(path string, obj Object) error {
 	if !validID(obj.ID) {
 		return fmt.Errorf("cache: invalid id %q for %s", obj.ID, obj.Name)
 	}
+	c.dlMu.Lock()
+	if c.closed {
+		c.dlMu.Unlock()
+		return fmt.Errorf("adopt %s: %w", obj.Name, ErrClosed)
+	}
+	c.busy.Add(1)
+	c.dlMu.Unlock()
+	defer c.busy.Done()
 	f, err := os.Open(path)
 	if err != nil {
 		return err

@@ -77,6 +77,7 @@ func TestFetchOnceConcurrent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	src := &source{data: map[string][]byte{"a": rnd(t, 1<<20)}, gate: make(chan struct{})}
 	obj := src.object("a", true)
 	var wg sync.WaitGroup
@@ -112,6 +113,7 @@ func TestCorruptDownloadIsAnError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	src := &source{data: map[string][]byte{"a": rnd(t, 5000)}}
 	obj := src.object("a", true)
 	src.data["a"] = append([]byte(nil), src.data["a"]...)
@@ -140,6 +142,7 @@ func TestWarmRestartAndCorruptEntry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	for _, n := range []string{"a", "b"} {
 		f, err := c.Open(context.Background(), src.object(n, true))
 		if err != nil {
@@ -152,6 +155,7 @@ func TestWarmRestartAndCorruptEntry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c2.Close() })
 	if s := c2.Stats(); s.Entries != 2 || s.Bytes != 10000 {
 		t.Fatalf("after restart: %+v", s)
 	}
@@ -172,6 +176,7 @@ func TestWarmRestartAndCorruptEntry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c3.Close() })
 	f, err = c3.Open(context.Background(), ob)
 	if err != nil {
 		t.Fatal(err)
@@ -190,6 +195,7 @@ func TestEvictionBound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	src := &source{data: map[string][]byte{}}
 	for i := range 30 {
 		name := fmt.Sprint("o", i)
@@ -232,6 +238,7 @@ func TestEvictionBound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c2.Close() })
 	if s := c2.Stats(); s.Bytes > 30_000 || s.Entries == 0 {
 		t.Errorf("after restart with a smaller bound: %+v", s)
 	}
@@ -245,6 +252,7 @@ func TestUnknownDigestChecksSize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	src := &source{data: map[string][]byte{"a": rnd(t, 100)}}
 	obj := src.object("a", false)
 	f, err := c.Open(context.Background(), obj)
@@ -265,6 +273,7 @@ func TestCancelledWaiterDoesNotFailOthers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	src := &source{data: map[string][]byte{"a": rnd(t, 100)}, gate: make(chan struct{})}
 	obj := src.object("a", true)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -318,6 +327,7 @@ func TestAdopt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	src := &source{data: map[string][]byte{"a": rnd(t, 4000)}}
 	obj := src.object("a", true)
 	p := filepath.Join(dir, "local")
@@ -348,6 +358,7 @@ func BenchmarkCacheHit(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { c.Close() })
 	data := make([]byte, 64<<10)
 	src := &source{data: map[string][]byte{"a": data}}
 	obj := src.object("a", true)
@@ -368,5 +379,93 @@ func BenchmarkCacheHit(b *testing.B) {
 			b.Fatal(err)
 		}
 		h.Close()
+	}
+}
+
+// openCache opens a cache for a test and closes it before the test's
+// directories go (cleanups run last registered first), so no download
+// writes into a directory being removed.
+func openCache(t testing.TB, opt Options) *Cache {
+	t.Helper()
+	c, err := Open(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// stuckReader gives its bytes, then blocks until ctx ends or release is
+// closed: a download that has begun writing and will not finish by itself.
+type stuckReader struct {
+	ctx     context.Context
+	first   []byte
+	release chan struct{}
+}
+
+func (r *stuckReader) Read(p []byte) (int, error) {
+	if len(r.first) > 0 {
+		n := copy(p, r.first)
+		r.first = r.first[n:]
+		return n, nil
+	}
+	select {
+	case <-r.ctx.Done():
+		return 0, r.ctx.Err()
+	case <-r.release:
+		return 0, errors.New("released")
+	}
+}
+
+func (r *stuckReader) Close() error { return nil }
+
+// TestCloseStopsDownloads: Close stops the downloads under way and waits
+// for them, so nothing is left in (or written into) the cache directory
+// once it returns; their readers get ErrClosed, and so do opens after it.
+func TestCloseStopsDownloads(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(Options{Dir: dir, ChunkSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	// registered after TempDir: runs before the directory goes, whatever
+	// Close did
+	t.Cleanup(func() { close(release); c.Close() })
+	data := rnd(t, 1<<20)
+	written := make(chan struct{}, 32)
+	obj := Object{ID: "stuck", Size: int64(len(data)), SHA256: sha256.Sum256(data), Name: "stuck",
+		Fetch: func(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+			written <- struct{}{}
+			return &stuckReader{ctx: ctx, first: data[off : off+1024], release: release}, nil
+		}}
+	h, err := c.OpenStream(context.Background(), obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	<-written // a fetch has begun: the download writes into dir/tmp
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(entries) != 0 {
+		t.Errorf("after Close, the cache's temp directory holds %d files: a download goes on", len(entries))
+	}
+	// Close has returned, so the download has finished: Wait does not block
+	select {
+	case <-h.(*streamHandle).d.finished:
+	default:
+		t.Fatal("a download still runs after Close returned")
+	}
+	if err := h.Wait(); !errors.Is(err, ErrClosed) {
+		t.Errorf("download stopped by Close: %v, want ErrClosed", err)
+	}
+	if _, err := c.OpenStream(context.Background(), obj); !errors.Is(err, ErrClosed) {
+		t.Errorf("open after Close = %v, want ErrClosed", err)
+	}
+	p := filepath.Join(dir, "local")
+	os.WriteFile(p, data, 0o600)
+	if err := c.Adopt(p, obj); !errors.Is(err, ErrClosed) {
+		t.Errorf("adopt after Close = %v, want ErrClosed", err)
 	}
 }

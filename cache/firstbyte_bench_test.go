@@ -22,6 +22,7 @@ func BenchmarkStreamFirstByte(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { c.Close() })
 	buf := make([]byte, 4096)
 	b.ResetTimer()
 	for i := range b.N {

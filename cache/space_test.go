@@ -50,6 +50,7 @@ func TestCacheBoundedByDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	if l := logs.String(); !strings.Contains(l, "cache size exceeds its file system") ||
 		!strings.Contains(l, `cache_size="20.0 GiB"`) || !strings.Contains(l, `filesystem_size="24.0 MiB"`) {
 		t.Fatalf("no warning naming both sizes at start; log:\n%s", l)

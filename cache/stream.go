@@ -79,10 +79,11 @@ func (h fileHandle) Close() error   { return h.f.Close() }
 // download is one object being fetched into a temp file, shared by every
 // reader that opens it meanwhile.
 type download struct {
-	obj   Object
-	tmp   *os.File // read and written at offsets; stays valid after rename
-	size  int64
-	chunk int64 // chunk size
+	obj    Object
+	cancel context.CancelFunc // stops the fetch (Close)
+	tmp    *os.File           // read and written at offsets; stays valid after rename
+	size   int64
+	chunk  int64 // chunk size
 
 	mu       sync.Mutex // protects written, verified, done, err, refs
 	cond     *sync.Cond
@@ -112,6 +113,9 @@ func (c *Cache) OpenStream(ctx context.Context, obj Object) (Handle, error) {
 	if !validID(obj.ID) {
 		return nil, fmt.Errorf("cache: invalid id %q for %s", obj.ID, obj.Name)
 	}
+	if c.isClosed() {
+		return nil, fmt.Errorf("%s: %w", obj.Name, ErrClosed)
+	}
 	if f, err := c.openCached(obj); f != nil || err != nil {
 		if err != nil {
 			return nil, err
@@ -130,6 +134,9 @@ func (c *Cache) OpenStream(ctx context.Context, obj Object) (Handle, error) {
 func (c *Cache) startDownload(obj Object) (*download, error) {
 	c.dlMu.Lock()
 	defer c.dlMu.Unlock()
+	if c.closed {
+		return nil, fmt.Errorf("%s: %w", obj.Name, ErrClosed)
+	}
 	if d, ok := c.downloads[obj.ID]; ok {
 		d.mu.Lock()
 		d.refs++
@@ -151,18 +158,27 @@ func (c *Cache) startDownload(obj Object) (*download, error) {
 			return nil, fmt.Errorf("cache: %w", err)
 		}
 	}
-	d := &download{obj: obj, tmp: tmp, size: obj.Size, chunk: c.chunkSize, refs: 2, finished: make(chan struct{})}
+	// The download's own deadline: other callers may wait for it too.
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	d := &download{obj: obj, cancel: cancel, tmp: tmp, size: obj.Size, chunk: c.chunkSize, refs: 2, finished: make(chan struct{})}
 	d.cond = sync.NewCond(&d.mu)
 	d.written = make([]int64, d.chunks())
 	c.downloads[obj.ID] = d
-	go c.run(d)
+	c.busy.Add(1)
+	go c.run(ctx, d)
 	return d, nil
 }
 
+func (c *Cache) isClosed() bool {
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	return c.closed
+}
+
 // run fetches, verifies and files a download, then drops its reference.
-func (c *Cache) run(d *download) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
+func (c *Cache) run(ctx context.Context, d *download) {
+	defer c.busy.Done()
+	defer d.cancel()
 	start := time.Now()
 	c.makeRoom(d.size)
 	err := c.fetchChunks(ctx, d)
@@ -173,7 +189,16 @@ func (c *Cache) run(d *download) {
 	if c.onFetch != nil {
 		c.onFetch(d.verifiedLen(), time.Since(start), err)
 	}
-	if err != nil {
+	c.dlMu.Lock()
+	closed := c.closed
+	c.dlMu.Unlock()
+	switch {
+	case err != nil && closed:
+		// stopped by Close: not the store's failure, nothing to hold back
+		err = fmt.Errorf("%w: %w", ErrClosed, err)
+		c.log.Debug("download stopped by close", "object", d.obj.Name, "error", err)
+		os.Remove(d.tmp.Name())
+	case err != nil:
 		if errors.Is(err, ErrCorrupt) {
 			c.corrupted.Add(1)
 		}
@@ -183,7 +208,9 @@ func (c *Cache) run(d *download) {
 	// The outcome is recorded before a reader learns it, so that its next
 	// open is answered from the back-off, not by this finished download.
 	c.dlMu.Lock()
-	c.backoff.done(d.obj, err)
+	if !closed {
+		c.backoff.done(d.obj, err)
+	}
 	delete(c.downloads, d.obj.ID)
 	c.dlMu.Unlock()
 	d.mu.Lock()

@@ -26,6 +26,23 @@ type objectNode struct {
 	obj view.Object
 
 	watching atomic.Bool // a watchDownload goroutine is running
+
+	// Open handles by io mode, until their RELEASE. The kernel refuses (EIO) to open an
+	// inode in passthrough mode while it is open in cached mode, and the
+	// reverse; and go-fuse gives every open of a node the backing file of
+	// a passthrough open it still holds (if the handle offers
+	// PassthroughFd), an open for writing included, whose writes would
+	// then reach the verified cache file. So opens take the mode the open
+	// handles allow (see Open).
+	modeMu     sync.Mutex // protects passOpen, cachedOpen, wasCached
+	passOpen   int        // handles that may have a backing file
+	cachedOpen int        // read handles in cached mode
+	// wasCached: a read handle was opened in cached mode (during the
+	// download). Further reads stay in that mode: the kernel may still
+	// count a file in cached mode for a moment after its RELEASE has been
+	// answered (seen under load: a passthrough open right after one
+	// failed with EIO), and a passthrough open then fails.
+	wasCached bool
 }
 
 var (
@@ -99,21 +116,50 @@ func (n *objectNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	if flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	if flags&syscall.O_ACCMODE == syscall.O_WRONLY {
-		return &objectHandle{node: n}, 0, 0
+	oh := &objectHandle{node: n}
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		// Writes fail (EROFS), so a writable open must not have the cache
+		// file as its backing; while a reader holds the object in
+		// passthrough mode it is refused at once (touch then sets the
+		// times by name). It is a direct-I/O open, which the kernel keeps
+		// out of both io modes: readers opened meanwhile or right after it
+		// may still use passthrough.
+		n.modeMu.Lock()
+		defer n.modeMu.Unlock()
+		if n.passOpen > 0 {
+			return nil, 0, syscall.EROFS
+		}
+		if flags&syscall.O_ACCMODE == syscall.O_RDWR {
+			h, err := n.fs.view.Open(ctx, n.obj)
+			if err != nil {
+				return nil, 0, n.fs.errno(ctx, "open", n.obj.Key, err)
+			}
+			oh.h = h
+		}
+		oh.direct = true
+		return oh, fuse.FOPEN_DIRECT_IO, 0
 	}
 	h, err := n.fs.view.Open(ctx, n.obj)
 	if err != nil {
 		return nil, 0, n.fs.errno(ctx, "open", n.obj.Key, err)
 	}
-	oh := &objectHandle{node: n, h: h, passthrough: flags&syscall.O_ACCMODE == syscall.O_RDONLY}
+	oh.h = h
+	var flagsOut uint32
 	if h.File() != nil {
 		// verified and immutable: the kernel may keep its pages
-		return oh, fuse.FOPEN_KEEP_CACHE, 0
+		flagsOut = fuse.FOPEN_KEEP_CACHE
 	}
 	// Still downloading: no KEEP_CACHE, so that pages of a download that
 	// fails verification never outlive this open.
-	return oh, 0, 0
+	n.modeMu.Lock()
+	defer n.modeMu.Unlock()
+	if n.passOpen > 0 || (!n.wasCached && h.File() != nil && !n.fs.noPassthrough) {
+		n.passOpen++
+		return &passthroughHandle{oh}, flagsOut, 0
+	}
+	n.cachedOpen++
+	n.wasCached = true
+	return oh, flagsOut, 0
 }
 
 // Read serves a read made without a handle (the kernel opened the file
@@ -123,7 +169,10 @@ func (n *objectNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 // read. Pages the kernel cached from a download that then fails
 // verification are dropped (watchDownload).
 func (n *objectNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if oh, ok := fh.(*objectHandle); ok {
+	switch oh := fh.(type) {
+	case *objectHandle:
+		return oh.Read(ctx, dest, off)
+	case *passthroughHandle:
 		return oh.Read(ctx, dest, off)
 	}
 	h, err := n.fs.view.Open(ctx, n.obj)
@@ -280,12 +329,14 @@ func (n *objectNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32
 	return 0
 }
 
-// objectHandle is an open store object: reads come from the verified cache
-// file or the download in progress (h is nil for a write-only open).
+// objectHandle is an open store object in cached mode: reads come from the
+// verified cache file or the download in progress (h is nil for a
+// write-only open). It offers no PassthroughFd, so that go-fuse never
+// gives it a backing file (see objectNode.passOpen).
 type objectHandle struct {
-	node        *objectNode
-	h           cache.Handle
-	passthrough bool // read-only open: the kernel may read the cache file directly
+	node   *objectNode
+	h      cache.Handle
+	direct bool // a writable open: direct I/O, in neither io mode
 }
 
 var (
@@ -295,20 +346,29 @@ var (
 	_ = (gofs.FileGetattrer)((*objectHandle)(nil))
 	_ = (gofs.FileFlusher)((*objectHandle)(nil))
 	_ = (gofs.FileFsyncer)((*objectHandle)(nil))
-	_ = (gofs.FilePassthroughFder)((*objectHandle)(nil))
 )
 
-// PassthroughFd lets the kernel read a verified cache file itself (FUSE
-// passthrough, Linux 6.9+ and root); go-fuse falls back to Read otherwise.
-func (h *objectHandle) PassthroughFd() (int, bool) {
-	if h.h == nil || !h.passthrough || h.node.fs.noPassthrough {
-		return 0, false
-	}
+// passthroughHandle is a read-only open of a verified object that the
+// kernel may read itself from the cache file (FUSE passthrough, Linux 6.9+
+// and root); go-fuse falls back to Read otherwise.
+type passthroughHandle struct{ *objectHandle }
+
+var _ = (gofs.FilePassthroughFder)((*passthroughHandle)(nil))
+
+func (h *passthroughHandle) PassthroughFd() (int, bool) {
 	f := h.h.File()
 	if f == nil {
 		return 0, false
 	}
 	return int(f.Fd()), true
+}
+
+func (h *passthroughHandle) Release(ctx context.Context) syscall.Errno {
+	h.node.modeMu.Lock()
+	h.node.passOpen--
+	h.node.modeMu.Unlock()
+	h.h.Close()
+	return 0
 }
 
 func (h *objectHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -326,6 +386,11 @@ func (h *objectHandle) Write(ctx context.Context, data []byte, off int64) (uint3
 }
 
 func (h *objectHandle) Release(ctx context.Context) syscall.Errno {
+	if !h.direct {
+		h.node.modeMu.Lock()
+		h.node.cachedOpen--
+		h.node.modeMu.Unlock()
+	}
 	if h.h != nil {
 		h.h.Close()
 	}

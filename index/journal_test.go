@@ -199,6 +199,7 @@ func TestJournalRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { j.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done }) // also when the test stops early
 	for i := range 20 {
 		j.Accessed(testObject(i).Key, time.Unix(1_750_000_000+int64(i), 0))
 	}

@@ -229,6 +229,7 @@ func TestLiveRun(t *testing.T) {
 			}
 		})
 	}
+	t.Cleanup(func() { stop.Store(true); cancel(); wg.Wait() }) // also when the test stops early
 	waitFor(t, "unchanged refreshes", func() bool { return s.Stats() > 5 })
 	if n := s.Opens(SnapshotKey); n != 1 {
 		t.Errorf("unchanged snapshot downloaded %d times", n)
@@ -269,6 +270,7 @@ func TestLiveRunLogsChangesOnly(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { l.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done }) // also when the test stops early
 	ticks := func(n int) {
 		start := s.Stats()
 		waitFor(t, "refreshes", func() bool { return s.Stats() >= start+n })

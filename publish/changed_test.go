@@ -166,6 +166,7 @@ func TestPublishRecordsChunks(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { q.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done }) // also when the test stops early
 	if err := q.Enqueue(key, e.file(t, "a", data)); err != nil {
 		t.Fatal(err)
 	}

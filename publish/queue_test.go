@@ -229,6 +229,7 @@ func TestUploadedButNotRecordedIsRecordedOnce(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { q.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done }) // also when the test stops early
 	q.Enqueue(key, e.file(t, "a", []byte("payload")))
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {

@@ -22,6 +22,7 @@ func TestSettleMovesUploadedObjectsIntoTheCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	put := func(k string, data []byte) string {
 		p := filepath.Join(overlay, k)
 		os.MkdirAll(filepath.Dir(p), 0o755)
