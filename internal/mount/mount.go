@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -60,7 +61,8 @@ type Mount struct {
 	metrics    string // address of the metrics endpoint, "" when off
 	drain      time.Duration
 	cancel     context.CancelFunc
-	done       chan struct{} // closed when the FUSE server stops serving
+	bg         sync.WaitGroup // the goroutines started with background
+	done       chan struct{}  // closed when the FUSE server stops serving
 	log        *slog.Logger
 	unlock     func()
 }
@@ -207,19 +209,21 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 		}
 	}
 	rctx, cancel := context.WithCancel(context.Background())
-	go live.Run(rctx)
-	go queue.Run(rctx)
-	go journal.Run(rctx)
-	go v.RunPrefetch(rctx)
-	if !readOnly && cfg.Index.CompactInterval.Duration > 0 {
-		go index.CompactEvery(rctx, store, live, cfg.Index.CompactInterval.Duration,
-			index.CompactOptions{Grace: index.DefaultGrace, Writer: cfg.Publish.WriterID, Logger: log})
-	}
 	m = &Mount{
 		mountpoint: mp, server: server, fs: f, live: live, cache: c, store: store,
 		queue: queue, journal: journal, view: v, obs: obs, cacheDir: cfg.Cache.Dir,
 		readyFile: cfg.Mount.ReadyFile, drain: cfg.Publish.DrainTimeout.Duration,
 		cancel: cancel, done: make(chan struct{}), log: log, unlock: unlock,
+	}
+	m.background(func() { live.Run(rctx) })
+	m.background(func() { queue.Run(rctx) })
+	m.background(func() { journal.Run(rctx) })
+	m.background(func() { v.RunPrefetch(rctx) })
+	if !readOnly && cfg.Index.CompactInterval.Duration > 0 {
+		m.background(func() {
+			index.CompactEvery(rctx, store, live, cfg.Index.CompactInterval.Duration,
+				index.CompactOptions{Grace: index.DefaultGrace, Writer: cfg.Publish.WriterID, Logger: log})
+		})
 	}
 	go func() { server.Wait(); close(m.done) }()
 	// who may change the store through the hash equivalence server and ask
@@ -244,7 +248,7 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 	if ln, err := listenControl(cfg.Cache.Dir, uid, gid); err != nil {
 		log.Warn("no control socket: `sstatefs status` shows only the queue on disk", "error", err)
 	} else {
-		go serveHTTP(rctx, ln, obs.controlHandler(), log)
+		m.background(func() { serveHTTP(rctx, ln, obs.controlHandler(), log) })
 	}
 	if cfg.Metrics.Addr != "" {
 		ln, err := net.Listen("tcp", cfg.Metrics.Addr)
@@ -255,7 +259,7 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 		m.metrics = ln.Addr().String()
 		log.Info("serving metrics and health", "addr", m.metrics, "paths", "/metrics /healthz /readyz /status")
 		warnExposedMetrics(log, cfg.Metrics.Addr, ln.Addr())
-		go serveHTTP(rctx, ln, obs.handler(), log)
+		m.background(func() { serveHTTP(rctx, ln, obs.handler(), log) })
 	}
 	warmStart := time.Now()
 	if n, err := f.WarmDirs(mp, sfs.WarmDirsMax); err != nil {
@@ -279,18 +283,48 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 // queued on disk for the next start) and stops the background work.
 func (m *Mount) Close() error {
 	defer m.unlock()
-	defer m.cancel()
 	m.obs.ready.Store(false)
 	if m.readyFile != "" {
 		os.Remove(m.readyFile)
 	}
 	err := m.Unmount()
 	m.Drain()
+	// The background work (index refresh and compaction, the queue, the
+	// journal's access records, prefetch, the listeners) stops before the
+	// cache and the cache directory's lock go: nothing writes there after
+	// Close returns.
+	m.cancel()
+	m.stopBackground()
 	m.cache.Close()
 	if ferr := m.fs.Close(); err == nil {
 		err = ferr
 	}
 	return err
+}
+
+// background runs f until the mount's background context ends; Close waits
+// for it.
+func (m *Mount) background(f func()) {
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		f()
+	}()
+}
+
+// stopWait bounds how long Close waits for the background work to stop
+// (each piece has deadlines of its own; this only keeps a stuck one from
+// holding the process).
+const stopWait = 30 * time.Second
+
+func (m *Mount) stopBackground() {
+	done := make(chan struct{})
+	go func() { m.bg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(stopWait):
+		m.log.Warn("background work did not stop in time; closing anyway", "waited", stopWait)
+	}
 }
 
 // Drain keeps uploading what is queued for up to the drain timeout and
