@@ -58,7 +58,7 @@ type Options struct {
 	Dir         string
 	Store       backend.Store
 	Recorder    Recorder
-	Concurrency int           // uploads at once, default 4
+	Concurrency int           // uploads at once, default DefaultConcurrency
 	MinBackoff  time.Duration // first retry delay, default 1s
 	MaxBackoff  time.Duration // longest retry delay, default 2m
 	Logger      *slog.Logger
@@ -124,10 +124,14 @@ var ErrReadOnly = errors.New("store is read-only: object kept locally, not publi
 // name stands for what bitbake published, not for later bytes.
 var ErrChanged = errors.New("file changed after it was published")
 
+// DefaultConcurrency is how many uploads run at once unless configured
+// (the configuration's default is this one).
+const DefaultConcurrency = 8
+
 // Open opens the queue in opt.Dir and loads what an earlier process left.
 func Open(opt Options) (*Queue, error) {
 	if opt.Concurrency <= 0 {
-		opt.Concurrency = 4
+		opt.Concurrency = DefaultConcurrency
 	}
 	if opt.MinBackoff <= 0 {
 		opt.MinBackoff = time.Second

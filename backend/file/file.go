@@ -271,19 +271,29 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
+// parentDir opens the directory key is to be written in (made if missing,
+// never through a link) and returns it with the name key has in it.
+func (s *Store) parentDir(key string) (*os.File, string, error) {
+	root, err := s.open(key)
+	if err != nil {
+		return nil, "", err
+	}
+	defer root.Close()
+	d, base, err := parentOf(root, key)
+	if err != nil {
+		return nil, "", mapWriteErr(key, err)
+	}
+	return d, base, nil
+}
+
 // Create implements backend.Store: the data goes to a temp file which is
 // then hard-linked to the final name, an exclusive create that fails if the
 // name exists (a link included, which is never followed), so readers see
 // the object whole or not at all.
 func (s *Store) Create(ctx context.Context, key string, r io.Reader, size int64) error {
-	root, err := s.open(key)
+	d, base, err := s.parentDir(key)
 	if err != nil {
 		return err
-	}
-	defer root.Close()
-	d, base, err := parentOf(root, key)
-	if err != nil {
-		return mapWriteErr(key, err)
 	}
 	defer d.Close()
 	var st unix.Stat_t
@@ -304,14 +314,9 @@ func (s *Store) Create(ctx context.Context, key string, r io.Reader, size int64)
 // Put implements backend.Store: temp file, then rename over the final name
 // (which replaces a link there rather than writing through it).
 func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	root, err := s.open(key)
+	d, base, err := s.parentDir(key)
 	if err != nil {
 		return err
-	}
-	defer root.Close()
-	d, base, err := parentOf(root, key)
-	if err != nil {
-		return mapWriteErr(key, err)
 	}
 	defer d.Close()
 	tmp, err := writeTemp(ctx, d, base, r, size)

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	sfs "github.com/sstatefs/sstatefs/fs"
+	"github.com/sstatefs/sstatefs/publish"
 )
 
 // Setting is one configuration setting, declared once: the flags, the
@@ -267,7 +268,7 @@ func table() []*Setting {
 			Help:  "host:port serving /metrics, /healthz, /readyz, /status (observation only)",
 			Doc:   "`host:port` serving `/metrics`, `/healthz`, `/readyz`, `/status` (observation only; warned about when not loopback)",
 			field: func(c *Config) any { return &c.Metrics.Addr }},
-		{Key: "publish.concurrency", Flag: "publish-concurrency", Default: "8", AtLeast: atLeast(1),
+		{Key: "publish.concurrency", Flag: "publish-concurrency", Default: strconv.Itoa(publish.DefaultConcurrency), AtLeast: atLeast(1),
 			Help:  "uploads to the store at once",
 			field: func(c *Config) any { return &c.Publish.Concurrency }},
 		{Key: "publish.drain_timeout", Flag: "publish-drain-timeout", Default: "30s",
