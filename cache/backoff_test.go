@@ -8,32 +8,14 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/backend/file"
+	"github.com/sstatefs/sstatefs/internal/testutil"
 )
-
-// fakeClock is the cache's clock in tests: it moves only when told.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // faultStore wraps a real store: it counts downloads (opens at offset 0)
 // and, while hang is set, answers opens only when their context ends (a
@@ -86,7 +68,7 @@ func TestCorruptObjectBackedOff(t *testing.T) {
 				t.Fatal(err)
 			}
 			store := &faultStore{Store: fstore}
-			clock := &fakeClock{t: time.Unix(1_000_000, 0)}
+			clock := testutil.NewClock(time.Unix(1_000_000, 0))
 			c, err := Open(Options{Dir: filepath.Join(dir, "cache"), ChunkSize: chunk, Now: clock.Now})
 			if err != nil {
 				t.Fatal(err)
@@ -168,7 +150,7 @@ func TestHangingStoreBackedOff(t *testing.T) {
 	}
 	store := &faultStore{Store: fstore}
 	store.hang.Store(true)
-	clock := &fakeClock{t: time.Unix(1_000_000, 0)}
+	clock := testutil.NewClock(time.Unix(1_000_000, 0))
 	c, err := Open(Options{Dir: filepath.Join(dir, "cache"), FetchTimeout: 50 * time.Millisecond, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +212,7 @@ func TestBackoffDelays(t *testing.T) {
 // The memory of failures is bounded, and an object that has not failed
 // for a long time starts again from the shortest back-off.
 func TestBackoffBoundedAndForgotten(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1_000_000, 0)}
+	clock := testutil.NewClock(time.Unix(1_000_000, 0))
 	b := newBackoffs(clock.Now)
 	fail := errors.New("connection refused")
 	for i := range maxBackoffs + 10 {

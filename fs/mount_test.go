@@ -86,25 +86,7 @@ type testMount struct {
 	fs       *sfs.FS
 	// clock is the cache's clock: moving it ends the back-off of objects
 	// whose download failed, without sleeping.
-	clock *testClock
-}
-
-type testClock struct {
-	mu sync.Mutex // protects t
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-// passBackoff moves the clock past any back-off of a failed download.
-func (c *testClock) passBackoff() {
-	c.mu.Lock()
-	c.t = c.t.Add(time.Hour)
-	c.mu.Unlock()
+	clock *testutil.Clock
 }
 
 type mountOpts struct {
@@ -170,7 +152,7 @@ func mount(t testing.TB, o mountOpts) *testMount {
 	fault.stats.Store(0)
 	fault.opens.Store(0)
 	fault.lists.Store(0)
-	clock := &testClock{t: time.Now()}
+	clock := testutil.NewClock(time.Now())
 	// what the cache logs (why a download failed) is shown with a failure
 	cacheLog := &testutil.SyncBuffer{}
 	c, err := cache.Open(cache.Options{Dir: filepath.Join(o.cacheDir, "cache"), MaxBytes: o.cacheBytes, Now: clock.Now,
@@ -630,7 +612,7 @@ func TestStoreDownBoundedAndRecovers(t *testing.T) {
 		t.Fatalf("stat from the index with the store down: %v", err)
 	}
 	m.fault.down.Store(false)
-	m.clock.passBackoff()
+	m.clock.Add(time.Hour) // past any back-off of a failed download
 	got, err := os.ReadFile(filepath.Join(m.dir, pkgKey))
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("after recovery: %v", err)
@@ -1004,7 +986,7 @@ func TestCorruptDownloadLeavesNoPages(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // the invalidation follows the failure
 	os.WriteFile(sp, data, 0o644)
 	os.Chtimes(sp, fi.ModTime(), fi.ModTime())
-	m.clock.passBackoff()
+	m.clock.Add(time.Hour) // past any back-off of a failed download
 	got, err := os.ReadFile(filepath.Join(m.dir, pkgKey))
 	if err != nil {
 		t.Fatal(err)

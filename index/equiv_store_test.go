@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
 // rawReported encodes a Reported record as EncodeSegment does, without
@@ -213,7 +214,7 @@ func TestDecodeSegmentReportedInvalid(t *testing.T) {
 func TestJournalReported(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	clk := newClock()
+	clk := testutil.NewClock(time.Unix(1_750_000_000, 0))
 	j := NewJournal(s, JournalOptions{Writer: "hashserv", Now: clk.Now})
 	const n = 64
 	inSegment := func(match func(*Segment) bool) bool {

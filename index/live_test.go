@@ -11,27 +11,8 @@ import (
 	"time"
 
 	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/internal/testutil"
 )
-
-// fakeClock is the injected clock: tests move it, nothing sleeps.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: time.Unix(1_750_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // logRecorder keeps "LEVEL message" of each record.
 type logRecorder struct {
@@ -85,7 +66,7 @@ func TestLiveFreshness(t *testing.T) {
 	ctx := context.Background()
 	s := newCounting(newStore(t))
 	a := saveN(t, s, 10, 1)
-	clk := newClock()
+	clk := testutil.NewClock(time.Unix(1_750_000_000, 0))
 	l := NewLive(s, LiveOptions{Interval: time.Minute, MaxAge: 5 * time.Minute, Now: clk.Now})
 	if l.Current() != nil || l.Fresh() || !l.LastLoad().IsZero() {
 		t.Fatal("a new Live has an index")
@@ -132,7 +113,7 @@ func TestLiveFreshness(t *testing.T) {
 }
 
 func TestLiveDefaults(t *testing.T) {
-	clk := newClock()
+	clk := testutil.NewClock(time.Unix(1_750_000_000, 0))
 	s := newStore(t)
 	saveN(t, s, 1, 1)
 	l := NewLive(s, LiveOptions{Now: clk.Now})
@@ -152,7 +133,7 @@ func TestLiveDefaults(t *testing.T) {
 func TestLiveNoIndex(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	clk := newClock()
+	clk := testutil.NewClock(time.Unix(1_750_000_000, 0))
 	l := NewLive(s, LiveOptions{Interval: time.Minute, Now: clk.Now})
 	if err := l.LoadOnce(ctx); !errors.Is(err, ErrNoIndex) || l.Current() != nil || l.Fresh() {
 		t.Fatalf("LoadOnce on a store without index = %v, current %v, fresh %v", err, l.Current(), l.Fresh())

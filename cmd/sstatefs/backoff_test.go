@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -114,28 +113,9 @@ func TestPrintLiveStatusCache(t *testing.T) {
 	}
 }
 
-// fakeClock is the cache's clock of a test mount: it moves only when told.
-type fakeClock struct {
-	mu sync.Mutex // protects t
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-// passBackoff moves the clock past any back-off of a failed download.
-func (c *fakeClock) passBackoff() {
-	c.mu.Lock()
-	c.t = c.t.Add(time.Hour)
-	c.mu.Unlock()
-}
-
 // fakeCacheClock gives the mounts the test starts a clock it moves.
-func fakeCacheClock(t *testing.T) *fakeClock {
-	c := &fakeClock{t: time.Now()}
+func fakeCacheClock(t *testing.T) *testutil.Clock {
+	c := testutil.NewClock(time.Now())
 	mount.CacheClock = c.Now
 	t.Cleanup(func() { mount.CacheClock = time.Now })
 	return c
