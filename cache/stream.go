@@ -116,22 +116,38 @@ func (c *Cache) OpenStream(ctx context.Context, obj Object) (Handle, error) {
 	if c.isClosed() {
 		return nil, fmt.Errorf("%s: %w", obj.Name, ErrClosed)
 	}
-	if f, err := c.openCached(obj); f != nil || err != nil {
+	for attempt := 0; ; attempt++ {
+		if f, err := c.openCached(obj); f != nil || err != nil {
+			if err != nil {
+				return nil, err
+			}
+			return fileHandle{f, obj.Size}, nil
+		}
+		if testHookMissed != nil && attempt == 0 {
+			testHookMissed()
+		}
+		// A download may have been filed since openCached looked: then it
+		// is read from the cache rather than downloaded again (once; a
+		// second time the entry was dropped as corrupt, and is fetched).
+		d, err := c.startDownload(obj, attempt > 0)
 		if err != nil {
 			return nil, err
 		}
-		return fileHandle{f, obj.Size}, nil
+		if d != nil {
+			return &streamHandle{c: c, d: d}, nil
+		}
 	}
-	d, err := c.startDownload(obj)
-	if err != nil {
-		return nil, err
-	}
-	return &streamHandle{c: c, d: d}, nil
 }
 
+// testHookMissed, when set by a test, runs between OpenStream's look at the
+// cache and the start of a download.
+var testHookMissed func()
+
 // startDownload returns the running download of obj, starting it if needed,
-// with a reference taken for the caller.
-func (c *Cache) startDownload(obj Object) (*download, error) {
+// with a reference taken for the caller. It returns nil (and no error) when
+// no download runs but obj is in the cache, filed since the caller looked,
+// unless always is set.
+func (c *Cache) startDownload(obj Object, always bool) (*download, error) {
 	c.dlMu.Lock()
 	defer c.dlMu.Unlock()
 	if c.closed {
@@ -142,6 +158,11 @@ func (c *Cache) startDownload(obj Object) (*download, error) {
 		d.refs++
 		d.mu.Unlock()
 		return d, nil
+	}
+	// A download is removed from downloads (under dlMu) only after it was
+	// filed, so this sees its entry.
+	if !always && c.Has(obj.ID) {
+		return nil, nil
 	}
 	if err := c.backoff.check(obj); err != nil {
 		return nil, err

@@ -312,3 +312,57 @@ func TestStreamChunkVerified(t *testing.T) {
 		})
 	}
 }
+
+// TestOpenAfterDownloadFiled: an open that missed the cache while a
+// download of the same object was finishing reads the filed entry instead
+// of downloading the object a second time (seen as a rare "downloads = 2"
+// in fs's TestKernelOpensKeepPages).
+func TestOpenAfterDownloadFiled(t *testing.T) {
+	c, err := Open(Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	data := make([]byte, 100_000)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	var fetches atomic.Int64
+	obj := Object{ID: "filed-meanwhile", Size: int64(len(data)), SHA256: sha256.Sum256(data), Name: "x",
+		Fetch: func(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+			fetches.Add(1)
+			return io.NopCloser(bytes.NewReader(data[off:])), nil
+		}}
+	first, err := c.OpenStream(context.Background(), obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	// The second open misses (as if it had looked before the first
+	// download was filed): the hook makes the cache forget, for that look
+	// only, that the object is there.
+	c.mu.Lock()
+	c.lru.Remove(obj.ID)
+	c.mu.Unlock()
+	testHookMissed = func() {
+		c.mu.Lock()
+		c.lru.Add(obj.ID, obj.Size)
+		c.mu.Unlock()
+	}
+	t.Cleanup(func() { testHookMissed = nil })
+	h, err := c.OpenStream(context.Background(), obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	got := make([]byte, len(data))
+	if n, err := h.ReadAt(context.Background(), got, 0); n != len(data) || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, %v", n, err)
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Fatalf("fetched %d times, want 1: an open that missed the cache while the object was filed downloaded it again", n)
+	}
+}
