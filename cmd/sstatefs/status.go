@@ -140,9 +140,9 @@ func printLiveStatus(w io.Writer, st mount.LiveStatus, now time.Time) {
 		}
 	}
 	fmt.Fprintf(w, "lookups:  %d present, %d absent, %d store probes (%d failed)\n", st.Lookups.Hits+st.Lookups.ProbeHits, st.Lookups.Misses, st.Lookups.Probes, st.Lookups.ProbeErrors)
-	fmt.Fprintf(w, "uploads:  %d pending (%s), %d waiting for the index journal, %d failing; %d uploaded (%s), %d kept by the store (other content), %d failed attempts\n",
+	fmt.Fprintf(w, "uploads:  %d pending (%s), %d waiting for the index journal, %d failing; %d uploaded (%s), %d kept by the store (other content), %d dropped (file changed after publication), %d failed attempts\n",
 		st.Queue.Pending, units.Bytes(st.Queue.PendingBytes), st.Queue.Uploaded, st.Queue.Failing,
-		st.Uploads.Uploaded, units.Bytes(st.Uploads.UploadedBytes), st.Uploads.Conflicts, st.Uploads.Failures)
+		st.Uploads.Uploaded, units.Bytes(st.Uploads.UploadedBytes), st.Uploads.Conflicts, st.Uploads.Changed, st.Uploads.Failures)
 	printEntries(w, st.Entries, now)
 	if len(st.Errors) > 0 {
 		fmt.Fprintf(w, "recent warnings and errors:\n")
