@@ -41,7 +41,7 @@ type Handle interface {
 // Streaming parameters: objects larger than a chunk (Options.ChunkSize,
 // default 8 MiB) are fetched with up to chunkWorkers parallel ranged GETs.
 // The pieces verified before they are served are the object's own
-// (Object.ChunkSize, the index's 8 MiB): the verifier follows the
+// (Object.ChunkSize, the index's 1 MiB): the verifier follows the
 // contiguous prefix, so the two sizes need not agree.
 const (
 	defaultChunkSize = 8 << 20

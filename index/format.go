@@ -52,7 +52,7 @@
 //	32 bytes SHA-256 of the content (all zero = unknown)
 //	uvarint  last access, unix seconds, at most 2^32-1 (0 = none; version 2 on)
 //	uvarint  K, the number of chunk digests (version 4 only): 0, or for an
-//	         object larger than ChunkSize (8 MiB), ceil(size / ChunkSize)
+//	         object larger than ChunkSize (1 MiB), ceil(size / ChunkSize)
 //	K times  32 bytes SHA-256 of the object's bytes [k*ChunkSize,
 //	         min((k+1)*ChunkSize, size)), in order
 //

@@ -58,9 +58,10 @@ func scaleNames(t testing.TB) []string {
 
 // scaleObjects returns n objects named like tmpl (each package followed by
 // its .siginfo) with random unihashes, sizes, times to the nanosecond and
-// digests, in random order. One object in 20 is larger than ChunkSize (8
-// to 96 MiB) and carries its chunk digests, as a build's largest packages
-// do (most objects are small: a core-image-minimal store averages 1 MB).
+// digests, in random order. One object in 20 is a large package of 8 to 24
+// MiB with its chunk digests; the others are under 256 KiB: a store that
+// averages about 1 MiB an object, as a core-image-minimal store does, with
+// most of its bytes in its largest packages.
 func scaleObjects(tmpl []string, n int, seed uint64) []Object {
 	r := rand.New(rand.NewPCG(seed, 0x5ca1e))
 	seen := make(map[string]struct{}, n)
@@ -74,13 +75,13 @@ func scaleObjects(tmpl []string, n int, seed uint64) []Object {
 			seen[k] = struct{}{}
 			o := randomObject(r, k)
 			if len(objs)%20 == 0 {
-				o.Size = ChunkSize + 1 + r.Int64N(11*ChunkSize)
+				o.Size = 8<<20 + 1 + r.Int64N(16<<20)
 				o.Chunks = make([][32]byte, NumChunks(o.Size))
 				for c := range o.Chunks {
 					o.Chunks[c][0], o.Chunks[c][1] = byte(r.Uint32()), byte(c)
 				}
 			} else {
-				o.Size = r.Int64N(ChunkSize)
+				o.Size = r.Int64N(256 << 10)
 			}
 			objs = append(objs, o)
 		}

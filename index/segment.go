@@ -33,7 +33,7 @@
 //	            math.MinInt64 = unknown), string PN, PV, PR, task, owner
 //	            (version 2 on)
 //	4 Chunked:  an Added record followed by uvarint K and K times 32 bytes,
-//	            the SHA-256 of each ChunkSize (8 MiB) piece of the object in
+//	            the SHA-256 of each ChunkSize (1 MiB) piece of the object in
 //	            order: K = ceil(size / ChunkSize) > 1 (version 3 only)
 //
 // where a string is a uvarint length (at most 4096) and the bytes, and a
