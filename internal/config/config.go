@@ -71,20 +71,36 @@ type PublishConfig struct {
 	Concurrency  int      `toml:"concurrency"`   // uploads at once
 	DrainTimeout Duration `toml:"drain_timeout"` // at SIGTERM: how long to keep uploading before exit
 	WriterID     string   `toml:"writer_id"`     // names this mount's journal segments; default: the host name
+	// RequireStore refuses to mount when the publish store cannot be
+	// reached at start (otherwise the mount comes up degraded).
+	RequireStore bool `toml:"require_store"`
 }
 
 // StoreConfig is one store; stores are listed in trust order.
 type StoreConfig struct {
-	URL             string   `toml:"url"`               // file:///dir, s3://bucket/prefix, https://host/path
-	Endpoint        string   `toml:"endpoint"`          // s3: custom endpoint of an S3-compatible server
-	Region          string   `toml:"region"`            // s3
-	PathStyle       bool     `toml:"path_style"`        // s3: path-style addressing
-	Profile         string   `toml:"profile"`           // s3: shared config profile
-	CABundle        string   `toml:"ca_bundle"`         // s3, https: extra CA certificates (PEM)
-	BearerTokenFile string   `toml:"bearer_token_file"` // https: file holding a bearer token
-	Netrc           string   `toml:"netrc"`             // https: netrc file for basic auth
-	Timeout         Duration `toml:"timeout"`           // deadline of every remote call
-	MaxConnections  int      `toml:"max_connections"`
+	URL string `toml:"url"` // file:///dir, s3://bucket/prefix, https://host/path
+	// Name is the store's short name in logs, metrics, status and the
+	// commands' --store NAME; default: derived from the URL (StoreName).
+	Name string `toml:"name"`
+	// Publish marks the one store that receives what bitbake publishes;
+	// when no store has it, the first writable store does.
+	Publish bool `toml:"publish"`
+	// ReadOnly keeps every write away from the store (http(s) stores are
+	// always read-only).
+	ReadOnly bool `toml:"read_only"`
+	// EquivalencesFrom says whose hash equivalence records may lead a name
+	// to this store's objects: "trusted" (this store's and more trusted
+	// stores' records; the default) or "any" (less trusted stores' too).
+	EquivalencesFrom string   `toml:"equivalences_from"`
+	Endpoint         string   `toml:"endpoint"`          // s3: custom endpoint of an S3-compatible server
+	Region           string   `toml:"region"`            // s3
+	PathStyle        bool     `toml:"path_style"`        // s3: path-style addressing
+	Profile          string   `toml:"profile"`           // s3: shared config profile
+	CABundle         string   `toml:"ca_bundle"`         // s3, https: extra CA certificates (PEM)
+	BearerTokenFile  string   `toml:"bearer_token_file"` // https: file holding a bearer token
+	Netrc            string   `toml:"netrc"`             // https: netrc file for basic auth
+	Timeout          Duration `toml:"timeout"`           // deadline of every remote call
+	MaxConnections   int      `toml:"max_connections"`
 }
 
 // CacheConfig is the local disk cache.
