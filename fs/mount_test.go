@@ -84,8 +84,9 @@ type testMount struct {
 	fuseLog  *testutil.SyncBuffer // what go-fuse logged
 	fsLog    *testutil.SyncBuffer // what the FS logged
 	fs       *sfs.FS
-	// clock is the cache's clock: moving it ends the back-off of objects
-	// whose download failed, without sleeping.
+	// clock is the cache's and the view's clock: moving it ends the
+	// back-off of objects whose download failed, and of a store that did
+	// not answer, without sleeping.
 	clock *testutil.Clock
 }
 
@@ -160,7 +161,7 @@ func mount(t testing.TB, o mountOpts) *testMount {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := view.New(view.Options{Store: store, Index: live, Cache: c, Probes: cache.NewStatCache(1000, time.Minute, time.Minute)})
+	v := view.New(view.Options{Store: store, Index: live, Cache: c, Probes: cache.NewStatCache(1000, time.Minute, time.Minute), Now: clock.Now})
 	fsLog := &testutil.SyncBuffer{}
 	if o.owner == nil {
 		o.owner = &[2]uint32{uint32(os.Getuid()), uint32(os.Getgid())}
@@ -634,6 +635,7 @@ func TestStoreDownWithoutIndex(t *testing.T) {
 		t.Fatalf("stat with the store down took %v", d)
 	}
 	m.fault.down.Store(false)
+	m.clock.Add(time.Hour)              // past the back-off of the store that did not answer
 	time.Sleep(1100 * time.Millisecond) // kernel negative entry timeout
 	if _, err := os.Stat(filepath.Join(m.dir, pkgKey)); err != nil {
 		t.Fatalf("stat after recovery: %v", err)

@@ -57,6 +57,8 @@ type Live struct {
 	localMu sync.Mutex
 	local   map[string]localSegment // segments this process wrote, by key
 	gen     uint64                  // counts Apply calls
+
+	lastErr atomic.Pointer[string] // of the last refresh, nil when it succeeded
 }
 
 // localSegment is a segment given to Apply, kept until a listing of the
@@ -119,7 +121,27 @@ func (l *Live) LoadOnce(ctx context.Context) error {
 	defer l.mu.Unlock()
 	err := l.refreshLocked(ctx)
 	l.outcome = outcomeOf(err)
+	l.noteLocked(err)
 	return err
+}
+
+// noteLocked keeps the outcome of a refresh for RefreshError.
+func (l *Live) noteLocked(err error) {
+	if err == nil || errors.Is(err, ErrNoIndex) {
+		l.lastErr.Store(nil)
+		return
+	}
+	msg := err.Error()
+	l.lastErr.Store(&msg)
+}
+
+// RefreshError is the error of the last refresh ("" when it succeeded or
+// found no index): the store did not answer, or answered nonsense.
+func (l *Live) RefreshError() string {
+	if p := l.lastErr.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Run refreshes the index every Interval until ctx is done. A failed
@@ -138,6 +160,7 @@ func (l *Live) Run(ctx context.Context) {
 		err := l.refreshLocked(ctx)
 		if ctx.Err() == nil {
 			l.reportLocked(ctx, err)
+			l.noteLocked(err)
 		}
 		l.mu.Unlock()
 	}

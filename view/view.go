@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,30 +35,56 @@ type Object struct {
 	// Source is the store key holding the bytes: Key, or for a name
 	// resolved through hash equivalence, the object of its unihash.
 	Source string
+	// Store is the position in the view's stores (trust order) of the
+	// store holding the bytes.
+	Store int
+}
+
+// Store is one store of a view. A view's stores are in trust order, the
+// most trusted first: a name is the most trusted store's that has it.
+type Store struct {
+	Name   string        // in logs, metrics and status
+	Store  backend.Store //
+	Index  *index.Live   // its Current may be nil: a store without an index
+	Probes *cache.StatCache
+	// AnyEquivalences lets the hash equivalence records of less trusted
+	// stores lead names to this store's objects (equivalences_from =
+	// "any"); by default only this store's and more trusted stores'
+	// records may.
+	AnyEquivalences bool
+	// OnAccess is told of every recorded access to this store's objects
+	// (the publish store's journal batches them into its index). May be
+	// nil: nothing is recorded in the other stores.
+	OnAccess func(key string, t time.Time)
 }
 
 // Options configure a View.
 type Options struct {
-	Store  backend.Store
-	Index  *index.Live // its Current may be nil: a store without an index
-	Cache  *cache.Cache
-	Probes *cache.StatCache // answers of probes, for stores without a fresh index
-	Logger *slog.Logger
-	// OnAccess is told of every recorded access (the journal batches them
-	// into the index). May be nil.
+	// Stores in trust order, the most trusted first.
+	Stores []Store
+	// Store, Index, Probes and OnAccess describe a view of a single store
+	// (added after Stores, named after the store's location).
+	Store    backend.Store
+	Index    *index.Live
+	Probes   *cache.StatCache
 	OnAccess func(key string, t time.Time)
+
+	Cache  *cache.Cache
+	Logger *slog.Logger
 	// PrefetchWorkers bounds background prefetches; 0 disables Prefetch.
 	PrefetchWorkers int
+	// Now is the clock of the stores' back-off while they do not answer;
+	// nil means time.Now.
+	Now func() time.Time
 }
 
-// View answers questions about the store's objects. Safe for concurrent use.
+// View answers questions about the stores' objects. Safe for concurrent
+// use.
 type View struct {
-	store  backend.Store
-	index  *index.Live
+	stores []*tier
 	cache  *cache.Cache
-	probes *cache.StatCache
 	log    *slog.Logger
-	access func(key string, t time.Time)
+	now    func() time.Time
 
 	mu      sync.Mutex           // protects touched
 	touched map[string]time.Time // access times recorded by utimensat/touch
@@ -91,10 +118,23 @@ func New(opt Options) *View {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opt.Probes == nil {
-		opt.Probes = cache.NewStatCache(100_000, time.Minute, time.Minute)
+	if opt.Now == nil {
+		opt.Now = time.Now
 	}
-	v := &View{store: opt.Store, index: opt.Index, cache: opt.Cache, probes: opt.Probes, log: opt.Logger, access: opt.OnAccess, touched: map[string]time.Time{}}
+	stores := opt.Stores
+	if opt.Store != nil {
+		stores = append(slices.Clip(stores), Store{Name: opt.Store.Location(), Store: opt.Store, Index: opt.Index, Probes: opt.Probes, OnAccess: opt.OnAccess})
+	}
+	v := &View{cache: opt.Cache, log: opt.Logger, now: opt.Now, touched: map[string]time.Time{}}
+	for i, s := range stores {
+		if s.Probes == nil {
+			s.Probes = cache.NewStatCache(100_000, time.Minute, time.Minute)
+		}
+		if s.Index == nil {
+			s.Index = index.NewLive(s.Store, index.LiveOptions{})
+		}
+		v.stores = append(v.stores, &tier{Store: s, pos: i})
+	}
 	if opt.PrefetchWorkers > 0 {
 		v.prefetch = make(chan Object, 10_000)
 		v.prefetchWorkers = opt.PrefetchWorkers
@@ -102,12 +142,12 @@ func New(opt Options) *View {
 	return v
 }
 
-// Store is the store the view reads.
-func (v *View) Store() backend.Store { return v.store }
-
-// Stat returns the object at key. An absent name answers ErrNotExist from
-// memory while the index is fresh; otherwise names of the sstate grammar are
-// probed in the store (cached), and other names do not exist.
+// Stat returns the object at key. A name is the most trusted store's that
+// has it. The stores' indexes answer from memory; a name none of them has
+// is absent while they are all fresh, else names of the sstate grammar are
+// probed (cached) in the stores that cannot answer from memory, in trust
+// order, and other names do not exist. A store that does not answer is
+// left out (its names are absent) until it answers again.
 func (v *View) Stat(ctx context.Context, key string) (Object, error) {
 	o, probed, err := v.stat(ctx, key)
 	switch {
@@ -127,63 +167,175 @@ func (v *View) stat(ctx context.Context, key string) (o Object, probed bool, err
 	if Hidden(key) {
 		return Object{}, false, notExist(key)
 	}
-	ix := v.index.Current()
-	if ix != nil {
-		if o, ok := ix.Lookup(key); ok {
-			return Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256, Chunks: o.Chunks, Source: o.Key}, false, nil
+	// The indexes, in trust order, from memory. A store that does not
+	// answer yields to a less trusted one holding the name unless the
+	// object is in the cache.
+	best, fallback := -1, -1
+	var fb Object
+	eqs := false
+	for _, t := range v.stores {
+		ix := t.Index.Current()
+		if ix == nil {
+			continue
+		}
+		eqs = eqs || ix.NumEquivalences() > 0
+		if best >= 0 {
+			continue
+		}
+		if io, ok := ix.Lookup(key); ok {
+			obj := objectOf(io, io.Key, t.pos)
+			if t.down(v.now()) && !v.Cached(obj) {
+				if fallback < 0 {
+					fallback, fb = t.pos, obj
+				}
+				continue
+			}
+			best, o = t.pos, obj
 		}
 	}
-	// Resolution through hash equivalence costs a parse and a lookup: only
-	// when the index has equivalences at all.
-	if ix != nil && ix.NumEquivalences() > 0 {
+	// Resolution through hash equivalence costs a parse and a lookup per
+	// store: only when an index has equivalences at all, and only a
+	// resolution more trusted than the name itself wins.
+	if eqs {
 		if name, err := sstate.Parse(key); err == nil {
-			if o, ok := v.resolve(ix, name); ok {
-				o.Key = key
+			limit := best
+			if limit < 0 {
+				limit = len(v.stores)
+			}
+			if r, ok := v.resolve(name, limit); ok {
+				r.Key = key
 				v.resolved.Add(1)
-				return o, false, nil
+				v.stores[r.Store].resolved.Add(1)
+				return r, false, nil
 			}
 		}
 	}
-	if ix != nil && v.index.Fresh() {
-		return Object{}, false, errNotExist
+	if best >= 0 {
+		v.stores[best].hits.Add(1)
+		return o, false, nil
+	}
+	if fallback >= 0 {
+		// only a store that does not answer has it: try it anyway
+		v.stores[fallback].hits.Add(1)
+		return fb, false, nil
 	}
 	if _, err := sstate.Parse(key); err != nil {
 		return Object{}, false, errNotExist
 	}
-	if info, present, known := v.probes.Get(key); known {
-		if !present {
-			return Object{}, false, notExist(key)
+	// The stores that cannot answer from memory, probed in trust order.
+	var firstErr error
+	answered := false
+	for _, t := range v.stores {
+		if t.Index.Current() != nil && t.Index.Fresh() {
+			answered = true
+			continue
 		}
-		return Object{Key: key, Size: info.Size, ModTime: info.ModTime, Source: key}, false, nil
+		if t.down(v.now()) {
+			continue // absent until it answers again
+		}
+		obj, present, err := v.probe(ctx, t, key)
+		switch {
+		case err == nil && present:
+			return obj, true, nil
+		case err == nil:
+			answered = true
+		case ctx.Err() != nil:
+			return Object{}, true, err
+		default:
+			t.failed(v, err)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		probed = true
 	}
-	v.probeCount.Add(1)
-	oi, err := v.store.Stat(ctx, key)
-	if errors.Is(err, backend.ErrNotExist) {
-		v.probes.Absent(key)
-		return Object{}, true, err
+	if !answered && firstErr != nil {
+		return Object{}, probed, firstErr
 	}
-	if err != nil {
-		return Object{}, true, err
+	if probed {
+		return Object{}, true, notExist(key)
 	}
-	v.probes.Present(key, cache.Info{Size: oi.Size, ModTime: oi.ModTime})
-	return Object{Key: key, Size: oi.Size, ModTime: oi.ModTime, Source: key}, true, nil
+	return Object{}, false, errNotExist
 }
 
-// resolve answers a name whose hash is a taskhash with a recorded unihash by
-// the object of that unihash (same task, same companion), if it exists: the
-// same bytes under the name bitbake asked for. Nothing is copied.
-func (v *View) resolve(ix *index.Index, name sstate.Name) (Object, bool) {
-	e, ok := ix.ByTaskhash(name.Hash)
-	if !ok || e.Unihash == name.Hash || len(e.Unihash) < 4 {
-		return Object{}, false
+// probe asks store t whether key exists, through its cache of answers.
+func (v *View) probe(ctx context.Context, t *tier, key string) (Object, bool, error) {
+	if info, present, known := t.Probes.Get(key); known {
+		if !present {
+			return Object{}, false, nil
+		}
+		return Object{Key: key, Size: info.Size, ModTime: info.ModTime, Source: key, Store: t.pos}, true, nil
 	}
-	target := name
-	target.Hash = e.Unihash
-	o, ok := ix.Lookup(target.String())
-	if !ok {
-		return Object{}, false
+	v.probeCount.Add(1)
+	t.probes.Add(1)
+	oi, err := t.Store.Store.Stat(ctx, key)
+	if errors.Is(err, backend.ErrNotExist) {
+		t.Probes.Absent(key)
+		t.answered(v)
+		return Object{}, false, nil
 	}
-	return Object{Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256, Chunks: o.Chunks, Source: o.Key}, true
+	if err != nil {
+		t.probeErrors.Add(1)
+		return Object{}, false, err
+	}
+	t.answered(v)
+	t.probeHits.Add(1)
+	t.Probes.Present(key, cache.Info{Size: oi.Size, ModTime: oi.ModTime})
+	return Object{Key: key, Size: oi.Size, ModTime: oi.ModTime, Source: key, Store: t.pos}, true, nil
+}
+
+func objectOf(o index.Object, key string, store int) Object {
+	return Object{Key: key, Size: o.Size, ModTime: o.ModTime, SHA256: o.SHA256, Chunks: o.Chunks, Source: o.Key, Store: store}
+}
+
+// resolve answers a name whose hash is a taskhash with a recorded unihash
+// by the object of that unihash (same task, same companion), if one
+// exists: the same bytes under the name bitbake asked for. Nothing is
+// copied.
+//
+// Every store's records count. A resolution is only as trusted as the less
+// trusted of the store holding the record and the store holding the
+// object, and a store's objects are reached through the records of less
+// trusted stores only if it accepts them (AnyEquivalences): otherwise a
+// less trusted store could redirect a name to an object of its choice.
+// The most trusted resolution wins, if it is more trusted than limit.
+func (v *View) resolve(name sstate.Name, limit int) (Object, bool) {
+	var best Object
+	found := false
+	for _, rt := range v.stores {
+		if rt.pos >= limit {
+			break // every resolution through it is at most as trusted
+		}
+		ix := rt.Index.Current()
+		if ix == nil || ix.NumEquivalences() == 0 {
+			continue
+		}
+		e, ok := ix.ByTaskhash(name.Hash)
+		if !ok || e.Unihash == name.Hash || len(e.Unihash) < 4 {
+			continue
+		}
+		target := name
+		target.Hash = e.Unihash
+		key := target.String()
+		for _, ot := range v.stores {
+			trust := max(ot.pos, rt.pos)
+			if trust >= limit {
+				break
+			}
+			if ot.pos < rt.pos && !ot.AnyEquivalences {
+				continue
+			}
+			oix := ot.Index.Current()
+			if oix == nil {
+				continue
+			}
+			if o, ok := oix.Lookup(key); ok {
+				best, limit, found = objectOf(o, "", ot.pos), trust, true
+				break
+			}
+		}
+	}
+	return best, found
 }
 
 // Hidden reports whether key is the store's metadata (backend.MetaPrefix,
@@ -225,11 +377,20 @@ func (v *View) IsDir(dir string) bool {
 	if Hidden(dir) {
 		return false
 	}
-	ix := v.index.Current()
-	if ix != nil && ix.IsDir(dir) {
-		return true
+	// Every store must be able to say "nothing there" from memory (a store
+	// that does not answer has nothing for now).
+	fromMemory := true
+	now := v.now()
+	for _, t := range v.stores {
+		ix := t.Index.Current()
+		if ix != nil && ix.IsDir(dir) {
+			return true
+		}
+		if ix == nil || ix.NumEquivalences() > 0 || !t.Index.Fresh() {
+			fromMemory = fromMemory && t.down(now)
+		}
 	}
-	if ix != nil && ix.NumEquivalences() == 0 && v.index.Fresh() {
+	if fromMemory {
 		return false
 	}
 	// Otherwise every directory of the SSTATE_DIR layout exists, also where
@@ -250,19 +411,27 @@ func (v *View) IsDir(dir string) bool {
 	return true
 }
 
-// ReadDir lists what the index knows directly in dir. A store without an
-// index cannot be listed: it answers nothing.
+// ReadDir lists what the stores' indexes know directly in dir, each name
+// once, sorted. A store without an index cannot be listed: it adds
+// nothing.
 func (v *View) ReadDir(dir string) []index.Entry {
-	ix := v.index.Current()
-	if ix == nil {
-		return nil
-	}
 	var out []index.Entry
-	for _, e := range ix.Children(dir) {
-		if Hidden(Join(dir, e.Name)) {
+	seen := map[string]bool{}
+	for _, t := range v.stores {
+		ix := t.Index.Current()
+		if ix == nil {
 			continue
 		}
-		out = append(out, e)
+		for _, e := range ix.Children(dir) {
+			if seen[e.Name] || Hidden(Join(dir, e.Name)) {
+				continue
+			}
+			seen[e.Name] = true
+			out = append(out, e)
+		}
+	}
+	if len(v.stores) > 1 {
+		slices.SortFunc(out, func(a, b index.Entry) int { return strings.Compare(a.Name, b.Name) })
 	}
 	return out
 }
@@ -336,8 +505,10 @@ func (v *View) cacheObject(o Object) cache.Object {
 	if src == "" {
 		src = o.Key
 	}
+	t := v.stores[o.Store]
 	return cache.Object{
-		ID:     cache.IDFor(o.SHA256, v.store.Location()+"/"+src, o.Size, o.ModTime),
+		// an object with a digest is cached once, whatever store it came from
+		ID:     cache.IDFor(o.SHA256, t.Store.Store.Location()+"/"+src, o.Size, o.ModTime),
 		Size:   o.Size,
 		SHA256: o.SHA256,
 		Name:   src,
@@ -350,9 +521,29 @@ func (v *View) cacheObject(o Object) cache.Object {
 				// checksums of the response
 				ctx = backend.WithSHA256(ctx, o.SHA256)
 			}
-			return v.store.Open(ctx, src, off, n)
+			rc, err := t.Store.Store.Open(ctx, src, off, n)
+			if err != nil {
+				if !errors.Is(err, backend.ErrNotExist) && ctx.Err() == nil {
+					t.fetchErrors.Add(1)
+					t.failed(v, err)
+				}
+				return nil, err
+			}
+			return &countingReader{ReadCloser: rc, n: &t.fetched}, nil
 		},
 	}
+}
+
+// countingReader counts the bytes read through it into n.
+type countingReader struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	r.n.Add(int64(n))
+	return n, err
 }
 
 // Touch records an access to an object (bitbake's utimensat/touch on
@@ -364,12 +555,12 @@ func (v *View) Touch(o Object, t time.Time) {
 		v.touched[o.Key] = t
 	}
 	v.mu.Unlock()
-	if v.access != nil {
+	if rec := v.stores[o.Store].OnAccess; rec != nil {
 		src := o.Source
 		if src == "" {
 			src = o.Key
 		}
-		v.access(src, t)
+		rec(src, t)
 	}
 }
 
@@ -387,4 +578,8 @@ func (v *View) ModTime(o Object) time.Time {
 
 // Forget drops cached probe answers for key (it was created or removed
 // through the mount).
-func (v *View) Forget(key string) { v.probes.Forget(key) }
+func (v *View) Forget(key string) {
+	for _, t := range v.stores {
+		t.Probes.Forget(key)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/access"
 	"github.com/sstatefs/sstatefs/internal/mount"
+	"github.com/sstatefs/sstatefs/view"
 )
 
 func cmdHashserv(args []string) int {
@@ -75,7 +76,7 @@ BB_HASHSERVE or as the BB_HASHSERVE_UPSTREAM of its local server. No database se
 		c.report(err)
 		return 2
 	}
-	_, addr, err := mount.StartHashserv(ctx, *listen, mount.NewEquivBackend(live, journal), ro, owner, access.Rule{UID: uid, GID: gid}, log)
+	_, addr, err := mount.StartHashserv(ctx, *listen, mount.NewEquivBackend(view.New(view.Options{Store: store, Index: live}), journal), ro, owner, access.Rule{UID: uid, GID: gid}, log)
 	if err != nil {
 		return c.fail(err)
 	}

@@ -110,7 +110,7 @@ func printLiveStatus(w io.Writer, st mount.LiveStatus, now time.Time) {
 	}
 	fmt.Fprintf(w, "mount:    %s (pid %d, up %s, %s)\n", st.Mountpoint, st.PID, st.Uptime, ready)
 	for i, s := range st.Stores {
-		fmt.Fprintf(w, "store %d:  %s\n", i+1, s)
+		printStoreStatus(w, i, s, len(st.Stores) > 1)
 	}
 	fmt.Fprintf(w, "cache:    %s\n", st.CacheDir)
 	if st.Index.Loaded {
@@ -149,6 +149,36 @@ func printLiveStatus(w io.Writer, st mount.LiveStatus, now time.Time) {
 		for _, e := range st.Errors {
 			fmt.Fprintf(w, "  %s %-5s %s %s\n", e.Time.Format(time.RFC3339), e.Level, e.Message, e.Attrs)
 		}
+	}
+}
+
+// printStoreStatus prints a store's line: name, location, role, state,
+// and with several stores its own index and counters.
+func printStoreStatus(w io.Writer, i int, s mount.StoreStatus, several bool) {
+	role := ""
+	if s.Publish {
+		role = ", publish store"
+	}
+	state := ""
+	if s.Down {
+		state = fmt.Sprintf(", DOWN since %s: %s", s.DownSince.Format(time.RFC3339), s.LastError)
+	}
+	fmt.Fprintf(w, "store %d:  %s (%s%s%s)\n", i+1, s.Name, s.Location, role, state)
+	if !several {
+		return
+	}
+	ix := "no index: probed"
+	if s.Index.Loaded {
+		fresh := "fresh"
+		if !s.Index.Fresh {
+			fresh = "STALE"
+		}
+		ix = fmt.Sprintf("index %d objects (%s), %d equivalences, loaded %s ago (%s)", s.Index.Objects, units.Bytes(s.Index.Bytes), s.Index.Equivalences, s.Index.Age, fresh)
+	}
+	fmt.Fprintf(w, "          %s; %d names served, %d resolved, %d probes (%d found, %d failed), %s fetched, %d failed downloads\n",
+		ix, s.Hits, s.Resolved, s.Probes, s.ProbeHits, s.ProbeErrors, units.Bytes(s.FetchedBytes), s.FetchErrors)
+	if s.RefreshError != "" {
+		fmt.Fprintf(w, "          index refresh failing: %s\n", s.RefreshError)
 	}
 }
 

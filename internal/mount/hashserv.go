@@ -13,37 +13,40 @@ import (
 	"github.com/sstatefs/sstatefs/internal/access"
 	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/unixsock"
+	"github.com/sstatefs/sstatefs/view"
 )
 
-// equivBackend serves bitbake's hash equivalence protocol from the index:
-// reads from the live merged index, reports recorded into the store
-// through the journal (and applied to the live index at once).
+// equivBackend serves bitbake's hash equivalence protocol from the stores'
+// indexes: reads from the view's merged records under its trust rule (as
+// bitbake's server with BB_HASHSERVE_UPSTREAM consults its upstream),
+// reports recorded in the publish store through the journal (and applied
+// to its live index at once).
 type equivBackend struct {
-	live    *index.Live
+	view    *view.View
 	journal *index.Journal
 }
 
 var _ hashserv.Backend = (*equivBackend)(nil)
 
-// NewEquivBackend serves the protocol from live and records reports
-// through journal.
-func NewEquivBackend(live *index.Live, journal *index.Journal) hashserv.Backend {
-	return &equivBackend{live: live, journal: journal}
+// NewEquivBackend serves the protocol from v and records reports through
+// journal (the publish store's).
+func NewEquivBackend(v *view.View, journal *index.Journal) hashserv.Backend {
+	return &equivBackend{view: v, journal: journal}
 }
 
 func (b *equivBackend) Get(method, taskhash string) (index.Equivalence, bool) {
-	return b.live.Current().Equivalence(method, taskhash)
+	return b.view.Equivalence(method, taskhash)
 }
 
 func (b *equivBackend) GetByOuthash(method, outhash string) (index.Equivalence, bool) {
-	return b.live.Current().ByOuthash(method, outhash)
+	return b.view.ByOuthash(method, outhash)
 }
 
 // ObjectExists: bitbake asks only for objects that exist, so this answers
-// from the index whether an sstate object named by the unihash is present,
-// at the top level or under any NATIVELSBSTRING directory.
+// from the indexes whether an sstate object named by the unihash is
+// present, at the top level or under any NATIVELSBSTRING directory.
 func (b *equivBackend) ObjectExists(unihash string) bool {
-	return b.live.Current().HasObjectOfHash(unihash)
+	return b.view.HasObjectOfHash(unihash)
 }
 
 func (b *equivBackend) Record(ctx context.Context, e index.Equivalence) error {

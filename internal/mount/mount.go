@@ -49,7 +49,9 @@ type Mount struct {
 	fs         *sfs.FS
 	live       *index.Live
 	cache      *cache.Cache
-	store      backend.Store
+	store      backend.Store // the publish store (the first store when there is none)
+	stores     []mountStore  // every store, in trust order
+	pub        int           // position of the publish store in stores, -1 if none
 	queue      *publish.Queue
 	journal    *index.Journal
 	view       *view.View
@@ -82,15 +84,15 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 	if err := checkFUSE(); err != nil {
 		return nil, err
 	}
-	sc := cfg.Stores[0]
-	if len(cfg.Stores) > 1 {
-		log.Warn("only the first store is served; the others are ignored for now", "store", stores.Name(sc))
-	}
 	uid, gid, err := mountOwner(cfg.Mount.Owner, mp)
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := claimCacheDir(cfg.Cache.Dir, sc)
+	// The publish store receives what bitbake publishes; without one the
+	// local files belong to the first store.
+	pub := cfg.PublishStore()
+	home := max(pub, 0)
+	unlock, err := claimCacheDir(cfg.Cache.Dir, cfg.Stores[home])
 	if err != nil {
 		return nil, err
 	}
@@ -99,27 +101,19 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 			unlock()
 		}
 	}()
-	store, err := stores.Open(ctx, sc)
+	ms, err := openStores(ctx, cfg, pub, log)
 	if err != nil {
 		return nil, err
 	}
+	store, live := ms[home].store, ms[home].live
 	obs := newObserver(ringOf(log), cfg.Cache.Size.Bytes)
 	c, err := cache.Open(cache.Options{Dir: filepath.Join(cfg.Cache.Dir, "cache"), MaxBytes: cfg.Cache.Size.Bytes, Logger: log, OnFetch: obs.onFetch, Now: CacheClock})
 	if err != nil {
 		return nil, err
 	}
-	live := index.NewLive(store, index.LiveOptions{Interval: cfg.Index.RefreshInterval.Duration, MaxAge: cfg.Index.MaxAge.Duration, Logger: log})
-	switch err := live.LoadOnce(ctx); {
-	case err == nil:
-		// the live index logged it, with its size and how long it took
-	case errors.Is(err, index.ErrNoIndex):
-		log.Info("store has no index: lookups probe the store", "store", store.Location(), "negative_ttl", cfg.Index.NegativeTTL.Duration)
-	default:
-		log.Warn("index not loaded, lookups probe the store until it loads", "store", store.Location(), "error", err)
-	}
 	// The write path: published objects go to a durable queue, are uploaded
 	// in the background and recorded in this mount's journal segments.
-	readOnly := backend.IsReadOnly(store)
+	readOnly := pub < 0 || backend.IsReadOnly(store)
 	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log})
 	journal.OnWrite(live.Apply) // this mount's publications show in its own index at once
 	if !readOnly {
@@ -144,22 +138,39 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 			log.Info("published objects moved from the overlay into the cache", "objects", res.Moved, "bytes", res.Bytes)
 		}
 	}
-	if readOnly {
-		log.Info("store is read-only: objects bitbake publishes stay in the local overlay", "store", store.Location())
+	switch {
+	case pub < 0:
+		log.Info("no writable store: objects bitbake publishes stay in the local overlay", "stores", storeNames(ms))
+	case readOnly:
+		log.Info("publish store is read-only: objects bitbake publishes stay in the local overlay", "store", ms[pub].name, "location", store.Location())
+	case len(ms) > 1:
+		log.Info("objects bitbake publishes go to the publish store", "store", ms[pub].name, "location", store.Location())
 	}
-	var onAccess func(string, time.Time)
-	if !readOnly {
-		onAccess = journal.Accessed
+	var vs []view.Store
+	for i, s := range ms {
+		vst := view.Store{
+			Name: s.name, Store: s.store, Index: s.live,
+			Probes:          cache.NewStatCache(100_000, cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
+			AnyEquivalences: cfg.Stores[i].EquivalencesFrom == config.EquivalencesAny,
+		}
+		if i == pub && !readOnly {
+			// access records go to the publish store only: no other store
+			// is ever written
+			vst.OnAccess = journal.Accessed
+		}
+		vs = append(vs, vst)
 	}
 	v := view.New(view.Options{
-		Store:           store,
-		Index:           live,
+		Stores:          vs,
 		Cache:           c,
-		Probes:          cache.NewStatCache(100_000, cfg.Index.RefreshInterval.Duration, cfg.Index.NegativeTTL.Duration),
 		Logger:          log,
-		OnAccess:        onAccess,
 		PrefetchWorkers: prefetchWorkers(cfg.Prefetch),
 	})
+	for i, s := range ms {
+		if s.loadErr != nil {
+			v.Failed(i, s.loadErr)
+		}
+	}
 	publishFn := func(ctx context.Context, key, path string) error {
 		err := queue.Enqueue(key, path)
 		if errors.Is(err, publish.ErrReadOnly) {
@@ -210,12 +221,15 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	m = &Mount{
-		mountpoint: mp, server: server, fs: f, live: live, cache: c, store: store,
+		mountpoint: mp, server: server, fs: f, live: live, cache: c, store: store, stores: ms, pub: pub,
 		queue: queue, journal: journal, view: v, obs: obs, cacheDir: cfg.Cache.Dir,
 		readyFile: cfg.Mount.ReadyFile, drain: cfg.Publish.DrainTimeout.Duration,
 		cancel: cancel, done: make(chan struct{}), log: log, unlock: unlock,
 	}
-	m.background(func() { live.Run(rctx) })
+	for _, s := range ms {
+		m.background(func() { s.live.Run(rctx) })
+	}
+	m.background(func() { v.RunHealth(rctx) })
 	m.background(func() { queue.Run(rctx) })
 	m.background(func() { journal.Run(rctx) })
 	m.background(func() { v.RunPrefetch(rctx) })
@@ -235,13 +249,13 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 			m.Close()
 			return nil, err
 		}
-		hs, addr, err := StartHashserv(rctx, cfg.Hashserv.Listen, NewEquivBackend(live, journal), readOnly || cfg.Hashserv.ReadOnly, owner, rule, log)
+		hs, addr, err := StartHashserv(rctx, cfg.Hashserv.Listen, NewEquivBackend(v, journal), readOnly || cfg.Hashserv.ReadOnly, owner, rule, log)
 		if err != nil {
 			m.Close()
 			return nil, err
 		}
 		m.hashserv, m.hsAddr = hs, addr
-		log.Info("serving hash equivalence", "addr", addr, "equivalences", live.Current().NumEquivalences(), "may_record", rule.String())
+		log.Info("serving hash equivalence", "addr", addr, "equivalences", v.NumEquivalences(), "may_record", rule.String())
 	}
 	obs.attach(m)
 	obs.actions = rule
@@ -274,8 +288,66 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 			return nil, fmt.Errorf("ready file: %w", err)
 		}
 	}
-	log.Info("mounted", "mountpoint", mp, "store", store.Location(), "cache", cfg.Cache.Dir, "allow_other", cfg.Mount.AllowOther, "publishers", access.Rule{UID: uid, GID: gid}.String())
+	log.Info("mounted", "mountpoint", mp, "stores", storeNames(ms), "cache", cfg.Cache.Dir, "allow_other", cfg.Mount.AllowOther, "publishers", access.Rule{UID: uid, GID: gid}.String())
 	return m, nil
+}
+
+// mountStore is one store of a mount.
+type mountStore struct {
+	name  string
+	store backend.Store
+	live  *index.Live
+	// loadErr is the first load's failure (the store did not answer or its
+	// index could not be read); nil also for a store without an index.
+	loadErr error
+}
+
+// openStores opens every store of cfg and loads their indexes, in
+// parallel: a store that does not answer delays the start by its own
+// timeout at most, and the mount comes up without it (degraded) unless it
+// is the publish store and publish.require_store is set.
+func openStores(ctx context.Context, cfg config.Config, pub int, log *slog.Logger) ([]mountStore, error) {
+	ms := make([]mountStore, len(cfg.Stores))
+	for i, sc := range cfg.Stores {
+		s, err := stores.Open(ctx, sc)
+		if err != nil {
+			return nil, fmt.Errorf("store %s: %w", config.StoreName(sc), err)
+		}
+		ms[i] = mountStore{name: config.StoreName(sc), store: s,
+			live: index.NewLive(s, index.LiveOptions{Interval: cfg.Index.RefreshInterval.Duration, MaxAge: cfg.Index.MaxAge.Duration, Logger: log.With("store", config.StoreName(sc))})}
+	}
+	var wg sync.WaitGroup
+	for i := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ms[i].loadErr = ms[i].live.LoadOnce(ctx)
+		}()
+	}
+	wg.Wait()
+	for i, s := range ms {
+		switch err := s.loadErr; {
+		case err == nil:
+			// the live index logged it, with its size and how long it took
+		case errors.Is(err, index.ErrNoIndex):
+			s.loadErr = nil
+			ms[i] = s
+			log.Info("store has no index: names the indexed stores lack are probed in it", "store", s.name, "location", s.store.Location(), "negative_ttl", cfg.Index.NegativeTTL.Duration)
+		case i == pub && cfg.Publish.RequireStore:
+			return nil, fmt.Errorf("publish store %s (%s) does not answer and --require-publish-store is set: %w", s.name, s.store.Location(), err)
+		default:
+			log.Warn("store does not answer at start: the mount comes up without its objects (degraded) and keeps trying", "store", s.name, "location", s.store.Location(), "error", err)
+		}
+	}
+	return ms, nil
+}
+
+func storeNames(ms []mountStore) string {
+	names := make([]string, len(ms))
+	for i, s := range ms {
+		names[i] = s.name
+	}
+	return strings.Join(names, ",")
 }
 
 // Close unmounts (lazily if the mount stays busy), then keeps uploading

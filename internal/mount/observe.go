@@ -25,6 +25,7 @@ import (
 	"github.com/sstatefs/sstatefs/internal/access"
 	"github.com/sstatefs/sstatefs/internal/unixsock"
 	"github.com/sstatefs/sstatefs/publish"
+	"github.com/sstatefs/sstatefs/view"
 )
 
 // recentErrors is a slog.Handler that passes records on and keeps the last
@@ -94,7 +95,7 @@ type LiveStatus struct {
 	PID        int             `json:"pid"`
 	Mountpoint string          `json:"mountpoint"`
 	CacheDir   string          `json:"cache_dir"`
-	Stores     []string        `json:"stores"`
+	Stores     []StoreStatus   `json:"stores"` // in trust order
 	Uptime     string          `json:"uptime"`
 	Ready      bool            `json:"ready"`
 	Index      IndexStatus     `json:"index"`
@@ -104,6 +105,26 @@ type LiveStatus struct {
 	Uploads    publish.Stats   `json:"uploads"`
 	Entries    []publish.Entry `json:"entries"`
 	Errors     []LogRecord     `json:"recent_errors"`
+}
+
+// StoreStatus describes one store of the mount.
+type StoreStatus struct {
+	Name     string `json:"name"`
+	Location string `json:"location"`
+	Publish  bool   `json:"publish"` // receives what bitbake publishes
+	// Index is the store's own index (Loaded false: a store without one,
+	// probed for the names the indexed stores lack).
+	Index IndexStatus `json:"index"`
+	// Lookups answered with this store's objects, and its probes.
+	Hits, Resolved, Probes, ProbeHits, ProbeErrors int64
+	// Bytes downloaded from the store, and failed downloads.
+	FetchedBytes, FetchErrors int64
+	// Down: the store does not answer; its objects are absent from the
+	// mount (unless cached) until it does. LastError says why.
+	Down         bool      `json:"down"`
+	DownSince    time.Time `json:"down_since,omitzero"`
+	LastError    string    `json:"last_error,omitempty"`
+	RefreshError string    `json:"index_refresh_error,omitempty"`
 }
 
 // IndexStatus describes the loaded index.
@@ -150,7 +171,7 @@ type observer struct {
 	actions access.Rule
 
 	healthMu    sync.Mutex // protects lastHealth, healthAt
-	lastHealth  error
+	lastHealth  []error    // per store, nil until the first check
 	healthAt    time.Time
 	healthEvery time.Duration // how long a store check is reused
 }
@@ -227,6 +248,38 @@ func (o *observer) attach(m *Mount) {
 		}
 		return 0
 	})
+	// Per store, labelled with its name, in trust order.
+	storeLookups := prometheus.NewDesc("sstatefs_store_lookups_total", "Lookups answered with a store's objects, by store and result: hit from its index, resolved through hash equivalence, probe, probe_hit and probe_error asked the store.", []string{"store", "result"}, nil)
+	storeFetched := prometheus.NewDesc("sstatefs_store_fetched_bytes_total", "Bytes downloaded from a store.", []string{"store"}, nil)
+	storeFetchErrors := prometheus.NewDesc("sstatefs_store_fetch_errors_total", "Failed downloads from a store.", []string{"store"}, nil)
+	storeUp := prometheus.NewDesc("sstatefs_store_up", "1 while a store answers, 0 while its objects are left out of the mount because it does not.", []string{"store"}, nil)
+	storeObjects := prometheus.NewDesc("sstatefs_store_index_objects", "Objects in a store's loaded index.", []string{"store"}, nil)
+	storeAge := prometheus.NewDesc("sstatefs_store_index_age_seconds", "Seconds since a store's index was last loaded successfully (-1: never; a store without an index).", []string{"store"}, nil)
+	o.reg.MustRegister(&funcCollector{descs: []*prometheus.Desc{storeLookups, storeFetched, storeFetchErrors, storeUp, storeObjects, storeAge}, collect: func(ch chan<- prometheus.Metric) {
+		for i, s := range m.view.StoreStats() {
+			name := s.Name
+			for _, v := range []struct {
+				label string
+				n     int64
+			}{{"hit", s.Hits}, {"resolved", s.Resolved}, {"probe", s.Probes}, {"probe_hit", s.ProbeHits}, {"probe_error", s.ProbeErrors}} {
+				ch <- prometheus.MustNewConstMetric(storeLookups, prometheus.CounterValue, float64(v.n), name, v.label)
+			}
+			ch <- prometheus.MustNewConstMetric(storeFetched, prometheus.CounterValue, float64(s.FetchedBytes), name)
+			ch <- prometheus.MustNewConstMetric(storeFetchErrors, prometheus.CounterValue, float64(s.FetchErrors), name)
+			up := 1.0
+			if s.Down {
+				up = 0
+			}
+			ch <- prometheus.MustNewConstMetric(storeUp, prometheus.GaugeValue, up, name)
+			live := m.stores[i].live
+			ch <- prometheus.MustNewConstMetric(storeObjects, prometheus.GaugeValue, float64(live.Current().Len()), name)
+			age := -1.0
+			if t := live.LastLoad(); !t.IsZero() {
+				age = time.Since(t).Seconds()
+			}
+			ch <- prometheus.MustNewConstMetric(storeAge, prometheus.GaugeValue, age, name)
+		}
+	}})
 	if m.hashserv != nil {
 		hs := prometheus.NewDesc("sstatefs_hashserv_requests_total", "Hash equivalence protocol requests, by command.", []string{"command"}, nil)
 		o.reg.MustRegister(&funcCollector{desc: hs, collect: func(ch chan<- prometheus.Metric) {
@@ -240,45 +293,53 @@ func (o *observer) attach(m *Mount) {
 // funcCollector collects labelled metrics computed on scrape.
 type funcCollector struct {
 	desc    *prometheus.Desc
+	descs   []*prometheus.Desc // when it collects several metrics
 	collect func(chan<- prometheus.Metric)
 }
 
-func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
+	if c.desc != nil {
+		ch <- c.desc
+	}
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
 func (c *funcCollector) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
-// health checks that the store answers, at most every 10 s.
-func (o *observer) health(ctx context.Context) error {
+// health checks that every store answers (in parallel), reusing a check
+// for healthEvery. It returns each store's error, nil if it answered.
+func (o *observer) health(ctx context.Context) []error {
 	o.healthMu.Lock()
 	defer o.healthMu.Unlock()
-	if time.Since(o.healthAt) < o.healthEvery {
+	if o.lastHealth != nil && time.Since(o.healthAt) < o.healthEvery {
 		return o.lastHealth
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err := o.m.store.Stat(ctx, index.SnapshotKey)
-	if errors.Is(err, backend.ErrNotExist) {
-		err = nil // reachable, just no snapshot
+	errs := make([]error, len(o.m.stores))
+	var wg sync.WaitGroup
+	for i, s := range o.m.stores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = view.Check(ctx, s.store)
+		}()
 	}
-	o.lastHealth, o.healthAt = err, time.Now()
-	return err
+	wg.Wait()
+	o.lastHealth, o.healthAt = errs, time.Now()
+	return errs
 }
 
 func (o *observer) status() LiveStatus {
 	m := o.m
-	ix := m.live.Current()
 	st := LiveStatus{
-		PID: os.Getpid(), Mountpoint: m.mountpoint, CacheDir: m.cacheDir, Stores: []string{m.store.Location()},
+		PID: os.Getpid(), Mountpoint: m.mountpoint, CacheDir: m.cacheDir, Stores: m.storeStatus(),
 		Uptime: time.Since(o.start).Round(time.Second).String(), Ready: o.ready.Load(),
-		Index: IndexStatus{
-			Loaded: ix != nil, Fresh: m.live.Fresh(), Objects: ix.Len(), Bytes: ix.TotalSize(),
-			Equivalences: numEquivalences(ix), LastLoad: m.live.LastLoad(), Segments: ix.Sources().Applied,
-		},
+		Index:   indexStatus(m.live),
 		Uploads: m.queue.Stats(),
 		Entries: m.queue.Entries(),
 		Errors:  o.ring.snapshot(),
-	}
-	if !st.Index.LastLoad.IsZero() {
-		st.Index.Age = time.Since(st.Index.LastLoad).Round(time.Second).String()
 	}
 	cs := m.cache.Stats()
 	st.Cache = CacheStatus{Bytes: cs.Bytes, Limit: o.limit, Entries: cs.Entries, Hits: cs.Hits, Misses: cs.Misses, Evictions: cs.Evictions, Corrupted: cs.Corrupted, FetchedBytes: cs.FetchedBytes, Refused: cs.Refused, BackedOff: m.cache.BackedOff(), DiskSize: cs.DiskSize, DiskFree: cs.DiskFree}
@@ -286,6 +347,34 @@ func (o *observer) status() LiveStatus {
 	st.Lookups = LookupStatus{Hits: vs.Hits, Misses: vs.Misses, Probes: vs.Probes, ProbeHits: vs.ProbeHits, ProbeErrors: vs.ProbeErrors}
 	st.Queue = SummarizeQueue(st.Entries)
 	return st
+}
+
+func indexStatus(live *index.Live) IndexStatus {
+	ix := live.Current()
+	st := IndexStatus{
+		Loaded: ix != nil, Fresh: live.Fresh(), Objects: ix.Len(), Bytes: ix.TotalSize(),
+		Equivalences: numEquivalences(ix), LastLoad: live.LastLoad(), Segments: ix.Sources().Applied,
+	}
+	if !st.LastLoad.IsZero() {
+		st.Age = time.Since(st.LastLoad).Round(time.Second).String()
+	}
+	return st
+}
+
+// storeStatus describes every store, in trust order.
+func (m *Mount) storeStatus() []StoreStatus {
+	vs := m.view.StoreStats()
+	out := make([]StoreStatus, len(m.stores))
+	for i, s := range m.stores {
+		v := vs[i]
+		out[i] = StoreStatus{
+			Name: s.name, Location: s.store.Location(), Publish: i == m.pub, Index: indexStatus(s.live),
+			Hits: v.Hits, Resolved: v.Resolved, Probes: v.Probes, ProbeHits: v.ProbeHits, ProbeErrors: v.ProbeErrors,
+			FetchedBytes: v.FetchedBytes, FetchErrors: v.FetchErrors,
+			Down: v.Down, DownSince: v.DownSince, LastError: v.LastError, RefreshError: s.live.RefreshError(),
+		}
+	}
+	return out
 }
 
 // handler serves /metrics, /healthz, /readyz and /status: observation
@@ -302,21 +391,42 @@ func (o *observer) handler() http.Handler {
 		fmt.Fprintln(w, "ready")
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		err := o.health(r.Context())
+		// ok: every store answers; degraded: some do not (the mount serves
+		// the others); 503 when the publish store does not answer (nothing
+		// published can reach it) or no store does.
+		errs := o.health(r.Context())
 		st := o.status()
+		stores := map[string]any{}
+		failing := 0
+		for i, s := range st.Stores {
+			e := map[string]any{"reachable": errs[i] == nil, "down": s.Down}
+			if errs[i] != nil {
+				e["error"] = errs[i].Error()
+				failing++
+			}
+			stores[s.Name] = e
+		}
+		home := max(o.m.pub, 0)
+		status, code := "ok", http.StatusOK
+		switch {
+		case errs[home] != nil && (o.m.pub >= 0 || failing == len(errs)):
+			status, code = "unavailable", http.StatusServiceUnavailable
+		case failing > 0:
+			status = "degraded"
+		}
 		body := map[string]any{
-			"store_reachable": err == nil,
+			"status":          status,
+			"store_reachable": errs[home] == nil,
+			"stores":          stores,
 			"index_age":       st.Index.Age,
 			"index_fresh":     st.Index.Fresh,
 			"queue":           st.Queue,
 		}
-		if err != nil {
-			body["store_error"] = err.Error()
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusServiceUnavailable)
-		} else {
-			w.Header().Set("Content-Type", "application/json")
+		if errs[home] != nil {
+			body["store_error"] = errs[home].Error()
 		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
 		json.NewEncoder(w).Encode(body)
 	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
