@@ -243,3 +243,31 @@ url = "https://sstate.example.org/all"
 		t.Errorf("StoreNamed(derived) = %d, %v", i, err)
 	}
 }
+
+// TestREADMEStoreExample: the README's example configuration loads, and
+// means what its comments say.
+func TestREADMEStoreExample(t *testing.T) {
+	data, err := os.ReadFile(readme)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(data), "\n## Configuration\n")
+	if !ok {
+		t.Fatal("README has no Configuration section")
+	}
+	_, rest, ok = strings.Cut(rest, "```toml\n")
+	example, _, ok2 := strings.Cut(rest, "```\n")
+	if !ok || !ok2 {
+		t.Fatal("the Configuration section has no toml example")
+	}
+	cfg, err := load(t, example)
+	if err != nil {
+		t.Fatalf("the README's example: %v", err)
+	}
+	if got := strings.Join(urls(cfg.Stores), " "); got != "project=file:///srv/sstate/project company=s3://company-sstate/poky yocto=https://sstate.yoctoproject.org/all" {
+		t.Errorf("stores: %s", got)
+	}
+	if cfg.PublishStore() != 0 || cfg.Stores[1].Writable() || cfg.Stores[2].Writable() || deriveName(cfg.Stores[0].URL) != "project" {
+		t.Errorf("publish store %d, writable company %v, yocto %v", cfg.PublishStore(), cfg.Stores[1].Writable(), cfg.Stores[2].Writable())
+	}
+}
