@@ -21,8 +21,9 @@ import (
 )
 
 // Config is the whole configuration: defaults, then the TOML file, then
-// flags. Every key has a flag named <section>-<key> with dashes (for the
-// first [[store]]: store-<key>; its url is --store).
+// flags. Every key has a flag named <section>-<key> with dashes; those of
+// [[store]] (store-<key>) set the key in every store of the list it fits,
+// and the list itself is given by repeating --store [NAME=]URL.
 type Config struct {
 	Stores   []StoreConfig  `toml:"store"`
 	Cache    CacheConfig    `toml:"cache"`
