@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -19,13 +18,12 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
-
-	"github.com/sstatefs/sstatefs/backend"
 )
 
 // Config is the whole configuration: defaults, then the TOML file, then
-// flags. Every key has a flag named <section>-<key> with dashes (for the
-// first [[store]]: store-<key>; its url is --store).
+// flags. Every key has a flag named <section>-<key> with dashes; those of
+// [[store]] (store-<key>) set the key in every store of the list it fits,
+// and the list itself is given by repeating --store [NAME=]URL.
 type Config struct {
 	Stores   []StoreConfig  `toml:"store"`
 	Cache    CacheConfig    `toml:"cache"`
@@ -431,61 +429,7 @@ func (c *Config) Validate() error {
 	if len(c.Stores) == 0 {
 		bad("no store configured: set --store or a [[store]] url")
 	}
-	for i, s := range c.Stores {
-		name := fmt.Sprintf("store %d (%s)", i+1, s.URL)
-		u, err := url.Parse(s.URL)
-		switch {
-		case s.URL == "":
-			bad("store %d: url is empty", i+1)
-			continue
-		case err != nil:
-			bad("%s: invalid url: %v", name, err)
-			continue
-		}
-		switch u.Scheme {
-		case "file":
-			if s.Endpoint != "" || s.BearerTokenFile != "" || s.Netrc != "" || s.PathStyle || s.Profile != "" {
-				bad("%s: endpoint, path_style, profile, bearer_token_file and netrc do not apply to file:// stores", name)
-			}
-		case "s3":
-			if u.Host == "" {
-				bad("%s: no bucket (want s3://bucket/prefix)", name)
-			}
-			if s.BearerTokenFile != "" || s.Netrc != "" {
-				bad("%s: bearer_token_file and netrc apply to https:// stores only (s3 uses the AWS credential chain)", name)
-			}
-			if s.Endpoint != "" {
-				if eu, err := url.Parse(s.Endpoint); err != nil || (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" {
-					bad("%s: endpoint %q is not an http(s) URL", name, s.Endpoint)
-				}
-			}
-		case "http", "https":
-			if u.Host == "" {
-				bad("%s: no host", name)
-			}
-			if s.Endpoint != "" || s.PathStyle || s.Profile != "" {
-				bad("%s: endpoint, path_style and profile apply to s3:// stores only", name)
-			}
-			if u.User != nil {
-				bad("%s: do not put credentials in the url; use netrc or bearer_token_file", backend.RedactURL(s.URL))
-			}
-		default:
-			bad("%s: unsupported scheme %q (want file, s3, http or https)", name, u.Scheme)
-		}
-		for _, f := range []struct{ key, path string }{{"ca_bundle", s.CABundle}, {"bearer_token_file", s.BearerTokenFile}, {"netrc", s.Netrc}} {
-			if f.path != "" {
-				if _, err := os.Stat(f.path); err != nil {
-					bad("%s: %s: %v", name, f.key, err)
-				}
-			}
-		}
-		if err := s.Timeout.check(name + ": timeout"); err != nil {
-			errs = append(errs, err)
-		}
-		if s.MaxConnections < 0 {
-			bad("%s: max_connections must not be negative", name)
-		}
-	}
+	errs = append(errs, c.validateStores()...)
 	if c.Cache.Dir == "" {
 		bad("cache.dir is empty")
 	}

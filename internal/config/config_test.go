@@ -49,8 +49,9 @@ owner = "1000:1000"
 	if cfg.Stores[0].Timeout.Duration != 7*time.Second {
 		t.Errorf("flag did not override the file: timeout %v", cfg.Stores[0].Timeout)
 	}
-	if cfg.Stores[1].Timeout.Duration != 10*time.Second || cfg.Stores[1].MaxConnections != 64 {
-		t.Errorf("second store defaults: %+v", cfg.Stores[1])
+	// a --store-* flag applies to every store of the list
+	if cfg.Stores[1].Timeout.Duration != 7*time.Second || cfg.Stores[1].MaxConnections != 64 || cfg.Stores[1].EquivalencesFrom != EquivalencesTrusted {
+		t.Errorf("second store: flag and defaults: %+v", cfg.Stores[1])
 	}
 	if cfg.Cache.Size.Bytes != 1<<30 || cfg.Cache.Dir != "/var/cache/x" {
 		t.Errorf("cache = %+v", cfg.Cache)
@@ -116,7 +117,7 @@ level = "loud"
 		t.Fatal("invalid config accepted")
 	}
 	msg := err.Error()
-	for _, want := range []string{`cache.size (--cache-size): invalid size "-1"`, `unsupported scheme "ftp"`, "no bucket", "bearer_token_file and netrc apply to https", "/nonexistent/token", "refresh_interval must be positive", "mount.owner", `log.level "loud"`} {
+	for _, want := range []string{`cache.size (--cache-size): invalid size "-1"`, `unsupported scheme "ftp"`, "no bucket", "bearer_token_file applies to http or https stores only", "/nonexistent/token", "refresh_interval must be positive", "mount.owner", `log.level "loud"`} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error does not mention %q:\n%s", want, msg)
 		}

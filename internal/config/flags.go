@@ -32,7 +32,10 @@ func NewFlags(fs *pflag.FlagSet, uses ...string) *Flags {
 		if len(uses) > 0 && !contains(uses, s.Section()) && !contains(uses, s.Key) {
 			continue
 		}
-		v := &flagValue{s: s, kind: s.kind()}
+		if s.Flag == "" {
+			continue // set through another flag (store.name: --store NAME=URL)
+		}
+		v := &flagValue{s: s, kind: s.flagKind()}
 		f.settings = append(f.settings, s)
 		f.values[s] = v
 		add := func(name, usage string) {
@@ -76,11 +79,13 @@ func (f *Flags) Load() (Config, error) {
 			errs = append(errs, err)
 		}
 	}
+	// In the order of the table: --store (the list) before the flags that
+	// apply to the stores of the list.
 	for _, s := range f.settings {
 		if !f.changed(s) {
 			continue
 		}
-		if err := s.set(&cfg, f.values[s].raw); err != nil {
+		if err := s.setAll(&cfg, f.values[s].raws); err != nil {
 			errs = append(errs, fmt.Errorf("--%s: %w", s.Flag, err))
 		}
 	}
@@ -111,17 +116,17 @@ func (f *Flags) changed(s *Setting) bool {
 type flagValue struct {
 	s    *Setting
 	kind string
-	raw  string
+	raws []string // every occurrence, in order (--store is repeatable)
 }
 
-func (v *flagValue) String() string { return v.raw }
+func (v *flagValue) String() string { return strings.Join(v.raws, " ") }
 func (v *flagValue) Type() string   { return v.kind }
 
 func (v *flagValue) Set(x string) error {
-	if err := v.s.set(&Config{}, x); err != nil {
+	if err := v.s.parse(x); err != nil {
 		return err
 	}
-	v.raw = x
+	v.raws = append(v.raws, x)
 	return nil
 }
 
@@ -130,7 +135,10 @@ func Markdown() string {
 	var b strings.Builder
 	b.WriteString("| key | flag | environment | default | meaning |\n|---|---|---|---|---|\n")
 	for _, s := range Settings() {
-		flags := "`--" + s.Flag + "`"
+		flags := s.FlagDoc
+		if s.Flag != "" {
+			flags = "`--" + s.Flag + "`"
+		}
 		for _, a := range s.Aliases {
 			flags += ", `--" + a + "`"
 		}

@@ -3,6 +3,7 @@ package config
 import (
 	"encoding"
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -17,8 +18,12 @@ import (
 // built from it, so that they cannot disagree.
 type Setting struct {
 	Key     string   // TOML path: "cache.size"; store.* keys are those of each [[store]]
-	Flag    string   // flag name without dashes: "cache-size"
+	Flag    string   // flag name without dashes: "cache-size"; "" for none of its own
+	FlagDoc string   // README's flag column when Flag is "" (how the command line sets it)
 	Aliases []string // further flag names meaning the same
+	// FlagType names the flag's value in -h when the flag takes something
+	// else than the key (--publish-store NAME for store.publish).
+	FlagType string
 	// Default in the syntax of the flag and the file ("" for none); Dynamic
 	// computes it when it depends on the machine (then DefaultDoc says how).
 	Default    string
@@ -28,6 +33,14 @@ type Setting struct {
 	Doc        string // README's wording (markdown) when it says more than Help
 	OneOf      []string
 	AtLeast    *int // minimum of an integer setting
+	// Schemes are the store URL schemes a store setting applies to (nil:
+	// all). Its flag sets it only in the stores of those schemes; set in the
+	// file for another store, it is an error.
+	Schemes []string
+
+	// apply, when set, is what the flag's values (every occurrence, in
+	// order) do instead of setting the field of each store.
+	apply func(c *Config, vals []string) error
 
 	field func(*Config) any      // pointer to the field (settings of the whole config)
 	store func(*StoreConfig) any // pointer to the field (settings of each store)
@@ -36,7 +49,11 @@ type Setting struct {
 // Env is the environment variable of the setting. (Not read yet: the
 // environment layer comes with the command-line work of the next issue.)
 func (s *Setting) Env() string {
-	return "SSTATEFS_" + strings.ToUpper(strings.ReplaceAll(s.Flag, "-", "_"))
+	name := s.Flag
+	if name == "" {
+		name = s.Key
+	}
+	return "SSTATEFS_" + strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(name))
 }
 
 // Section is the first part of the key: "store", "cache", ...
@@ -53,31 +70,74 @@ func (s *Setting) defaultValue() string {
 	return s.Default
 }
 
-// ptr is the setting's field in c; store settings address the first store
-// (creating it), as their flags do.
-func (s *Setting) ptr(c *Config) any {
+// ptr is the setting's field: in c, or in a store of c for store
+// settings.
+func (s *Setting) ptr(c *Config, sc *StoreConfig) any {
 	if s.store == nil {
 		return s.field(c)
 	}
-	if len(c.Stores) == 0 {
-		c.Stores = []StoreConfig{{}}
-	}
-	return s.store(&c.Stores[0])
+	return s.store(sc)
 }
 
 // set sets the setting in c from its flag syntax.
-func (s *Setting) set(c *Config, v string) error {
-	if s.Key == "store.url" {
-		// A store given on the command line replaces the configured list.
-		c.Stores = []StoreConfig{{URL: v}}
-		return nil
+func (s *Setting) set(c *Config, v string) error { return s.setAll(c, []string{v}) }
+
+// setAll applies the values of every occurrence of the flag. A store
+// setting's flag sets the key in every store of the list (from the file or
+// from --store) whose scheme it applies to; the last occurrence wins.
+func (s *Setting) setAll(c *Config, vals []string) error {
+	if s.apply != nil {
+		return s.apply(c, vals)
 	}
-	return setValue(s.ptr(c), v)
+	v := vals[len(vals)-1]
+	if s.store == nil {
+		return setValue(s.field(c), v)
+	}
+	if err := s.parse(v); err != nil {
+		return err
+	}
+	applied := false
+	for i := range c.Stores {
+		if s.appliesTo(c.Stores[i].URL) {
+			_ = setValue(s.store(&c.Stores[i]), v)
+			applied = true
+		}
+	}
+	if !applied && len(c.Stores) > 0 {
+		return fmt.Errorf("applies to %s stores only, and no store of the list is one", orList(s.Schemes))
+	}
+	return nil
+}
+
+// appliesTo says whether the store setting applies to a store of this URL.
+func (s *Setting) appliesTo(rawURL string) bool {
+	if s.Schemes == nil {
+		return true
+	}
+	u, err := url.Parse(rawURL)
+	return err == nil && contains(s.Schemes, u.Scheme)
+}
+
+// parse checks a flag value when it is given: what can never be valid (an
+// integer that is not one) is refused at once.
+func (s *Setting) parse(v string) error {
+	if s.FlagType != "" {
+		return nil // not the key's type: checked by apply, against the list
+	}
+	return setValue(s.ptr(&Config{}, &StoreConfig{}), v)
+}
+
+// flagKind is the flag's value type in -h.
+func (s *Setting) flagKind() string {
+	if s.FlagType != "" {
+		return s.FlagType
+	}
+	return s.kind()
 }
 
 // kind names the value type for help and the README.
 func (s *Setting) kind() string {
-	switch s.ptr(&Config{}).(type) {
+	switch s.ptr(&Config{}, &StoreConfig{}).(type) {
 	case *bool:
 		return "bool"
 	case *int:
@@ -164,33 +224,82 @@ func label(key string) string {
 	return key
 }
 
+var (
+	s3Only   = []string{"s3"}
+	httpOnly = []string{"http", "https"}
+)
+
 func table() []*Setting {
 	st := func(f func(*StoreConfig) any) func(*StoreConfig) any { return f }
 	return []*Setting{
-		{Key: "store.url", Flag: "store", Dynamic: func() string { return "file://" + filepath.Join(DataDir(), "store") },
+		{Key: "store.url", Flag: "store", FlagType: "[NAME=]URL", Dynamic: func() string { return "file://" + filepath.Join(DataDir(), "store") },
 			DefaultDoc: "`file://~/.local/share/sstatefs/store`",
-			Help:       "URL of the (first) store: file:///dir, s3://bucket/prefix, https://host/path",
-			Doc:        "`file:///dir`, `s3://bucket/prefix`, `https://host/path`",
-			store:      st(func(s *StoreConfig) any { return &s.URL })},
-		{Key: "store.endpoint", Flag: "store-endpoint", DefaultDoc: "AWS",
+			Help:       "a store: [NAME=]URL (file:///dir, s3://bucket/prefix, https://host/path) or a configured store's NAME; repeatable: the list, in trust order, replaces the file's",
+			Doc:        "`file:///dir`, `s3://bucket/prefix`, `https://host/path`; the flag takes `[NAME=]URL` or the `NAME` of a store of the file, and may be repeated: the stores given, in trust order, replace the file's list",
+			store:      st(func(s *StoreConfig) any { return &s.URL }),
+			apply: func(c *Config, vals []string) (err error) {
+				c.Stores, err = storeList(c.Stores, vals)
+				return err
+			}},
+		{Key: "store.name", FlagDoc: "`--store NAME=URL`", DefaultDoc: "derived from the URL",
+			Help:  "short name of the store in logs, metrics, status and --store NAME",
+			Doc:   "short name (`" + NameSyntax + "`) of the store in logs, metrics, `status` and `--store NAME`; the default is the bucket, the host (`host-port` with a port) or the directory's last element, and two stores whose derived names collide must be given names",
+			store: st(func(s *StoreConfig) any { return &s.Name })},
+		{Key: "store.read_only", Flag: "store-read-only",
+			Help:  "never write to the store (http(s) stores always are read-only); the flag makes every store read-only",
+			Doc:   "never write to the store: it receives no publish, index or equivalence record (http(s) stores are read-only anyway); the flag makes every store of the list read-only, publishing nowhere",
+			store: st(func(s *StoreConfig) any { return &s.ReadOnly }),
+			apply: func(c *Config, vals []string) error {
+				ro, err := strconv.ParseBool(vals[len(vals)-1])
+				if err != nil {
+					return fmt.Errorf("%q: want true or false", vals[len(vals)-1])
+				}
+				for i := range c.Stores {
+					// The flag overrides the file's publish marks, the way
+					// flags override the file (--publish-store comes after
+					// it, and is refused on a read-only store).
+					c.Stores[i].ReadOnly = ro
+					c.Stores[i].Publish = c.Stores[i].Publish && !ro
+				}
+				return nil
+			}},
+		{Key: "store.publish", Flag: "publish-store", FlagType: "NAME", DefaultDoc: "the first writable store",
+			Help:  "the store (by name) that receives what bitbake publishes",
+			Doc:   "this store receives what bitbake publishes (at most one store; never a read-only one); the flag names it: `--publish-store NAME`",
+			store: st(func(s *StoreConfig) any { return &s.Publish }),
+			apply: func(c *Config, vals []string) error {
+				i, err := c.StoreNamed(vals[len(vals)-1])
+				if err != nil {
+					return err
+				}
+				for j := range c.Stores {
+					c.Stores[j].Publish = j == i
+				}
+				return nil
+			}},
+		{Key: "store.equivalences_from", Flag: "store-equivalences-from", Default: EquivalencesTrusted, OneOf: []string{EquivalencesTrusted, EquivalencesAny},
+			Help:  "whose hash equivalence records may lead to this store's objects: trusted (this and more trusted stores) or any",
+			Doc:   "whose hash equivalence records may lead a name to this store's objects: `trusted` (this store's and more trusted stores') or `any`",
+			store: st(func(s *StoreConfig) any { return &s.EquivalencesFrom })},
+		{Key: "store.endpoint", Flag: "store-endpoint", DefaultDoc: "AWS", Schemes: s3Only,
 			Help:  "s3: endpoint URL of an S3-compatible server",
 			store: st(func(s *StoreConfig) any { return &s.Endpoint })},
-		{Key: "store.region", Flag: "store-region", DefaultDoc: "`$AWS_REGION`, else `us-east-1`",
+		{Key: "store.region", Flag: "store-region", DefaultDoc: "`$AWS_REGION`, else `us-east-1`", Schemes: s3Only,
 			Help:  "s3: region",
 			store: st(func(s *StoreConfig) any { return &s.Region })},
-		{Key: "store.path_style", Flag: "store-path-style",
+		{Key: "store.path_style", Flag: "store-path-style", Schemes: s3Only,
 			Help: "s3: path-style addressing", Doc: "s3: path-style addressing (most S3-compatible servers)",
 			store: st(func(s *StoreConfig) any { return &s.PathStyle })},
-		{Key: "store.profile", Flag: "store-profile", DefaultDoc: "SDK default",
+		{Key: "store.profile", Flag: "store-profile", DefaultDoc: "SDK default", Schemes: s3Only,
 			Help: "s3: shared config profile", Doc: "s3: shared config/credentials profile",
 			store: st(func(s *StoreConfig) any { return &s.Profile })},
-		{Key: "store.ca_bundle", Flag: "store-ca-bundle", DefaultDoc: "system roots",
+		{Key: "store.ca_bundle", Flag: "store-ca-bundle", DefaultDoc: "system roots", Schemes: []string{"s3", "http", "https"},
 			Help:  "s3, https: PEM file of extra CA certificates to trust",
 			store: st(func(s *StoreConfig) any { return &s.CABundle })},
-		{Key: "store.bearer_token_file", Flag: "store-bearer-token-file",
+		{Key: "store.bearer_token_file", Flag: "store-bearer-token-file", Schemes: httpOnly,
 			Help:  "https: file holding a bearer token",
 			store: st(func(s *StoreConfig) any { return &s.BearerTokenFile })},
-		{Key: "store.netrc", Flag: "store-netrc", DefaultDoc: "`$NETRC`, else `~/.netrc`",
+		{Key: "store.netrc", Flag: "store-netrc", DefaultDoc: "`$NETRC`, else `~/.netrc`", Schemes: httpOnly,
 			Help:  "https: netrc file for basic auth",
 			store: st(func(s *StoreConfig) any { return &s.Netrc })},
 		{Key: "store.timeout", Flag: "store-timeout", Default: "10s",
@@ -277,6 +386,9 @@ func table() []*Setting {
 		{Key: "publish.writer_id", Flag: "publish-writer-id", Dynamic: defaultWriterID, DefaultDoc: "the host name",
 			Help:  "names this mount's journal segments",
 			field: func(c *Config) any { return &c.Publish.WriterID }},
+		{Key: "publish.require_store", Flag: "require-publish-store",
+			Help:  "refuse to mount when the publish store cannot be reached at start (else the mount comes up degraded)",
+			field: func(c *Config) any { return &c.Publish.RequireStore }},
 		{Key: "log.level", Flag: "log-level", Default: "info", OneOf: []string{"debug", "info", "warn", "error"},
 			Help:  "debug, info, warn or error",
 			Doc:   "`debug`, `info`, `warn`, `error` (`--debug` sets `debug` and `mount.debug`)",

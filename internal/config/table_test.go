@@ -142,7 +142,8 @@ func TestFlags(t *testing.T) {
 	fset.SetOutput(&help)
 	fset.PrintDefaults()
 	for _, want := range []string{"bound of the object cache (default 20GiB)", "uploads to the store at once (default 8)", "(default 10s)", "(default the host name)",
-		"--store-region string ", "(default $AWS_REGION, else us-east-1)"} {
+		"--store-region string ", "(default $AWS_REGION, else us-east-1)",
+		"--store [NAME=]URL ", "--publish-store NAME ", "--require-publish-store ", "--store-equivalences-from string ", "(default trusted)"} {
 		if !strings.Contains(help.String(), want) {
 			t.Errorf("help does not show %q:\n%s", want, help.String())
 		}

@@ -17,7 +17,8 @@ import (
 
 // Open builds the backend of a store entry and wraps it in the
 // decorators every remote call goes through: the one place that composes
-// the stack.
+// the stack. A store configured read_only refuses every write
+// (backend.ReadOnly), whatever asks.
 func Open(ctx context.Context, sc config.StoreConfig) (backend.Store, error) {
 	u, err := url.Parse(sc.URL)
 	if err != nil {
@@ -57,7 +58,12 @@ func Open(ctx context.Context, sc config.StoreConfig) (backend.Store, error) {
 	default:
 		return nil, fmt.Errorf("store %s: unsupported scheme %q (want file, s3, http or https)", backend.RedactURL(sc.URL), u.Scheme)
 	}
-	return &backend.Timeout{Store: s, D: sc.Timeout.Duration}, nil
+	s = &backend.Timeout{Store: s, D: sc.Timeout.Duration}
+	if sc.ReadOnly {
+		// outermost, so that a write is refused before anything else runs
+		s = backend.ReadOnly(s)
+	}
+	return s, nil
 }
 
 // Name is a store's URL fit for messages.
