@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -612,6 +613,42 @@ func hsGet(t *testing.T, c *hsClient, taskhash string) string {
 	return c.call(t, fmt.Sprintf(`{"get": {"method": %q, "taskhash": %q, "all": false}}`, eqMethod, taskhash))
 }
 
+// bitbakeGet asks the server at sock with bitbake's own client (when
+// SSTATEFS_BITBAKE_DIR names a bitbake tree) for the unihash of each
+// taskhash: "" where it answers none. nil without a bitbake tree.
+func bitbakeGet(t *testing.T, sock string, taskhashes ...string) map[string]string {
+	t.Helper()
+	if os.Getenv("SSTATEFS_BITBAKE_DIR") == "" {
+		t.Log("SSTATEFS_BITBAKE_DIR is not set: bitbake's own client not tried")
+		return nil
+	}
+	bb := testutil.BitbakeDir(t)
+	const script = `
+import sys
+import hashserv
+addr, method = sys.argv[1:3]
+with hashserv.create_client(addr) as c:
+    for task in sys.argv[3:]:
+        print(task, c.get_unihash(method, task) or "")
+`
+	args := append([]string{"-c", script, "unix://" + sock, eqMethod}, taskhashes...)
+	cmd := exec.Command("python3", args...)
+	cmd.Env = testutil.BitbakeEnv(bb)
+	out := boundedCall(t, "bitbake's client", func() readResult {
+		b, err := cmd.CombinedOutput()
+		return readResult{b, err}
+	})
+	if out.err != nil {
+		t.Fatalf("bitbake's client: %v\n%s", out.err, out.data)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out.data)), "\n") {
+		task, uni, _ := strings.Cut(line, " ")
+		got[task] = uni
+	}
+	return got
+}
+
 // TestStoresEquivalenceTrust: equivalence records from every store, under
 // the trust rule: a record may lead a name to an object of a store at most
 // as trusted as the record's store (by default), so a less trusted store
@@ -635,15 +672,15 @@ func TestStoresEquivalenceTrust(t *testing.T) {
 	older.Created = older.Created.Add(-time.Hour)
 	s.report(t, stCompany, equivRecord(t2, u2, hexOf("O2")), older)
 
-	withHashserv := func(t *testing.T, cfg config.Config) (*mount.Mount, *hsClient) {
+	withHashserv := func(t *testing.T, cfg config.Config) (*mount.Mount, *hsClient, string) {
 		sock := filepath.Join(t.TempDir(), "hs.sock")
 		cfg.Hashserv.Listen = "unix://" + sock
 		m, _ := startStoresMount(t, validConfig(t, cfg))
-		return m, dialHashserv(t, sock)
+		return m, dialHashserv(t, sock), sock
 	}
 
 	t.Run("default", func(t *testing.T) {
-		m, c := withHashserv(t, s.config(t))
+		m, c, sock := withHashserv(t, s.config(t))
 		mp := m.Mountpoint()
 		// (a) record more trusted than the object: resolves
 		wantObject(t, mp, eqName(t1), stCompany, eqName(u1))
@@ -661,16 +698,24 @@ func TestStoresEquivalenceTrust(t *testing.T) {
 			t.Errorf("get %s = %s, want the project store's unihash %s (not the company's %s)", t3, got, u3p, u3c)
 		}
 		wantObject(t, mp, eqName(t3), stProject, eqName(u3p))
+		if got := bitbakeGet(t, sock, t1, t2, t3); got != nil {
+			if got[t1] != u1 || got[t2] == u2 || got[t3] != u3p {
+				t.Errorf("bitbake's client: %v; want %s -> %s, %s not -> %s, %s -> %s", got, t1, u1, t2, u2, t3, u3p)
+			}
+		}
 	})
 
 	t.Run("any", func(t *testing.T) {
 		cfg := s.config(t)
 		cfg.Stores[stProject].EquivalencesFrom = config.EquivalencesAny
-		m, c := withHashserv(t, cfg)
+		m, c, sock := withHashserv(t, cfg)
 		// (b) allowed when the stProject store accepts any store's records
 		wantObject(t, m.Mountpoint(), eqName(t2), stProject, eqName(u2))
 		if got := hsGet(t, c, t2); !strings.Contains(got, u2) {
 			t.Errorf("get %s = %s with equivalences_from = any on the project store, want %s", t2, got, u2)
+		}
+		if got := bitbakeGet(t, sock, t2); got != nil && got[t2] != u2 {
+			t.Errorf("bitbake's client with equivalences_from = any: %v, want %s -> %s", got, t2, u2)
 		}
 	})
 
@@ -685,7 +730,7 @@ func TestStoresEquivalenceTrust(t *testing.T) {
 			for i := range cfg.Stores {
 				cfg.Stores[i].Publish = i == tc.publish
 			}
-			_, c := withHashserv(t, cfg)
+			_, c, _ := withHashserv(t, cfg)
 			t4, u4 := hexOf("T4 "+tc.name), hexOf("U4 "+tc.name)
 			got := c.call(t, fmt.Sprintf(`{"report": {"taskhash": %q, "method": %q, "outhash": %q, "unihash": %q, "PN": "trust-native", "PV": "1.0", "PR": "r0", "task": "populate_sysroot"}}`, t4, eqMethod, hexOf("O4 "+tc.name), u4))
 			if !strings.Contains(got, u4) {
