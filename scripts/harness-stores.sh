@@ -123,6 +123,7 @@ in_bucket=$(objects "$W/s3/$BUCKET"); in_mirror=$(objects "$W/mirror")
 echo "objects: bucket $in_bucket, mirror $in_mirror"
 check "objects split between the two stores" '[ "$in_bucket" -gt 0 ] && [ "$in_mirror" -gt 0 ] && [ $((in_bucket + in_mirror)) = "$total" ]'
 check "no index in the mirror" '[ ! -e "$W/mirror/.sstatefs" ]'
+m_split=$(find "$W/mirror" -type f -exec sha256sum {} + | sort)
 
 if [ "${STOP_AFTER:-}" = split ]; then
     echo "work directory: $W (STOP_AFTER=split)"; [ "$fails" = 0 ] && exit 0; exit 1
@@ -135,8 +136,10 @@ check "restore: every setscene task restored (Local = Wanted, Missed 0)" \
     "grep -qE 'Sstate summary: Wanted ([0-9]+) Local \\1 .* Missed 0 ' '$W/bitbake-restore.txt'"
 check "the mirror was asked for objects" "grep -qE '\"(GET|HEAD) /[^ ]*sstate(:|%3[aA])' '$W/http.log'"
 
+echo "objects after the restore: bucket $(objects "$W/s3/$BUCKET"), mirror $(objects "$W/mirror") (what a restore publishes, if anything, goes to the bucket)"
+
 echo "== build with a changed recipe (PROBE_SALT=$SALT) on the same mount"
-b_before=$(find "$W/s3/$BUCKET" -type f | sort); m_before=$(find "$W/mirror" -type f -exec sha256sum {} + | sort)
+b_before=$(find "$W/s3/$BUCKET" -type f | sort)
 bitbake_run salted PROBE_SALT="$SALT" CLEAR_UNIHASH_CACHE=1
 salted_rc=$?
 unmount_stores
@@ -146,7 +149,7 @@ echo "objects: bucket $(objects "$W/s3/$BUCKET") (+$new_in_bucket new sstate fil
 comm -13 <(echo "$b_before") <(echo "$b_after") | sed "s|$W/s3/$BUCKET/|  new in bucket: |" | head -20
 check "changed-recipe build succeeded" '[ "$salted_rc" = 0 ]'
 check "it published into the bucket" '[ "$new_in_bucket" -gt 0 ]'
-check "the mirror directory is unchanged" '[ "$m_before" = "$m_after" ]'
+check "the mirror directory is unchanged since the split (restore and changed-recipe build)" '[ "$m_split" = "$m_after" ]'
 
 echo "work directory: $W"
 if [ "$fails" = 0 ]; then
