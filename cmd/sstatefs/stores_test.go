@@ -56,7 +56,7 @@ type trustStores struct {
 	cfg        config.Config // Stores in the order project, company, public
 }
 
-// mirror is a plain HTTP sstate mirror (net/http FileServer over a
+// httpMirror is a plain HTTP sstate mirror (net/http FileServer over a
 // directory) on 127.0.0.1 that counts the requests for each path and can be
 // stopped or made to hang mid-run.
 type httpMirror struct {
@@ -121,7 +121,7 @@ func (m *httpMirror) objectRequests() map[string]int {
 }
 
 // newTrustStores starts the three stores, empty, and a configuration listing
-// them in trust order with the stProject store as publish store.
+// them in trust order with the project store as publish store.
 func newTrustStores(t *testing.T) *trustStores {
 	t.Helper()
 	s := &trustStores{projectDir: t.TempDir(), mirrorDir: t.TempDir(), s3: testutil.S3Server(t)}
@@ -173,7 +173,7 @@ func (s *trustStores) open(t *testing.T, i int) backend.Store {
 }
 
 // put writes an object into store i the way each store is filled in real
-// life: files in the stProject directory and the mirror's directory, an S3
+// life: files in the project directory and the mirror's directory, an S3
 // upload into the bucket.
 func (s *trustStores) put(t *testing.T, i int, key string, data []byte) {
 	t.Helper()
@@ -197,7 +197,7 @@ func (s *trustStores) put(t *testing.T, i int, key string, data []byte) {
 	}
 }
 
-// buildIndexes indexes the stProject and stCompany stores (the mirror has
+// buildIndexes indexes the project and company stores (the mirror has
 // none: it is probed).
 func (s *trustStores) buildIndexes(t *testing.T) {
 	t.Helper()
@@ -256,7 +256,7 @@ func (s *trustStores) contents(t *testing.T, i int, withMeta bool) map[string][]
 	return out
 }
 
-// dirContents is every file under dir (key -> bytes).
+// dirFiles is every file under dir (key -> bytes).
 func dirFiles(t *testing.T, dir string) map[string][]byte {
 	t.Helper()
 	out := map[string][]byte{}
@@ -301,9 +301,29 @@ func bytesOf(i int, key string) []byte {
 	return bytes.Repeat([]byte(fmt.Sprintf("%s's bytes of %s\n", trustNames[i], key)), 300)
 }
 
-// startMount starts a mount and returns it with an idempotent close (the
-// test may close it early to see what it left in the stores).
+// startStoresMount starts a mount and returns it with an idempotent close
+// (the test may close it early to see what it left in the stores).
 func startStoresMount(t *testing.T, cfg config.Config) (*mount.Mount, func()) {
+	t.Helper()
+	m, err := tryMount(t, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	closeMount := func() {
+		once.Do(func() {
+			if err := m.Close(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(closeMount)
+	return m, closeMount
+}
+
+// tryMount runs mount.Start under the hang detector and returns what it
+// returned; the caller closes a mount that came up.
+func tryMount(t *testing.T, cfg config.Config) (*mount.Mount, error) {
 	t.Helper()
 	testutil.RequireFUSE(t)
 	type started struct {
@@ -314,22 +334,10 @@ func startStoresMount(t *testing.T, cfg config.Config) (*mount.Mount, func()) {
 		m, err := mount.Start(context.Background(), cfg, t.TempDir(), testLogger(t))
 		return started{m, err}
 	})
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	var once sync.Once
-	closeMount := func() {
-		once.Do(func() {
-			if err := r.m.Close(); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	t.Cleanup(closeMount)
-	return r.m, closeMount
+	return r.m, r.err
 }
 
-// bounded runs f and fails the test when f has not returned after
+// boundedCall runs f and fails the test when f has not returned after
 // hangLimit: a hang detector (a stuck FUSE operation or store call), not
 // an assertion about speed. f must not call t.Fatal.
 func boundedCall[T any](t *testing.T, what string, f func() T) T {
@@ -596,7 +604,8 @@ func TestStoresMirrorDownMidRun(t *testing.T) {
 	}
 }
 
-// equivalence store content of TestStoresEquivalenceTrust.
+// eqMethod, eqName and equivRecord make the records and objects of
+// TestStoresEquivalenceTrust.
 const eqMethod = "oe.sstatesig.OEOuthashBasic"
 
 func eqName(h string) string {
@@ -709,7 +718,7 @@ func TestStoresEquivalenceTrust(t *testing.T) {
 		cfg := s.config(t)
 		cfg.Stores[stProject].EquivalencesFrom = config.EquivalencesAny
 		m, c, sock := withHashserv(t, cfg)
-		// (b) allowed when the stProject store accepts any store's records
+		// (b) allowed when the project store accepts any store's records
 		wantObject(t, m.Mountpoint(), eqName(t2), stProject, eqName(u2))
 		if got := hsGet(t, c, t2); !strings.Contains(got, u2) {
 			t.Errorf("get %s = %s with equivalences_from = any on the project store, want %s", t2, got, u2)
@@ -797,33 +806,25 @@ func TestStoresUnreachableAtStart(t *testing.T) {
 		require bool
 	}{{"publish-store-down", false}, {"publish-store-down-required", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			testutil.RequireFUSE(t)
 			cfg := deadCompany(s.config(t))
 			for i := range cfg.Stores {
 				cfg.Stores[i].Publish = i == stCompany
 			}
 			cfg.Publish.RequireStore = tc.require
 			validConfig(t, cfg)
-			type started struct {
-				m   *mount.Mount
-				err error
-			}
-			r := boundedCall(t, "mount.Start", func() started {
-				m, err := mount.Start(context.Background(), cfg, t.TempDir(), testLogger(t))
-				return started{m, err}
-			})
-			if r.m != nil {
-				t.Cleanup(func() { r.m.Close() })
+			m, err := tryMount(t, cfg)
+			if m != nil {
+				t.Cleanup(func() { m.Close() })
 			}
 			switch {
-			case tc.require && r.err == nil:
+			case tc.require && err == nil:
 				t.Fatal("mounted although the publish store is unreachable and required")
-			case tc.require && !strings.Contains(r.err.Error(), trustNames[stCompany]):
-				t.Errorf("error does not name the store %s: %v", trustNames[stCompany], r.err)
-			case !tc.require && r.err != nil:
-				t.Fatalf("the mount did not come up degraded: %v", r.err)
+			case tc.require && !strings.Contains(err.Error(), trustNames[stCompany]):
+				t.Errorf("error does not name the store %s: %v", trustNames[stCompany], err)
+			case !tc.require && err != nil:
+				t.Fatalf("the mount did not come up degraded: %v", err)
 			case !tc.require:
-				wantBytes(t, r.m.Mountpoint(), kProject, stProject)
+				wantBytes(t, m.Mountpoint(), kProject, stProject)
 			}
 		})
 	}
