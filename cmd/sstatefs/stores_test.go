@@ -604,6 +604,29 @@ func TestStoresMirrorDownMidRun(t *testing.T) {
 	}
 }
 
+// TestStoresS3DownMidRun: the company bucket's server stopped in the
+// middle of a run: names of the project store and of the mirror behind it
+// are still found and read (the company store's part of each lookup is
+// answered by its index in memory), and a name nowhere is ENOENT, all with
+// no hang.
+func TestStoresS3DownMidRun(t *testing.T) {
+	s := newTrustStores(t)
+	kProject, kCompany, kPublic := testKey(1701, "populate_sysroot"), testKey(1702, "package"), testKey(1703, "populate_lic")
+	s.put(t, stProject, kProject, bytesOf(stProject, kProject))
+	s.put(t, stCompany, kCompany, bytesOf(stCompany, kCompany))
+	s.put(t, stPublic, kPublic, bytesOf(stPublic, kPublic))
+	s.buildIndexes(t)
+	m, _ := startStoresMount(t, validConfig(t, s.config(t)))
+	mp := m.Mountpoint()
+	wantBytes(t, mp, kCompany, stCompany) // the bucket works before
+
+	s.s3.Stop()
+	defer s.s3.Start() // for the mount's shutdown
+	wantBytes(t, mp, kProject, stProject)
+	wantBytes(t, mp, kPublic, stPublic)
+	wantAbsent(t, mp, testKey(1704, "package"))
+}
+
 // eqMethod, eqName and equivRecord make the records and objects of
 // TestStoresEquivalenceTrust.
 const eqMethod = "oe.sstatesig.OEOuthashBasic"
