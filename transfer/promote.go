@@ -1,0 +1,384 @@
+package transfer
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/publish"
+	"github.com/sstatefs/sstatefs/sstate"
+)
+
+var (
+	// ErrNoSourceIndex: the selection needs the source's index (every
+	// object, or those accessed since a time) and the source has none.
+	ErrNoSourceIndex = errors.New("the source store has no index")
+	// ErrSameStore: source and destination are the same store.
+	ErrSameStore = errors.New("source and destination are the same store")
+	// ErrDigestMismatch: the bytes read from the source are not those its
+	// index records; nothing was created at the destination.
+	ErrDigestMismatch = errors.New("bytes do not match the source index")
+)
+
+// PromoteRecorder records in the destination's index journal
+// (index.Journal): the objects promoted and the equivalence records that
+// name them.
+type PromoteRecorder interface {
+	Recorder
+	Reported(ctx context.Context, e index.Equivalence) error
+}
+
+// PromoteOptions configure Promote.
+type PromoteOptions struct {
+	From backend.Store
+	To   backend.Store
+	// FromIndex is the source's index: its objects, their digests, access
+	// records and equivalences. nil: the source has none, and Keys must
+	// name the objects, which are then copied unverified.
+	FromIndex *index.Index
+	// ToIndex is what the destination is known to hold (may be nil):
+	// objects it has with the source's digest are not copied again.
+	ToIndex *index.Index
+	// Recorder is the destination's journal; unused by a dry run.
+	Recorder PromoteRecorder
+	// Keys selects the objects by store key or bare sstate file name;
+	// empty: every object of FromIndex, or those accessed since
+	// AccessedSince when it is set.
+	Keys          []string
+	AccessedSince time.Time
+	// DryRun decides what would be copied and copies nothing.
+	DryRun bool
+	// TempDir holds each object between its download and its verified
+	// create; "" means os.TempDir().
+	TempDir  string
+	Jobs     int
+	Progress Progress
+	Logger   *slog.Logger
+}
+
+// PromoteResult counts what Promote did (or, in a dry run, would do).
+type PromoteResult struct {
+	// Promoted objects were created at the destination; Existing ones it
+	// had already with the same bytes; Conflicts it holds with other bytes
+	// (kept: first writer wins).
+	Promoted, Existing int
+	Conflicts          []string
+	PromotedBytes      int64
+	// Unverified were copied without a source digest to check them
+	// against (the source has no index, or no digest for them).
+	Unverified []string
+	Missing    []string // listed names the source does not have
+	// Equivalences were written into the destination's journal;
+	// EquivalencesKnown it had already; EquivalenceConflicts it has with
+	// another unihash for the same method and taskhash (its own stays in
+	// force, so they are not written).
+	Equivalences, EquivalencesKnown, EquivalenceConflicts int
+	// Planned is what a dry run would copy, by key.
+	Planned []index.Object
+	Failed  []error
+}
+
+// Promote copies objects, with their .siginfo and .sig companions and the
+// equivalence records whose unihash names them, from a less trusted store
+// into a more trusted writable one. Every object is downloaded to a temp
+// file and checked against the source index's SHA-256 before anything is
+// created at the destination, then put by the upload rules (publish.Put:
+// conditional create, an existing object with other bytes is a conflict
+// and is kept, recorded in the destination's journal only once there).
+// Objects the destination's index already holds with the same digest are
+// not copied again, so running it again after an interruption copies only
+// what is missing.
+func Promote(ctx context.Context, opt PromoteOptions) (PromoteResult, error) {
+	var res PromoteResult
+	if opt.Jobs <= 0 {
+		opt.Jobs = 8
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if backend.IsReadOnly(opt.To) {
+		return res, fmt.Errorf("promote to %s: %w", opt.To.Location(), backend.ErrReadOnly)
+	}
+	if opt.From.Location() == opt.To.Location() {
+		return res, fmt.Errorf("promote from %s to %s: %w", opt.From.Location(), opt.To.Location(), ErrSameStore)
+	}
+	objs, err := promoteSet(ctx, opt, &res)
+	if err != nil {
+		return res, err
+	}
+	// The unihashes of the objects the destination holds (or will) with
+	// the source's bytes: the equivalence records naming them go along.
+	there := map[string]bool{}
+	var todo []index.Object
+	for _, o := range objs {
+		d, ok := opt.ToIndex.Lookup(o.Key)
+		switch {
+		case !ok || o.SHA256 == [32]byte{} || d.SHA256 == [32]byte{}:
+			todo = append(todo, o)
+		case d.SHA256 == o.SHA256:
+			res.Existing++
+			there[o.Key] = true
+		default:
+			res.Conflicts = append(res.Conflicts, o.Key)
+			opt.Logger.Warn("not promoted: the destination has other content under this name (first writer wins)",
+				"object", o.Key, "to", opt.To.Location())
+		}
+	}
+	if opt.DryRun {
+		res.Planned = todo
+		for _, o := range todo {
+			there[o.Key] = true
+		}
+		carryEquivalences(ctx, opt, there, &res)
+		return res, nil
+	}
+	dir := opt.TempDir
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	type promoted struct {
+		out      publish.Outcome
+		verified bool
+		err      error
+	}
+	err = each(ctx, opt.Jobs, todo, func(o index.Object) int64 { return o.Size }, opt.Progress,
+		func(ctx context.Context, o index.Object) promoted {
+			out, verified, err := promoteOne(ctx, opt, dir, o)
+			return promoted{out, verified, err}
+		},
+		func(o index.Object, p promoted) {
+			switch p.out {
+			case publish.Failed:
+				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.Key, p.err))
+				opt.Logger.Error("promote failed", "object", o.Key, "error", p.err)
+				return
+			case publish.Created:
+				res.Promoted++
+				res.PromotedBytes += o.Size
+				there[o.Key] = true
+			case publish.AlreadyThere:
+				res.Existing++
+				there[o.Key] = true
+			case publish.Conflict:
+				res.Conflicts = append(res.Conflicts, o.Key)
+				opt.Logger.Warn("not promoted: the destination has other content under this name (first writer wins)",
+					"object", o.Key, "to", opt.To.Location())
+				return
+			}
+			if !p.verified {
+				res.Unverified = append(res.Unverified, o.Key)
+			}
+		})
+	if err != nil {
+		return res, err
+	}
+	carryEquivalences(ctx, opt, there, &res)
+	sort.Strings(res.Conflicts)
+	sort.Strings(res.Unverified)
+	if len(res.Failed) > 0 {
+		return res, fmt.Errorf("%d of %d objects or records failed, first: %w", len(res.Failed), len(todo), res.Failed[0])
+	}
+	return res, ctx.Err()
+}
+
+// promoteSet decides which objects of the source to promote, with their
+// companions, sorted by key. Listed names the source lacks go into
+// res.Missing; a listed name whose Stat fails, into res.Failed.
+func promoteSet(ctx context.Context, opt PromoteOptions, res *PromoteResult) ([]index.Object, error) {
+	seen := map[string]bool{}
+	var objs []index.Object
+	add := func(o index.Object) {
+		if !seen[o.Key] {
+			seen[o.Key] = true
+			objs = append(objs, o)
+		}
+	}
+	// withCompanions adds o and the .siginfo and .sig the source has for
+	// it. The index knows them; a store without one (or an object it does
+	// not list yet) is asked.
+	withCompanions := func(o index.Object, indexed bool) error {
+		add(o)
+		if n, err := sstate.ParseFile(path.Base(o.Key)); err == nil && n.Companion != "" {
+			return nil
+		}
+		for _, c := range []string{".siginfo", ".sig"} {
+			if co, ok := opt.FromIndex.Lookup(o.Key + c); ok {
+				add(co)
+			} else if !indexed {
+				oi, err := opt.From.Stat(ctx, o.Key+c)
+				switch {
+				case err == nil:
+					add(index.Object{Key: o.Key + c, Size: oi.Size, ModTime: oi.ModTime})
+				case errors.Is(err, backend.ErrNotExist):
+				case ctx.Err() != nil:
+					return err
+				default:
+					res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.Key+c, err))
+				}
+			}
+		}
+		return nil
+	}
+	switch {
+	case len(opt.Keys) > 0:
+		keys := resolveNames(opt.FromIndex, opt.Keys)
+		for _, name := range opt.Keys {
+			for _, k := range keys[name] {
+				o, indexed := opt.FromIndex.Lookup(k)
+				if !indexed {
+					oi, err := opt.From.Stat(ctx, k)
+					switch {
+					case errors.Is(err, backend.ErrNotExist):
+						res.Missing = append(res.Missing, name)
+						continue
+					case err != nil && ctx.Err() != nil:
+						return nil, err
+					case err != nil:
+						res.Failed = append(res.Failed, fmt.Errorf("%s: %w", k, err))
+						continue
+					}
+					o = index.Object{Key: k, Size: oi.Size, ModTime: oi.ModTime}
+				}
+				if err := withCompanions(o, indexed); err != nil {
+					return nil, err
+				}
+			}
+		}
+	case opt.FromIndex == nil:
+		return nil, fmt.Errorf("promote from %s: %w: name the objects in a list", opt.From.Location(), ErrNoSourceIndex)
+	default:
+		since := opt.AccessedSince
+		opt.FromIndex.Objects(func(o index.Object) bool {
+			if since.IsZero() || !o.Accessed.IsZero() && !o.Accessed.Before(since) {
+				withCompanions(o, true) // never fails on indexed objects
+			}
+			return true
+		})
+	}
+	sort.Slice(objs, func(i, j int) bool { return objs[i].Key < objs[j].Key })
+	return objs, nil
+}
+
+// resolveNames maps each listed name to store keys: a key is itself; a bare
+// sstate file name is every key of the index with that base name, else
+// (no index, or not in it) its top-level key ab/cd/NAME, which is probed.
+// A native object (under a NATIVELSBSTRING directory) of a store without
+// an index is thus found only by its full key.
+func resolveNames(ix *index.Index, names []string) map[string][]string {
+	out := map[string][]string{}
+	bare := map[string]bool{}
+	for _, n := range names {
+		if strings.Contains(n, "/") {
+			out[n] = []string{n}
+		} else {
+			bare[n] = true
+		}
+	}
+	if len(bare) == 0 {
+		return out
+	}
+	ix.Objects(func(o index.Object) bool {
+		if b := path.Base(o.Key); bare[b] {
+			out[b] = append(out[b], o.Key)
+		}
+		return true
+	})
+	for b := range bare {
+		if len(out[b]) > 0 {
+			continue
+		}
+		if n, err := sstate.ParseFile(b); err == nil {
+			out[b] = []string{n.String()}
+		} else {
+			out[b] = []string{b} // not an sstate name: probed as it is, reported missing
+		}
+	}
+	return out
+}
+
+// promoteOne downloads o to a temp file, checks it against the source's
+// digest (verified: there was one) and puts it at the destination.
+func promoteOne(ctx context.Context, opt PromoteOptions, dir string, o index.Object) (out publish.Outcome, verified bool, err error) {
+	tmp, err := os.CreateTemp(dir, ".sstatefs-promote-")
+	if err != nil {
+		return publish.Failed, false, err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	rc, err := opt.From.Open(ctx, o.Key, 0, -1)
+	if err != nil {
+		return publish.Failed, false, fmt.Errorf("reading %s: %w", opt.From.Location(), err)
+	}
+	sum, chunks, n, err := index.Digest(io.TeeReader(rc, tmp))
+	rc.Close()
+	if err != nil {
+		return publish.Failed, false, fmt.Errorf("reading %s: %w", opt.From.Location(), err)
+	}
+	verified = o.SHA256 != [32]byte{}
+	if verified && (sum != o.SHA256 || n != o.Size) {
+		return publish.Failed, verified, fmt.Errorf("%w of %s: got %d bytes, sha256 %s; the index records %d bytes, sha256 %s",
+			ErrDigestMismatch, opt.From.Location(), n, hex.EncodeToString(sum[:]), o.Size, hex.EncodeToString(o.SHA256[:]))
+	}
+	out, err = publish.Put(ctx, opt.To, opt.Recorder, publish.Upload{Key: o.Key, Data: tmp, Size: n, SHA256: sum, Chunks: chunks}, nil)
+	return out, verified, err
+}
+
+// carryEquivalences writes into the destination's journal the source's
+// equivalence records in force whose unihash names an object the
+// destination holds with the source's bytes (keys of there), unless the
+// destination has a record of its own for their method and taskhash. A
+// dry run only counts them.
+func carryEquivalences(ctx context.Context, opt PromoteOptions, there map[string]bool, res *PromoteResult) {
+	if ctx.Err() != nil {
+		return
+	}
+	unihashes := map[string]bool{}
+	for k := range there {
+		if n, err := sstate.ParseFile(path.Base(k)); err == nil {
+			unihashes[n.Hash] = true
+		}
+	}
+	var carry []index.Equivalence
+	opt.FromIndex.Equivalences(func(e index.Equivalence) bool {
+		if !unihashes[e.Unihash] {
+			return true
+		}
+		switch d, ok := opt.ToIndex.Equivalence(e.Method, e.Taskhash); {
+		case !ok:
+			carry = append(carry, e)
+		case d.Unihash == e.Unihash:
+			res.EquivalencesKnown++
+		default:
+			res.EquivalenceConflicts++
+			opt.Logger.Warn("equivalence not promoted: the destination maps this taskhash to another unihash (its own stays in force)",
+				"method", e.Method, "taskhash", e.Taskhash, "unihash", e.Unihash, "destination_unihash", d.Unihash)
+		}
+		return true
+	})
+	if opt.DryRun {
+		res.Equivalences = len(carry)
+		return
+	}
+	// Many at once: the journal batches concurrent records into one
+	// segment, where one at a time would write a segment each.
+	each(ctx, 256, carry, func(index.Equivalence) int64 { return 0 }, nil,
+		func(ctx context.Context, e index.Equivalence) error { return opt.Recorder.Reported(ctx, e) },
+		func(e index.Equivalence, err error) {
+			if err != nil {
+				res.Failed = append(res.Failed, fmt.Errorf("equivalence %s %s: %w", e.Method, e.Taskhash, err))
+				opt.Logger.Error("recording an equivalence failed", "method", e.Method, "taskhash", e.Taskhash, "error", err)
+				return
+			}
+			res.Equivalences++
+		})
+}
