@@ -116,29 +116,49 @@ func Promote(ctx context.Context, opt PromoteOptions) (PromoteResult, error) {
 	if err != nil {
 		return res, err
 	}
-	// The unihashes of the objects the destination holds (or will) with
-	// the source's bytes: the equivalence records naming them go along.
+	groups := groupCompanions(objs)
+	// there: the objects (not companions) the destination holds, or will,
+	// with the source's bytes; the equivalence records naming their
+	// unihash go along.
 	there := map[string]bool{}
-	var todo []index.Object
-	for _, o := range objs {
-		d, ok := opt.ToIndex.Lookup(o.Key)
-		switch {
-		case !ok || o.SHA256 == [32]byte{} || d.SHA256 == [32]byte{}:
-			todo = append(todo, o)
-		case d.SHA256 == o.SHA256:
+	var todo []group
+	for _, g := range groups {
+		switch known(opt.ToIndex, g.main) {
+		case publish.AlreadyThere:
 			res.Existing++
-			there[o.Key] = true
-		default:
-			res.Conflicts = append(res.Conflicts, o.Key)
-			opt.Logger.Warn("not promoted: the destination has other content under this name (first writer wins)",
-				"object", o.Key, "to", opt.To.Location())
+			g.mainThere = true
+		case publish.Conflict:
+			conflict(opt, &res, g.main.Key)
+			continue
+		}
+		var cs []index.Object
+		for _, c := range g.companions {
+			switch known(opt.ToIndex, c) {
+			case publish.AlreadyThere:
+				res.Existing++
+			case publish.Conflict:
+				conflict(opt, &res, c.Key)
+			default:
+				cs = append(cs, c)
+			}
+		}
+		g.companions = cs
+		if g.mainThere {
+			there[g.main.Key] = true
+		}
+		if !g.mainThere || len(cs) > 0 {
+			todo = append(todo, g)
 		}
 	}
 	if opt.DryRun {
-		res.Planned = todo
-		for _, o := range todo {
-			there[o.Key] = true
+		for _, g := range todo {
+			if !g.mainThere {
+				res.Planned = append(res.Planned, g.main)
+				there[g.main.Key] = true
+			}
+			res.Planned = append(res.Planned, g.companions...)
 		}
+		sort.Slice(res.Planned, func(i, j int) bool { return res.Planned[i].Key < res.Planned[j].Key })
 		carryEquivalences(ctx, opt, there, &res)
 		return res, nil
 	}
@@ -146,37 +166,30 @@ func Promote(ctx context.Context, opt PromoteOptions) (PromoteResult, error) {
 	if dir == "" {
 		dir = os.TempDir()
 	}
-	type promoted struct {
-		out      publish.Outcome
-		verified bool
-		err      error
-	}
-	err = each(ctx, opt.Jobs, todo, func(o index.Object) int64 { return o.Size }, opt.Progress,
-		func(ctx context.Context, o index.Object) promoted {
-			out, verified, err := promoteOne(ctx, opt, dir, o)
-			return promoted{out, verified, err}
-		},
-		func(o index.Object, p promoted) {
-			switch p.out {
-			case publish.Failed:
-				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.Key, p.err))
-				opt.Logger.Error("promote failed", "object", o.Key, "error", p.err)
-				return
-			case publish.Created:
-				res.Promoted++
-				res.PromotedBytes += o.Size
-				there[o.Key] = true
-			case publish.AlreadyThere:
-				res.Existing++
-				there[o.Key] = true
-			case publish.Conflict:
-				res.Conflicts = append(res.Conflicts, o.Key)
-				opt.Logger.Warn("not promoted: the destination has other content under this name (first writer wins)",
-					"object", o.Key, "to", opt.To.Location())
-				return
-			}
-			if !p.verified {
-				res.Unverified = append(res.Unverified, o.Key)
+	err = each(ctx, opt.Jobs, todo, group.size, opt.Progress,
+		func(ctx context.Context, g group) []promoted { return promoteGroup(ctx, opt, dir, g) },
+		func(g group, ps []promoted) {
+			for _, p := range ps {
+				switch p.out {
+				case publish.Failed:
+					res.Failed = append(res.Failed, fmt.Errorf("%s: %w", p.obj.Key, p.err))
+					opt.Logger.Error("promote failed", "object", p.obj.Key, "error", p.err)
+					continue
+				case publish.Created:
+					res.Promoted++
+					res.PromotedBytes += p.obj.Size
+				case publish.AlreadyThere:
+					res.Existing++
+				case publish.Conflict:
+					conflict(opt, &res, p.obj.Key)
+					continue
+				}
+				if p.obj.Key == g.main.Key {
+					there[g.main.Key] = true
+				}
+				if !p.verified {
+					res.Unverified = append(res.Unverified, p.obj.Key)
+				}
 			}
 		})
 	if err != nil {
@@ -186,9 +199,115 @@ func Promote(ctx context.Context, opt PromoteOptions) (PromoteResult, error) {
 	sort.Strings(res.Conflicts)
 	sort.Strings(res.Unverified)
 	if len(res.Failed) > 0 {
-		return res, fmt.Errorf("%d of %d objects or records failed, first: %w", len(res.Failed), len(todo), res.Failed[0])
+		return res, fmt.Errorf("%d objects or records failed, first: %w", len(res.Failed), res.Failed[0])
 	}
 	return res, ctx.Err()
+}
+
+// group is an object with the companions promoted with it. They go only
+// where it went: a destination that keeps other bytes under the object's
+// name must not get this build's .siginfo beside them.
+type group struct {
+	main       index.Object
+	companions []index.Object
+	mainThere  bool // the destination has main already: only companions to copy
+}
+
+// size is the bytes to copy.
+func (g group) size() int64 {
+	var n int64
+	if !g.mainThere {
+		n = g.main.Size
+	}
+	for _, c := range g.companions {
+		n += c.Size
+	}
+	return n
+}
+
+// groupCompanions groups sorted objects: a .siginfo or .sig joins its
+// object when that is promoted too, else it stands alone.
+func groupCompanions(objs []index.Object) []group {
+	at := map[string]int{}
+	var groups []group
+	var lone []index.Object
+	for _, o := range objs {
+		if companion(o.Key) == "" {
+			at[o.Key] = len(groups)
+			groups = append(groups, group{main: o})
+		}
+	}
+	for _, o := range objs {
+		c := companion(o.Key)
+		if c == "" {
+			continue
+		}
+		if i, ok := at[strings.TrimSuffix(o.Key, c)]; ok {
+			groups[i].companions = append(groups[i].companions, o)
+		} else {
+			lone = append(lone, o)
+		}
+	}
+	for _, o := range lone {
+		groups = append(groups, group{main: o})
+	}
+	return groups
+}
+
+// companion is the companion suffix of key (".siginfo", ".sig"), "" for an
+// object or a name outside the sstate grammar.
+func companion(key string) string {
+	n, err := sstate.ParseFile(path.Base(key))
+	if err != nil {
+		return ""
+	}
+	return n.Companion
+}
+
+// known tells from the destination's index whether it has o with the
+// source's bytes (AlreadyThere), other bytes (Conflict), or cannot tell
+// (Failed: the object must go through the conditional create).
+func known(ix *index.Index, o index.Object) publish.Outcome {
+	d, ok := ix.Lookup(o.Key)
+	switch {
+	case !ok || o.SHA256 == [32]byte{} || d.SHA256 == [32]byte{}:
+		return publish.Failed
+	case d.SHA256 == o.SHA256:
+		return publish.AlreadyThere
+	}
+	return publish.Conflict
+}
+
+func conflict(opt PromoteOptions, res *PromoteResult, key string) {
+	res.Conflicts = append(res.Conflicts, key)
+	opt.Logger.Warn("not promoted: the destination has other content under this name (first writer wins); its companions stay behind too",
+		"object", key, "to", opt.To.Location())
+}
+
+// promoted is what became of one object of a group.
+type promoted struct {
+	obj      index.Object
+	out      publish.Outcome
+	verified bool
+	err      error
+}
+
+// promoteGroup promotes g's object, then, if the destination has it with
+// the source's bytes, its companions.
+func promoteGroup(ctx context.Context, opt PromoteOptions, dir string, g group) []promoted {
+	var ps []promoted
+	if !g.mainThere {
+		out, verified, err := promoteOne(ctx, opt, dir, g.main)
+		ps = append(ps, promoted{g.main, out, verified, err})
+		if out != publish.Created && out != publish.AlreadyThere {
+			return ps
+		}
+	}
+	for _, c := range g.companions {
+		out, verified, err := promoteOne(ctx, opt, dir, c)
+		ps = append(ps, promoted{c, out, verified, err})
+	}
+	return ps
 }
 
 // promoteSet decides which objects of the source to promote, with their
@@ -208,7 +327,7 @@ func promoteSet(ctx context.Context, opt PromoteOptions, res *PromoteResult) ([]
 	// not list yet) is asked.
 	withCompanions := func(o index.Object, indexed bool) error {
 		add(o)
-		if n, err := sstate.ParseFile(path.Base(o.Key)); err == nil && n.Companion != "" {
+		if companion(o.Key) != "" {
 			return nil
 		}
 		for _, c := range []string{".siginfo", ".sig"} {
@@ -344,7 +463,7 @@ func carryEquivalences(ctx context.Context, opt PromoteOptions, there map[string
 	}
 	unihashes := map[string]bool{}
 	for k := range there {
-		if n, err := sstate.ParseFile(path.Base(k)); err == nil {
+		if n, err := sstate.ParseFile(path.Base(k)); err == nil && n.Companion == "" {
 			unihashes[n.Hash] = true
 		}
 	}

@@ -148,8 +148,9 @@ func TestPromoteCarriesCompanionsAndEquivalences(t *testing.T) {
 	if err != nil || res.Promoted != len(data) || res.Existing != 0 || len(res.Conflicts) != 0 || len(res.Unverified) != 0 {
 		t.Fatalf("promote: %+v, %v", res, err)
 	}
-	if lastDone != len(data) || lastTotal != len(data) {
-		t.Errorf("progress %d/%d, want %d/%d", lastDone, lastTotal, len(data), len(data))
+	// progress counts objects with their companions
+	if lastDone != 5 || lastTotal != 5 {
+		t.Errorf("progress %d/%d, want 5/5", lastDone, lastTotal)
 	}
 	if res.Equivalences != 3 {
 		t.Errorf("equivalences carried: %d, want 3 (the orphan stays)", res.Equivalences)
@@ -181,11 +182,11 @@ func TestPromoteCarriesCompanionsAndEquivalences(t *testing.T) {
 
 // TestPromoteConflictKept: the destination holds other bytes under a name
 // its index does not know: the conditional create finds them, they are
-// kept and reported (on every run), and the equivalence naming that object
-// is not carried.
+// kept and reported (on every run), and neither its .siginfo nor the
+// equivalence naming that object is carried.
 func TestPromoteConflictKept(t *testing.T) {
 	a, b := objKey(0, "populate_sysroot"), objKey(1, "populate_sysroot")
-	data := map[string][]byte{a: rnd(2000), b: rnd(2000)}
+	data := map[string][]byte{a: rnd(2000), a + ".siginfo": rnd(100), b: rnd(2000)}
 	src := newSource(t, data, []index.Equivalence{equivFor(0, "a"), equivFor(1, "b")}, nil)
 	dst, _ := file.New(t.TempDir())
 	theirs := []byte("the company's own build of it")
@@ -202,6 +203,9 @@ func TestPromoteConflictKept(t *testing.T) {
 		if run == 0 && (res.Promoted != 1 || res.Equivalences != 1) {
 			t.Fatalf("run 0: %+v", res)
 		}
+	}
+	if _, err := dst.Stat(context.Background(), a+".siginfo"); !errors.Is(err, backend.ErrNotExist) {
+		t.Errorf("the .siginfo of a conflicting object went beside the destination's own: %v", err)
 	}
 	dix := loadAll(t, dst)
 	if _, ok := dix.Equivalence(testMethod, equivFor(0, "a").Taskhash); ok {
