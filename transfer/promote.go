@@ -100,12 +100,7 @@ type PromoteResult struct {
 // what is missing.
 func Promote(ctx context.Context, opt PromoteOptions) (PromoteResult, error) {
 	var res PromoteResult
-	if opt.Jobs <= 0 {
-		opt.Jobs = 8
-	}
-	if opt.Logger == nil {
-		opt.Logger = slog.New(slog.DiscardHandler)
-	}
+	opt.Jobs, opt.Logger = orDefaults(opt.Jobs, opt.Logger)
 	if backend.IsReadOnly(opt.To) {
 		return res, fmt.Errorf("promote to %s: %w", opt.To.Location(), backend.ErrReadOnly)
 	}
@@ -308,6 +303,18 @@ func promoteGroup(ctx context.Context, opt PromoteOptions, dir string, g group) 
 		ps = append(ps, promoted{c, out, verified, err})
 	}
 	return ps
+}
+
+// orDefaults gives the settings every transfer shares their defaults:
+// 8 objects at once, a logger that discards.
+func orDefaults(jobs int, log *slog.Logger) (int, *slog.Logger) {
+	if jobs <= 0 {
+		jobs = 8
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return jobs, log
 }
 
 // promoteSet decides which objects of the source to promote, with their
