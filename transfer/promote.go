@@ -167,6 +167,9 @@ func Promote(ctx context.Context, opt PromoteOptions) (PromoteResult, error) {
 			for _, p := range ps {
 				switch p.out {
 				case publish.Failed:
+					if ctx.Err() != nil {
+						continue // interrupted, not failed: the next run does it
+					}
 					res.Failed = append(res.Failed, fmt.Errorf("%s: %w", p.obj.Key, p.err))
 					opt.Logger.Error("promote failed", "object", p.obj.Key, "error", p.err)
 					continue
@@ -291,6 +294,9 @@ type promoted struct {
 // the source's bytes, its companions.
 func promoteGroup(ctx context.Context, opt PromoteOptions, dir string, g group) []promoted {
 	var ps []promoted
+	if ctx.Err() != nil {
+		return nil // the run is interrupted: errgroup still hands out the rest
+	}
 	if !g.mainThere {
 		out, verified, err := promoteOne(ctx, opt, dir, g.main)
 		ps = append(ps, promoted{g.main, out, verified, err})

@@ -148,7 +148,11 @@ Exit status: 0 done, 1 something failed or a listed object is missing, 2 refused
 	}
 	printPromoted(stdout, stderr, res, fromName, toName, *dryRun, time.Since(start))
 	status := 0
-	if err != nil {
+	switch {
+	case ctx.Err() != nil:
+		fmt.Fprintf(stderr, "sstatefs promote: interrupted (run it again to finish: what is at %s is not copied again)\n", toName)
+		status = 1
+	case err != nil:
 		fmt.Fprintf(stderr, "sstatefs promote: %v (run it again to retry)\n", err)
 		status = 1
 	}
