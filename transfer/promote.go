@@ -329,76 +329,116 @@ func orDefaults(jobs int, log *slog.Logger) (int, *slog.Logger) {
 func promoteSet(ctx context.Context, opt PromoteOptions, res *PromoteResult) ([]index.Object, error) {
 	seen := map[string]bool{}
 	var objs []index.Object
-	add := func(o index.Object) {
-		if !seen[o.Key] {
-			seen[o.Key] = true
-			objs = append(objs, o)
-		}
-	}
-	// withCompanions adds o and the .siginfo and .sig the source has for
-	// it. The index knows them; a store without one (or an object it does
-	// not list yet) is asked.
-	withCompanions := func(o index.Object, indexed bool) error {
-		add(o)
-		if companion(o.Key) != "" {
-			return nil
-		}
-		for _, c := range []string{".siginfo", ".sig"} {
-			if co, ok := opt.FromIndex.Lookup(o.Key + c); ok {
-				add(co)
-			} else if !indexed {
-				oi, err := opt.From.Stat(ctx, o.Key+c)
-				switch {
-				case err == nil:
-					add(index.Object{Key: o.Key + c, Size: oi.Size, ModTime: oi.ModTime})
-				case errors.Is(err, backend.ErrNotExist):
-				case ctx.Err() != nil:
-					return err
-				default:
-					res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.Key+c, err))
-				}
+	add := func(more ...index.Object) {
+		for _, o := range more {
+			if !seen[o.Key] {
+				seen[o.Key] = true
+				objs = append(objs, o)
 			}
 		}
-		return nil
 	}
 	switch {
 	case len(opt.Keys) > 0:
+		// Names the index does not know are probed, several at once: a
+		// remote store without an index (an HTTP mirror) answers each
+		// only after a round trip.
+		type listed struct{ name, key string }
+		var items []listed
 		keys := resolveNames(opt.FromIndex, opt.Keys)
 		for _, name := range opt.Keys {
 			for _, k := range keys[name] {
-				o, indexed := opt.FromIndex.Lookup(k)
-				if !indexed {
-					oi, err := opt.From.Stat(ctx, k)
-					switch {
-					case errors.Is(err, backend.ErrNotExist):
-						res.Missing = append(res.Missing, name)
-						continue
-					case err != nil && ctx.Err() != nil:
-						return nil, err
-					case err != nil:
-						res.Failed = append(res.Failed, fmt.Errorf("%s: %w", k, err))
-						continue
-					}
-					o = index.Object{Key: k, Size: oi.Size, ModTime: oi.ModTime}
-				}
-				if err := withCompanions(o, indexed); err != nil {
-					return nil, err
-				}
+				items = append(items, listed{name, k})
 			}
 		}
+		err := each(ctx, opt.Jobs, items, func(listed) int64 { return 0 }, nil,
+			func(ctx context.Context, it listed) probed { return probe(ctx, opt, it.key) },
+			func(it listed, p probed) {
+				add(p.objs...)
+				res.Failed = append(res.Failed, p.failed...)
+				if p.missing {
+					res.Missing = append(res.Missing, it.name)
+				}
+			})
+		if err != nil {
+			return nil, err
+		}
+		sort.Strings(res.Missing)
 	case opt.FromIndex == nil:
 		return nil, fmt.Errorf("promote from %s: %w: name the objects in a list", opt.From.Location(), ErrNoSourceIndex)
 	default:
 		since := opt.AccessedSince
 		opt.FromIndex.Objects(func(o index.Object) bool {
 			if since.IsZero() || !o.Accessed.IsZero() && !o.Accessed.Before(since) {
-				withCompanions(o, true) // never fails on indexed objects
+				add(o)
+				add(indexedCompanions(opt.FromIndex, o.Key)...)
 			}
 			return true
 		})
 	}
 	sort.Slice(objs, func(i, j int) bool { return objs[i].Key < objs[j].Key })
 	return objs, nil
+}
+
+// probed is what the source has of one listed key: the object and its
+// companions, or that it is missing, or the errors of asking.
+type probed struct {
+	objs    []index.Object
+	missing bool
+	failed  []error
+}
+
+// probe finds key and its companions in the source's index, else asks the
+// source (Stat).
+func probe(ctx context.Context, opt PromoteOptions, key string) probed {
+	var p probed
+	stat := func(k string) (index.Object, bool) {
+		oi, err := opt.From.Stat(ctx, k)
+		switch {
+		case err == nil:
+			return index.Object{Key: k, Size: oi.Size, ModTime: oi.ModTime}, true
+		case !errors.Is(err, backend.ErrNotExist):
+			p.failed = append(p.failed, fmt.Errorf("%s: %w", k, err))
+		}
+		return index.Object{}, false
+	}
+	o, indexed := opt.FromIndex.Lookup(key)
+	if !indexed {
+		var ok bool
+		if o, ok = stat(key); !ok {
+			p.missing = len(p.failed) == 0
+			return p
+		}
+	}
+	p.objs = append(p.objs, o)
+	if indexed {
+		p.objs = append(p.objs, indexedCompanions(opt.FromIndex, key)...)
+		return p
+	}
+	if companion(key) == "" {
+		for _, c := range companionSuffixes {
+			if co, ok := stat(key + c); ok {
+				p.objs = append(p.objs, co)
+			}
+		}
+	}
+	return p
+}
+
+// companionSuffixes are the files that go with an object.
+var companionSuffixes = []string{".siginfo", ".sig"}
+
+// indexedCompanions are the companions of key that ix has.
+func indexedCompanions(ix *index.Index, key string) []index.Object {
+	if companion(key) != "" {
+		return nil
+	}
+	var cs []index.Object
+	for _, c := range companionSuffixes {
+		if o, ok := ix.Lookup(key + c); ok {
+			cs = append(cs, o)
+		}
+	}
+	return cs
 }
 
 // resolveNames maps each listed name to store keys: a key is itself; a bare
