@@ -308,3 +308,43 @@ func TestParseSince(t *testing.T) {
 		}
 	}
 }
+
+// TestPromoteCommandFromMirror: an HTTP mirror without an index is
+// promoted from by --list; the output says the objects could not be
+// verified against a digest.
+func TestPromoteCommandFromMirror(t *testing.T) {
+	mirrorDir := t.TempDir()
+	k := "ab/cd/sstate:zlib::1.3:r0::14:abcd" + strings.Repeat("2", 60) + "_unpack.tar.zst"
+	for _, key := range []string{k, k + ".siginfo"} {
+		p := filepath.Join(mirrorDir, key)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte("public bytes of "+key), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := httptest.NewServer(http.FileServer(http.Dir(mirrorDir)))
+	defer srv.Close()
+	company := t.TempDir()
+	cfgFile := writeConfig(t, `
+[[store]]
+name = "company"
+url = "file://`+company+`"
+
+[[store]]
+name = "public"
+url = "`+srv.URL+`/"
+`)
+	list := filepath.Join(t.TempDir(), "list")
+	os.WriteFile(list, []byte(filepath.Base(k)+"\n"), 0o644)
+	var out, errb bytes.Buffer
+	if rc := promote([]string{"--config", cfgFile, "--from", "public", "--to", "company", "--list", list, "--quiet"}, &out, &errb); rc != 0 {
+		t.Fatalf("promote from the mirror exit %d: %s", rc, errb.String())
+	}
+	if !strings.Contains(out.String(), "promoted 2 objects") || !strings.Contains(errb.String(), "has no index") ||
+		!strings.Contains(errb.String(), "copied unverified (no digest in the source index): "+k+".siginfo") {
+		t.Errorf("promote from the mirror:\n%s%s", out.String(), errb.String())
+	}
+	if b, err := os.ReadFile(filepath.Join(company, k)); err != nil || string(b) != "public bytes of "+k {
+		t.Errorf("%s in the company store: %q, %v", k, b, err)
+	}
+}
