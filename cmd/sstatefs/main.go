@@ -21,6 +21,7 @@ Usage:
   sstatefs prefetch [flags] [MOUNTPOINT] fetch objects into a running mount's cache ahead of a build
   sstatefs push [flags] DIR             upload a local sstate-cache to the store
   sstatefs export [flags] DIR           write a plain SSTATE_DIR copy of the store (or of --list)
+  sstatefs promote --from NAME --to NAME copy objects into a more trusted store, verified
   sstatefs status [flags] [MOUNTPOINT]  show the live state of a mount (or the queue it left on disk)
   sstatefs hashserv serve [flags]       serve bitbake's hash equivalence protocol from the store's index
   sstatefs hashserv import [flags]      import equivalences from a bitbake-hashserv database or server
@@ -75,6 +76,8 @@ func run(args []string) int {
 		return cmdPush(args[1:])
 	case "export":
 		return cmdExport(args[1:])
+	case "promote":
+		return cmdPromote(args[1:])
 	case "status":
 		return cmdStatus(args[1:])
 	case "hashserv":
