@@ -10,6 +10,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -821,6 +822,47 @@ func TestStoresUnreachableAtStart(t *testing.T) {
 		body := string(resp.data)
 		if resp.err != nil || !strings.Contains(strings.ToLower(body), "degraded") || !strings.Contains(body, trustNames[stCompany]) {
 			t.Errorf("/healthz with the company store unreachable = %s %v, want it degraded, naming %s", body, resp.err, trustNames[stCompany])
+		}
+		// per store: the metrics and the status say which store is down
+		get := func(path string) string {
+			r := boundedCall(t, "GET "+path, func() readResult {
+				resp, err := http.Get("http://" + m.MetricsAddr() + path)
+				if err != nil {
+					return readResult{nil, err}
+				}
+				defer resp.Body.Close()
+				b, err := io.ReadAll(resp.Body)
+				return readResult{b, err}
+			})
+			if r.err != nil {
+				t.Fatalf("GET %s: %v", path, r.err)
+			}
+			return string(r.data)
+		}
+		metrics := get("/metrics")
+		for _, want := range []string{
+			`sstatefs_store_up{store="` + trustNames[stCompany] + `"} 0`,
+			`sstatefs_store_up{store="` + trustNames[stProject] + `"} 1`,
+			`sstatefs_store_lookups_total{result="hit",store="` + trustNames[stProject] + `"} `,
+		} {
+			if !strings.Contains(metrics, want) {
+				t.Errorf("/metrics lacks %s", want)
+			}
+		}
+		if strings.Contains(metrics, `sstatefs_store_lookups_total{result="hit",store="`+trustNames[stProject]+`"} 0`) {
+			t.Errorf("/metrics counts no lookup answered by the project store")
+		}
+		var st mount.LiveStatus
+		if err := json.Unmarshal([]byte(get("/status")), &st); err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Stores) != 3 || st.Stores[stCompany].Name != trustNames[stCompany] || !st.Stores[stCompany].Down || st.Stores[stProject].Down || !st.Stores[stProject].Publish {
+			t.Errorf("status stores = %+v, want three in trust order, the company's down, the project's the publish store", st.Stores)
+		}
+		var out bytes.Buffer
+		printLiveStatus(&out, st, time.Now())
+		if !strings.Contains(out.String(), "store 2:  "+trustNames[stCompany]) || !strings.Contains(out.String(), "DOWN") {
+			t.Errorf("status output does not show the company store down:\n%s", out.String())
 		}
 	})
 
