@@ -134,16 +134,16 @@ func (c *command) parse(args []string, minArgs, maxArgs int, check func() error)
 // storeChoiceDoc is the help text of how a command of use chooses its
 // store.
 func storeChoiceDoc(use storeUse) string {
-	const publish = "the publish store: the one with publish = true, else the first writable one"
+	const url = "\n--store URL works on that store instead of the configured ones."
 	switch use {
 	case readsStore:
-		return "\n--store NAME works on the configured store of that name (default: " + publish + "; with no\nwritable store, the first store). --store URL works on that store instead of the configured ones."
+		return "\n--store NAME works on the configured store of that name; default: the publish store (the one\nwith publish = true, else the first writable one), else the first store." + url
 	case writesStore:
-		return "\n--store NAME works on the configured store of that name, which must be writable (default:\n" + publish + "). --store URL works on that store instead of the configured ones."
+		return "\n--store NAME works on the configured store of that name, which must be writable; default: the\npublish store (the one with publish = true, else the first writable one)." + url
 	case publishStore:
-		return "\nIt goes to " + publish + "."
+		return "\nIt goes to the publish store: the one with publish = true, else the first writable one."
 	case allStores:
-		return "\n--store NAME works on the configured store of that name alone (default: every store, in trust\norder). --store URL works on that store instead of the configured ones."
+		return "\n--store NAME works on the configured store of that name alone; default: every store, in\ntrust order." + url
 	}
 	return ""
 }

@@ -252,6 +252,9 @@ func exportSources(ctx context.Context, scs []config.StoreConfig) ([]transfer.So
 			return nil, fmt.Errorf("store %s: %w", config.StoreName(sc), err)
 		}
 		ix, err := indexOf(ctx, store)
+		if err != nil && len(scs) > 1 {
+			return nil, fmt.Errorf("store %s: %w (to export the other stores, name each with --store NAME)", config.StoreName(sc), err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("store %s: %w", config.StoreName(sc), err)
 		}

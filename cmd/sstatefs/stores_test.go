@@ -158,7 +158,7 @@ read_only = true
 // TestIndexCommandsPickStore: index build writes the index of the store
 // --store names and of no other; without --store, of the publish store;
 // it refuses a read-only store (read_only, or an HTTP mirror) without
-// writing anything, as does compact.
+// writing anything, as do compact and hashserv import.
 func TestIndexCommandsPickStore(t *testing.T) {
 	dir := t.TempDir()
 	proj, company, team, pub := filepath.Join(dir, "proj"), filepath.Join(dir, "company"), filepath.Join(dir, "team"), t.TempDir()
@@ -195,6 +195,9 @@ publish = true
 		{"index", "compact", "--store", "proj"},
 		{"index", "compact", "--store", "public"},
 		{"index", "show", "--store", "nope"},
+		{"hashserv", "import", "--store", "proj", "--sqlite", "/nonexistent.db"},
+		{"hashserv", "import", "--store", "public", "--sqlite", "/nonexistent.db"},
+		{"hashserv", "serve", "--store", "nope"},
 	} {
 		if rc := run(args); rc != 2 {
 			t.Errorf("%q: exit %d, want 2", args, rc)
