@@ -1,8 +1,8 @@
 // Package transfer moves whole sstate caches between a local directory and a
 // store: Push uploads an existing local sstate-cache (skipping what the store
 // has, resumable, recorded in the index), Export writes a plain SSTATE_DIR
-// copy of the store, or of some of its objects, for air-gapped sites, SDKs
-// and backups.
+// copy of a store, or of several stores merged in trust order, or of some
+// of their objects, for air-gapped sites, SDKs and backups.
 package transfer
 
 import (
@@ -225,13 +225,29 @@ func each[T, R any](ctx context.Context, jobs int, items []T, size func(T) int64
 	return g.Wait()
 }
 
+// Source is one store an export reads from.
+type Source struct {
+	Name  string // in messages and counts (default: the store's location)
+	Store backend.Store
+	Index *index.Index // the store's objects (nil or empty: list the store)
+}
+
+func (s Source) label() string {
+	if s.Name != "" {
+		return s.Name
+	}
+	return s.Store.Location()
+}
+
 // ExportOptions configure Export.
 type ExportOptions struct {
-	Dir   string // destination SSTATE_DIR, created if missing
-	Store backend.Store
-	Index *index.Index // the store's objects (nil: list the store)
+	Dir string // destination SSTATE_DIR, created if missing
+	// Sources are the stores to export, most trusted first: a name that
+	// several of them hold is taken from the first that has it, as the
+	// mount resolves names (the merged view).
+	Sources []Source
 	// Keys limits the export to these objects (and their .siginfo/.sig
-	// companions when the index knows them); empty means everything.
+	// companions when an index knows them); empty means everything.
 	Keys     []string
 	Jobs     int
 	Progress Progress
@@ -241,25 +257,47 @@ type ExportOptions struct {
 // ExportResult counts what Export did.
 type ExportResult struct {
 	Written, Skipped int
-	Missing          []string // listed keys the store does not have
+	Missing          []string // listed keys no source has
 	Invalid          []error  // listed keys that are not valid object keys (skipped)
-	WrittenBytes     int64
-	Failed           []error
+	// Unlisted names the sources left out of a whole export of several
+	// sources because they have no index and cannot be listed (a plain
+	// HTTP mirror); with a single source that is an error instead.
+	Unlisted     []string
+	WrittenBytes int64
+	// BySource is what was taken from each source, in the order of Sources.
+	BySource []SourceCount
+	Failed   []error
 }
 
-// Export writes the store's objects into a plain SSTATE_DIR. Objects already
-// there with the right size are skipped, so an interrupted export resumes.
-// Each object is written to a temp file, verified against the index digest
-// where known, given the store's mtime and renamed into place.
+// SourceCount is what Export took from one source.
+type SourceCount struct {
+	Written, Skipped int
+	WrittenBytes     int64
+}
+
+// exportItem is an object to export and the index in Sources of the store
+// it comes from.
+type exportItem struct {
+	index.Object
+	src int
+}
+
+// Export writes the objects of the sources into a plain SSTATE_DIR. Objects
+// already there with the right size are skipped, so an interrupted export
+// resumes. Each object is written to a temp file, verified against the index
+// digest where known, given the store's mtime and renamed into place.
 func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
-	var res ExportResult
+	res := ExportResult{BySource: make([]SourceCount, len(opt.Sources))}
+	if len(opt.Sources) == 0 {
+		return res, errors.New("export: no store to export")
+	}
 	if opt.Jobs <= 0 {
 		opt.Jobs = 8
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	objs, err := exportSet(ctx, opt, &res)
+	items, err := exportSet(ctx, opt, &res)
 	if err != nil {
 		return res, err
 	}
@@ -274,24 +312,30 @@ func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
 		return res, err
 	}
 	defer root.Close()
-	var todo []index.Object
-	for _, o := range objs {
-		if fi, err := beneath.Lstat(root, o.Key); err == nil && fi.Mode().IsRegular() && fi.Size() == o.Size {
+	var todo []exportItem
+	for _, it := range items {
+		if fi, err := beneath.Lstat(root, it.Key); err == nil && fi.Mode().IsRegular() && fi.Size() == it.Size {
 			res.Skipped++
+			res.BySource[it.src].Skipped++
 			continue
 		}
-		todo = append(todo, o)
+		todo = append(todo, it)
 	}
-	err = each(ctx, opt.Jobs, todo, func(o index.Object) int64 { return o.Size }, opt.Progress,
-		func(ctx context.Context, o index.Object) error { return exportOne(ctx, opt, root, o) },
-		func(o index.Object, err error) {
+	err = each(ctx, opt.Jobs, todo, func(it exportItem) int64 { return it.Size }, opt.Progress,
+		func(ctx context.Context, it exportItem) error {
+			return exportOne(ctx, opt.Sources[it.src].Store, root, opt.Dir, it.Object)
+		},
+		func(it exportItem, err error) {
 			if err != nil {
-				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", o.Key, err))
-				opt.Logger.Error("export failed", "object", o.Key, "error", err)
-			} else {
-				res.Written++
-				res.WrittenBytes += o.Size
+				from := opt.Sources[it.src].label()
+				res.Failed = append(res.Failed, fmt.Errorf("%s (from %s): %w", it.Key, from, err))
+				opt.Logger.Error("export failed", "object", it.Key, "store", from, "error", err)
+				return
 			}
+			res.Written++
+			res.WrittenBytes += it.Size
+			res.BySource[it.src].Written++
+			res.BySource[it.src].WrittenBytes += it.Size
 		})
 	if err != nil {
 		return res, err
@@ -302,75 +346,131 @@ func Export(ctx context.Context, opt ExportOptions) (ExportResult, error) {
 	return res, nil
 }
 
-// exportSet decides which objects to export. A listed key that is invalid,
-// or whose Stat fails, is recorded in res and the others go on.
-func exportSet(ctx context.Context, opt ExportOptions, res *ExportResult) ([]index.Object, error) {
-	if len(opt.Keys) > 0 {
-		var objs []index.Object
-		seen := map[string]bool{}
-		add := func(o index.Object) {
-			if !seen[o.Key] {
-				seen[o.Key] = true
-				objs = append(objs, o)
-			}
+// exportSet decides which objects to export, and from which source. A
+// listed key that is invalid, or whose Stat fails, is recorded in res and
+// the others go on.
+func exportSet(ctx context.Context, opt ExportOptions, res *ExportResult) ([]exportItem, error) {
+	if len(opt.Keys) == 0 {
+		return exportAll(ctx, opt.Sources, res)
+	}
+	var items []exportItem
+	seen := map[string]bool{}
+	add := func(o index.Object, src int) {
+		if !seen[o.Key] {
+			seen[o.Key] = true
+			items = append(items, exportItem{o, src})
 		}
-		for _, k := range opt.Keys {
-			k = strings.TrimPrefix(strings.TrimSpace(k), "/")
-			if k == "" || strings.HasPrefix(k, "#") {
-				continue
-			}
-			if err := backend.CheckKey(k); err != nil {
-				res.Invalid = append(res.Invalid, err)
-				continue
-			}
-			if o, ok := opt.Index.Lookup(k); ok {
-				add(o)
-			} else if oi, err := opt.Store.Stat(ctx, k); err == nil {
-				add(index.Object{Key: k, Size: oi.Size, ModTime: oi.ModTime})
-			} else if errors.Is(err, backend.ErrNotExist) {
-				res.Missing = append(res.Missing, k)
-				continue
-			} else if ctx.Err() != nil {
-				return nil, err
-			} else {
-				res.Failed = append(res.Failed, fmt.Errorf("%s: %w", k, err))
-				continue
-			}
-			for _, c := range []string{".siginfo", ".sig"} {
-				if o, ok := opt.Index.Lookup(k + c); ok {
-					add(o)
+	}
+	for _, k := range opt.Keys {
+		k = strings.TrimPrefix(strings.TrimSpace(k), "/")
+		if k == "" || strings.HasPrefix(k, "#") {
+			continue
+		}
+		if err := backend.CheckKey(k); err != nil {
+			res.Invalid = append(res.Invalid, err)
+			continue
+		}
+		o, src, err := locate(ctx, opt.Sources, k)
+		switch {
+		case err == nil:
+			add(o, src)
+		case errors.Is(err, backend.ErrNotExist):
+			res.Missing = append(res.Missing, k)
+			continue
+		case ctx.Err() != nil:
+			return nil, err
+		default:
+			res.Failed = append(res.Failed, fmt.Errorf("%s: %w", k, err))
+			continue
+		}
+		for _, c := range []string{".siginfo", ".sig"} {
+			for i, s := range opt.Sources {
+				if o, ok := s.Index.Lookup(k + c); ok {
+					add(o, i)
+					break
 				}
 			}
 		}
-		return objs, nil
 	}
-	if opt.Index != nil && opt.Index.Len() > 0 {
-		var objs []index.Object
-		opt.Index.Objects(func(o index.Object) bool { objs = append(objs, o); return true })
-		return objs, nil
-	}
-	var objs []index.Object
-	err := opt.Store.List(ctx, "", func(oi backend.ObjectInfo) error {
-		if backend.IsMeta(oi.Key) {
-			return nil
-		}
-		objs = append(objs, index.Object{Key: oi.Key, Size: oi.Size, ModTime: oi.ModTime})
-		return nil
-	})
-	if errors.Is(err, backend.ErrNotSupported) {
-		return nil, fmt.Errorf("%s has no index and cannot be listed: give the objects to export in a list file", opt.Store.Location())
-	}
-	return objs, err
+	return items, nil
 }
 
-func exportOne(ctx context.Context, opt ExportOptions, root *os.File, o index.Object) error {
+// locate finds key in the first source that has it: in its index, else by
+// asking the store (the index may be older than the store). A source that
+// cannot answer ends the search with its error: a less trusted source
+// must not stand in for a more trusted one that may have other bytes.
+func locate(ctx context.Context, sources []Source, key string) (index.Object, int, error) {
+	for i, s := range sources {
+		if o, ok := s.Index.Lookup(key); ok {
+			return o, i, nil
+		}
+		oi, err := s.Store.Stat(ctx, key)
+		if err == nil {
+			return index.Object{Key: key, Size: oi.Size, ModTime: oi.ModTime}, i, nil
+		}
+		if !errors.Is(err, backend.ErrNotExist) {
+			return index.Object{}, i, fmt.Errorf("store %s: %w", s.label(), err)
+		}
+	}
+	return index.Object{}, -1, backend.ErrNotExist
+}
+
+// exportAll lists every object of the sources, each name from the first
+// source that has it. A source is listed from its index, else from the
+// store; one that can be neither is an error when it is the only source,
+// and otherwise left out and named in res.Unlisted.
+func exportAll(ctx context.Context, sources []Source, res *ExportResult) ([]exportItem, error) {
+	var items []exportItem
+	// has tells, for each source already listed, whether it holds a name:
+	// its index, or the names its listing gave.
+	var has []func(string) bool
+	for i, s := range sources {
+		add := func(o index.Object) {
+			for _, h := range has {
+				if h(o.Key) {
+					return // a more trusted source's
+				}
+			}
+			items = append(items, exportItem{o, i})
+		}
+		if s.Index.Len() > 0 {
+			s.Index.Objects(func(o index.Object) bool { add(o); return true })
+			has = append(has, func(k string) bool { _, ok := s.Index.Lookup(k); return ok })
+			continue
+		}
+		listed := map[string]bool{}
+		err := s.Store.List(ctx, "", func(oi backend.ObjectInfo) error {
+			if backend.IsMeta(oi.Key) {
+				return nil
+			}
+			if len(sources) > 1 {
+				listed[oi.Key] = true
+			}
+			add(index.Object{Key: oi.Key, Size: oi.Size, ModTime: oi.ModTime})
+			return nil
+		})
+		switch {
+		case errors.Is(err, backend.ErrNotSupported) && len(sources) == 1:
+			return nil, fmt.Errorf("%s has no index and cannot be listed: give the objects to export in a list file", s.Store.Location())
+		case errors.Is(err, backend.ErrNotSupported):
+			res.Unlisted = append(res.Unlisted, s.label())
+		case err != nil:
+			return nil, fmt.Errorf("list store %s: %w", s.label(), err)
+		}
+		has = append(has, func(k string) bool { return listed[k] })
+	}
+	return items, nil
+}
+
+// exportOne writes one object of store below root (rootDir, for messages).
+func exportOne(ctx context.Context, store backend.Store, root *os.File, rootDir string, o index.Object) error {
 	dir, base := path.Split(o.Key)
 	d, err := beneath.Dir(root, strings.TrimSuffix(dir, "/"), true, 0o755)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	rc, err := opt.Store.Open(ctx, o.Key, 0, -1)
+	rc, err := store.Open(ctx, o.Key, 0, -1)
 	if err != nil {
 		return err
 	}
@@ -404,7 +504,7 @@ func exportOne(ctx context.Context, opt ExportOptions, root *os.File, o index.Ob
 	// rename replaces a link planted under the final name; it never
 	// writes through it.
 	if err := unix.Renameat(dfd, name, dfd, base); err != nil {
-		return &fs.PathError{Op: "rename", Path: filepath.Join(opt.Dir, o.Key), Err: err}
+		return &fs.PathError{Op: "rename", Path: filepath.Join(rootDir, o.Key), Err: err}
 	}
 	return nil
 }

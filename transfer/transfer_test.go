@@ -9,6 +9,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/backend/file"
+	"github.com/sstatefs/sstatefs/backend/httpstore"
 	"github.com/sstatefs/sstatefs/index"
 )
 
@@ -173,7 +176,7 @@ func TestExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := t.TempDir()
-	res, err := Export(ctx, ExportOptions{Dir: dst, Store: fstore, Index: ix})
+	res, err := Export(ctx, ExportOptions{Dir: dst, Sources: []Source{{Store: fstore, Index: ix}}})
 	if err != nil || res.Written != 10 {
 		t.Fatalf("export: %+v %v", res, err)
 	}
@@ -184,18 +187,18 @@ func TestExport(t *testing.T) {
 		}
 	}
 	// again: everything is skipped
-	if res, err := Export(ctx, ExportOptions{Dir: dst, Store: fstore, Index: ix}); err != nil || res.Skipped != 10 || res.Written != 0 {
+	if res, err := Export(ctx, ExportOptions{Dir: dst, Sources: []Source{{Store: fstore, Index: ix}}}); err != nil || res.Skipped != 10 || res.Written != 0 {
 		t.Fatalf("second export: %+v %v", res, err)
 	}
 	// a list: the object, its siginfo, and a missing one
 	dst2 := t.TempDir()
-	res, err = Export(ctx, ExportOptions{Dir: dst2, Store: fstore, Index: ix, Keys: []string{objKey(2, "package"), "# comment", objKey(9, "package")}})
+	res, err = Export(ctx, ExportOptions{Dir: dst2, Sources: []Source{{Store: fstore, Index: ix}}, Keys: []string{objKey(2, "package"), "# comment", objKey(9, "package")}})
 	if err != nil || res.Written != 2 || len(res.Missing) != 1 {
 		t.Fatalf("list export: %+v %v", res, err)
 	}
 	// an invalid key in the list is reported and the others go on
 	dst4 := t.TempDir()
-	res, err = Export(ctx, ExportOptions{Dir: dst4, Store: fstore, Index: ix, Keys: []string{"ab/../../etc/shadow", objKey(3, "package")}})
+	res, err = Export(ctx, ExportOptions{Dir: dst4, Sources: []Source{{Store: fstore, Index: ix}}, Keys: []string{"ab/../../etc/shadow", objKey(3, "package")}})
 	if err != nil || res.Written != 2 || len(res.Invalid) != 1 || !strings.Contains(res.Invalid[0].Error(), "etc/shadow") {
 		t.Fatalf("list with an invalid key: %+v %v", res, err)
 	}
@@ -205,7 +208,7 @@ func TestExport(t *testing.T) {
 	bad[0] ^= 1
 	os.WriteFile(p, bad, 0o644)
 	dst3 := t.TempDir()
-	res, err = Export(ctx, ExportOptions{Dir: dst3, Store: fstore, Index: ix, Keys: []string{objKey(4, "package")}})
+	res, err = Export(ctx, ExportOptions{Dir: dst3, Sources: []Source{{Store: fstore, Index: ix}}, Keys: []string{objKey(4, "package")}})
 	if err == nil || !strings.Contains(err.Error(), "does not match the index") {
 		t.Fatalf("corrupt object exported: %+v %v", res, err)
 	}
@@ -355,7 +358,7 @@ func TestExportNeverWritesThroughLinks(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	res, err := Export(ctx, ExportOptions{Dir: dst, Store: fstore, Index: ix})
+	res, err := Export(ctx, ExportOptions{Dir: dst, Sources: []Source{{Store: fstore, Index: ix}}})
 	if err == nil || len(res.Failed) != 1 || !strings.Contains(err.Error(), b) {
 		t.Errorf("export: %+v, %v; want %s to fail", res, err, b)
 	}
@@ -416,5 +419,106 @@ func TestPushOutcomes(t *testing.T) {
 		if o := got[k]; o.SHA256 != sha256.Sum256(data[k]) || o.Size != oi.Size || !o.ModTime.Equal(oi.ModTime) {
 			t.Errorf("%s recorded as %+v, the store has %+v", k, o, oi)
 		}
+	}
+}
+
+// failingStat is a real store whose Stat fails (a store that is down).
+type failingStat struct{ backend.Store }
+
+func (failingStat) Stat(context.Context, string) (backend.ObjectInfo, error) {
+	return backend.ObjectInfo{}, errors.New("injected: store down")
+}
+
+// TestExportMerged exports three stores in trust order: an indexed file
+// store, a file store without an index (listed) and an HTTP mirror without
+// an index (which cannot be listed). A name in several stores comes from
+// the most trusted one; the mirror is left out of a whole export and named;
+// a list finds its objects there; a store that cannot answer for a name is
+// not replaced by a less trusted one.
+func TestExportMerged(t *testing.T) {
+	ctx := context.Background()
+	a, _ := file.New(t.TempDir())
+	b, _ := file.New(t.TempDir())
+	k0, k1, k2, k3, k9 := objKey(0, "package"), objKey(1, "package"), objKey(2, "package"), objKey(3, "package"), objKey(9, "package")
+	aData := map[string][]byte{k0: rnd(100), k1: rnd(200), k1 + ".siginfo": rnd(10)}
+	bData := map[string][]byte{k1: rnd(200), k1 + ".siginfo": rnd(10), k2: rnd(300)}
+	for st, data := range map[*file.Store]map[string][]byte{a: aData, b: bData} {
+		for k, d := range data {
+			if err := st.Create(ctx, k, bytes.NewReader(d), int64(len(d))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ixA, err := index.Build(ctx, a, index.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirrorDir := t.TempDir()
+	k3Data := rnd(400)
+	write(t, mirrorDir, k3, k3Data)
+	srv := httptest.NewServer(http.FileServer(http.Dir(mirrorDir)))
+	t.Cleanup(srv.Close)
+	mirror, err := httpstore.New(httpstore.Config{URL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sources := []Source{{Name: "a", Store: a, Index: ixA}, {Name: "b", Store: b}, {Name: "public", Store: mirror}}
+
+	dst := t.TempDir()
+	res, err := Export(ctx, ExportOptions{Dir: dst, Sources: sources})
+	if err != nil {
+		t.Fatalf("merged export: %+v, %v", res, err)
+	}
+	want := map[string][]byte{k0: aData[k0], k1: aData[k1], k1 + ".siginfo": aData[k1+".siginfo"], k2: bData[k2]}
+	for k, d := range want {
+		if got, err := os.ReadFile(filepath.Join(dst, k)); err != nil || !bytes.Equal(got, d) {
+			t.Errorf("%s: not the most trusted store's bytes (%v)", k, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dst, k3)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the unlisted mirror's object was exported: %v", err)
+	}
+	wantBy := []SourceCount{{Written: 3, WrittenBytes: 310}, {Written: 1, WrittenBytes: 300}, {}}
+	if res.Written != 4 || !reflect.DeepEqual(res.BySource, wantBy) || !reflect.DeepEqual(res.Unlisted, []string{"public"}) {
+		t.Errorf("merged export result %+v, want 4 written, by source %+v, public unlisted", res, wantBy)
+	}
+
+	// the other trust order: b's bytes win
+	dst2 := t.TempDir()
+	if res, err := Export(ctx, ExportOptions{Dir: dst2, Sources: []Source{sources[1], sources[0]}}); err != nil || res.Written != 4 {
+		t.Fatalf("export b, a: %+v, %v", res, err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dst2, k1)); !bytes.Equal(got, bData[k1]) {
+		t.Errorf("%s: with b first, not b's bytes", k1)
+	}
+
+	// a list: each name from the first store that has it, the mirror
+	// probed; an absent name is missing
+	dst3 := t.TempDir()
+	res, err = Export(ctx, ExportOptions{Dir: dst3, Sources: sources, Keys: []string{k1, k2, k3, k9}})
+	if err != nil || !reflect.DeepEqual(res.Missing, []string{k9}) || !reflect.DeepEqual(res.BySource, []SourceCount{{Written: 2, WrittenBytes: 210}, {Written: 1, WrittenBytes: 300}, {Written: 1, WrittenBytes: 400}}) {
+		t.Fatalf("list export: %+v, %v", res, err)
+	}
+	for k, d := range map[string][]byte{k1: aData[k1], k2: bData[k2], k3: k3Data} {
+		if got, _ := os.ReadFile(filepath.Join(dst3, k)); !bytes.Equal(got, d) {
+			t.Errorf("list export %s: not the most trusted store's bytes", k)
+		}
+	}
+
+	// a more trusted store that cannot say whether it has k2: k2 fails,
+	// b's copy is not taken in its place
+	dst4 := t.TempDir()
+	down := []Source{{Name: "a", Store: failingStat{a}, Index: ixA}, sources[1]}
+	res, err = Export(ctx, ExportOptions{Dir: dst4, Sources: down, Keys: []string{k2}})
+	if len(res.Failed) != 1 || !strings.Contains(res.Failed[0].Error(), "store a") {
+		t.Errorf("list export with a down store: %+v, %v; want k2 failed naming store a", res, err)
+	}
+	if _, err := os.Stat(filepath.Join(dst4, k2)); !errors.Is(err, os.ErrNotExist) {
+		t.Error("a less trusted store's object stood in for a store that is down")
+	}
+
+	// the mirror alone cannot be exported whole
+	if _, err := Export(ctx, ExportOptions{Dir: t.TempDir(), Sources: sources[2:]}); err == nil || !strings.Contains(err.Error(), "cannot be listed") {
+		t.Errorf("whole export of an HTTP mirror alone: %v", err)
 	}
 }

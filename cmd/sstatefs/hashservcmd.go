@@ -13,6 +13,7 @@ import (
 	"github.com/sstatefs/sstatefs/hashimport"
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/access"
+	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/mount"
 	"github.com/sstatefs/sstatefs/view"
 )
@@ -36,11 +37,14 @@ func cmdHashserv(args []string) int {
 func cmdHashservServe(args []string) int {
 	c := newCommand("hashserv serve", `Usage: sstatefs hashserv serve [flags]
 
-Serves bitbake's hash equivalence protocol (OEHASHEQUIV 1.1) from the equivalence records in the
-(first) store's index, and records reports into the store, so bitbake can use sstatefs as
+Serves bitbake's hash equivalence protocol (OEHASHEQUIV 1.1) from the equivalence records in a
+store's index, and records reports into the store, so bitbake can use sstatefs as
 BB_HASHSERVE or as the BB_HASHSERVE_UPSTREAM of its local server. No database server to run.
-(sstatefs mount --hashserv ADDR does the same inside a mount.)`,
+(sstatefs mount --hashserv ADDR does the same inside a mount, from every store.) A read-only
+store's server answers reports without recording them.
+`+storeChoiceDoc(readsStore),
 		"store", "log", "hashserv", "index.refresh_interval", "index.max_age", "publish.writer_id")
+	c.choosesStore(readsStore)
 	listen := c.flags.String("listen", "", "where to serve: unix:///path/to.sock or 127.0.0.1:PORT, as in BB_HASHSERVE (default: hashserv.listen, else unix:///run/sstatefs/hashserv.sock)")
 	readOnly := c.flags.Bool("read-only", false, "answer reports without recording them, like bitbake's --read-only server (for BB_HASHSERVE_UPSTREAM)")
 	if !c.parse(args, 0, -1, nil) {
@@ -64,7 +68,10 @@ BB_HASHSERVE or as the BB_HASHSERVE_UPSTREAM of its local server. No database se
 		log.Warn("index not loaded yet", "error", err)
 	}
 	go live.Run(ctx)
-	ro := *readOnly || cfg.Hashserv.ReadOnly || backend.IsReadOnly(store)
+	if len(cfg.Stores) > 1 {
+		log.Info("serving the equivalence records of one store (a mount's --hashserv serves every store's)", "store", config.StoreName(c.sc))
+	}
+	ro := *readOnly || cfg.Hashserv.ReadOnly || !c.sc.Writable() || backend.IsReadOnly(store)
 	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log})
 	journal.OnWrite(live.Apply)
 	go journal.Run(ctx)
@@ -80,7 +87,7 @@ BB_HASHSERVE or as the BB_HASHSERVE_UPSTREAM of its local server. No database se
 	if err != nil {
 		return c.fail(err)
 	}
-	log.Info("serving hash equivalence", "addr", addr, "store", store.Location(), "equivalences", live.Current().NumEquivalences(), "read_only", ro)
+	log.Info("serving hash equivalence", "addr", addr, "store", storeLabel(c.sc), "equivalences", live.Current().NumEquivalences(), "read_only", ro)
 	<-ctx.Done()
 	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -91,10 +98,12 @@ BB_HASHSERVE or as the BB_HASHSERVE_UPSTREAM of its local server. No database se
 func cmdHashservImport(args []string) int {
 	c := newCommand("hashserv import", `Usage: sstatefs hashserv import [flags]
 
-Imports hash equivalence records into the (first) store's index: every record of a bitbake-hashserv
+Imports hash equivalence records into a store's index: every record of a bitbake-hashserv
 sqlite database (--sqlite), or the records of the given pairs from a running server (--server with
 --pairs). Records are written as journal segments; the first report for a taskhash wins, so an
-import never overrides what the index already says.`, "store", "log", "publish.writer_id")
+import never overrides what the index already says.
+`+storeChoiceDoc(writesStore), "store", "log", "publish.writer_id")
+	c.choosesStore(writesStore)
 	db := c.flags.String("sqlite", "", "a bitbake-hashserv database file (its -d option); read-only")
 	server := c.flags.String("server", "", "a running hash equivalence server (unix:///path or host:port)")
 	pairs := c.flags.String("pairs", "", "with --server: file of 'METHOD TASKHASH' lines to import (the protocol cannot list a server's records)")
@@ -114,7 +123,7 @@ import never overrides what the index already says.`, "store", "log", "publish.w
 	ctx, stop, store, err := c.open()
 	defer stop()
 	if err == nil && backend.IsReadOnly(store) {
-		err = fmt.Errorf("%s is read-only: import into an s3:// or file:// store", store.Location())
+		err = fmt.Errorf("store %s is read-only: import into an s3:// or file:// store", storeLabel(c.sc))
 	}
 	if err != nil {
 		return c.fail(err)
@@ -159,7 +168,7 @@ import never overrides what the index already says.`, "store", "log", "publish.w
 	if err == nil {
 		err = flush()
 	}
-	fmt.Printf("imported %d equivalence records into %s (%d read, %d skipped)\n", imported, store.Location(), res.Read, res.Skipped)
+	fmt.Printf("imported %d equivalence records into %s (%d read, %d skipped)\n", imported, storeLabel(c.sc), res.Read, res.Skipped)
 	for _, p := range res.Problems {
 		fmt.Fprintf(os.Stderr, "skipped: %s\n", p)
 	}

@@ -37,7 +37,8 @@ func cmdIndex(args []string) int {
 }
 
 func cmdIndexBuild(args []string) int {
-	c := newCommand("index build", "Usage: sstatefs index build [flags]\n\nScans the (first) store, hashes every object and writes the index into the store under .sstatefs/.\nDigests of objects unchanged since the previous index are reused.", "store")
+	c := newCommand("index build", "Usage: sstatefs index build [flags]\n\nScans a store, hashes every object and writes the index into the store under .sstatefs/.\nDigests of objects unchanged since the previous index are reused.\n"+storeChoiceDoc(writesStore), "store")
+	c.choosesStore(writesStore)
 	concurrency := c.flags.Int("concurrency", 8, "objects hashed in parallel")
 	full := c.flags.Bool("full", false, "hash every object again instead of reusing the digests of unchanged objects")
 	quiet := c.flags.Bool("quiet", false, "no progress bar")
@@ -51,7 +52,8 @@ func cmdIndexBuild(args []string) int {
 	}
 	ctx, stop := c.signalContext()
 	defer stop()
-	if err := indexBuild(ctx, c.cfg.Stores[0], *concurrency, *full, progressOut(*quiet), os.Stdout); err != nil {
+	c.announce()
+	if err := indexBuild(ctx, c.sc, *concurrency, *full, progressOut(*quiet), os.Stdout); err != nil {
 		return c.fail(err)
 	}
 	return 0
@@ -110,18 +112,20 @@ func indexBuild(ctx context.Context, sc config.StoreConfig, concurrency int, ful
 	if err := index.Save(ctx, store, ix); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "indexed %d objects (%s) of %s in %s\n", ix.Len(), units.Bytes(ix.TotalSize()), store.Location(), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "indexed %d objects (%s) of %s in %s\n", ix.Len(), units.Bytes(ix.TotalSize()), storeLabel(sc), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
 func cmdIndexShow(args []string) int {
-	c := newCommand("index show", "Usage: sstatefs index show [flags]\n\nPrints a summary of the (first) store's index.", "store")
+	c := newCommand("index show", "Usage: sstatefs index show [flags]\n\nPrints a summary of a store's index.\n"+storeChoiceDoc(readsStore), "store")
+	c.choosesStore(readsStore)
 	if !c.parse(args, 0, -1, nil) {
 		return 2
 	}
 	ctx, stop := c.signalContext()
 	defer stop()
-	if err := indexShow(ctx, c.cfg.Stores[0], os.Stdout); err != nil {
+	c.announce()
+	if err := indexShow(ctx, c.sc, os.Stdout); err != nil {
 		return c.fail(err)
 	}
 	return 0
@@ -135,12 +139,12 @@ func indexShow(ctx context.Context, sc config.StoreConfig, out io.Writer) error 
 	ix, err := index.Load(ctx, store)
 	if err != nil {
 		if errors.Is(err, index.ErrNoIndex) {
-			return fmt.Errorf("%w: %s (create one with: sstatefs index build --store %s)", err, store.Location(), stores.Name(sc))
+			return fmt.Errorf("%w: %s (create one with: sstatefs index build --store %s)", err, store.Location(), config.StoreName(sc))
 		}
 		return err
 	}
 	s := index.Summarize(ix)
-	fmt.Fprintf(out, "store:    %s\n", store.Location())
+	fmt.Fprintf(out, "store:    %s\n", storeLabel(sc))
 	fmt.Fprintf(out, "created:  %s (%s ago)\n", s.Created.UTC().Format(time.RFC3339), time.Since(s.Created).Round(time.Second))
 	fmt.Fprintf(out, "objects:  %d (%s)\n", s.Objects, units.Bytes(s.Bytes))
 	fmt.Fprintf(out, "kinds:    %d packages, %d .siginfo, %d .sig\n", s.Packages, s.Siginfo, s.Sig)
@@ -183,7 +187,8 @@ func printCounts(out io.Writer, title string, m map[string]int, rename map[strin
 }
 
 func cmdIndexCompact(args []string) int {
-	c := newCommand("index compact", "Usage: sstatefs index compact [flags]\n\nFolds the journal segments that mounts wrote into a new index snapshot, then deletes folded\nsegments older than --grace. Safe while mounts keep writing; one compaction runs at a time.", "store", "log")
+	c := newCommand("index compact", "Usage: sstatefs index compact [flags]\n\nFolds the journal segments that mounts wrote into a store's new index snapshot, then deletes folded\nsegments older than --grace. Safe while mounts keep writing; one compaction runs at a time.\n"+storeChoiceDoc(writesStore), "store", "log")
+	c.choosesStore(writesStore)
 	grace := c.flags.Duration("grace", index.DefaultGrace, "journal segments younger than this are kept after folding (readers may be loading them)")
 	if !c.parse(args, 0, -1, func() error {
 		if *grace < 0 {
@@ -204,6 +209,6 @@ func cmdIndexCompact(args []string) int {
 		return c.fail(err)
 	}
 	fmt.Printf("compacted %s: %d segments folded, %d deleted, %d objects in the snapshot, in %s\n",
-		store.Location(), res.Folded, res.Deleted, res.Objects, time.Since(start).Round(time.Millisecond))
+		storeLabel(c.sc), res.Folded, res.Deleted, res.Objects, time.Since(start).Round(time.Millisecond))
 	return 0
 }

@@ -14,6 +14,8 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/internal/config"
+	"github.com/sstatefs/sstatefs/internal/stores"
 	"github.com/sstatefs/sstatefs/internal/units"
 	"github.com/sstatefs/sstatefs/transfer"
 )
@@ -45,11 +47,13 @@ func bytesBar(w io.Writer, what string) (transfer.Progress, func()) {
 func cmdPush(args []string) int {
 	c := newCommand("push", `Usage: sstatefs push [flags] DIR
 
-Uploads the sstate objects of a local SSTATE_DIR (an existing sstate-cache) to the (first)
-store, in parallel. Objects the store already has are skipped (never replaced); running it
-again after an interruption finishes the job. Uploaded objects are recorded in the index.
-Files that are not sstate objects (temp files, locks) are ignored. Symbolic links
-are never followed (each is warned about), nor are names with control characters pushed.`, "store", "log", "publish.writer_id")
+Uploads the sstate objects of a local SSTATE_DIR (an existing sstate-cache) to the store, in
+parallel. Objects the store already has are skipped (never replaced); running it again after an
+interruption finishes the job. Uploaded objects are recorded in the index. Files that are not
+sstate objects (temp files, locks) are ignored. Symbolic links are never followed (each is
+warned about), nor are names with control characters pushed.
+`+storeChoiceDoc(publishStore), "store", "log", "publish.writer_id")
+	c.choosesStore(publishStore)
 	jobs := c.flags.Int("jobs", 8, "objects uploaded at once")
 	quiet := c.flags.Bool("quiet", false, "no progress bar")
 	if !c.parse(args, 1, 1, checkJobs(jobs)) {
@@ -67,8 +71,8 @@ are never followed (each is warned about), nor are names with control characters
 	if err != nil {
 		return c.fail(err)
 	}
-	if backend.IsReadOnly(store) {
-		fmt.Fprintf(os.Stderr, "sstatefs push: %s is read-only (a plain HTTP mirror takes no writes); push to an s3:// or file:// store\n", store.Location())
+	if backend.IsReadOnly(store) { // a store the configuration does not know as read-only
+		fmt.Fprintf(os.Stderr, "sstatefs push: store %s is read-only; push to an s3:// or file:// store\n", storeLabel(c.sc))
 		return 1
 	}
 	known, err := indexOf(ctx, store)
@@ -84,7 +88,7 @@ are never followed (each is warned about), nor are names with control characters
 	})
 	finish()
 	fmt.Printf("pushed %d objects (%s) to %s in %s; %d already known, %d already in the store, %d kept by the store (other content), %d files ignored\n",
-		res.Uploaded, units.Bytes(res.UploadedBytes), store.Location(), time.Since(start).Round(time.Millisecond),
+		res.Uploaded, units.Bytes(res.UploadedBytes), storeLabel(c.sc), time.Since(start).Round(time.Millisecond),
 		res.Skipped, res.Existing, res.Conflicts, res.Ignored)
 	if res.Symlinks > 0 {
 		fmt.Fprintf(os.Stderr, "sstatefs push: %d symbolic links under sstate names not pushed (links are never followed; bitbake links objects it got from a file:// SSTATE_MIRRORS into SSTATE_DIR: push that mirror directory itself)\n", res.Symlinks)
@@ -102,9 +106,14 @@ are never followed (each is warned about), nor are names with control characters
 func cmdExport(args []string) int {
 	c := newCommand("export", `Usage: sstatefs export [flags] DIR
 
-Writes a plain SSTATE_DIR copy of the (first) store, or of the objects in --list, into DIR
-(for air-gapped sites, SDKs and backups). Objects already in DIR with the right size are
-skipped; every object is verified against the index before it is renamed into place.`, "store", "log")
+Writes a plain SSTATE_DIR copy of the stores, or of the objects in --list, into DIR (for
+air-gapped sites, SDKs and backups). Several stores are merged in trust order: each name is
+taken from the most trusted store that has it, as the mount serves it; a store without an
+index that cannot be listed (a plain HTTP mirror) is left out of a whole export, with a
+warning. Objects already in DIR with the right size are skipped; every object is verified
+against its store's index before it is renamed into place.
+`+storeChoiceDoc(allStores), "store", "log")
+	c.choosesStore(allStores)
 	jobs := c.flags.Int("jobs", 8, "objects downloaded at once")
 	list := c.flags.String("list", "", "file with the object paths to export, one per line (- for stdin); their .siginfo/.sig come along")
 	quiet := c.flags.Bool("quiet", false, "no progress bar")
@@ -132,26 +141,38 @@ skipped; every object is verified against the index before it is renamed into pl
 		}
 	}
 	log := c.logger()
-	ctx, stop, store, err := c.open()
+	ctx, stop := c.signalContext()
 	defer stop()
+	scs := c.cfg.Stores
+	if c.storeName != "" {
+		scs = []config.StoreConfig{c.sc}
+	}
+	sources, err := exportSources(ctx, scs)
 	if err != nil {
 		return c.fail(err)
-	}
-	ix, err := indexOf(ctx, store)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sstatefs export: %v\n", err)
-		return 1
 	}
 	progress, finish := bytesBar(progressOut(*quiet), "exporting")
 	start := time.Now()
 	res, err := transfer.Export(ctx, transfer.ExportOptions{
-		Dir: c.arg(0), Store: store, Index: ix, Keys: keys, Jobs: *jobs, Progress: progress, Logger: log,
+		Dir: c.arg(0), Sources: sources, Keys: keys, Jobs: *jobs, Progress: progress, Logger: log,
 	})
 	finish()
+	from := storeLabel(scs[0])
+	if len(scs) > 1 {
+		from = fmt.Sprintf("%d stores", len(scs))
+	}
 	fmt.Printf("exported %d objects (%s) from %s to %s in %s; %d already there\n",
-		res.Written, units.Bytes(res.WrittenBytes), store.Location(), c.arg(0), time.Since(start).Round(time.Millisecond), res.Skipped)
+		res.Written, units.Bytes(res.WrittenBytes), from, c.arg(0), time.Since(start).Round(time.Millisecond), res.Skipped)
+	if len(scs) > 1 {
+		for i, n := range res.BySource {
+			fmt.Printf("  %s: %d objects (%s), %d already there\n", storeLabel(scs[i]), n.Written, units.Bytes(n.WrittenBytes), n.Skipped)
+		}
+	}
+	if len(res.Unlisted) > 0 {
+		fmt.Fprintf(os.Stderr, "sstatefs export: not exported: %s: no index, and the store cannot be listed (export its objects with --store NAME --list FILE)\n", strings.Join(res.Unlisted, ", "))
+	}
 	for _, k := range res.Missing {
-		fmt.Fprintf(os.Stderr, "not in the store: %s\n", k)
+		fmt.Fprintf(os.Stderr, "not in the store%s: %s\n", plural(len(scs), "", "s"), k)
 	}
 	for _, e := range res.Invalid {
 		fmt.Fprintf(os.Stderr, "sstatefs export: not exported: %v\n", e)
@@ -162,7 +183,7 @@ skipped; every object is verified against the index before it is renamed into pl
 		status = 1
 	}
 	if len(res.Missing) > 0 {
-		fmt.Fprintf(os.Stderr, "sstatefs export: %d listed objects are not in the store\n", len(res.Missing))
+		fmt.Fprintf(os.Stderr, "sstatefs export: %d listed objects are not in the store%s\n", len(res.Missing), plural(len(scs), "", "s"))
 		status = 1
 	}
 	if badLines > 0 {
@@ -217,6 +238,37 @@ func checkJobs(jobs *int) func() error {
 		}
 		return nil
 	}
+}
+
+// exportSources opens the stores and loads their indexes, in trust order.
+// A store whose index cannot be read stops the export: exporting without
+// it would take a less trusted store's bytes for the names it has.
+func exportSources(ctx context.Context, scs []config.StoreConfig) ([]transfer.Source, error) {
+	var sources []transfer.Source
+	for _, sc := range scs {
+		fmt.Fprintf(os.Stderr, "sstatefs export: store %s\n", storeLabel(sc))
+		store, err := stores.Open(ctx, sc)
+		if err != nil {
+			return nil, fmt.Errorf("store %s: %w", config.StoreName(sc), err)
+		}
+		ix, err := indexOf(ctx, store)
+		if err != nil && len(scs) > 1 {
+			return nil, fmt.Errorf("store %s: %w (to export the other stores, name each with --store NAME)", config.StoreName(sc), err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store %s: %w", config.StoreName(sc), err)
+		}
+		sources = append(sources, transfer.Source{Name: config.StoreName(sc), Store: store, Index: ix})
+	}
+	return sources, nil
+}
+
+// plural is one when n is 1, else many.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // indexOf loads the store's index; a store without one gives nil.
