@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"regexp"
 	"strings"
 	"syscall"
 
@@ -56,11 +55,6 @@ const (
 	// works on every store, in trust order.
 	allStores
 )
-
-// storeNamePattern is the syntax of a store name (as config checks it). A
-// --store value that has it names a configured store; a store URL never
-// has it (it has a scheme, so a colon).
-var storeNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
 // choosesStore says how the command chooses its store (call it before
 // parse). For every use but publishStore, --store also takes the name of a
@@ -163,7 +157,7 @@ func takeStoreName(fs *pflag.FlagSet, args []string) (rest []string, name string
 		if takesValue {
 			value = args[i+1]
 		}
-		if strings.HasPrefix(a, "--") && flag == "store" && (hasValue || takesValue) && storeNamePattern.MatchString(value) {
+		if strings.HasPrefix(a, "--") && flag == "store" && (hasValue || takesValue) && config.ValidName(value) {
 			if name != "" && name != value {
 				return nil, "", fmt.Errorf("--store %s and --store %s: give one store name (the store to work on)", name, value)
 			}
