@@ -16,10 +16,10 @@ var version = "dev"
 const usage = `sstatefs presents a shared sstate store as an ordinary SSTATE_DIR.
 
 Usage:
-  sstatefs mount [flags] MOUNTPOINT     mount the store (foreground; Ctrl-C unmounts)
+  sstatefs mount [flags] MOUNTPOINT     mount the stores as one SSTATE_DIR (foreground; Ctrl-C unmounts)
   sstatefs run [flags] -- CMD [ARG...]  mount, run CMD with SSTATE_DIR set, upload, unmount, exit with its status
   sstatefs prefetch [flags] [MOUNTPOINT] fetch objects into a running mount's cache ahead of a build
-  sstatefs push [flags] DIR             upload a local sstate-cache to the store
+  sstatefs push [flags] DIR             upload a local sstate-cache to the publish store
   sstatefs export [flags] DIR           write a plain SSTATE_DIR copy of the stores, merged (or of --store NAME, or --list)
   sstatefs promote --from NAME --to NAME copy objects into a more trusted store, verified
   sstatefs status [flags] [MOUNTPOINT]  show the live state of a mount (or the queue it left on disk)
