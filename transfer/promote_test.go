@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sstatefs/sstatefs/index/indextest"
+
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/backend/file"
 	"github.com/sstatefs/sstatefs/backend/httpstore"
@@ -47,7 +49,6 @@ type source struct {
 
 func newSource(t *testing.T, data map[string][]byte, eqs []index.Equivalence, access map[string]time.Time) source {
 	t.Helper()
-	ctx := context.Background()
 	s, err := file.New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -55,25 +56,7 @@ func newSource(t *testing.T, data map[string][]byte, eqs []index.Equivalence, ac
 	for k, d := range data {
 		write(t, s.Root(), k, d)
 	}
-	ix, err := index.Build(ctx, s, index.BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := index.Save(ctx, s, ix); err != nil {
-		t.Fatal(err)
-	}
-	j := index.NewJournal(s, index.JournalOptions{Writer: "project"})
-	for _, e := range eqs {
-		if err := j.Reported(ctx, e); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for k, at := range access {
-		j.Accessed(k, at)
-	}
-	if err := j.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	indextest.Write(t, s, "project", eqs, access)
 	return source{store: s, data: data}
 }
 

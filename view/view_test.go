@@ -15,6 +15,7 @@ import (
 	"github.com/sstatefs/sstatefs/backend/file"
 	"github.com/sstatefs/sstatefs/cache"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/index/indextest"
 	"github.com/sstatefs/sstatefs/internal/testutil"
 	"github.com/sstatefs/sstatefs/view"
 )
@@ -74,22 +75,7 @@ func newStore(t *testing.T, name string, objects map[string]string, eqs []index.
 		t.Fatal(err)
 	}
 	if indexed {
-		ix, err := index.Build(ctx, fs, index.BuildOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := index.Save(ctx, fs, ix); err != nil {
-			t.Fatal(err)
-		}
-		j := index.NewJournal(fs, index.JournalOptions{Writer: name})
-		for _, e := range eqs {
-			if err := j.Reported(ctx, e); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := j.Flush(ctx); err != nil {
-			t.Fatal(err)
-		}
+		indextest.Write(t, fs, name, eqs, nil)
 	}
 	f := &faulty{Store: fs}
 	live := index.NewLive(f, index.LiveOptions{Interval: time.Hour})

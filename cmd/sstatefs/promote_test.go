@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sstatefs/sstatefs/index/indextest"
+
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/backend/file"
 	"github.com/sstatefs/sstatefs/index"
@@ -27,7 +29,6 @@ import (
 // unihash and an access record for each key in accessed.
 func projectStore(t *testing.T, keys []string, accessed map[string]time.Time) (string, map[string][]byte, []index.Equivalence) {
 	t.Helper()
-	ctx := context.Background()
 	dir := t.TempDir()
 	s, err := file.New(dir)
 	if err != nil {
@@ -53,25 +54,7 @@ func projectStore(t *testing.T, keys []string, accessed map[string]time.Time) (s
 		eqs = append(eqs, index.Equivalence{Method: "oe.sstatesig.OEOuthashBasic", Taskhash: hexOf("task " + k),
 			Outhash: hexOf("out " + k), Unihash: n.Hash})
 	}
-	ix, err := index.Build(ctx, s, index.BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := index.Save(ctx, s, ix); err != nil {
-		t.Fatal(err)
-	}
-	j := index.NewJournal(s, index.JournalOptions{Writer: "project"})
-	for _, e := range eqs {
-		if err := j.Reported(ctx, e); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for k, at := range accessed {
-		j.Accessed(k, at)
-	}
-	if err := j.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	indextest.Write(t, s, "project", eqs, accessed)
 	return "file://" + dir, data, eqs
 }
 
