@@ -894,3 +894,39 @@ func TestStoresUnreachableAtStart(t *testing.T) {
 		})
 	}
 }
+
+// TestStoresPrefetchOneCache: the prefetch command fetches names of every
+// store through the mount (the probed mirror's too), and the disk cache
+// holds one copy of content two stores hold under different names.
+func TestStoresPrefetchOneCache(t *testing.T) {
+	s := newTrustStores(t)
+	kCompany, kPublic := testKey(1701, "package"), testKey(1702, "populate_lic")
+	kProjectCopy, kCompanyCopy := testKey(1703, "populate_sysroot"), testKey(1704, "populate_sysroot")
+	same := bytesOf(stProject, "shared content")
+	s.put(t, stCompany, kCompany, bytesOf(stCompany, kCompany))
+	s.put(t, stPublic, kPublic, bytesOf(stPublic, kPublic))
+	s.put(t, stProject, kProjectCopy, same)
+	s.put(t, stCompany, kCompanyCopy, same)
+	s.buildIndexes(t)
+	cfg := s.config(t)
+	m, _ := startStoresMount(t, validConfig(t, cfg))
+
+	keys := []string{kCompany, kPublic, kProjectCopy, kCompanyCopy}
+	res, err := prefetchViaMount(context.Background(), cfg.Cache.Dir, keys, 1, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Missing) > 0 || len(res.Failed) > 0 || res.Fetched+res.Cached != len(keys) {
+		t.Fatalf("prefetch across stores = %+v, want every name fetched", res)
+	}
+	if n := m.Cache().Stats().Entries; n != 3 {
+		t.Errorf("cache holds %d entries for three contents, want one per content", n)
+	}
+	wantBytes(t, m.Mountpoint(), kCompany, stCompany)
+	wantBytes(t, m.Mountpoint(), kPublic, stPublic)
+	for _, k := range []string{kProjectCopy, kCompanyCopy} {
+		if got := readVia(t, m.Mountpoint(), k); got.err != nil || !bytes.Equal(got.data, same) {
+			t.Errorf("%s: %d bytes, %v; want the shared content", k, len(got.data), got.err)
+		}
+	}
+}
