@@ -415,7 +415,7 @@ type frameSpec struct {
 // reads. Damage is reported as an error wrapping ErrCorrupt; a failure of r
 // is returned as it is.
 func readFrame(r io.Reader, spec *frameSpec) (hdr []byte, body io.Reader, err error) {
-	hdr = make([]byte, prefixLen, 64)
+	hdr = make([]byte, prefixLen, headerLenV5) // the longest header
 	if n, err := fill(r, hdr); err == io.EOF {
 		return nil, nil, corrupt("truncated: %d bytes, shorter than the %d-byte header", n, spec.minHeader)
 	} else if err != nil {

@@ -218,7 +218,7 @@ func TestDecodeCorrupt(t *testing.T) {
 		{"bad magic", `bad magic "XSTFSIDX"`, edit(func(b []byte) []byte { b[0] = 'X'; return b })},
 		{"gzip", "bad magic", append([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0}, good[8:]...)},
 		{"segment", `bad magic "SSTFSJNL", want "SSTFSIDX" (not an sstatefs index)`, encodeSeg(t, &Segment{})},
-		{"version 5", "unsupported version 5 (this sstatefs reads versions up to 4)", setU32(8, 5)},
+		{"version 6", "unsupported version 6 (this sstatefs reads versions up to 5)", setU32(8, 6)},
 		{"version 0", "unsupported version 0", setU32(8, 0)},
 		{"unknown flag", "unknown flags 0x3", setU32(12, 3)},
 		{"body bit flip", "checksum mismatch", edit(func(b []byte) []byte { b[headerLenV2+10] ^= 1; return b })},
