@@ -384,6 +384,12 @@ func FuzzDecode(f *testing.F) {
 		f.Add(v4)
 	}
 	f.Add(encode(f, New(chunkedObjects(f, realisticKeys(f)[:10], 3), time.Unix(1, 0))))
+	if v5, err := os.ReadFile("testdata/snapshot-v5.bin"); err == nil {
+		f.Add(v5)
+	}
+	sigIx := New([]Object{testObject(1), testObject(2)}, time.Unix(1, 0))
+	sigIx.sigBase = sigRun{signoffOf(testObject(1), 1, "a"), signoffOf(testObject(2), 1, "b"), signoffOf(testObject(2), 2, "c")}
+	f.Add(encode(f, sigIx))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkDecode(t, data)
 		// Most mutations only break the checksum; repair it so the
@@ -443,8 +449,14 @@ func checkDecode(t *testing.T, data []byte) {
 	}
 	if !reflect.DeepEqual(collect(again), collect(ix)) || again.created != ix.created ||
 		!slices.Equal(again.covered, ix.covered) || again.complete != ix.complete ||
-		!reflect.DeepEqual(eqDump(again), eqDump(ix)) || again.Sources().Invalid != 0 {
+		!reflect.DeepEqual(eqDump(again), eqDump(ix)) || again.Sources().Invalid != 0 ||
+		!reflect.DeepEqual(again.countingSignoffs(), ix.countingSignoffs()) {
 		t.Fatal("round trip of an accepted index differs")
+	}
+	for s := range ix.EachSignoff {
+		if err := s.Validate(); err != nil {
+			t.Fatalf("accepted an invalid sign-off: %v", err)
+		}
 	}
 	checkEquivalences(t, ix)
 	for _, k := range ix.covered {

@@ -227,6 +227,13 @@ func FuzzDecodeSegment(f *testing.F) {
 		f.Add(v3)
 	}
 	f.Add(encodeSeg(f, &Segment{Time: time.Unix(3, 0), Added: chunkedObjects(f, realisticKeys(f)[:4], 2)}))
+	if v4, err := os.ReadFile("testdata/segment-v4.bin"); err == nil {
+		f.Add(v4)
+	}
+	f.Add(encodeSeg(f, &Segment{Time: time.Unix(4, 0), Signed: []Signoff{signoffOf(testObject(1), 1, "s")}}))
+	fp := bytes.Repeat([]byte{0xcd}, 32)
+	f.Add(segFrame(3, cat(rawSigned("a/b", testObject(2).SHA256, fp, -1, []byte("sig")),
+		rawSigned("a/b", testObject(2).SHA256, fp[:7], 1, []byte("x")), rawAccessed("b", 1))))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkDecodeSegment(t, data)
 		checkDecodeSegment(t, fixSum(bytes.Clone(data)))
@@ -254,6 +261,11 @@ func checkDecodeSegment(t *testing.T, data []byte) {
 	for _, e := range seg.Reported {
 		if err := e.Validate(); err != nil {
 			t.Fatalf("accepted an invalid equivalence: %v", err)
+		}
+	}
+	for _, g := range seg.Signed {
+		if err := g.Validate(); err != nil {
+			t.Fatalf("accepted an invalid sign-off: %v", err)
 		}
 	}
 	again, err := DecodeSegment(bytes.NewReader(encodeSeg(t, seg)))
