@@ -113,7 +113,7 @@ func TestSegmentSignoffs(t *testing.T) {
 	fp := bytes.Repeat([]byte{0xab}, 20)
 	ok := rawSigned("a/b", o.SHA256, fp, 1, []byte("sig"))
 	in := segFrame(4, cat(rawSigned("a/b", o.SHA256, fp[:10], 1, []byte("sig")), // fingerprint of 10 bytes
-		rawSigned("a/b", o.SHA256, fp, 1, nil),        // no signature
+		rawSigned("a/b", o.SHA256, fp, 1, nil),           // no signature
 		rawSigned("a/b", [32]byte{}, fp, 1, []byte("s")), // no digest
 		ok))
 	got, err = DecodeSegment(bytes.NewReader(in))
