@@ -30,6 +30,7 @@ import (
 	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/internal/stores"
 	"github.com/sstatefs/sstatefs/publish"
+	"github.com/sstatefs/sstatefs/signing"
 	"github.com/sstatefs/sstatefs/view"
 )
 
@@ -157,6 +158,9 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 			// access records go to the publish store only: no other store
 			// is ever written
 			vst.OnAccess = journal.Accessed
+		}
+		if vst.Policy, err = storePolicy(cfg.Stores[i]); err != nil {
+			return nil, err
 		}
 		vs = append(vs, vst)
 	}
@@ -340,6 +344,22 @@ func openStores(ctx context.Context, cfg config.Config, pub int, log *slog.Logge
 		}
 	}
 	return ms, nil
+}
+
+// storePolicy loads the signature policy of a store with a keyring (nil
+// without one).
+func storePolicy(sc config.StoreConfig) (*view.Policy, error) {
+	if sc.Keyring == "" {
+		return nil, nil
+	}
+	kr, err := signing.LoadKeyring(sc.Keyring)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: keyring: %w", config.StoreName(sc), err)
+	}
+	if n := len(kr.Keys()); sc.RequireSignoffs > n {
+		return nil, fmt.Errorf("store %s: require_signoffs = %d, but the keyring %s holds %d keys: no object could ever be shown", config.StoreName(sc), sc.RequireSignoffs, sc.Keyring, n)
+	}
+	return &view.Policy{Keyring: kr, Require: sc.RequireSignoffs}, nil
 }
 
 func storeNames(ms []mountStore) string {
