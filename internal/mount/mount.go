@@ -301,6 +301,8 @@ type mountStore struct {
 	name  string
 	store backend.Store
 	live  *index.Live
+	// require is the store's require_signoffs (0: none)
+	require int
 	// loadErr is the first load's failure (the store did not answer or its
 	// index could not be read); nil also for a store without an index.
 	loadErr error
@@ -317,7 +319,7 @@ func openStores(ctx context.Context, cfg config.Config, pub int, log *slog.Logge
 		if err != nil {
 			return nil, fmt.Errorf("store %s: %w", config.StoreName(sc), err)
 		}
-		ms[i] = mountStore{name: config.StoreName(sc), store: s,
+		ms[i] = mountStore{name: config.StoreName(sc), store: s, require: sc.RequireSignoffs,
 			live: index.NewLive(s, index.LiveOptions{Interval: cfg.Index.RefreshInterval.Duration, MaxAge: cfg.Index.MaxAge.Duration, Logger: log.With("store", config.StoreName(sc))})}
 	}
 	var wg sync.WaitGroup
