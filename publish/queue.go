@@ -48,9 +48,18 @@ import (
 )
 
 // Recorder records uploaded objects in the index journal. Added returns
-// only once the record is durable in the store.
+// only once the record is durable in the store (index.Journal), or, for a
+// Recorder that is also a Flusher, possibly before (index.Later).
 type Recorder interface {
 	Added(ctx context.Context, o index.Object) error
+}
+
+// Flusher is a Recorder that holds records back to write them in batches
+// (index.Journal's group commit): Flush writes what it holds and returns
+// once that is in the store. The queue's Drain and Push flush when nothing
+// else is left to wait for.
+type Flusher interface {
+	Flush(ctx context.Context) error
 }
 
 // Options configure a Queue.
@@ -108,12 +117,17 @@ type Queue struct {
 	now   func() time.Time
 	wake  chan struct{}
 
-	mu       sync.Mutex // protects entries, busy, stats, idle
+	mu       sync.Mutex // protects entries, busy, stats, idle, recording, recorded
 	entries  map[string]*Entry
 	busy     map[string]bool // keys being worked on
 	stats    Stats
-	idle     *sync.Cond // broadcast when an entry leaves the queue
+	idle     *sync.Cond // broadcast when an entry leaves the queue or waits for its record
 	readOnly bool
+	// recording counts entries in the store whose worker waits for the
+	// record (the journal's batch); recorded counts the times one started
+	// to, so that Drain flushes once per new waiter, not in a loop.
+	recording int
+	recorded  uint64
 }
 
 // ErrReadOnly is returned by Enqueue when the store does not take writes.
@@ -381,8 +395,10 @@ slots:
 			defer wg.Done()
 			defer q.kick()
 			// The upload slot is given back once the bytes are in the
-			// store: waiting for the journal's group commit must not keep
-			// the next upload from starting.
+			// store: waiting for the journal's group commit (up to its
+			// window) must not keep the next upload from starting. The
+			// entry stays on disk, in state Uploaded, until the record is
+			// in the store.
 			release := sync.OnceFunc(func() { <-sem })
 			defer release()
 			q.work(ctx, e, release)
@@ -391,13 +407,30 @@ slots:
 	return wait
 }
 
-// work moves one entry on as far as it can.
-func (q *Queue) work(ctx context.Context, e Entry, uploaded func()) {
+// work moves one entry on as far as it can; release gives the upload slot
+// back.
+func (q *Queue) work(ctx context.Context, e Entry, release func()) {
 	q.log.Debug("upload starting", "object", e.Key, "state", e.State, "attempts", e.Attempts)
+	waiting := false // in the store, waiting for the record
+	uploaded := func() {
+		release()
+		if waiting {
+			return
+		}
+		waiting = true
+		q.mu.Lock()
+		q.recording++
+		q.recorded++
+		q.idle.Broadcast() // Drain may flush the recorder now
+		q.mu.Unlock()
+	}
 	err := q.advance(ctx, &e, uploaded)
 	q.log.Debug("upload finished", "object", e.Key, "error", err)
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if waiting {
+		q.recording--
+	}
 	delete(q.busy, e.Key)
 	cur, ok := q.entries[e.Key]
 	if ok && cur.Data != e.Data {
@@ -586,7 +619,10 @@ func (q *Queue) Len() int {
 }
 
 // Drain retries every entry at once and waits until the queue is empty or
-// ctx ends; it returns what is left. Run must be running.
+// ctx ends; it returns what is left. Run must be running. When every entry
+// left is in the store and waits for its record, a Recorder that is a
+// Flusher is flushed: the records do not wait for the end of the
+// journal's window.
 func (q *Queue) Drain(ctx context.Context) []Entry {
 	q.mu.Lock()
 	for _, e := range q.entries {
@@ -594,10 +630,22 @@ func (q *Queue) Drain(ctx context.Context) []Entry {
 	}
 	q.mu.Unlock()
 	q.kick()
+	fl, _ := q.rec.(Flusher)
 	done := make(chan struct{})
 	go func() {
 		q.mu.Lock()
+		var flushed uint64
 		for len(q.entries) > 0 && ctx.Err() == nil {
+			if fl != nil && q.recording == len(q.entries) && q.recorded != flushed {
+				flushed = q.recorded
+				q.mu.Unlock()
+				if err := fl.Flush(ctx); err != nil {
+					// the waiting workers get the error too and retry
+					q.log.Warn("upload queue: writing the index records of uploaded objects", "error", err)
+				}
+				q.mu.Lock()
+				continue
+			}
 			q.idle.Wait()
 		}
 		q.mu.Unlock()
