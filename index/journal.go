@@ -74,6 +74,8 @@ type Journal struct {
 	maxBatch int
 	log      *slog.Logger
 	now      func() time.Time
+	// timer starts a batch's window (tests drive it by hand)
+	timer func(time.Duration) (<-chan time.Time, func() bool)
 
 	// sem admits one segment write at a time. While one is in flight the
 	// next batch keeps growing: under load, a segment per store round trip
@@ -132,6 +134,10 @@ func NewJournal(s backend.Store, opt JournalOptions) *Journal {
 	}
 	if j.now == nil {
 		j.now = time.Now
+	}
+	j.timer = func(d time.Duration) (<-chan time.Time, func() bool) {
+		t := time.NewTimer(d)
+		return t.C, t.Stop
 	}
 	return j
 }
@@ -242,19 +248,20 @@ func (j *Journal) add(ctx context.Context, urgent bool, add func(*batch)) *batch
 // commit writes batch b when its window ends or it is woken, unless Flush
 // took it.
 func (j *Journal) commit(ctx context.Context, b *batch) {
-	t := time.NewTimer(j.window)
+	window, stop := j.timer(j.window)
 	select {
-	case <-t.C:
+	case <-window:
 	case <-b.wake:
 	case <-b.soon:
 		// a report: others in flight join it for commitWindow at most
-		t.Reset(min(commitWindow, j.window))
+		t := time.NewTimer(min(commitWindow, j.window))
 		select {
 		case <-t.C:
 		case <-b.wake:
 		}
+		t.Stop()
 	}
-	t.Stop()
+	stop()
 	j.sem <- struct{}{} // bounded: every write has a timeout
 	defer func() { <-j.sem }()
 	j.mu.Lock()
