@@ -414,6 +414,7 @@ func (q *Queue) work(ctx context.Context, e Entry, release func()) {
 	waiting := false // in the store, waiting for the record
 	uploaded := func() {
 		release()
+		q.kick() // a slot is free: the next upload starts
 		if waiting {
 			return
 		}
