@@ -87,6 +87,7 @@ type Journal struct {
 	open     *batch     // the batch accepting objects, nil if none
 	access   map[string]uint32
 	hooks    []func(Segment)
+	hurry    int  // Hurry calls not yet done: batches do not wait for the window
 	readOnly bool // the store refused a write as read-only: drop access records
 	failing  bool // Run's last flush failed (to log changes only)
 }
@@ -245,10 +246,35 @@ func (j *Journal) add(ctx context.Context, urgent bool, add func(*batch)) *batch
 	return b
 }
 
+// Hurry makes batches stop waiting for the window until done is called:
+// the open batch is written now, later ones after a few milliseconds (the
+// calls in flight still share a segment). The upload queue hurries the
+// journal while it drains at shutdown: the records of its last uploads do
+// not wait.
+func (j *Journal) Hurry() (done func()) {
+	j.mu.Lock()
+	j.hurry++
+	if j.open != nil {
+		j.open.wakeLocked()
+	}
+	j.mu.Unlock()
+	return sync.OnceFunc(func() {
+		j.mu.Lock()
+		j.hurry--
+		j.mu.Unlock()
+	})
+}
+
 // commit writes batch b when its window ends or it is woken, unless Flush
 // took it.
 func (j *Journal) commit(ctx context.Context, b *batch) {
-	window, stop := j.timer(j.window)
+	d := j.window
+	j.mu.Lock()
+	if j.hurry > 0 {
+		d = min(d, commitWindow)
+	}
+	j.mu.Unlock()
+	window, stop := j.timer(d)
 	select {
 	case <-window:
 	case <-b.wake:

@@ -53,6 +53,20 @@ func (m *manualWindows) started() []time.Duration {
 	return slices.Clone(m.armed)
 }
 
+// waitStarted waits until n windows were started (by the batches' commit
+// goroutines) and returns their lengths.
+func (m *manualWindows) waitStarted(t *testing.T, n int) []time.Duration {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for len(m.started()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d windows started, want %d", len(m.started()), n)
+		}
+		runtime.Gosched()
+	}
+	return m.started()
+}
+
 // openRecords is how many records wait in the open batch.
 func (j *Journal) openRecords() int {
 	j.mu.Lock()
@@ -265,7 +279,7 @@ func TestJournalWindow(t *testing.T) {
 		go func() { errs <- j.Added(ctx, testObject(i)) }()
 		waitOpen(t, j, i+1) // the next comes after this one is waiting
 	}
-	if got := w.started(); !slices.Equal(got, []time.Duration{window}) {
+	if got := w.waitStarted(t, 1); !slices.Equal(got, []time.Duration{window}) {
 		t.Fatalf("windows started: %v, want one of %v", got, window)
 	}
 	if segs := readJournal(t, s); len(segs) != 0 {
@@ -288,5 +302,49 @@ func TestJournalWindow(t *testing.T) {
 	}
 	if c := countRecords(segs); len(c) != n {
 		t.Errorf("%d objects recorded, want %d", len(c), n)
+	}
+}
+
+// TestJournalHurry: while the upload queue drains, records do not wait for
+// the window: Hurry writes the open batch at once, and a batch opened
+// before done is called waits only commitWindow.
+func TestJournalHurry(t *testing.T) {
+	// a deadline far below the window: an Added that waited for it fails
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := newStore(t)
+	j := NewJournal(s, JournalOptions{Writer: "w", Window: longWindow})
+	w := driveWindows(j)
+	added := make(chan error, 1)
+	go func() { added <- j.Added(ctx, testObject(1)) }()
+	waitOpen(t, j, 1)
+	done := j.Hurry()
+	if err := <-added; err != nil {
+		t.Fatal(err)
+	}
+	go func() { added <- j.Added(ctx, testObject(2)) }()
+	waitOpen(t, j, 1)
+	if got := w.waitStarted(t, 2); !slices.Equal(got, []time.Duration{longWindow, commitWindow}) {
+		t.Errorf("windows started: %v, want %v then %v", got, longWindow, commitWindow)
+	}
+	done()
+	w.end(t, 1)
+	if err := <-added; err != nil {
+		t.Fatal(err)
+	}
+	if segs := readJournal(t, s); len(segs) != 2 {
+		t.Errorf("%d segments, want 2", len(segs))
+	}
+	// done: the window is long again
+	go func() { added <- j.Added(ctx, testObject(3)) }()
+	waitOpen(t, j, 1)
+	if got := w.waitStarted(t, 3); len(got) != 3 || got[2] != longWindow {
+		t.Errorf("windows started: %v, want the third of %v", got, longWindow)
+	}
+	if err := j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-added; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -42,7 +42,7 @@ func journalRecords(t *testing.T, s backend.Store) (segments int, records map[st
 // TestQueueGroupCommit: with the real journal and a window longer than the
 // test, uploads go on while their records wait (2 workers upload all 40
 // objects), each entry stays on disk in state Uploaded until its record is
-// in the store, and Drain flushes the journal: one segment for the 40.
+// in the store, and Drain hurries the journal: one segment for the 40.
 func TestQueueGroupCommit(t *testing.T) {
 	e := newEnv(t)
 	j := index.NewJournal(e.store, index.JournalOptions{Writer: "w", Window: time.Hour})
@@ -73,7 +73,7 @@ func TestQueueGroupCommit(t *testing.T) {
 		t.Fatalf("%d entries on disk while their records wait, want %d", len(ents), n)
 	}
 	if left := drain(t, q, 20*time.Second); len(left) != 0 {
-		t.Fatalf("%d entries left after the drain: the journal was not flushed", len(left))
+		t.Fatalf("%d entries left after the drain: their records waited for the window", len(left))
 	}
 	segs, recs := journalRecords(t, e.store)
 	if segs != 1 {

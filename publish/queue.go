@@ -55,11 +55,18 @@ type Recorder interface {
 }
 
 // Flusher is a Recorder that holds records back to write them in batches
-// (index.Journal's group commit): Flush writes what it holds and returns
-// once that is in the store. The queue's Drain and Push flush when nothing
-// else is left to wait for.
+// (index.Later): Flush writes what it holds and returns once that is in
+// the store. Push flushes its recorder before it returns.
 type Flusher interface {
 	Flush(ctx context.Context) error
+}
+
+// Hurrier is a Recorder whose records wait for a window to share a
+// segment (index.Journal's group commit): from Hurry until the returned
+// function is called, they do not. Drain hurries its recorder, so that
+// the records of the last uploads are written as they come.
+type Hurrier interface {
+	Hurry() (done func())
 }
 
 // Options configure a Queue.
@@ -117,17 +124,12 @@ type Queue struct {
 	now   func() time.Time
 	wake  chan struct{}
 
-	mu       sync.Mutex // protects entries, busy, stats, idle, recording, recorded
+	mu       sync.Mutex // protects entries, busy, stats, idle
 	entries  map[string]*Entry
 	busy     map[string]bool // keys being worked on
 	stats    Stats
-	idle     *sync.Cond // broadcast when an entry leaves the queue or waits for its record
+	idle     *sync.Cond // broadcast when an entry leaves the queue
 	readOnly bool
-	// recording counts entries in the store whose worker waits for the
-	// record (the journal's batch); recorded counts the times one started
-	// to, so that Drain flushes once per new waiter, not in a loop.
-	recording int
-	recorded  uint64
 }
 
 // ErrReadOnly is returned by Enqueue when the store does not take writes.
@@ -411,27 +413,14 @@ slots:
 // back.
 func (q *Queue) work(ctx context.Context, e Entry, release func()) {
 	q.log.Debug("upload starting", "object", e.Key, "state", e.State, "attempts", e.Attempts)
-	waiting := false // in the store, waiting for the record
 	uploaded := func() {
 		release()
-		q.kick() // a slot is free: the next upload starts
-		if waiting {
-			return
-		}
-		waiting = true
-		q.mu.Lock()
-		q.recording++
-		q.recorded++
-		q.idle.Broadcast() // Drain may flush the recorder now
-		q.mu.Unlock()
+		q.kick() // a slot is free: the next upload starts now, not when this record is written
 	}
 	err := q.advance(ctx, &e, uploaded)
 	q.log.Debug("upload finished", "object", e.Key, "error", err)
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if waiting {
-		q.recording--
-	}
 	delete(q.busy, e.Key)
 	cur, ok := q.entries[e.Key]
 	if ok && cur.Data != e.Data {
@@ -620,33 +609,24 @@ func (q *Queue) Len() int {
 }
 
 // Drain retries every entry at once and waits until the queue is empty or
-// ctx ends; it returns what is left. Run must be running. When every entry
-// left is in the store and waits for its record, a Recorder that is a
-// Flusher is flushed: the records do not wait for the end of the
-// journal's window.
+// ctx ends; it returns what is left. Run must be running. A Recorder that
+// is a Hurrier is hurried meanwhile: the records of the uploaded objects
+// (those waiting already and those to come) do not wait for the end of
+// the journal's window.
 func (q *Queue) Drain(ctx context.Context) []Entry {
+	if h, ok := q.rec.(Hurrier); ok {
+		defer h.Hurry()()
+	}
 	q.mu.Lock()
 	for _, e := range q.entries {
 		e.NextTry = time.Time{}
 	}
 	q.mu.Unlock()
 	q.kick()
-	fl, _ := q.rec.(Flusher)
 	done := make(chan struct{})
 	go func() {
 		q.mu.Lock()
-		var flushed uint64
 		for len(q.entries) > 0 && ctx.Err() == nil {
-			if fl != nil && q.recording == len(q.entries) && q.recorded != flushed {
-				flushed = q.recorded
-				q.mu.Unlock()
-				if err := fl.Flush(ctx); err != nil {
-					// the waiting workers get the error too and retry
-					q.log.Warn("upload queue: writing the index records of uploaded objects", "error", err)
-				}
-				q.mu.Lock()
-				continue
-			}
 			q.idle.Wait()
 		}
 		q.mu.Unlock()
