@@ -23,8 +23,8 @@ type JournalOptions struct {
 	Writer string
 	// Window: the first record of a batch waits this long for others
 	// before the batch is written as one segment (group commit), unless
-	// MaxBatch records come first, Flush takes it, or a Reported call
-	// (bitbake waits for its answer) cuts it short. 0 means 5 ms: only the
+	// MaxBatch records come first, Flush takes it, or Hurry or a Reported
+	// call (bitbake waits for its answer) cuts it short. 0 means 5 ms: only the
 	// calls in flight together share a segment. A mount sets a long window
 	// (publish.record_interval) so that a build writes a handful of
 	// segments: other builders see records only at their next index
@@ -63,9 +63,9 @@ const (
 // objects it published (Added) and equivalences reported to it (Reported),
 // both durable when the call returns, and accesses (Accessed, batched).
 // Records are written in batches (group commit, see JournalOptions.Window);
-// each write is a new immutable segment, created
-// conditionally, so any number of writers on any number of hosts share one
-// store without coordination. Safe for concurrent use.
+// each write is a new immutable segment, created conditionally, so any
+// number of writers on any number of hosts share one store without
+// coordination. Safe for concurrent use.
 type Journal struct {
 	store    backend.Store
 	writer   string
@@ -160,10 +160,10 @@ func (j *Journal) OnWrite(fn func(Segment)) {
 // the record is in the store, or with an error: the caller retries (a
 // record written twice does no harm). Calls share segments (group
 // commit): the first waits for the window (JournalOptions.Window), or
-// until MaxBatch records have come, or for Flush or a Reported call, and
-// then all are written, after any segment write in flight; if that write
-// fails, every call in the batch gets the error. Pending access records go
-// into the same segment.
+// until MaxBatch records have come, or for Flush, Hurry or a Reported
+// call, and then all are written, after any segment write in flight; if
+// that write fails, every call in the batch gets the error. Pending access
+// records go into the same segment.
 //
 // Cancelling ctx makes Added return early; the record may still be written.
 func (j *Journal) Added(ctx context.Context, o Object) error {
