@@ -68,7 +68,10 @@ type MetricsConfig struct {
 type PublishConfig struct {
 	Concurrency  int      `toml:"concurrency"`   // uploads at once
 	DrainTimeout Duration `toml:"drain_timeout"` // at SIGTERM: how long to keep uploading before exit
-	WriterID     string   `toml:"writer_id"`     // names this mount's journal segments; default: the host name
+	// RecordInterval: the longest a journal record waits for others to
+	// share its segment (group commit)
+	RecordInterval Duration `toml:"record_interval"`
+	WriterID       string   `toml:"writer_id"` // names this mount's journal segments; default: the host name
 	// RequireStore refuses to mount when the publish store cannot be
 	// reached at start (otherwise the mount comes up degraded).
 	RequireStore bool `toml:"require_store"`

@@ -114,7 +114,11 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 	// The write path: published objects go to a durable queue, are uploaded
 	// in the background and recorded in this mount's journal segments.
 	readOnly := pub < 0 || backend.IsReadOnly(store)
-	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log})
+	// Group commit: records wait up to the record interval to share a
+	// segment, access records too (the queue flushes the journal when it
+	// drains, Close at exit).
+	window := cfg.Publish.RecordInterval.Duration
+	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log, Window: window, FlushInterval: window})
 	journal.OnWrite(live.Apply) // this mount's publications show in its own index at once
 	if !readOnly {
 		index.InitEmpty(ctx, store, live, log)
