@@ -94,6 +94,10 @@ type Live struct {
 	gen     uint64                  // counts Apply calls
 
 	lastErr atomic.Pointer[string] // of the last refresh, nil when it succeeded
+
+	// refreshed gets a value (if it has room) after each successful
+	// refresh: CompactEvery checks its triggers then.
+	refreshed chan struct{}
 }
 
 // localSegment is a segment given to Apply, kept until a listing of the
@@ -110,6 +114,8 @@ type liveState struct {
 	loaded time.Time          // last successful refresh (download or unchanged check)
 	snap   backend.ObjectInfo // Stat of the snapshot base was decoded from
 	base   *Index             // that snapshot, nil if the store has none
+	// segBytes: the listed size of the segments applied on top of base.
+	segBytes int64
 	// settled: a later Stat with the same size and mtime may skip the
 	// download. Not so after the first download of a snapshot whose mtime
 	// has whole seconds (S3): another snapshot of the same size written in
@@ -129,7 +135,7 @@ const (
 // NewLive returns a Live for s with nothing loaded; call LoadOnce, then Run.
 func NewLive(s backend.Store, opt LiveOptions) *Live {
 	l := &Live{store: s, interval: opt.Interval, maxAge: opt.MaxAge, log: opt.Logger, now: opt.Now,
-		local: map[string]localSegment{}, skew: cmp.Or(opt.SkewMargin, DefaultSkewMargin),
+		local: map[string]localSegment{}, refreshed: make(chan struct{}, 1), skew: cmp.Or(opt.SkewMargin, DefaultSkewMargin),
 		wholeEvery: cmp.Or(opt.FullListEvery, DefaultFullListEvery)}
 	if l.interval <= 0 {
 		l.interval = 30 * time.Second
@@ -253,6 +259,17 @@ func (l *Live) Fresh() bool {
 	return st != nil && st.ix.complete && l.now().Sub(st.loaded) < l.maxAge
 }
 
+// journalSize returns the number and listed size of the journal segments
+// applied on top of the snapshot at the last refresh (segments applied
+// since are counted, without their size).
+func (l *Live) journalSize() (int, int64) {
+	st := l.state.Load()
+	if st == nil {
+		return 0, 0
+	}
+	return st.ix.Sources().Applied, st.segBytes
+}
+
 // LastLoad is when the last successful refresh started, zero if none.
 func (l *Live) LastLoad() time.Time {
 	if st := l.state.Load(); st != nil {
@@ -328,8 +345,18 @@ func (l *Live) refreshLocked(ctx context.Context, whole bool) error {
 		slices.SortFunc(late, func(a, b *Segment) int { return strings.Compare(a.Key, b.Key) })
 		ix = apply(ix, late)
 	}
+	var segBytes int64
+	for _, oi := range res.segments {
+		if _, ok := slices.BinarySearch(res.applied, oi.Key); ok {
+			segBytes += oi.Size
+		}
+	}
 	prev := l.state.Load()
-	l.state.Store(&liveState{ix: ix, loaded: start, snap: res.snap, base: res.base, settled: settled})
+	l.state.Store(&liveState{ix: ix, loaded: start, snap: res.snap, base: res.base, settled: settled, segBytes: segBytes})
+	select {
+	case l.refreshed <- struct{}{}:
+	default:
+	}
 	if level := slog.LevelDebug; changed || prev == nil || prev.ix != ix {
 		if changed || prev == nil {
 			level = slog.LevelInfo // a new snapshot; new segments are routine
