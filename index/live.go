@@ -330,14 +330,19 @@ func (l *Live) refreshLocked(ctx context.Context, whole bool) error {
 	l.localMu.Lock()
 	defer l.localMu.Unlock()
 	// Segments applied before the listing started are listed, or were
-	// folded into the snapshot read after it: they need no keeping.
-	// Those applied meanwhile go on top.
+	// folded into the snapshot read after it: they need no keeping, once
+	// seen there (a listing after a key misses a segment whose upload
+	// outlasted SkewMargin; it is passed to the loader again until a
+	// listing finds it). Those applied meanwhile go on top.
 	var late []*Segment
 	for k, ls := range l.local {
-		if ls.gen <= g0 {
+		switch {
+		case ls.gen > g0:
+			if !slices.Contains(res.applied, k) {
+				late = append(late, ls.seg)
+			}
+		case !res.listed || l.loader.known[k].Key != "" || res.base.coversSegment(k):
 			delete(l.local, k)
-		} else if !slices.Contains(res.applied, k) {
-			late = append(late, ls.seg)
 		}
 	}
 	ix := res.ix
@@ -373,6 +378,15 @@ func (l *Live) refreshLocked(ctx context.Context, whole bool) error {
 		l.log.LogAttrs(ctx, level, "index loaded", attrs...)
 	}
 	return nil
+}
+
+// coversSegment reports whether the segment key is folded into ix.
+func (ix *Index) coversSegment(key string) bool {
+	if ix == nil {
+		return false
+	}
+	_, ok := slices.BinarySearch(ix.covered, key)
+	return ok
 }
 
 // listAfterLocked returns where the listing of a refresh starting at start

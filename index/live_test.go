@@ -486,3 +486,41 @@ func TestLiveRefreshListsWhatChanged(t *testing.T) {
 		t.Errorf("after compaction: %d objects, %+v", l.Current().Len(), src)
 	}
 }
+
+// TestLiveApplySlowUpload: a segment this process wrote and applied, whose
+// upload took longer than SkewMargin (its key is older than the next
+// listing's start), stays in the index until a listing finds it.
+func TestLiveApplySlowUpload(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	saveN(t, s, 10, 1)
+	clk := testutil.NewClock(time.Unix(1_750_000_000, 0))
+	l := NewLive(s, LiveOptions{Interval: time.Minute, Now: clk.Now, SkewMargin: 2 * time.Minute, FullListEvery: 10 * time.Minute})
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(5 * time.Minute)
+	l.tick(ctx)
+	// Named three minutes ago, uploaded and applied now.
+	ns := clk.Now().Add(-3 * time.Minute).UnixNano()
+	key := putSegment(t, s, ns, "me", []Object{{Key: "mine/1", Size: 1}})
+	l.Apply(Segment{Key: key, Writer: "me", Time: time.Unix(0, ns), Added: []Object{{Key: "mine/1", Size: 1}}})
+	for i := range 4 {
+		clk.Add(time.Minute)
+		l.tick(ctx)
+		if _, ok := l.Current().Lookup("mine/1"); !ok {
+			t.Fatalf("refresh %d after Apply lost a segment this process wrote", i+1)
+		}
+	}
+	clk.Add(time.Minute) // ten minutes after the whole listing of LoadOnce
+	l.tick(ctx)
+	if _, ok := l.Current().Lookup("mine/1"); !ok {
+		t.Fatal("the whole listing lost the segment")
+	}
+	l.localMu.Lock()
+	n := len(l.local)
+	l.localMu.Unlock()
+	if n != 0 {
+		t.Errorf("%d local segments kept after a listing found them", n)
+	}
+}

@@ -78,6 +78,39 @@ func BenchmarkStartup(b *testing.B) {
 				})
 			}
 		}
+		// A refresh after 20 new segments, listing after a key (Run's
+		// refreshes) and listing the whole journal (as every refresh did).
+		for _, whole := range []bool{false, true} {
+			b.Run(fmt.Sprintf("segments=%d/refresh/whole=%v", n, whole), func(b *testing.B) {
+				p := testutil.StartProxy(b, strings.TrimPrefix(env.Endpoint, "http://"), 5*time.Millisecond, 0)
+				c := &requestCounter{Store: open(b, "http://"+p.Addr, bucket)}
+				l := NewLive(c, LiveOptions{})
+				if err := l.LoadOnce(ctx); err != nil {
+					b.Fatal(err)
+				}
+				j := NewJournal(open(b, env.Endpoint, bucket), JournalOptions{Writer: fmt.Sprintf("late-%v", whole)})
+				var before [3]int64
+				for i := 0; b.Loop(); i++ {
+					b.StopTimer()
+					if err := j.Added(ctx, Object{Key: fmt.Sprintf("late/%v/%d", whole, i), Size: 1}); err != nil {
+						b.Fatal(err)
+					}
+					before = [3]int64{c.get.Load(), c.head.Load(), int64(c.listPages())}
+					b.StartTimer()
+					if whole {
+						err := l.LoadOnce(ctx)
+						if err != nil {
+							b.Fatal(err)
+						}
+					} else {
+						l.tick(ctx)
+					}
+				}
+				b.ReportMetric(float64(c.get.Load()-before[0]), "GET/op")
+				b.ReportMetric(float64(c.head.Load()-before[1]), "HEAD/op")
+				b.ReportMetric(float64(int64(c.listPages())-before[2]), "LIST/op")
+			})
+		}
 	}
 }
 
