@@ -46,13 +46,14 @@ type LiveOptions struct {
 
 const (
 	// DefaultSkewMargin: two minutes is far beyond the skew of hosts kept
-	// by NTP (milliseconds) and the upload of a segment (bounded by the
-	// store timeout, 10 s by default), and costs little: only the
-	// segments of the last two minutes are listed again.
+	// by NTP (milliseconds) and the upload of a segment (a Journal gives
+	// one a minute at most), and costs little: only the segments of the
+	// last two minutes are listed again. A segment applied locally and
+	// listed late is kept meanwhile (see refreshLocked).
 	DefaultSkewMargin = 2 * time.Minute
 	// DefaultFullListEvery: a whole listing every ten minutes costs one
 	// request per 1,000 segments, so a journal kept short by compaction
-	// (see CompactPolicy) adds a request or two per ten minutes.
+	// (see CompactTriggers) adds a request or two per ten minutes.
 	DefaultFullListEvery = 10 * time.Minute
 )
 
@@ -155,10 +156,10 @@ func NewLive(s backend.Store, opt LiveOptions) *Live {
 }
 
 // LoadOnce refreshes the index synchronously, listing the whole journal:
-// the mount's first load, also usable to force a refresh. When the store has neither a snapshot nor
-// journal segments, it returns an error wrapping ErrNoIndex and keeps
-// whatever was loaded before (nil at first). It does not log refresh
-// failures; the caller has the error.
+// the mount's first load, also usable to force a refresh. When the store
+// has neither a snapshot nor journal segments, it returns an error
+// wrapping ErrNoIndex and keeps whatever was loaded before (nil at
+// first). It does not log refresh failures; the caller has the error.
 func (l *Live) LoadOnce(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
