@@ -116,7 +116,9 @@ func (ld *loader) attempt(ctx context.Context, snap snapshotFunc, locals []*Segm
 	res := &loadResult{}
 	var badNames []string // sorted below
 	known := map[string]backend.ObjectInfo{}
-	if after != "" && ld.known != nil {
+	if ld.known == nil {
+		after = "" // nothing known to add to
+	} else if after != "" {
 		known = ld.known
 	}
 	err := backend.ListAfter(ctx, ld.store, JournalPrefix, after, func(oi backend.ObjectInfo) error {
