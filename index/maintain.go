@@ -84,7 +84,8 @@ type CompactTriggers struct {
 	// Segments, Bytes: after each refresh of the Live, a compaction is
 	// tried when this many segments, or this many bytes of segments, are
 	// applied on top of the snapshot; 0 disables the trigger (see
-	// DefaultCompactSegments and DefaultCompactBytes).
+	// DefaultCompactSegments and DefaultCompactBytes). After a triggered
+	// compaction fails, the triggers wait for the timer.
 	Segments int
 	Bytes    int64
 }
@@ -117,6 +118,7 @@ const (
 	eventBelow     compactEvent = iota // a refresh found no threshold reached
 	eventAttempted                     // Compact ran (whatever its outcome)
 	eventGone                          // after the jitter, the threshold was no longer reached
+	eventPaused                        // a threshold was reached, but the last triggered attempt failed
 )
 
 func (c *compactor) note(e compactEvent) {
@@ -144,6 +146,10 @@ func (c *compactor) run(ctx context.Context) {
 		timer = c.after(c.t.Every/2 + c.rand(c.t.Every))
 	}
 	refreshed := c.live.refreshed
+	// paused: a triggered compaction failed (not for the lock); the
+	// triggers wait for the timer rather than fail, and warn, at every
+	// refresh.
+	paused := false
 	for {
 		var why string
 		select {
@@ -151,6 +157,7 @@ func (c *compactor) run(ctx context.Context) {
 			return
 		case <-timer:
 			timer = c.after(c.t.Every/2 + c.rand(c.t.Every))
+			paused = false
 			if ix := c.live.Current(); ix == nil || ix.Sources().Applied < compactMinSegments {
 				continue
 			}
@@ -159,6 +166,10 @@ func (c *compactor) run(ctx context.Context) {
 			reason, ok := over()
 			if !ok {
 				c.note(eventBelow)
+				continue
+			}
+			if paused {
+				c.note(eventPaused)
 				continue
 			}
 			select {
@@ -180,6 +191,7 @@ func (c *compactor) run(ctx context.Context) {
 		case errors.Is(err, ErrCompactionRunning):
 		case err != nil:
 			log.Warn("index compaction failed", "trigger", why, "error", err)
+			paused = why != "interval" && timer != nil
 		default:
 			log.Info("index compacted", "trigger", why, "segments_folded", res.Folded, "segments_deleted", res.Deleted, "objects", res.Objects)
 		}

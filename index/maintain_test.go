@@ -250,3 +250,41 @@ func TestCompactTriggerRace(t *testing.T) {
 		t.Errorf("%d segments left", n)
 	}
 }
+
+// failingPuts refuses snapshot writes.
+type failingPuts struct{ backend.Store }
+
+func (f failingPuts) Put(ctx context.Context, key string, rd io.Reader, size int64) error {
+	return fmt.Errorf("put %s: %w", key, backend.ErrReadOnly)
+}
+
+// TestCompactTriggerPausesAfterFailure: a triggered compaction that fails
+// is not retried at every refresh, only after the timer.
+func TestCompactTriggerPausesAfterFailure(t *testing.T) {
+	ctx := context.Background()
+	fs := newStore(t)
+	saveN(t, fs, 10, 1)
+	putSegment(t, fs, 1, "w", []Object{{Key: "x/1", Size: 1}})
+	s := failingPuts{fs}
+	l := NewLive(s, LiveOptions{Interval: time.Hour})
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := startCompactor(t, s, l, CompactTriggers{Every: time.Hour, Segments: 1})
+	timer := <-r.waits
+	r.fire(t) // the jitter
+	r.expect(t, eventAttempted, "first attempt")
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.expect(t, eventPaused, "refresh after a failed attempt")
+	// The timer (which itself folds only 64 segments or more) ends the
+	// pause: the next refresh tries again.
+	timer <- time.Now()
+	<-r.waits // the next timer
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.fire(t)
+	r.expect(t, eventAttempted, "refresh after the timer")
+}
