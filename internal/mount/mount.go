@@ -239,8 +239,8 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 	m.background(func() { v.RunPrefetch(rctx) })
 	if !readOnly && cfg.Index.CompactInterval.Duration > 0 {
 		m.background(func() {
-			index.CompactEvery(rctx, store, live, cfg.Index.CompactInterval.Duration,
-				index.CompactOptions{Grace: index.DefaultGrace, Writer: cfg.Publish.WriterID, Logger: log})
+			index.CompactEvery(rctx, store, live, index.CompactTriggers{Every: cfg.Index.CompactInterval.Duration,
+				Segments: cfg.Index.CompactSegments, Bytes: cfg.Index.CompactBytes.Bytes}, index.CompactOptions{Grace: index.DefaultGrace, Writer: cfg.Publish.WriterID, Logger: log})
 		})
 	}
 	go func() { server.Wait(); close(m.done) }()
