@@ -82,13 +82,13 @@ func LoadSigner(keyFile, passphraseFile string, opts ...Option) (*SignKey, error
 		if err != nil {
 			return nil, err
 		}
+		defer clear(pass)
 		// Only the key that signs is decrypted: the others stay sealed.
 		// The library's error is not wrapped: nothing of the attempt
 		// belongs in an error.
 		if err := signer.PrivateKey.Decrypt(pass); err != nil {
 			return nil, fmt.Errorf("signing key %s (%s): %w (passphrase file %s)", keyFile, k.Fingerprint, ErrWrongPassphrase, passphraseFile)
 		}
-		clear(pass)
 	}
 	return &SignKey{entity: e, signer: signer, key: k, now: o.now}, nil
 }
@@ -180,6 +180,7 @@ func (w *SignWriter) Write(p []byte) (int, error) {
 }
 
 // Signature returns the binary detached signature over every byte written.
+// Call it once: signing finishes the hash.
 func (w *SignWriter) Signature() ([]byte, error) {
 	if w.err != nil {
 		return nil, fmt.Errorf("signing with %s: %w", w.key.key.Fingerprint, w.err)

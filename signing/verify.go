@@ -83,7 +83,8 @@ func newOptions(opts []Option) options {
 // the other, or armored blocks) against the bytes read from signed, which
 // is read once to its end. It returns the distinct primary keys with a valid
 // signature, in order of first appearance, and one Problem per signature
-// that does not count. err is only a failure to read signed.
+// that does not count. An empty sig has neither signers nor problems: the
+// object is unsigned. err is only a failure to read signed.
 func (kr *Keyring) Verify(sig []byte, signed io.Reader, opts ...Option) ([]Signer, []Problem, error) {
 	c := kr.Prepare(sig, opts...)
 	if c.Hashing() {
