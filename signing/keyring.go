@@ -195,6 +195,28 @@ func (kr *Keyring) Keys() []Key {
 	return keys
 }
 
+// Lookup finds a primary key of the keyring by its fingerprint or long key
+// id (hex, either case), or by the fingerprint or key id of one of its
+// subkeys, as SSTATE_VALID_SIGS may list either.
+func (kr *Keyring) Lookup(id string) (Key, bool) {
+	id = strings.ToUpper(strings.TrimPrefix(strings.TrimPrefix(id, "0x"), "0X"))
+	if id == "" {
+		return Key{}, false
+	}
+	for _, e := range kr.entities {
+		pubs := []*packet.PublicKey{e.PrimaryKey}
+		for _, sk := range e.Subkeys {
+			pubs = append(pubs, sk.PublicKey)
+		}
+		for _, pk := range pubs {
+			if id == upperHex(pk.Fingerprint) || id == fmt.Sprintf("%016X", pk.KeyId) {
+				return keyOf(e), true
+			}
+		}
+	}
+	return Key{}, false
+}
+
 // Issuer returns the primary key that issued sig (one binary or armored
 // signature packet; the first one if several): found by the issuer
 // fingerprint subpacket when present, else by the issuer key id; a subkey
