@@ -3,7 +3,6 @@ package signing
 import (
 	"bytes"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,18 +13,6 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
-)
-
-// Errors of key files. Each is wrapped with the name of the file.
-var (
-	// ErrEmptyKeyring: the paths given to LoadKeyring hold no key at all.
-	ErrEmptyKeyring = errors.New("keyring holds no public key")
-	// ErrBadKeyFile: a key file does not parse as OpenPGP keys.
-	ErrBadKeyFile = errors.New("not an OpenPGP key file")
-	// ErrSecretInKeyring: a keyring file holds secret key material; a
-	// keyring takes public keys only (`gpg --export`), so that a secret key
-	// is never left lying in a configuration directory by mistake.
-	ErrSecretInKeyring = errors.New("keyring file holds a secret key; export the public key with gpg --export")
 )
 
 // Key names a public key without any secret: its primary fingerprint and

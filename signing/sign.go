@@ -3,7 +3,6 @@ package signing
 import (
 	"bytes"
 	"crypto"
-	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -12,18 +11,6 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
-)
-
-// Errors of secret keys. Each is wrapped with the key file's name and,
-// once the key is read, its fingerprint; never with the passphrase.
-var (
-	ErrNoSecretKey       = errors.New("no secret key in file")
-	ErrSeveralKeys       = errors.New("several secret keys in file; export one with gpg --export-secret-keys FINGERPRINT")
-	ErrPassphraseNeeded  = errors.New("secret key is protected by a passphrase and no passphrase file was given")
-	ErrWrongPassphrase   = errors.New("wrong passphrase for secret key")
-	ErrCannotSign        = errors.New("key cannot sign (no usable signing key)")
-	ErrNoSecretSubkey    = errors.New("signing key's secret part is not in the file (gpg stub)")
-	errPassphraseFileBad = errors.New("passphrase file")
 )
 
 // SignKey is a secret key ready to make detached signatures. It is safe for

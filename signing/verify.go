@@ -14,17 +14,6 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 )
 
-// Reasons a signature does not count. A Problem's error wraps exactly one.
-var (
-	ErrUnknownKey       = errors.New("issuer not in the keyring")
-	ErrBadSignature     = errors.New("bad signature (other bytes, or tampered)")
-	ErrSignatureExpired = errors.New("signature expired")
-	ErrKeyExpired       = errors.New("key expired")
-	ErrKeyRevoked       = errors.New("key revoked")
-	ErrUnsupported      = errors.New("unsupported algorithm")
-	ErrCorrupt          = errors.New("corrupt signature packet")
-)
-
 // Signer is a distinct primary key with a valid signature over the bytes.
 type Signer struct {
 	Key
