@@ -82,13 +82,9 @@ func LoadKeyring(paths ...string) (*Keyring, error) {
 	}
 	kr := &Keyring{}
 	for _, f := range files {
-		data, err := os.ReadFile(f)
+		el, err := readKeyFile(f)
 		if err != nil {
-			return nil, fmt.Errorf("keyring: %w", err)
-		}
-		el, err := ParseKeys(data)
-		if err != nil {
-			return nil, fmt.Errorf("keyring %s: %w", f, err)
+			return nil, fmt.Errorf("keyring %w", err)
 		}
 		for _, e := range el {
 			if e.PrivateKey != nil {
@@ -101,6 +97,20 @@ func LoadKeyring(paths ...string) (*Keyring, error) {
 		return nil, fmt.Errorf("keyring %s: %w", strings.Join(paths, ", "), ErrEmptyKeyring)
 	}
 	return kr, nil
+}
+
+// readKeyFile reads the keys of a file; its error names the file.
+func readKeyFile(file string) (openpgp.EntityList, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		// *PathError already names the file.
+		return nil, err
+	}
+	el, err := ParseKeys(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return el, nil
 }
 
 // ParseKeys parses armored or binary OpenPGP keys (public or secret). An

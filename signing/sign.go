@@ -31,13 +31,9 @@ type SignKey struct {
 // naming its fingerprint.
 func LoadSigner(keyFile, passphraseFile string, opts ...Option) (*SignKey, error) {
 	o := newOptions(opts)
-	data, err := os.ReadFile(keyFile)
+	el, err := readKeyFile(keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
-	}
-	el, err := ParseKeys(data)
-	if err != nil {
-		return nil, fmt.Errorf("signing key %s: %w", keyFile, err)
+		return nil, fmt.Errorf("signing key %w", err)
 	}
 	var e *openpgp.Entity
 	for _, c := range el {
