@@ -106,17 +106,17 @@ func readKeyFile(file string) (openpgp.EntityList, error) {
 		// *PathError already names the file.
 		return nil, err
 	}
-	el, err := ParseKeys(data)
+	el, err := parseKeys(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	return el, nil
 }
 
-// ParseKeys parses armored or binary OpenPGP keys (public or secret). An
+// parseKeys parses armored or binary OpenPGP keys (public or secret). An
 // armored input may hold several armor blocks one after the other. The
 // error wraps ErrBadKeyFile and never quotes the input.
-func ParseKeys(data []byte) (openpgp.EntityList, error) {
+func parseKeys(data []byte) (openpgp.EntityList, error) {
 	var el openpgp.EntityList
 	err := eachPacketBlock(data, func(r io.Reader) error {
 		// Not openpgp.ReadKeyRing: it skips keys it cannot read, and a
