@@ -236,12 +236,21 @@ func TestSnapshotSignoffs(t *testing.T) {
 }
 
 // TestSignoffsOutOfOrder: a snapshot whose sign-offs are not strictly
-// increasing (a duplicate) is corrupt.
+// increasing (a duplicate) is corrupt; one with a well-formed but invalid
+// sign-off is read without it, which is counted.
 func TestSignoffsOutOfOrder(t *testing.T) {
 	o := testObject(1)
 	ix := New([]Object{o}, time.Unix(1, 0))
 	ix.sigBase = sigRun{signoffOf(o, 1, "a"), signoffOf(o, 1, "a")}
 	wantCorrupt(t, encode(t, ix), "sign-offs not strictly increasing: 1")
+
+	short := signoffOf(o, 2, "b")
+	short.Fingerprint = strings.Repeat("F", 30) // 15 bytes: not an OpenPGP fingerprint
+	ix.sigBase = sigRun{signoffOf(o, 1, "a"), short}
+	got, err := Decode(bytes.NewReader(encode(t, ix)))
+	if err != nil || got.Sources().Invalid != 1 || !slices.Equal(sigsOf(got, o.Key), []string{"1:a"}) {
+		t.Errorf("decoded %q, %d invalid, %v; want the valid sign-off, 1 invalid", sigsOf(got, o.Key), got.Sources().Invalid, err)
+	}
 }
 
 // s3Store returns a store on a new bucket of a versitygw started for the
