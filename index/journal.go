@@ -179,7 +179,7 @@ func (j *Journal) enqueue(ctx context.Context, add func(*batch)) error {
 		go j.commit(context.WithoutCancel(ctx), b)
 	}
 	add(b)
-	if len(b.objs)+len(b.eqs)+len(b.sigs) >= j.maxBatch || b.sigBytes() >= maxBatchSignoffBytes {
+	if b.isFull(j.maxBatch) {
 		j.open = nil
 		close(b.full)
 	}

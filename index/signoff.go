@@ -388,13 +388,18 @@ func decodeSignoffs(br *bufio.Reader, count, bodyLen uint64) (sigRun, int, error
 // limit even with MaxBatch large sign-offs.
 const maxBatchSignoffBytes = 4 << 20
 
-// sigBytes is the size of the signatures of b.
-func (b *batch) sigBytes() int {
+// isFull reports whether batch b is to be written without waiting for
+// more: it holds maxBatch records (objects, equivalences and sign-offs),
+// or signatures of maxBatchSignoffBytes.
+func (b *batch) isFull(maxBatch int) bool {
+	if len(b.objs)+len(b.eqs)+len(b.sigs) >= maxBatch {
+		return true
+	}
 	n := 0
 	for i := range b.sigs {
 		n += len(b.sigs[i].Signature)
 	}
-	return n
+	return n >= maxBatchSignoffBytes
 }
 
 // Signed records the sign-off s in the store's index journal; a zero

@@ -473,3 +473,40 @@ func TestDecodeSegmentV4(t *testing.T) {
 		t.Error("the encoder no longer writes version 4 as it did")
 	}
 }
+
+// TestJournalSignedBatch: sign-offs count towards MaxBatch, and a batch is
+// closed early when its signatures add up to maxBatchSignoffBytes, so that
+// a segment stays within the format's limits.
+func TestJournalSignedBatch(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	j := NewJournal(s, JournalOptions{Writer: "w", MaxBatch: 10})
+	atOnce(t, 55, func(i int) error {
+		return j.Signed(ctx, signoffOf(testObject(i+1), 1, "s"))
+	})
+	segs := readJournal(t, s)
+	total := 0
+	for key, seg := range segs {
+		if len(seg.Signed) > 10 {
+			t.Errorf("%s holds %d sign-offs, MaxBatch is 10", key, len(seg.Signed))
+		}
+		total += len(seg.Signed)
+	}
+	if total != 55 {
+		t.Errorf("%d sign-offs in %d segments, want 55", total, len(segs))
+	}
+
+	// The byte bound, on the batch itself: the store's pace decides how
+	// many records a batch collects.
+	var b batch
+	large := signoffOf(testObject(1), 1, strings.Repeat("s", MaxSignatureLen))
+	for range maxBatchSignoffBytes/MaxSignatureLen - 1 {
+		b.sigs = append(b.sigs, large)
+	}
+	if b.isFull(maxMaxBatch) {
+		t.Errorf("%d bytes of signatures: full", (len(b.sigs))*MaxSignatureLen)
+	}
+	if b.sigs = append(b.sigs, large); !b.isFull(maxMaxBatch) {
+		t.Errorf("%d bytes of signatures: not full", len(b.sigs)*MaxSignatureLen)
+	}
+}
