@@ -111,16 +111,9 @@ func appendSignoff(b []byte, s *Signoff) []byte {
 // the caller checks. buf is scratch space, returned for reuse.
 func readSignoff(br *bufio.Reader, where string, buf []byte) (Signoff, []byte, error) {
 	var s Signoff
-	n, err := binary.ReadUvarint(br)
+	buf, err := readBytes(br, where, "key", MaxKeyLen, buf)
 	if err != nil {
-		return s, buf, bodyError(where, "key length", err)
-	}
-	if n > MaxKeyLen {
-		return s, buf, corrupt("%s: absurd key length %d (limit %d)", where, n, MaxKeyLen)
-	}
-	buf = resize(buf, int(n))
-	if _, err := io.ReadFull(br, buf); err != nil {
-		return s, buf, bodyError(where, "key", err)
+		return s, buf, err
 	}
 	if !validKey(buf) {
 		return s, buf, corrupt("%s: invalid key %s", where, quoteKey(buf))
@@ -146,22 +139,31 @@ func readSignoff(br *bufio.Reader, where string, buf []byte) (Signoff, []byte, e
 		return s, buf, bodyError(where, "created", err)
 	}
 	s.Created = fromNanos(created)
-	n, err = binary.ReadUvarint(br)
-	if err != nil {
-		return s, buf, bodyError(where, "signature length", err)
+	// Read into buf before allocating: the length is only bounded.
+	if buf, err = readBytes(br, where, "signature", MaxSignatureLen, buf); err != nil {
+		return s, buf, err
 	}
-	if n > MaxSignatureLen {
-		return s, buf, corrupt("%s: absurd signature length %d (limit %d)", where, n, MaxSignatureLen)
-	}
-	// Read before allocating: the length is only bounded.
-	buf = resize(buf, int(n))
-	if _, err := io.ReadFull(br, buf); err != nil {
-		return s, buf, bodyError(where, "signature", err)
-	}
-	if n > 0 {
+	if len(buf) > 0 {
 		s.Signature = bytes.Clone(buf)
 	}
 	return s, buf, nil
+}
+
+// readBytes reads a uvarint length of at most limit and that many bytes
+// into buf, and returns them.
+func readBytes(br *bufio.Reader, where, what string, limit uint64, buf []byte) ([]byte, error) {
+	n, err := binary.ReadUvarint(br)
+	if err != nil {
+		return buf, bodyError(where, what+" length", err)
+	}
+	if n > limit {
+		return buf, corrupt("%s: absurd %s length %d (limit %d)", where, what, n, limit)
+	}
+	buf = resize(buf, int(n))
+	if _, err := io.ReadFull(br, buf); err != nil {
+		return buf, bodyError(where, what, err)
+	}
+	return buf, nil
 }
 
 // cmpSignoff orders sign-offs by key, digest and fingerprint: the identity
