@@ -234,8 +234,9 @@ func withJournal(ctx context.Context, s backend.Store, built *Index, journal []s
 		}
 	}
 	ix := New(objs, built.Created())
-	// The equivalences as they are: runs are immutable, so sharing is safe.
+	// The equivalences and sign-offs as they are: runs are immutable, so sharing is safe.
 	ix.eqBase, ix.eqExtra = cur.eqBase, cur.eqExtra
+	ix.sigBase, ix.sigExtra = cur.sigBase, cur.sigExtra
 	// Cover the segments listed before the store, and those the current
 	// index includes, but never one that could not be read: it may hold
 	// records of a newer sstatefs.

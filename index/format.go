@@ -1,29 +1,31 @@
-// Snapshot format, versions 1 to 4
+// Snapshot format, versions 1 to 5
 //
 // An index snapshot is stored in the store under SnapshotKey. All integers
 // in the header are little-endian:
 //
 //	offset  size  field
 //	0       8     magic "SSTFSIDX"
-//	8       4     format version, uint32 = 4 (1, 2 and 3 are still read)
+//	8       4     format version, uint32 = 5 (1 to 4 are still read)
 //	12      4     flags, uint32 (see below)
 //	16      8     created: int64 unix nanoseconds (math.MinInt64 = unknown)
 //	24      8     object count N, uint64
 //	32      8     covered segment count C, uint64
 //	40      8     equivalence count E, uint64
 //	48      8     chunk digest count D, uint64
-//	56      8     body length B in bytes, uint64
-//	64      B     body: one zstd stream (frames with a window of at most 8 MiB)
-//	64+B    32    trailer: SHA-256 of bytes [0, 64+B)
+//	56      8     sign-off count F, uint64
+//	64      8     body length B in bytes, uint64
+//	72      B     body: one zstd stream (frames with a window of at most 8 MiB)
+//	72+B    32    trailer: SHA-256 of bytes [0, 72+B)
 //
-// Version 3 has no chunk digest count: B follows E at offset 48, and the
+// Version 4 has no sign-off count: B follows D at offset 56, and the body
+// starts at 64. Version 3 has no chunk digest count either: B follows E at offset 48, and the
 // body starts at 56. Version 2 has no equivalence count either: B follows
 // C at offset 40, and the body starts at 48. Version 1 has no flags and no
 // covered count either: created, N and B follow the version at offsets 12,
 // 20 and 28, and the body starts at 36. Encode writes the lowest version
-// that holds the index: 4 if an object has chunk digests, else 3 if there
-// are equivalences, else 2; older readers then still read what they can
-// represent.
+// that holds the index: 5 if it has sign-offs, else 4 if an object has
+// chunk digests, else 3 if there are equivalences, else 2; older readers
+// then still read what they can represent.
 //
 // Flag bit 0, complete: the snapshot descends from a listing of the whole
 // store (`sstatefs index build`), so a key it lacks was absent when it was
@@ -32,7 +34,8 @@
 //
 // Nothing follows the trailer. The body decompresses to exactly C covered
 // segment names, then N entries, then (version 3 and later) the
-// equivalence section (in version 4 also when E is 0: then S is 0).
+// equivalence section (in version 4 and later also when E is 0: then S is
+// 0), then (version 5) F sign-offs.
 // A covered name is
 //
 //	uvarint  length (at most 105)
@@ -51,7 +54,7 @@
 //	varint   modification time, unix nanoseconds (math.MinInt64 = unknown)
 //	32 bytes SHA-256 of the content (all zero = unknown)
 //	uvarint  last access, unix seconds, at most 2^32-1 (0 = none; version 2 on)
-//	uvarint  K, the number of chunk digests (version 4 only): 0, or for an
+//	uvarint  K, the number of chunk digests (version 4 on): 0, or for an
 //	         object larger than ChunkSize (1 MiB), ceil(size / ChunkSize)
 //	K times  32 bytes SHA-256 of the object's bytes [k*ChunkSize,
 //	         min((k+1)*ChunkSize, size)), in order
@@ -91,9 +94,17 @@
 // counted in Sources.Invalid), not the snapshot; a writer that relaxes
 // those rules must use a new version.
 //
-// Readers reject N above 2^28, C above 2^20, E above 2^24, D above 2^26
-// and a body length B no N entries, C names, E records and D digests could
-// need, before reading further.
+// A sign-off is encoded as in a journal segment's Signed record (see
+// segment.go and signoff.go: key, SHA-256, fingerprint, created,
+// signature), strictly increasing by key, digest and fingerprint. Encode
+// keeps only the sign-offs that count (Index.Signoffs: the object is in
+// the index, with the digest signed), so compaction drops those of objects
+// gone or replaced. A well-formed sign-off that breaks Signoff.Validate is
+// dropped (and counted in Sources.Invalid).
+//
+// Readers reject N above 2^28, C above 2^20, E above 2^24, D above 2^26,
+// F above 2^24 and a body length B no N entries, C names, E records, D
+// digests and F sign-offs could need, before reading further.
 //
 // The body length in the header lets a reader tell a truncated snapshot
 // from a corrupt one, and the checksum is verified before anything is
@@ -139,12 +150,13 @@ var ErrCorrupt = errors.New("corrupt index")
 
 const (
 	magic         = "SSTFSIDX"
-	formatVersion = 4
+	formatVersion = 5
 	prefixLen     = 12 // magic and version: the part of a header every version shares
 	headerLenV1   = 36
 	headerLenV2   = 48
 	headerLenV3   = 56
 	headerLenV4   = 64
+	headerLenV5   = 72
 	flagComplete  = 1 << 0
 	trailerLen    = sha256.Size
 
@@ -181,8 +193,9 @@ func corrupt(format string, args ...any) error {
 }
 
 // Encode writes ix to w in the snapshot format: its objects from both
-// runs, their access times and chunk digests, the segments it covers and
-// its equivalence records, in the lowest version that holds them all.
+// runs, their access times and chunk digests, the segments it covers, its
+// equivalence records and the sign-offs that count, in the lowest version
+// that holds them all.
 func Encode(w io.Writer, ix *Index) error {
 	if ix == nil {
 		return errors.New("encode index: nil index")
@@ -194,14 +207,20 @@ func Encode(w io.Writer, ix *Index) error {
 	if digests > maxChunkDigests {
 		return fmt.Errorf("encode index: %d chunk digests (limit %d)", digests, maxChunkDigests)
 	}
+	sigs := ix.countingSignoffs()
+	if len(sigs) > maxSignoffs {
+		return fmt.Errorf("encode index: %d sign-offs (limit %d)", len(sigs), maxSignoffs)
+	}
 	version, hl := uint32(2), headerLenV2
 	switch {
+	case len(sigs) > 0:
+		version, hl = 5, headerLenV5
 	case digests > 0:
 		version, hl = 4, headerLenV4
 	case ix.numEqEntries() > 0:
 		version, hl = 3, headerLenV3
 	}
-	body, err := encodeBody(ix, version)
+	body, err := encodeBody(ix, version, sigs)
 	if err != nil {
 		return fmt.Errorf("encode index: %w", err)
 	}
@@ -221,6 +240,9 @@ func Encode(w io.Writer, ix *Index) error {
 	}
 	if version >= 4 {
 		binary.LittleEndian.PutUint64(hdr[48:], uint64(digests))
+	}
+	if version >= 5 {
+		binary.LittleEndian.PutUint64(hdr[56:], uint64(len(sigs)))
 	}
 	binary.LittleEndian.PutUint64(hdr[hl-8:], uint64(len(body)))
 	if err := writeFrame(w, hdr, body); err != nil {
@@ -242,8 +264,9 @@ func newZstdWriter(w io.Writer) (*zstd.Encoder, error) {
 func (ix *Index) numChunkDigests() int { return len(ix.base.ck.sums) + len(ix.extra.ck.sums) }
 
 // encodeBody returns the zstd-compressed covered names, entries and
-// equivalence section of a snapshot of version (2 to 4).
-func encodeBody(ix *Index, version uint32) ([]byte, error) {
+// equivalence section and sign-offs sigs of a snapshot of version (2 to
+// 5).
+func encodeBody(ix *Index, version uint32, sigs []Signoff) ([]byte, error) {
 	var buf bytes.Buffer
 	zw, err := newZstdWriter(&buf)
 	if err != nil {
@@ -282,6 +305,10 @@ func encodeBody(ix *Index, version uint32) ([]byte, error) {
 	})
 	if version >= 3 {
 		encodeEquivalences(bw, ix)
+	}
+	for i := range sigs {
+		scratch = appendSignoff(scratch[:0], &sigs[i])
+		bw.Write(scratch)
 	}
 	if err := bw.Flush(); err != nil {
 		zw.Close()
@@ -388,7 +415,7 @@ type frameSpec struct {
 // reads. Damage is reported as an error wrapping ErrCorrupt; a failure of r
 // is returned as it is.
 func readFrame(r io.Reader, spec *frameSpec) (hdr []byte, body io.Reader, err error) {
-	hdr = make([]byte, prefixLen, 64)
+	hdr = make([]byte, prefixLen, headerLenV5) // the longest header
 	if n, err := fill(r, hdr); err == io.EOF {
 		return nil, nil, corrupt("truncated: %d bytes, shorter than the %d-byte header", n, spec.minHeader)
 	} else if err != nil {
@@ -457,6 +484,8 @@ var snapshotSpec = frameSpec{
 			return headerLenV3
 		case 4:
 			return headerLenV4
+		case 5:
+			return headerLenV5
 		}
 		return 0
 	},
@@ -488,16 +517,20 @@ var snapshotSpec = frameSpec{
 		if h.version >= 4 {
 			chunkLimit = count*binary.MaxVarintLen64 + digests*sha256.Size
 		}
+		if h.signoffs > maxSignoffs {
+			return 0, corrupt("absurd sign-off count %d (limit %d)", h.signoffs, maxSignoffs)
+		}
+		sigLimit := h.signoffs * maxSignoffLen
 		// A zstd stream is never much longer than its content.
-		return count*(maxEntryLen+1) + covered*(maxSegmentNameLen+binary.MaxVarintLen64+1) + eqLimit + chunkLimit + 4096, nil
+		return count*(maxEntryLen+1) + covered*(maxSegmentNameLen+binary.MaxVarintLen64+1) + eqLimit + chunkLimit + sigLimit + 4096, nil
 	},
 	bodyLen: func(hdr []byte) uint64 { return binary.LittleEndian.Uint64(hdr[len(hdr)-8:]) },
 }
 
-// Decode reads a snapshot written by Encode, of version 1 to 4. Damage
+// Decode reads a snapshot written by Encode, of version 1 to 5. Damage
 // is reported as an error wrapping ErrCorrupt that says what is wrong; a
-// failure of r is returned as it is. Well-formed equivalence records that
-// break Equivalence.Validate are dropped and counted (Sources.Invalid). It
+// failure of r is returned as it is. Well-formed equivalence and sign-off
+// records that break Validate are dropped and counted (Sources.Invalid). It
 // never trusts a length before checking it against the format's limits,
 // and allocates in proportion to the data it actually reads.
 func Decode(r io.Reader) (*Index, error) {
@@ -523,7 +556,8 @@ type snapshotHeader struct {
 	created                 int64
 	count, covered, bodyLen uint64
 	equivalences            uint64
-	digests                 uint64 // chunk digests (version 4)
+	digests                 uint64 // chunk digests (version 4 on)
+	signoffs                uint64 // sign-offs (version 5)
 }
 
 // parseSnapshotHeader reads a header whose length readFrame has checked.
@@ -541,6 +575,9 @@ func parseSnapshotHeader(hdr []byte) snapshotHeader {
 	}
 	if h.version >= 4 {
 		h.digests = le.Uint64(hdr[48:])
+	}
+	if h.version >= 5 {
+		h.signoffs = le.Uint64(hdr[56:])
 	}
 	h.bodyLen = le.Uint64(hdr[len(hdr)-8:])
 	return h
@@ -771,7 +808,16 @@ func (d *snapshotHeader) decode(body io.Reader) (*Index, error) {
 		if ix.eqBase, ix.invalid, err = decodeEquivalences(br, d.equivalences, d.bodyLen); err != nil {
 			return nil, err
 		}
-		if err := checkBodyEnd(br, d.equivalences, "equivalence", "equivalences"); err != nil {
+		if d.version >= 5 {
+			var invalid int
+			if ix.sigBase, invalid, err = decodeSignoffs(br, d.signoffs, d.bodyLen); err != nil {
+				return nil, err
+			}
+			ix.invalid += invalid
+			if err := checkBodyEnd(br, d.signoffs, "sign-off", "sign-offs"); err != nil {
+				return nil, err
+			}
+		} else if err := checkBodyEnd(br, d.equivalences, "equivalence", "equivalences"); err != nil {
 			return nil, err
 		}
 	} else if err := checkBodyEnd(br, d.count, "entry", "entries"); err != nil {

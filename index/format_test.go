@@ -218,7 +218,7 @@ func TestDecodeCorrupt(t *testing.T) {
 		{"bad magic", `bad magic "XSTFSIDX"`, edit(func(b []byte) []byte { b[0] = 'X'; return b })},
 		{"gzip", "bad magic", append([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0}, good[8:]...)},
 		{"segment", `bad magic "SSTFSJNL", want "SSTFSIDX" (not an sstatefs index)`, encodeSeg(t, &Segment{})},
-		{"version 5", "unsupported version 5 (this sstatefs reads versions up to 4)", setU32(8, 5)},
+		{"version 6", "unsupported version 6 (this sstatefs reads versions up to 5)", setU32(8, 6)},
 		{"version 0", "unsupported version 0", setU32(8, 0)},
 		{"unknown flag", "unknown flags 0x3", setU32(12, 3)},
 		{"body bit flip", "checksum mismatch", edit(func(b []byte) []byte { b[headerLenV2+10] ^= 1; return b })},
@@ -384,6 +384,12 @@ func FuzzDecode(f *testing.F) {
 		f.Add(v4)
 	}
 	f.Add(encode(f, New(chunkedObjects(f, realisticKeys(f)[:10], 3), time.Unix(1, 0))))
+	if v5, err := os.ReadFile("testdata/snapshot-v5.bin"); err == nil {
+		f.Add(v5)
+	}
+	sigIx := New([]Object{testObject(1), testObject(2)}, time.Unix(1, 0))
+	sigIx.sigBase = sigRun{signoffOf(testObject(1), 1, "a"), signoffOf(testObject(2), 1, "b"), signoffOf(testObject(2), 2, "c")}
+	f.Add(encode(f, sigIx))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkDecode(t, data)
 		// Most mutations only break the checksum; repair it so the
@@ -443,8 +449,14 @@ func checkDecode(t *testing.T, data []byte) {
 	}
 	if !reflect.DeepEqual(collect(again), collect(ix)) || again.created != ix.created ||
 		!slices.Equal(again.covered, ix.covered) || again.complete != ix.complete ||
-		!reflect.DeepEqual(eqDump(again), eqDump(ix)) || again.Sources().Invalid != 0 {
+		!reflect.DeepEqual(eqDump(again), eqDump(ix)) || again.Sources().Invalid != 0 ||
+		!reflect.DeepEqual(again.countingSignoffs(), ix.countingSignoffs()) {
 		t.Fatal("round trip of an accepted index differs")
+	}
+	for s := range ix.EachSignoff {
+		if err := s.Validate(); err != nil {
+			t.Fatalf("accepted an invalid sign-off: %v", err)
+		}
 	}
 	checkEquivalences(t, ix)
 	for _, k := range ix.covered {

@@ -1,7 +1,9 @@
 // Package index is the metadata catalog of sstatefs: which objects a store
 // holds (key, size, modification time, SHA-256, last access) and the hash
 // equivalences reported for it (equiv.go: bitbake's taskhash → unihash
-// mappings with their outhash), kept in memory as an immutable, sorted
+// mappings with their outhash) and the sign-offs recorded for its objects
+// (signoff.go: detached OpenPGP signatures over an object's bytes), kept
+// in memory as an immutable, sorted
 // index that answers existence checks, directory listings and equivalence
 // queries without touching the network.
 //
@@ -12,7 +14,8 @@
 //     atomically by `sstatefs index build` (build.go) and by compaction;
 //   - a journal (segment.go, under JournalPrefix): immutable segments, each
 //     created once by one writer (journal.go), recording the objects it
-//     published, the accesses bitbake made and the equivalences reported;
+//     published, the accesses bitbake made, the equivalences reported and
+//     the sign-offs recorded;
 //   - readers (load.go, LoadAll) apply the segments the snapshot does not
 //     cover on top of it, with merge rules that give the same index on
 //     every host (merge.go); compaction (compact.go) folds segments into a
@@ -62,7 +65,8 @@ type Entry struct {
 // The objects are held in two sorted runs with disjoint keys: base, from
 // the snapshot (or New), and extra, the objects journal segments added.
 // Applying segments thus copies neither the snapshot's entries nor its keys.
-// Equivalence records are split the same way (eqBase, eqExtra).
+// Equivalence records and sign-offs are split the same way (eqBase,
+// eqExtra; sigBase, sigExtra).
 type Index struct {
 	base    run
 	extra   run
@@ -70,7 +74,10 @@ type Index struct {
 	created int64 // unix nanoseconds, noTime if unknown
 
 	eqBase, eqExtra eqRun
-	invalid         int // equivalence records dropped as invalid when decoding
+	// sigBase and sigExtra: the sign-offs (signoff.go), from the snapshot
+	// and from journal segments.
+	sigBase, sigExtra sigRun
+	invalid           int // equivalence and sign-off records dropped as invalid when decoding
 
 	covered  []string // sorted keys of the journal segments whose records are included
 	snapshot bool     // read from a snapshot (Decode), not journal-only or New
@@ -445,8 +452,9 @@ type Sources struct {
 	// newer sstatefs), each error naming the segment. Their records are
 	// missing from the index.
 	Skipped []error
-	// Invalid: equivalence records dropped as invalid (see
-	// Equivalence.Validate) while reading the snapshot and the segments,
+	// Invalid: equivalence and sign-off records dropped as invalid (see
+	// Equivalence.Validate, Signoff.Validate) while reading the snapshot
+	// and the segments,
 	// which were otherwise read. Only a faulty writer makes them.
 	Invalid int
 }

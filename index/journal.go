@@ -96,6 +96,7 @@ type Journal struct {
 type batch struct {
 	objs    []Object
 	eqs     []Equivalence
+	sigs    []Signoff     // Signed (signoff.go)
 	wake    chan struct{} // closed when full or taken by Flush: write now
 	soon    chan struct{} // closed by Reported: write after commitWindow
 	done    chan struct{} // closed when written or failed; err is set before
@@ -235,7 +236,7 @@ func (j *Journal) add(ctx context.Context, urgent bool, add func(*batch)) *batch
 		go j.commit(context.WithoutCancel(ctx), b)
 	}
 	add(b)
-	if len(b.objs)+len(b.eqs) >= j.maxBatch {
+	if b.isFull(j.maxBatch) {
 		j.open = nil
 		b.wakeLocked()
 	}
@@ -303,7 +304,7 @@ func (j *Journal) commit(ctx context.Context, b *batch) {
 	j.mu.Unlock()
 	wctx, cancel := context.WithTimeout(ctx, journalWriteTimeout)
 	defer cancel()
-	b.err = j.write(wctx, b.objs, b.eqs, acc)
+	b.err = j.write(wctx, b.objs, b.eqs, b.sigs, acc)
 	close(b.done)
 }
 
@@ -396,11 +397,12 @@ func (j *Journal) Flush(ctx context.Context) error {
 		var (
 			objs []Object
 			eqs  []Equivalence
+			sigs []Signoff
 		)
 		if b != nil {
-			objs, eqs = b.objs, b.eqs
+			objs, eqs, sigs = b.objs, b.eqs, b.sigs
 		}
-		err := j.write(ctx, objs, eqs, acc)
+		err := j.write(ctx, objs, eqs, sigs, acc)
 		<-j.sem
 		if b != nil {
 			b.err = err
@@ -432,14 +434,15 @@ func (j *Journal) takeAccessLocked() []Access {
 	return out
 }
 
-// write stores one segment of objs, eqs and acc. On failure the access
-// records go back to the pending ones (unless the store is read-only).
-func (j *Journal) write(ctx context.Context, objs []Object, eqs []Equivalence, acc []Access) error {
-	if len(objs) == 0 && len(eqs) == 0 && len(acc) == 0 {
+// write stores one segment of objs, eqs, sigs and acc. On failure the
+// access records go back to the pending ones (unless the store is
+// read-only).
+func (j *Journal) write(ctx context.Context, objs []Object, eqs []Equivalence, sigs []Signoff, acc []Access) error {
+	if len(objs) == 0 && len(eqs) == 0 && len(sigs) == 0 && len(acc) == 0 {
 		return nil
 	}
 	ns := max(j.now().UnixNano(), 0)
-	seg := Segment{Writer: j.writer, Time: time.Unix(0, ns), Added: objs, Reported: eqs, Accessed: acc}
+	seg := Segment{Writer: j.writer, Time: time.Unix(0, ns), Added: objs, Reported: eqs, Signed: sigs, Accessed: acc}
 	data, err := encodeSegment(&seg)
 	if err == nil {
 		// A new random part on the (unheard-of) clash with another segment.

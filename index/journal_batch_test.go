@@ -318,6 +318,7 @@ func TestJournalHurry(t *testing.T) {
 	added := make(chan error, 1)
 	go func() { added <- j.Added(ctx, testObject(1)) }()
 	waitOpen(t, j, 1)
+	w.waitStarted(t, 1) // the first batch's window is armed before Hurry
 	done := j.Hurry()
 	if err := <-added; err != nil {
 		t.Fatal(err)

@@ -23,6 +23,10 @@ import (
 //     first insert wins; likewise the first record of a (method, outhash)
 //     is the one later reports of that output are matched against.
 //     Records that are neither are dropped.
+//   - of the sign-offs of one object key, digest and fingerprint, the
+//     first is kept (a signer that writes its record twice changes
+//     nothing); which ones count is decided when they are read
+//     (Index.Signoffs), against the object the index then holds.
 //
 // Every host applies the same snapshot and segments in the same order and
 // so puts the same records in force. A segment that turns up late with an
@@ -49,6 +53,7 @@ func apply(base *Index, segs []*Segment) *Index {
 		eqs  = eqSeen{winner: map[string]bool{}, out: map[string]bool{}}
 		adds []Object
 		seen = map[string]bool{}
+		sigs sigSeen
 		acc  = map[string]uint32{}
 		keys = make([]string, 0, len(segs))
 	)
@@ -89,6 +94,7 @@ func apply(base *Index, segs []*Segment) *Index {
 				reps = eqs.add(base, e, reps)
 			}
 		}
+		sigs.take(base, seg.Signed)
 		out.invalid += seg.Invalid
 	}
 	if len(reps) > 0 {
@@ -98,6 +104,7 @@ func apply(base *Index, segs []*Segment) *Index {
 		}
 		out.eqExtra = b.finish()
 	}
+	out.sigExtra = sigs.into(base.sigExtra)
 	out.applied += len(segs)
 	out.covered = unionSorted(base.covered, keys)
 	if len(adds) > 0 {

@@ -1,4 +1,4 @@
-// Journal segment format, versions 1 to 3
+// Journal segment format, versions 1 to 4
 //
 // Every mount that writes keeps a journal of what it published and what
 // bitbake used, as immutable segments in the store, each under its own key
@@ -12,8 +12,8 @@
 //
 //	offset  size  field
 //	0       8     magic "SSTFSJNL"
-//	8       4     format version, uint32 = 3 (1 and 2 are still read and
-//	              written)
+//	8       4     format version, uint32 = 4 (1, 2 and 3 are still read
+//	              and written)
 //	12      8     written: int64 unix nanoseconds, as in the key
 //	20      8     record count N, uint64 (at most 2^20)
 //	28      8     body length B in bytes, uint64
@@ -34,24 +34,33 @@
 //	            (version 2 on)
 //	4 Chunked:  an Added record followed by uvarint K and K times 32 bytes,
 //	            the SHA-256 of each ChunkSize (1 MiB) piece of the object in
-//	            order: K = ceil(size / ChunkSize) > 1 (version 3 only)
+//	            order: K = ceil(size / ChunkSize) > 1 (version 3 on)
+//	5 Signed:   a sign-off (signoff.go): uvarint key length, key, 32 bytes
+//	            SHA-256 of the bytes signed, a byte L and the L bytes of
+//	            the signing key's fingerprint (at most 32), varint created
+//	            (unix ns, math.MinInt64 = unknown), uvarint signature
+//	            length (at most 16 KiB), the binary OpenPGP detached
+//	            signature (version 4 only)
 //
 // where a string is a uvarint length (at most 4096) and the bytes, and a
 // hash is a uvarint count of hex digits (at most 255) and the digits
 // packed two a byte, high nibble first (an odd count leaves the last low
 // nibble 0). Version 2 is version 1 with Reported records, version 3
-// version 2 with Chunked records; a writer uses the lowest version that
-// holds its records, which older readers then still read. An object
-// without chunk digests is an Added record in every version.
+// version 2 with Chunked records, version 4 version 3 with Signed
+// records; a writer uses the lowest version that holds its records, which
+// older readers then still read. An object without chunk digests is an
+// Added record in every version.
 //
 // Keys are valid object keys (see validKey). A Reported record that breaks
-// Equivalence.Validate but is well formed is dropped by readers (and
-// counted in Segment.Invalid), not the whole segment; a writer that
-// relaxes those rules must therefore use a new version. Readers apply the
+// Equivalence.Validate, or a Signed record that breaks Signoff.Validate,
+// but is well formed is dropped by readers (and counted in
+// Segment.Invalid), not the whole segment; a writer that relaxes those
+// rules must therefore use a new version. Readers apply the
 // segments a snapshot does not cover in key order; of two Added records
 // for one key the first wins (the store keeps the first writer's object),
 // and an object's access time is the latest recorded. Equivalences follow
-// the rules of merge.go.
+// the rules of merge.go, and so do sign-offs (the first record of a key,
+// digest and fingerprint is kept).
 
 package index
 
@@ -87,8 +96,10 @@ type Segment struct {
 	Accessed []Access  // last accesses, one per key
 	// Reported: equivalences reported, in the order recorded.
 	Reported []Equivalence
-	// Invalid counts the Reported records DecodeSegment dropped as
-	// invalid (see the format description).
+	// Signed: sign-offs recorded, in the order recorded.
+	Signed []Signoff
+	// Invalid counts the Reported and Signed records DecodeSegment
+	// dropped as invalid (see the format description).
 	Invalid int
 }
 
@@ -100,13 +111,14 @@ type Access struct {
 
 const (
 	segmentMagic   = "SSTFSJNL"
-	segmentVersion = 3
+	segmentVersion = 4
 	segHeaderLen   = 36 // every version
 
 	recAdded    = 1
 	recAccessed = 2
 	recReported = 3 // version 2 on
-	recChunked  = 4 // version 3
+	recChunked  = 4 // version 3 on
+	recSigned   = 5 // version 4
 
 	// maxSegmentRecords bounds the records a segment may declare; a
 	// Journal writes at most MaxBatch objects and maxAccessPerSegment
@@ -225,14 +237,14 @@ var segmentEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
 		zstd.WithWindowSize(encoderWindow), zstd.WithEncoderConcurrency(1))
 })
 
-// EncodeSegment writes seg in the segment format: version 3 if an object
-// has chunk digests, else version 2 if it holds equivalences, else version
-// 1. It fails on records a reader would reject (invalid keys, negative
-// sizes, chunk digests of the wrong number, zero access times,
-// equivalences that fail Validate) and on segments with more than 2^20
-// records.
+// EncodeSegment writes seg in the segment format: version 4 if it holds
+// sign-offs, else version 3 if an object has chunk digests, else version 2
+// if it holds equivalences, else version 1. It fails on records a reader
+// would reject (invalid keys, negative sizes, chunk digests of the wrong
+// number, zero access times, equivalences and sign-offs that fail
+// Validate) and on segments with more than 2^20 records.
 func EncodeSegment(w io.Writer, seg *Segment) error {
-	n := len(seg.Added) + len(seg.Accessed) + len(seg.Reported)
+	n := len(seg.Added) + len(seg.Accessed) + len(seg.Reported) + len(seg.Signed)
 	if n > maxSegmentRecords {
 		return fmt.Errorf("encode segment: %d records (limit %d)", n, maxSegmentRecords)
 	}
@@ -293,6 +305,15 @@ func EncodeSegment(w io.Writer, seg *Segment) error {
 	if chunked {
 		version = 3
 	}
+	for i := range seg.Signed {
+		g := &seg.Signed[i]
+		if err := g.Validate(); err != nil {
+			return fmt.Errorf("encode segment: %w", err)
+		}
+		version = 4
+		raw = append(raw, recSigned)
+		raw = appendSignoff(raw, g)
+	}
 	if len(raw) > maxSegmentBody {
 		return fmt.Errorf("encode segment: body of %d bytes (limit %d)", len(raw), maxSegmentBody)
 	}
@@ -335,7 +356,7 @@ func encodeSegment(seg *Segment) ([]byte, error) {
 var segmentSpec = frameSpec{
 	magic: segmentMagic, what: "journal segment", minHeader: segHeaderLen, latest: segmentVersion,
 	header: func(v uint32) int {
-		if v >= 1 && v <= 3 {
+		if v >= 1 && v <= segmentVersion {
 			return segHeaderLen
 		}
 		return 0
@@ -376,11 +397,11 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 }
 
 // DecodeSegment reads a segment written by EncodeSegment, of version 1 to
-// 3. Key and Writer are left empty (they come from the store key); Time is
+// 4. Key and Writer are left empty (they come from the store key); Time is
 // the one in the header. Damage is reported as an error wrapping
 // ErrCorrupt that says what is wrong; a failure of r is returned as it is.
-// A well-formed equivalence record that fails Validate is dropped and
-// counted in Invalid. Memory is bounded by what is actually read and by
+// A well-formed equivalence or sign-off record that fails Validate is
+// dropped and counted in Invalid. Memory is bounded by what is actually read and by
 // the format's limits.
 func DecodeSegment(r io.Reader) (*Segment, error) {
 	hdr, body, err := readFrame(r, &segmentSpec)
@@ -475,7 +496,7 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 		if err != nil {
 			return nil, bad(i, "record kind", err)
 		}
-		if kind == recReported && version < 2 || kind == recChunked && version < 3 {
+		if kind == recReported && version < 2 || kind == recChunked && version < 3 || kind == recSigned && version < 4 {
 			return nil, corrupt("record %d: unknown record kind %d in a version %d segment", i, kind, version)
 		}
 		switch kind {
@@ -566,6 +587,16 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 				continue
 			}
 			seg.Reported = append(seg.Reported, e)
+		case recSigned:
+			var g Signoff
+			if g, buf, err = readSignoff(br, fmt.Sprintf("record %d", i), buf); err != nil {
+				return nil, err
+			}
+			if g.Validate() != nil {
+				seg.Invalid++
+				continue
+			}
+			seg.Signed = append(seg.Signed, g)
 		default:
 			return nil, corrupt("record %d: unknown record kind %d", i, kind)
 		}

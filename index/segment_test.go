@@ -143,8 +143,8 @@ func TestDecodeSegmentCorrupt(t *testing.T) {
 		{"empty", "truncated: 0 bytes, shorter than the 36-byte header", nil},
 		{"short header", "truncated: 30 bytes, shorter than the 36-byte header", good[:30]},
 		{"snapshot", `bad magic "SSTFSIDX", want "SSTFSJNL" (not an sstatefs journal segment)`, encode(t, New(nil, time.Time{}))},
-		{"version 4", "unsupported version 4 (this sstatefs reads versions up to 3)",
-			edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[8:], 4); return fixSum(b) })},
+		{"version 5", "unsupported version 5 (this sstatefs reads versions up to 4)",
+			edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[8:], 5); return fixSum(b) })},
 		{"bit flip", "checksum mismatch (the journal segment is damaged)", edit(func(b []byte) []byte { b[segHeaderLen+3] ^= 4; return b })},
 		{"cut", "truncated", good[:len(good)-5]},
 		{"trailing data", "trailing data after the checksum", append(bytes.Clone(good), 1)},
@@ -153,7 +153,8 @@ func TestDecodeSegmentCorrupt(t *testing.T) {
 		{"absurd count", "absurd record count 1048577", setU64(20, maxSegmentRecords+1)},
 		{"absurd body length", "absurd body length", setU64(28, 1<<40)},
 		{"body length too long", "truncated", setU64(28, bodyLen+1)},
-		{"unknown kind", "record 0: unknown record kind 5", segFrame(1, []byte{5, 1, 'a'})},
+		{"unknown kind", "record 0: unknown record kind 6", segFrame(1, []byte{6, 1, 'a'})},
+		{"signed in version 3", "record 0: unknown record kind 5 in a version 3 segment", segFrameV(3, 1, []byte{5, 1, 'a'})},
 		{"reported in version 1", "record 1: unknown record kind 3 in a version 1 segment",
 			segFrameV(1, 2, cat(rawAccessed("a", 1), rawReported(testEq(1, "m"))))},
 		{"kind 0", "record 0: unknown record kind 0", segFrame(1, []byte{0})},
@@ -226,6 +227,13 @@ func FuzzDecodeSegment(f *testing.F) {
 		f.Add(v3)
 	}
 	f.Add(encodeSeg(f, &Segment{Time: time.Unix(3, 0), Added: chunkedObjects(f, realisticKeys(f)[:4], 2)}))
+	if v4, err := os.ReadFile("testdata/segment-v4.bin"); err == nil {
+		f.Add(v4)
+	}
+	f.Add(encodeSeg(f, &Segment{Time: time.Unix(4, 0), Signed: []Signoff{signoffOf(testObject(1), 1, "s")}}))
+	fp := bytes.Repeat([]byte{0xcd}, 32)
+	f.Add(segFrame(3, cat(rawSigned("a/b", testObject(2).SHA256, fp, -1, []byte("sig")),
+		rawSigned("a/b", testObject(2).SHA256, fp[:7], 1, []byte("x")), rawAccessed("b", 1))))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkDecodeSegment(t, data)
 		checkDecodeSegment(t, fixSum(bytes.Clone(data)))
@@ -253,6 +261,11 @@ func checkDecodeSegment(t *testing.T, data []byte) {
 	for _, e := range seg.Reported {
 		if err := e.Validate(); err != nil {
 			t.Fatalf("accepted an invalid equivalence: %v", err)
+		}
+	}
+	for _, g := range seg.Signed {
+		if err := g.Validate(); err != nil {
+			t.Fatalf("accepted an invalid sign-off: %v", err)
 		}
 	}
 	again, err := DecodeSegment(bytes.NewReader(encodeSeg(t, seg)))
