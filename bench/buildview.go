@@ -252,7 +252,9 @@ func (b *Bench) buildViewOnce(ctx context.Context, env *Env, sfs *sstatefsSystem
 	switch system {
 	case "local disk":
 		t := dirTarget{root: env.LocalDir}
-		one = func(ctx context.Context, o Object, buf []byte) (replayed, error) { return replayOne(ctx, t, o, buf, false) }
+		one = func(ctx context.Context, o Object, buf []byte) (replayed, error) {
+			return replayOne(ctx, t, o, buf, false)
+		}
 	case "sstatefs":
 		if sfs == nil {
 			return 0, 0, netem.Counts{}, errors.New("sstatefs not available")
@@ -292,7 +294,9 @@ func (b *Bench) buildViewOnce(ctx context.Context, env *Env, sfs *sstatefsSystem
 				stop()
 			}
 		}()
-		one = func(ctx context.Context, o Object, buf []byte) (replayed, error) { return replayOne(ctx, m, o, buf, false) }
+		one = func(ctx context.Context, o Object, buf []byte) (replayed, error) {
+			return replayOne(ctx, m, o, buf, false)
+		}
 	}
 	if proxy != nil {
 		c0 = proxy.Counts()
