@@ -24,65 +24,118 @@ import (
 // every wanted object, from a local SSTATE_DIR, through the mount, and by
 // probing an HTTP mirror as SSTATE_MIRRORS does, at each RTT.
 
-// replayed says what replayOne did with an object.
-type replayed struct{ read bool }
+// toucher is a Target whose names can be touched the ways bitbake does.
+type toucher interface {
+	// Touch is utimensat(path, NULL): python's os.utime(path, None).
+	Touch(key string) error
+	// TouchShell is coreutils' touch f and touch --no-dereference f.
+	TouchShell(key string) error
+}
 
-// toucher is a Target that can touch a name (utimensat(NULL), bitbake's
-// touch of every object it uses).
-type toucher interface{ Touch(key string) error }
-
-// Touch sets the times of key to now, as utimensat(AT_FDCWD, path, NULL, 0)
-// does: with a NULL times argument, which os.Chtimes cannot pass.
-func (t dirTarget) Touch(key string) error {
-	p, err := unix.BytePtrFromString(filepath.Join(t.root, key))
-	if err != nil {
-		return err
+// utimensat(dirfd, path, NULL, flags); an empty path passes NULL (the
+// times of dirfd itself), which neither os.Chtimes nor unix.UtimesNanoAt
+// can do.
+func utimensat(dirfd int, path string, flags int) error {
+	var p *byte
+	if path != "" {
+		var err error
+		if p, err = unix.BytePtrFromString(path); err != nil {
+			return err
+		}
 	}
-	atFDCWD := unix.AT_FDCWD // a negative constant: through a variable to convert it
-	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(atFDCWD), uintptr(unsafe.Pointer(p)), 0, 0, 0, 0)
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(dirfd), uintptr(unsafe.Pointer(p)), 0, uintptr(flags), 0, 0)
 	if e != 0 {
-		return &os.PathError{Op: "utimensat", Path: filepath.Join(t.root, key), Err: e}
+		return &os.PathError{Op: "utimensat", Path: path, Err: e}
 	}
 	return nil
 }
 
-// replayOne makes bitbake's calls for one wanted object on a file system:
-// stat of the object, its .sig and its .siginfo (sstate_checkhashes); if
-// the object is there, touch it and read it whole (the setscene task's
-// unpack), checking its size and CRC. An answer that disagrees with the
-// store is an error, unless growing says the store is still being
-// written (then only a present object's bytes are checked).
-func replayOne(ctx context.Context, t Target, o Object, buf []byte, growing bool) (replayed, error) {
+func (t dirTarget) Touch(key string) error {
+	return utimensat(unix.AT_FDCWD, filepath.Join(t.root, key), 0)
+}
+
+func (t dirTarget) TouchShell(key string) error {
+	path := filepath.Join(t.root, key)
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o666)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	err = utimensat(fd, "", 0)
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	return utimensat(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+var companions = []string{"", ".sig", ".siginfo"}
+
+// checkOne makes sstate_checkhashes' calls for one wanted object: stat of
+// the object, touch if there, stat of its .sig and its .siginfo, touch of
+// the .siginfo if there. It returns whether the object is there. An answer
+// that disagrees with the store is an error, unless growing says the store
+// is still being written.
+func checkOne(ctx context.Context, t Target, o Object, growing bool) (bool, error) {
 	var there [3]bool
-	for i, suffix := range []string{"", ".sig", ".siginfo"} {
+	for i, suffix := range companions {
 		ok, err := t.Stat(ctx, o.Key+suffix)
 		if err != nil {
-			return replayed{}, fmt.Errorf("stat %s: %w", o.Key+suffix, err)
+			return false, fmt.Errorf("stat %s: %w", o.Key+suffix, err)
 		}
 		there[i] = ok
+		if tt, isT := t.(toucher); ok && isT && suffix != ".sig" {
+			if err := tt.Touch(o.Key + suffix); err != nil {
+				return false, err
+			}
+		}
 	}
 	if there[1] {
-		return replayed{}, fmt.Errorf("stat %s.sig: exists, but nothing is signed", o.Key)
+		return false, fmt.Errorf("stat %s.sig: exists, but nothing is signed", o.Key)
 	}
 	if !growing && (o.Present != there[0] || (o.Present && !there[2])) {
-		return replayed{}, fmt.Errorf("stat %s: exists=%v (.siginfo %v), want %v", o.Key, there[0], there[2], o.Present)
+		return false, fmt.Errorf("stat %s: exists=%v (.siginfo %v), want %v", o.Key, there[0], there[2], o.Present)
 	}
-	if !there[0] {
-		return replayed{}, nil
-	}
-	if tt, ok := t.(toucher); ok {
-		if err := tt.Touch(o.Key); err != nil {
-			return replayed{}, err
-		}
+	return there[0], nil
+}
+
+// unpackOne makes the setscene task's calls for an object that is there
+// (sstate_unpack_package): stat, a whole sequential read (pzstd), checked
+// against its size and CRC, then for the object, its .sig and its
+// .siginfo a stat and, if there, the shell's two touches.
+func unpackOne(ctx context.Context, t Target, o Object, buf []byte) error {
+	if _, err := t.Stat(ctx, o.Key); err != nil {
+		return err
 	}
 	n, crc, err := readOne(ctx, t, o.Key, buf)
 	if err != nil {
-		return replayed{}, err
+		return err
 	}
 	if o.CRC != 0 && (n != o.Size || crc != o.CRC) {
-		return replayed{}, fmt.Errorf("%s: read %d bytes with CRC %08x, want %d with %08x: wrong bytes", o.Key, n, crc, o.Size, o.CRC)
+		return fmt.Errorf("%s: read %d bytes with CRC %08x, want %d with %08x: wrong bytes", o.Key, n, crc, o.Size, o.CRC)
 	}
-	return replayed{read: true}, nil
+	tt, ok := t.(toucher)
+	for _, suffix := range companions {
+		there, err := t.Stat(ctx, o.Key+suffix)
+		if err != nil {
+			return err
+		}
+		if there && ok {
+			if err := tt.TouchShell(o.Key + suffix); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// replayOne is checkOne and, for an object that is there, unpackOne; it
+// says whether it read the object.
+func replayOne(ctx context.Context, t Target, o Object, buf []byte, growing bool) (bool, error) {
+	there, err := checkOne(ctx, t, o, growing)
+	if err != nil || !there {
+		return false, err
+	}
+	return true, unpackOne(ctx, t, o, buf)
 }
 
 // buildViewResult is one system at one RTT.
@@ -95,34 +148,56 @@ type buildViewResult struct {
 	Err    error
 }
 
-// replayAll replays every object with jobs in parallel (setscene tasks run
-// in parallel) and returns how many objects were read.
-func replayAll(ctx context.Context, objs []Object, jobs int, one func(ctx context.Context, o Object, buf []byte) (replayed, error)) (int, error) {
-	var next, read atomic.Int64
+// replayAll is a restore as bitbake runs it: the check of every object
+// first (at runqueue start; checkJobs at a time: bitbake checks files one
+// by one and probes mirrors from a thread pool), then the setscene tasks
+// of the objects that are there, jobs at a time. It returns how many
+// objects were read.
+func replayAll(ctx context.Context, objs []Object, checkJobs, jobs int,
+	check func(ctx context.Context, o Object) (bool, error),
+	unpack func(ctx context.Context, o Object, buf []byte) error) (int, error) {
+	there := make([]bool, len(objs))
+	if err := forEach(ctx, len(objs), checkJobs, func(ctx context.Context, i int, _ []byte) (err error) {
+		there[i], err = check(ctx, objs[i])
+		return err
+	}); err != nil {
+		return 0, err
+	}
+	var present []Object
+	for i, o := range objs {
+		if there[i] {
+			present = append(present, o)
+		}
+	}
+	err := forEach(ctx, len(present), jobs, func(ctx context.Context, i int, buf []byte) error {
+		return unpack(ctx, present[i], buf)
+	})
+	return len(present), err
+}
+
+// forEach calls fn for 0..n-1, jobs at a time, each worker with its own
+// read buffer; the first error stops it.
+func forEach(ctx context.Context, n, jobs int, fn func(ctx context.Context, i int, buf []byte) error) error {
+	var next atomic.Int64
 	g, ctx := errgroup.WithContext(ctx)
 	for range jobs {
 		g.Go(func() error {
 			buf := make([]byte, 256<<10)
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= len(objs) {
+				if i >= n {
 					return nil
 				}
 				if err := ctx.Err(); err != nil {
 					return err
 				}
-				r, err := one(ctx, objs[i], buf)
-				if err != nil {
+				if err := fn(ctx, i, buf); err != nil {
 					return err
-				}
-				if r.read {
-					read.Add(1)
 				}
 			}
 		})
 	}
-	err := g.Wait()
-	return int(read.Load()), err
+	return g.Wait()
 }
 
 // mirrorProber restores as bitbake does from an SSTATE_MIRRORS entry over
@@ -182,27 +257,32 @@ func (m *mirrorProber) get(ctx context.Context, key string) error {
 	return f.Close()
 }
 
-func (m *mirrorProber) one(ctx context.Context, o Object, buf []byte) (replayed, error) {
+// check is the mirror's checkstatus: a HEAD of the object and its
+// companions.
+func (m *mirrorProber) check(ctx context.Context, o Object) (bool, error) {
 	var there [3]bool
-	for i, suffix := range []string{"", ".sig", ".siginfo"} {
+	for i, suffix := range companions {
 		ok, err := m.head(ctx, o.Key+suffix)
 		if err != nil {
-			return replayed{}, err
+			return false, err
 		}
 		there[i] = ok
 	}
 	if there[0] != o.Present || there[1] {
-		return replayed{}, fmt.Errorf("HEAD %s: exists=%v (.sig %v), want %v", o.Key, there[0], there[1], o.Present)
+		return false, fmt.Errorf("HEAD %s: exists=%v (.sig %v), want %v", o.Key, there[0], there[1], o.Present)
 	}
-	if !there[0] {
-		return replayed{}, nil
-	}
+	return there[0], nil
+}
+
+// unpack fetches the object and its .siginfo into the local SSTATE_DIR,
+// then unpacks from there.
+func (m *mirrorProber) unpack(ctx context.Context, o Object, buf []byte) error {
 	for _, k := range []string{o.Key, o.Key + ".siginfo"} {
 		if err := m.get(ctx, k); err != nil {
-			return replayed{}, err
+			return err
 		}
 	}
-	return replayOne(ctx, dirTarget{root: m.local}, o, buf, false)
+	return unpackOne(ctx, dirTarget{root: m.local}, o, buf)
 }
 
 // runBuildView measures the three ways at each RTT.
@@ -246,15 +326,18 @@ func (b *Bench) buildViewOnce(ctx context.Context, env *Env, sfs *sstatefsSystem
 			safeRemoveAll(dir)
 		}
 	}()
-	var one func(ctx context.Context, o Object, buf []byte) (replayed, error)
+	var check func(ctx context.Context, o Object) (bool, error)
+	var unpack func(ctx context.Context, o Object, buf []byte) error
+	onFS := func(t Target) {
+		check = func(ctx context.Context, o Object) (bool, error) { return checkOne(ctx, t, o, false) }
+		unpack = func(ctx context.Context, o Object, buf []byte) error { return unpackOne(ctx, t, o, buf) }
+	}
+	checkJobs := 1
 	var proxy *Proxy
 	var stop func() error
 	switch system {
 	case "local disk":
-		t := dirTarget{root: env.LocalDir}
-		one = func(ctx context.Context, o Object, buf []byte) (replayed, error) {
-			return replayOne(ctx, t, o, buf, false)
-		}
+		onFS(dirTarget{root: env.LocalDir})
 	case "sstatefs":
 		if sfs == nil {
 			return 0, 0, netem.Counts{}, errors.New("sstatefs not available")
@@ -275,10 +358,13 @@ func (b *Bench) buildViewOnce(ctx context.Context, env *Env, sfs *sstatefsSystem
 		tr := &http.Transport{MaxIdleConnsPerHost: o.BuildViewJobs, DisableCompression: true}
 		defer tr.CloseIdleConnections()
 		m := &mirrorProber{base: "http://" + p.Addr + "/", client: &http.Client{Transport: tr, Timeout: time.Minute}, local: dir}
-		one = m.one
+		check, unpack, checkJobs = m.check, m.unpack, o.BuildViewJobs
 	}
 	dropCaches()
 	var c0 netem.Counts
+	if proxy != nil {
+		c0 = proxy.Counts() // the mount's start counts too
+	}
 	start := time.Now()
 	if system == "sstatefs" {
 		// The mount's start (its index load) is part of the build's time.
@@ -294,14 +380,9 @@ func (b *Bench) buildViewOnce(ctx context.Context, env *Env, sfs *sstatefsSystem
 				stop()
 			}
 		}()
-		one = func(ctx context.Context, o Object, buf []byte) (replayed, error) {
-			return replayOne(ctx, m, o, buf, false)
-		}
+		onFS(m)
 	}
-	if proxy != nil {
-		c0 = proxy.Counts()
-	}
-	read, err := replayAll(ctx, st.objs, o.BuildViewJobs, one)
+	read, err := replayAll(ctx, st.objs, checkJobs, o.BuildViewJobs, check, unpack)
 	took := time.Since(start)
 	var reqs netem.Counts
 	if proxy != nil {

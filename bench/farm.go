@@ -232,11 +232,11 @@ func restoreSome(ctx context.Context, m Mounted, objs []Object, n int, r *rand.R
 	buf := make([]byte, 256<<10)
 	for range n {
 		o := objs[r.IntN(len(objs))]
-		steps, err := replayOne(ctx, m, o, buf, true)
+		ok, err := replayOne(ctx, m, o, buf, true)
 		if err != nil {
 			return read, err
 		}
-		if steps.read {
+		if ok {
 			read++
 		}
 	}

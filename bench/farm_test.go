@@ -152,3 +152,55 @@ func TestTinyFarmAndBuildView(t *testing.T) {
 		t.Error("the report has an error")
 	}
 }
+
+// TestReplayOne: bitbake's restore sequence on a directory touches the
+// object and its .siginfo, reads the object and rejects wrong bytes or a
+// wrong answer to the existence check.
+func TestReplayOne(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	objs, err := Plan(Spec{Names: Sample(RealNames(), 6, 2), Total: 1 << 20, Seed: 2, Absent: 0.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Materialize(dir, objs, 2); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Unix(1_600_000_000, 0)
+	for _, o := range Present(objs) {
+		for _, k := range []string{o.Key, o.Key + ".siginfo"} {
+			if err := os.Chtimes(filepath.Join(dir, k), old, old); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tgt := dirTarget{root: dir}
+	buf := make([]byte, 4096)
+	for _, o := range objs {
+		read, err := replayOne(ctx, tgt, o, buf, false)
+		if err != nil || read != o.Present {
+			t.Fatalf("%s: read %v, %v; present %v", o.Key, read, err, o.Present)
+		}
+		if !o.Present {
+			continue
+		}
+		for _, k := range []string{o.Key, o.Key + ".siginfo"} {
+			if fi, err := os.Stat(filepath.Join(dir, k)); err != nil || !fi.ModTime().After(old) {
+				t.Errorf("%s not touched: %v", k, err)
+			}
+		}
+		wrong := o
+		wrong.CRC++
+		if _, err := replayOne(ctx, tgt, wrong, buf, false); err == nil || !strings.Contains(err.Error(), "wrong bytes") {
+			t.Errorf("%s with another CRC: %v, want wrong bytes", o.Key, err)
+		}
+		gone := o
+		gone.Present = false
+		if _, err := replayOne(ctx, tgt, gone, buf, false); err == nil {
+			t.Errorf("%s: no error where the store should not have it", o.Key)
+		}
+		if _, err := replayOne(ctx, tgt, gone, buf, true); err != nil {
+			t.Errorf("%s in a growing store: %v", o.Key, err)
+		}
+	}
+}
