@@ -539,7 +539,9 @@ func listPrefix(ctx context.Context, c *s3.Client, bucket, prefix string) (map[s
 // returns the mount's peak memory (VmHWM) once it is ready.
 func (b *Bench) farmMemory(ctx context.Context, env *Env, sfs *sstatefsSystem, names []string) (peak int64, ready time.Duration, err error) {
 	o, log := b.Opts, b.Log
-	f := &farmEnv{Env: env, sfs: sfs, bucket: "sstate-farm-memory"}
+	slow := *sfs
+	slow.timeout = 10 * time.Minute
+	f := &farmEnv{Env: env, sfs: &slow, bucket: "sstate-farm-memory"}
 	if err := CreateBucket(ctx, env.Direct, f.bucket); err != nil {
 		return 0, 0, err
 	}
