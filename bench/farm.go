@@ -47,6 +47,7 @@ type farmResult struct {
 	W             int
 	BuildObjects  int   // files of one build (objects and .siginfo)
 	BuildBytes    int64 // bytes of one build
+	ObjectBytes   int64 // of its objects alone (what a restore reads)
 	Stored        int   // distinct files in the bucket after the storm
 	StoredBytes   int64
 	Storm         time.Duration
@@ -57,6 +58,8 @@ type farmResult struct {
 	Restored      int // objects read by the mounts during the storm
 	Reader        netem.Counts
 	ReadyAfter    time.Duration // a new mount, after the storm, before compaction
+	StartAfter    netem.Counts  // its requests until ready
+	StartCompact  netem.Counts  // those of a new mount after compaction
 	LoadAfter     time.Duration // index.LoadAll in-process, same time
 	RefreshSame   refreshCost   // a refresh when nothing changed
 	RefreshSmall  refreshCost   // a refresh after one more small push
@@ -292,6 +295,7 @@ func (b *Bench) farmOnce(ctx context.Context, env *Env, sfs *sstatefsSystem, nam
 	}
 	res.BuildObjects = 2 * len(plans[0])
 	res.BuildBytes = StoreBytes(plans[0])
+	res.ObjectBytes = objectBytes(plans[0])
 	want := map[string]int64{}
 	for _, fb := range builds {
 		for _, x := range fb.objs {
@@ -391,11 +395,12 @@ func (b *Bench) farmOnce(ctx context.Context, env *Env, sfs *sstatefsSystem, nam
 	}
 
 	// After the storm: a new mount, an in-process load, refreshes.
+	c0 := f.readers.Counts()
 	m, ready, err := f.readyMount(ctx, filepath.Join(work, "mounts", "after"))
 	if err != nil {
 		return res, err
 	}
-	res.ReadyAfter = ready
+	res.ReadyAfter, res.StartAfter = ready, f.readers.Counts().Sub(c0)
 	if err := m.Unmount(); err != nil {
 		return res, err
 	}
@@ -447,9 +452,11 @@ func (b *Bench) farmOnce(ctx context.Context, env *Env, sfs *sstatefsSystem, nam
 		return res, err
 	}
 	res.LoadCompacted = time.Since(t0)
+	c0 = f.readers.Counts()
 	if m, res.ReadyCompact, err = f.readyMount(ctx, filepath.Join(work, "mounts", "compacted")); err != nil {
 		return res, err
 	}
+	res.StartCompact = f.readers.Counts().Sub(c0)
 	if err := m.Unmount(); err != nil {
 		return res, err
 	}
