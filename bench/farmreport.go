@@ -130,7 +130,7 @@ func buildViewTable(o Options, st *store, res []buildViewResult) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "### Build-time view: restore of %s wanted objects (%s present, %s), %d at a time\n\n",
 		thousands(len(st.objs)), thousands(len(st.present)), formatBytes(StoreBytes(st.objs)), o.BuildViewJobs)
-	s.WriteString("For each object: stat of the object, its `.sig` and its `.siginfo`; if present, touch (utimensat) and a whole read checked against its CRC. HTTP: HEAD of the three, GET of the object and its `.siginfo` into a local dir, then the same touch and read there. The mount's time includes its start.\n\n")
+	s.WriteString("bitbake's two phases: the check of every object (stat of the object, its `.sig` and its `.siginfo`, utimensat of those there; one after the other on file systems as `sstate_checkhashes` does, in parallel against the mirror as its thread pool does), then the unpack of those there in parallel (stat, a whole read checked against the CRC, stat and coreutils touch of each companion). HTTP: HEADs for the check, then a GET of the object and its `.siginfo` into a local dir and the unpack there. The mount's time and requests include its start (the index load).\n\n")
 	s.WriteString("| RTT | system | time (s) | requests | GET | HEAD | LIST | other | MB down | vs local |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	local := map[time.Duration]time.Duration{}
 	for _, r := range res {
