@@ -68,7 +68,6 @@ type farmResult struct {
 	Snapshot      int64
 	LoadCompacted time.Duration
 	ReadyCompact  time.Duration
-	Records       int // Added records in every segment (duplicates are records of an object already recorded)
 	Checked       int // published files found once in the merged index
 }
 
