@@ -181,10 +181,12 @@ func TestKillAfterReportAnswered(t *testing.T) {
 	cacheDir := t.TempDir()
 	mp := filepath.Join(t.TempDir(), "mnt")
 	sock := filepath.Join(t.TempDir(), "hs.sock")
+	ready := filepath.Join(t.TempDir(), "ready")
 	args := []string{"mount", "--store", cfg.Stores[0].URL, "--store-endpoint", env.Endpoint, "--store-path-style",
 		"--cache-dir", cacheDir, "--hashserv", "unix://" + sock, "--publish-record-interval", "1h", "--publish-drain-timeout", "30s",
-		"--log-level", "debug", "--config", "/dev/null", mp}
+		"--ready-file", ready, "--log-level", "debug", "--config", "/dev/null", mp}
 	cmd := startBinary(t, bin, mp, args...)
+	waitReady(t, ready) // the socket listens once the mount is up
 	c := dialHashserv(t, sock)
 	var taskhashes []string
 	for i := range 5 {
@@ -216,5 +218,21 @@ func TestKillAfterReportAnswered(t *testing.T) {
 	checkReportedOnce(t, cfg, records, taskhashes)
 	if n := reportsFileSize(t, cacheDir); n != 0 {
 		t.Errorf("reports file holds %d bytes after the restarted mount closed, want 0", n)
+	}
+}
+
+// waitReady waits until the mount wrote its ready file (the end of its
+// start: the hash equivalence socket listens).
+func waitReady(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no ready file %s after 30s", path)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the file the process writes
 	}
 }
