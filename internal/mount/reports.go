@@ -83,7 +83,8 @@ type pendingReports struct {
 	fileMu  sync.Mutex
 	f       *os.File // nil once closed
 	size    int64
-	closing bool // Record refuses new reports
+	limit   int64 // size past which the file is rewritten
+	closing bool  // Record refuses new reports
 
 	mu      sync.Mutex // guards pending, next; never held during I/O
 	pending map[uint64]index.Equivalence
@@ -116,7 +117,8 @@ func openReports(path string, j laterReporter, log *slog.Logger) (*pendingReport
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &pendingReports{
 		journal: j, path: path, log: log, now: time.Now, after: time.After,
-		ctx: ctx, cancel: cancel, f: f, size: int64(good), pending: map[uint64]index.Equivalence{},
+		ctx: ctx, cancel: cancel, f: f, size: int64(good), limit: max(maxReportsBytes, 2*int64(good)),
+		pending: map[uint64]index.Equivalence{},
 	}
 	if len(es) > 0 {
 		log.Info("hash equivalence reports of an earlier run not yet in the store: recording them again", "reports", len(es), "file", path)
@@ -196,7 +198,7 @@ func (p *pendingReports) Record(ctx context.Context, e index.Equivalence) error 
 		p.fileMu.Unlock()
 		return errReportsClosed
 	}
-	if p.size+int64(len(entry)) > maxReportsBytes {
+	if p.size+int64(len(entry)) > p.limit {
 		if err := p.rewriteLocked(); err != nil {
 			p.fileMu.Unlock()
 			return err
@@ -299,7 +301,7 @@ func (p *pendingReports) emptyLocked() {
 		return
 	}
 	p.f.Sync()
-	p.size = 0
+	p.size, p.limit = 0, maxReportsBytes
 }
 
 // rewriteLocked replaces the file by one holding only the pending reports
@@ -342,6 +344,9 @@ func (p *pendingReports) rewriteLocked() error {
 	}
 	p.f.Close()
 	p.f, p.size = f, int64(len(buf))
+	// many reports wait (the store is down): the next rewrite only once
+	// the file doubled, so that appends stay cheap
+	p.limit = max(maxReportsBytes, 2*p.size)
 	return nil
 }
 
@@ -411,8 +416,18 @@ func (p *pendingReports) close() {
 	}
 	p.fileMu.Lock()
 	defer p.fileMu.Unlock()
-	if p.f != nil {
-		p.f.Close()
-		p.f = nil
+	if p.f == nil {
+		return
 	}
+	switch {
+	case p.Len() == 0:
+		p.emptyLocked()
+	case p.size > 0:
+		// the next start records only what is still waiting
+		if err := p.rewriteLocked(); err != nil {
+			p.log.Warn("hash equivalence reports file not rewritten: the next start records some reports again", "file", p.path, "error", err)
+		}
+	}
+	p.f.Close()
+	p.f = nil
 }

@@ -234,3 +234,68 @@ func TestReportsRetryAfterFailedSegment(t *testing.T) {
 		t.Errorf("the failure is not logged:\n%s", log.String())
 	}
 }
+
+// TestReportsFileRewritten: a report that cannot be written (its retry
+// never comes) keeps the file from being emptied while thousands of others
+// are written; past maxReportsBytes the file is rewritten with only the
+// waiting reports, so it stays bounded, and the one left is recorded again
+// at the next start.
+func TestReportsFileRewritten(t *testing.T) {
+	fs, err := file.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &failingCreates{Store: fs}
+	store.n.Store(1)
+	j := index.NewJournal(store, index.JournalOptions{Writer: "test", Window: time.Hour, MaxBatch: 10_000})
+	path := filepath.Join(t.TempDir(), ReportsFile)
+	p, err := openReports(path, j, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	p.after = func(time.Duration) <-chan time.Time { return nil } // the retry never comes
+	stuck := testReport(-1)
+	if err := p.Record(context.Background(), stuck); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Flush(context.Background()); !errors.Is(err, errStoreDown) {
+		t.Fatalf("first write: %v, want the injected failure", err)
+	}
+	one, _ := encodeReport(testReport(0))
+	n := 3*maxReportsBytes/len(one) + 10
+	largest := int64(0)
+	for i := range n {
+		if err := p.Record(context.Background(), testReport(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 99 {
+			if err := j.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if fi, err := os.Stat(path); err == nil {
+			largest = max(largest, fi.Size())
+		}
+	}
+	if largest > maxReportsBytes {
+		t.Errorf("the file grew to %d bytes, want at most %d", largest, maxReportsBytes)
+	}
+	if err := j.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	data, _ := os.ReadFile(path)
+	es, _, bad := decodeReports(data)
+	if bad != nil || len(es) != 1 || es[0].Taskhash != stuck.Taskhash {
+		t.Fatalf("file after close: %d entries (%v), want the report not written", len(es), bad)
+	}
+	p2, err := openReports(path, index.NewJournal(fs, index.JournalOptions{Writer: "test", Window: time.Hour}), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	if _, ok := p2.Get(testMethod, stuck.Taskhash); !ok || p2.Len() != 1 {
+		t.Errorf("at the next start: %d pending, the left report pending: %v", p2.Len(), ok)
+	}
+}
