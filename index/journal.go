@@ -209,6 +209,36 @@ func (j *Journal) Reported(ctx context.Context, e Equivalence) error {
 	return j.enqueue(ctx, true, func(b *batch) { b.eqs = append(b.eqs, e) })
 }
 
+// ReportedLater adds e to the open batch like Reported but returns at
+// once, and does not cut the batch's window short: for a caller that made
+// e durable elsewhere first (the mount's hash equivalence reports, kept in
+// a local write-ahead file), so that reports ride in the segments of the
+// build's objects instead of a segment each. wait returns once the segment
+// holding e is in the store (the OnWrite hooks have run), or with the
+// batch's error: the caller then adds e again.
+func (j *Journal) ReportedLater(ctx context.Context, e Equivalence) (wait func(context.Context) error, err error) {
+	if e.Created.IsZero() {
+		e.Created = j.now()
+	}
+	if err := e.Validate(); err != nil {
+		return nil, fmt.Errorf("index journal: equivalence not recorded: %w", err)
+	}
+	b := j.add(ctx, false, func(b *batch) { b.eqs = append(b.eqs, e) })
+	return func(ctx context.Context) error {
+		select { // a written batch counts even when ctx is done too
+		case <-b.done:
+			return b.err
+		default:
+		}
+		select {
+		case <-b.done:
+			return b.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}, nil
+}
+
 // enqueue adds a record to the open batch (with add) and waits until the
 // batch is written. urgent cuts the batch's window short.
 func (j *Journal) enqueue(ctx context.Context, urgent bool, add func(*batch)) error {

@@ -57,6 +57,7 @@ type Mount struct {
 	view       *view.View
 	obs        *observer
 	hashserv   *hashserv.Server // nil unless --hashserv
+	reports    *pendingReports  // nil when the store is read-only
 	hsAddr     string           // where hashserv listens
 	cacheDir   string
 	readyFile  string
@@ -120,9 +121,20 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 	window := cfg.Publish.RecordInterval.Duration
 	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log, Window: window, FlushInterval: window})
 	journal.OnWrite(live.Apply) // this mount's publications show in its own index at once
+	var reports *pendingReports
 	if !readOnly {
 		index.InitEmpty(ctx, store, live, log)
+		// hash equivalence reports ride in the batches too, durable locally
+		// until then; a killed mount's are recorded again here
+		if reports, err = openReports(filepath.Join(cfg.Cache.Dir, "state", ReportsFile), journal, log); err != nil {
+			return nil, err
+		}
 	}
+	defer func() {
+		if err != nil && reports != nil {
+			reports.Close()
+		}
+	}()
 	queue, err := publish.Open(publish.Options{
 		Dir: filepath.Join(cfg.Cache.Dir, "queue"), Store: store, Recorder: journal,
 		Concurrency: cfg.Publish.Concurrency, Logger: log,
@@ -226,7 +238,7 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 	rctx, cancel := context.WithCancel(context.Background())
 	m = &Mount{
 		mountpoint: mp, server: server, fs: f, live: live, cache: c, store: store, stores: ms, pub: pub,
-		queue: queue, journal: journal, view: v, obs: obs, cacheDir: cfg.Cache.Dir,
+		queue: queue, journal: journal, reports: reports, view: v, obs: obs, cacheDir: cfg.Cache.Dir,
 		readyFile: cfg.Mount.ReadyFile, drain: cfg.Publish.DrainTimeout.Duration,
 		cancel: cancel, done: make(chan struct{}), log: log, unlock: unlock,
 	}
@@ -253,7 +265,7 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 			m.Close()
 			return nil, err
 		}
-		hs, addr, err := StartHashserv(rctx, cfg.Hashserv.Listen, NewEquivBackend(v, journal), readOnly || cfg.Hashserv.ReadOnly, owner, rule, log)
+		hs, addr, err := StartHashserv(rctx, cfg.Hashserv.Listen, &equivBackend{view: v, journal: journal, pending: reports}, readOnly || cfg.Hashserv.ReadOnly, owner, rule, log)
 		if err != nil {
 			m.Close()
 			return nil, err
@@ -371,6 +383,9 @@ func (m *Mount) Close() error {
 	// Close returns.
 	m.cancel()
 	m.stopBackground()
+	if m.reports != nil {
+		m.reports.Close() // after Drain's flush: the file is empty unless a write failed
+	}
 	m.cache.Close()
 	if ferr := m.fs.Close(); err == nil {
 		err = ferr
