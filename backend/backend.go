@@ -141,3 +141,30 @@ func SHA256From(ctx context.Context) ([32]byte, bool) {
 	sum, ok := ctx.Value(sha256Key{}).([32]byte)
 	return sum, ok
 }
+
+// AfterLister is implemented by stores that can start a listing after a
+// key, so that a reader of an append-mostly prefix (the index journal,
+// whose keys start with the time) pays for what is new rather than for
+// everything there is. Decorators implement it by passing it on.
+type AfterLister interface {
+	// ListAfter is List restricted to the keys that sort after start
+	// (byte order; start need not exist). Like List, it visits keys in
+	// no particular order.
+	ListAfter(ctx context.Context, prefix, start string, fn func(ObjectInfo) error) error
+}
+
+// ListAfter lists the keys of s under prefix that sort after start: with
+// the store's own ListAfter when it has one (S3 StartAfter: one request
+// per 1,000 keys after start), else by filtering a whole List, which
+// gives the same keys at the cost of listing everything.
+func ListAfter(ctx context.Context, s Store, prefix, start string, fn func(ObjectInfo) error) error {
+	if al, ok := s.(AfterLister); ok {
+		return al.ListAfter(ctx, prefix, start, fn)
+	}
+	return s.List(ctx, prefix, func(oi ObjectInfo) error {
+		if oi.Key <= start {
+			return nil
+		}
+		return fn(oi)
+	})
+}

@@ -21,6 +21,13 @@ var _ ReadOnlyStore = (*readOnly)(nil)
 // Unwrap returns the wrapped store.
 func (r *readOnly) Unwrap() Store { return r.Store }
 
+var _ AfterLister = (*readOnly)(nil)
+
+// ListAfter implements AfterLister: reads pass through.
+func (r *readOnly) ListAfter(ctx context.Context, prefix, start string, fn func(ObjectInfo) error) error {
+	return ListAfter(ctx, r.Store, prefix, start, fn)
+}
+
 // ReadOnly implements ReadOnlyStore.
 func (r *readOnly) ReadOnly() bool { return true }
 

@@ -46,14 +46,29 @@ func (t *Timeout) Delete(ctx context.Context, key string) error {
 }
 
 func (t *Timeout) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
-	// A listing may be long; it is bounded by progress: each page must come
-	// within D. The stores call fn per object, so a watchdog reset per call
-	// approximates that.
+	return t.watchList(ctx, fn, func(ctx context.Context, fn func(ObjectInfo) error) error {
+		return t.Store.List(ctx, prefix, fn)
+	})
+}
+
+var _ AfterLister = (*Timeout)(nil)
+
+// ListAfter implements AfterLister with the deadlines of List.
+func (t *Timeout) ListAfter(ctx context.Context, prefix, start string, fn func(ObjectInfo) error) error {
+	return t.watchList(ctx, fn, func(ctx context.Context, fn func(ObjectInfo) error) error {
+		return ListAfter(ctx, t.Store, prefix, start, fn)
+	})
+}
+
+// watchList runs a listing bounded by progress rather than by a total
+// deadline (a listing may be long): each page must come within D. The
+// stores call fn per object, so a watchdog reset per call approximates that.
+func (t *Timeout) watchList(ctx context.Context, fn func(ObjectInfo) error, list func(context.Context, func(ObjectInfo) error) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w := newWatchdog(t.D, cancel)
 	defer w.stop()
-	return t.Store.List(ctx, prefix, func(oi ObjectInfo) error {
+	return list(ctx, func(oi ObjectInfo) error {
 		w.kick()
 		err := fn(oi)
 		w.kick()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/backend/file"
+	"github.com/sstatefs/sstatefs/backend/storetest"
 )
 
 // TestTimeoutConsumerPause checks that the minimum-progress rule counts
@@ -40,4 +41,16 @@ func TestTimeoutConsumerPause(t *testing.T) {
 	if err != nil || len(rest) != len(data)-len(buf) {
 		t.Fatalf("after a pause of the consumer: %d bytes, %v", len(rest), err)
 	}
+}
+
+// TestTimeoutConformance: a file store behind Timeout passes the suite,
+// including a listing after a key by the store's own ListAfter.
+func TestTimeoutConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) backend.Store {
+		s, err := file.New(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &backend.Timeout{Store: s, D: time.Minute}
+	}, storetest.Options{})
 }

@@ -70,6 +70,9 @@ type Bench struct {
 
 // Run does everything and prints the table; it returns the exit code.
 func (b *Bench) Run(ctx context.Context) int {
+	if b.Opts.Farm || b.Opts.BuildView {
+		return b.runScenarios(ctx)
+	}
 	res, err := b.run(ctx)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -52,6 +52,20 @@ type Options struct {
 	RcloneFlags     []string
 	SstatefsFlags   []string
 	S3fsOptions     []string
+
+	// --farm and --buildview (farm.go, buildview.go) replace the table of
+	// the peers with their own.
+	Farm             bool
+	FarmWriters      []int
+	FarmObjects      int   // objects of one build (each with its .siginfo)
+	FarmSize         int64 // bytes of one build
+	FarmJobs         int
+	FarmRestore      int // objects each mount started during the storm restores
+	FarmIndexObjects int // the memory measurement's index (0: skip it)
+	FarmAccess       int // and its access records
+	BuildView        bool
+	BuildViewRTTs    []time.Duration
+	BuildViewJobs    int
 }
 
 // allSystems are the mounts --systems may name, in table order.
@@ -85,6 +99,17 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	rcloneFlags := fs.String("rclone-flags", "", "extra flags for rclone mount, space-separated")
 	sstatefsFlags := fs.String("sstatefs-flags", "", "extra flags for sstatefs mount, space-separated")
 	s3fsOptions := fs.String("s3fs-options", "", "extra -o options for s3fs, comma-separated")
+	fs.BoolVar(&o.Farm, "farm", false, "run the farm simulation instead of the comparison: W builders push into one bucket while new mounts start and restore")
+	farmWriters := fs.String("farm-writers", "1,10,50", "builders of the farm simulation, comma-separated: one run each")
+	fs.IntVar(&o.FarmObjects, "farm-objects", 2897, "objects of one farm build, from the name list (each with its .siginfo; --quick: 200)")
+	farmSize := fs.String("farm-size", "1GiB", "bytes of one farm build (--quick: 8MiB)")
+	fs.IntVar(&o.FarmJobs, "farm-jobs", 4, "uploads at once of each farm builder (sstatefs push --jobs)")
+	fs.IntVar(&o.FarmRestore, "farm-restore", 100, "objects each mount started during the storm looks up and restores (--quick: 30)")
+	fs.IntVar(&o.FarmIndexObjects, "farm-index-objects", 1_000_000, "objects of the index a mount's peak memory is measured with (0: skip; --quick: 200000)")
+	fs.IntVar(&o.FarmAccess, "farm-access-records", 10_000_000, "access records in that index's journal (--quick: 2000000)")
+	fs.BoolVar(&o.BuildView, "buildview", false, "run the build-time view instead of the comparison: bitbake's restore sequence from a local dir, the mount and an HTTP mirror")
+	buildViewRTTs := fs.String("buildview-rtt", "10ms,100ms", "round-trip times of the build-time view, comma-separated")
+	fs.IntVar(&o.BuildViewJobs, "buildview-jobs", 8, "objects restored at once in the build-time view (bitbake's parallel setscene tasks)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: go run ./bench [flags]\n\nMeasures sstatefs, rclone mount, s3fs, a plain S3 client and the local disk on a synthetic\nsstate store served by versitygw behind a latency proxy on 127.0.0.1. See bench/README.md.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -118,6 +143,21 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 		}
 		if !set["populate-timeout"] {
 			o.PopulateTimeout = time.Minute
+		}
+		if !set["farm-objects"] {
+			o.FarmObjects = 200
+		}
+		if !set["farm-size"] {
+			*farmSize = "8MiB"
+		}
+		if !set["farm-restore"] {
+			o.FarmRestore = 30
+		}
+		if !set["farm-index-objects"] {
+			o.FarmIndexObjects = 200_000
+		}
+		if !set["farm-access-records"] {
+			o.FarmAccess = 2_000_000
 		}
 	}
 	var err error
@@ -165,6 +205,28 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	}
 	if o.PopulateN < 0 || o.Names < 0 || o.IndexObjects < 0 {
 		problems = append(problems, "--populate, --objects and --index-objects must not be negative")
+	}
+	if o.FarmSize, err = parseBytes(*farmSize); err != nil {
+		problems = append(problems, "--farm-size: "+err.Error())
+	}
+	for _, v := range strings.Split(*farmWriters, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 || n > 200 {
+			problems = append(problems, fmt.Sprintf("--farm-writers: %q is not a number from 1 to 200", v))
+			continue
+		}
+		o.FarmWriters = append(o.FarmWriters, n)
+	}
+	for _, v := range strings.Split(*buildViewRTTs, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(v))
+		if err != nil || d < 0 {
+			problems = append(problems, fmt.Sprintf("--buildview-rtt: %q is not a duration", v))
+			continue
+		}
+		o.BuildViewRTTs = append(o.BuildViewRTTs, d)
+	}
+	if o.FarmObjects < 1 || o.FarmJobs < 1 || o.FarmRestore < 0 || o.FarmIndexObjects < 0 || o.FarmAccess < 0 || o.BuildViewJobs < 1 {
+		problems = append(problems, "--farm-objects, --farm-jobs and --buildview-jobs must be at least 1, the other --farm counts not negative")
 	}
 	o.Seed = *seed
 	o.RcloneFlags = strings.Fields(*rcloneFlags)

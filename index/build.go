@@ -165,7 +165,7 @@ func withJournal(ctx context.Context, s backend.Store, built *Index, journal []s
 			return nil, backend.ObjectInfo{}, fmt.Errorf("%w (%v)", ErrNoIndex, err)
 		}
 		return ix, backend.ObjectInfo{}, err
-	}, nil)
+	}, nil, "")
 	if errors.Is(err, ErrNoIndex) {
 		// No snapshot and no readable segment: nothing to add, and the
 		// segments there are stay uncovered (readers skip them anyway).

@@ -107,7 +107,7 @@ func Compact(ctx context.Context, s backend.Store, opt CompactOptions) (CompactR
 	loaded, err := newLoader(s, opt.Logger).load(ctx, func(ctx context.Context) (*Index, backend.ObjectInfo, error) {
 		ix, err := LoadSnapshot(ctx, s)
 		return ix, backend.ObjectInfo{}, err
-	}, nil)
+	}, nil, "")
 	if errors.Is(err, ErrNoIndex) {
 		return res, nil // nothing to compact
 	}

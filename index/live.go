@@ -1,6 +1,7 @@
 package index
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,8 +26,36 @@ type LiveOptions struct {
 	// loads of new snapshots; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock freshness is measured with; nil means time.Now.
+	// It also dates listings: see SkewMargin.
 	Now func() time.Time
+	// SkewMargin: a refresh lists only the journal keys (which start with
+	// their writer's clock) after the start of the last listing minus
+	// this margin, which must cover the clock skew between writers and
+	// this host plus the time a writer takes to upload a segment after
+	// naming it; 0 means DefaultSkewMargin.
+	SkewMargin time.Duration
+	// FullListEvery: how often a refresh lists the whole journal anyway,
+	// to find the segments of a writer whose clock lags by more than
+	// SkewMargin: such a segment is missing from the index for at most
+	// this long plus Interval. 0 means DefaultFullListEvery.
+	FullListEvery time.Duration
+	// FetchConcurrency: segments downloaded at once; 0 means
+	// DefaultFetchConcurrency.
+	FetchConcurrency int
 }
+
+const (
+	// DefaultSkewMargin: two minutes is far beyond the skew of hosts kept
+	// by NTP (milliseconds) and the upload of a segment (a Journal gives
+	// one a minute at most), and costs little: only the segments of the
+	// last two minutes are listed again. A segment applied locally and
+	// listed late is kept meanwhile (see refreshLocked).
+	DefaultSkewMargin = 2 * time.Minute
+	// DefaultFullListEvery: a whole listing every ten minutes costs one
+	// request per 1,000 segments, so a journal kept short by compaction
+	// (see CompactTriggers) adds a request or two per ten minutes.
+	DefaultFullListEvery = 10 * time.Minute
+)
 
 // Live holds the current index of a store for the mount and refreshes it
 // in the background: the snapshot, with the journal segments it does not
@@ -35,7 +64,10 @@ type LiveOptions struct {
 //
 // A refresh lists the journal, downloads only segments it has not seen
 // (they never change), and downloads the snapshot only when its size or
-// modification time changed.
+// modification time changed. It lists only the keys written since the
+// last listing (see SkewMargin), and the whole journal every
+// FullListEvery, so that its requests grow with what changed rather than
+// with the journal.
 type Live struct {
 	store    backend.Store
 	interval time.Duration
@@ -51,6 +83,10 @@ type Live struct {
 	mu      sync.Mutex
 	outcome refreshOutcome // of the last refresh, to log changes only
 	loader  *loader
+	// lastList, lastWhole: when the last listing, and the last listing
+	// of the whole journal, started (by now); zero before the first.
+	lastList, lastWhole time.Time
+	skew, wholeEvery    time.Duration
 
 	// localMu guards local and gen, and orders the replacements of state
 	// by Apply and by the end of a refresh. Lock order: mu, then localMu.
@@ -59,6 +95,10 @@ type Live struct {
 	gen     uint64                  // counts Apply calls
 
 	lastErr atomic.Pointer[string] // of the last refresh, nil when it succeeded
+
+	// refreshed gets a value (if it has room) after each successful
+	// refresh: CompactEvery checks its triggers then.
+	refreshed chan struct{}
 }
 
 // localSegment is a segment given to Apply, kept until a listing of the
@@ -75,6 +115,8 @@ type liveState struct {
 	loaded time.Time          // last successful refresh (download or unchanged check)
 	snap   backend.ObjectInfo // Stat of the snapshot base was decoded from
 	base   *Index             // that snapshot, nil if the store has none
+	// segBytes: the listed size of the segments applied on top of base.
+	segBytes int64
 	// settled: a later Stat with the same size and mtime may skip the
 	// download. Not so after the first download of a snapshot whose mtime
 	// has whole seconds (S3): another snapshot of the same size written in
@@ -94,7 +136,8 @@ const (
 // NewLive returns a Live for s with nothing loaded; call LoadOnce, then Run.
 func NewLive(s backend.Store, opt LiveOptions) *Live {
 	l := &Live{store: s, interval: opt.Interval, maxAge: opt.MaxAge, log: opt.Logger, now: opt.Now,
-		local: map[string]localSegment{}}
+		local: map[string]localSegment{}, refreshed: make(chan struct{}, 1), skew: cmp.Or(opt.SkewMargin, DefaultSkewMargin),
+		wholeEvery: cmp.Or(opt.FullListEvery, DefaultFullListEvery)}
 	if l.interval <= 0 {
 		l.interval = 30 * time.Second
 	}
@@ -108,18 +151,19 @@ func NewLive(s backend.Store, opt LiveOptions) *Live {
 		l.now = time.Now
 	}
 	l.loader = newLoader(s, l.log)
+	l.loader.fetchers = opt.FetchConcurrency
 	return l
 }
 
-// LoadOnce refreshes the index synchronously: the mount's first load, also
-// usable to force a refresh. When the store has neither a snapshot nor
-// journal segments, it returns an error wrapping ErrNoIndex and keeps
-// whatever was loaded before (nil at first). It does not log refresh
-// failures; the caller has the error.
+// LoadOnce refreshes the index synchronously, listing the whole journal:
+// the mount's first load, also usable to force a refresh. When the store
+// has neither a snapshot nor journal segments, it returns an error
+// wrapping ErrNoIndex and keeps whatever was loaded before (nil at
+// first). It does not log refresh failures; the caller has the error.
 func (l *Live) LoadOnce(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	err := l.refreshLocked(ctx)
+	err := l.refreshLocked(ctx, true)
 	l.outcome = outcomeOf(err)
 	l.noteLocked(err)
 	return err
@@ -156,13 +200,18 @@ func (l *Live) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		l.mu.Lock()
-		err := l.refreshLocked(ctx)
-		if ctx.Err() == nil {
-			l.reportLocked(ctx, err)
-			l.noteLocked(err)
-		}
-		l.mu.Unlock()
+		l.tick(ctx)
+	}
+}
+
+// tick is one of Run's refreshes.
+func (l *Live) tick(ctx context.Context) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	err := l.refreshLocked(ctx, false)
+	if ctx.Err() == nil {
+		l.reportLocked(ctx, err)
+		l.noteLocked(err)
 	}
 }
 
@@ -211,6 +260,17 @@ func (l *Live) Fresh() bool {
 	return st != nil && st.ix.complete && l.now().Sub(st.loaded) < l.maxAge
 }
 
+// journalSize returns the number and listed size of the journal segments
+// applied on top of the snapshot at the last refresh (segments applied
+// since are counted, without their size).
+func (l *Live) journalSize() (int, int64) {
+	st := l.state.Load()
+	if st == nil {
+		return 0, 0
+	}
+	return st.ix.Sources().Applied, st.segBytes
+}
+
 // LastLoad is when the last successful refresh started, zero if none.
 func (l *Live) LastLoad() time.Time {
 	if st := l.state.Load(); st != nil {
@@ -219,11 +279,11 @@ func (l *Live) LastLoad() time.Time {
 	return time.Time{}
 }
 
-// refreshLocked lists the journal, stats the snapshot and downloads it
+// refreshLocked lists the journal (whole, or after listAfterLocked), stats the snapshot and downloads it
 // unless it is the one already loaded, downloads the segments not seen
 // before and applies them. The load time recorded is when the refresh
 // started, so freshness never overstates what was checked.
-func (l *Live) refreshLocked(ctx context.Context) error {
+func (l *Live) refreshLocked(ctx context.Context, whole bool) error {
 	start := l.now()
 	l.localMu.Lock()
 	g0 := l.gen
@@ -255,22 +315,35 @@ func (l *Live) refreshLocked(ctx context.Context) error {
 		settled, changed = same || info.ModTime.Nanosecond() != 0, !same
 		return ix, info, nil
 	}
-	res, err := l.loader.load(ctx, snap, locals)
+	after := ""
+	if !whole {
+		after = l.listAfterLocked(start)
+	}
+	res, err := l.loader.load(ctx, snap, locals, after)
 	if err != nil {
 		return err
+	}
+	l.lastList = start
+	if res.whole {
+		l.lastWhole = start
 	}
 
 	l.localMu.Lock()
 	defer l.localMu.Unlock()
 	// Segments applied before the listing started are listed, or were
-	// folded into the snapshot read after it: they need no keeping.
-	// Those applied meanwhile go on top.
+	// folded into the snapshot read after it: they need no keeping, once
+	// seen there (a listing after a key misses a segment whose upload
+	// outlasted SkewMargin; it is passed to the loader again until a
+	// listing finds it). Those applied meanwhile go on top.
 	var late []*Segment
 	for k, ls := range l.local {
-		if ls.gen <= g0 {
+		switch {
+		case ls.gen > g0:
+			if !slices.Contains(res.applied, k) {
+				late = append(late, ls.seg)
+			}
+		case !res.listed || l.loader.known[k].Key != "" || res.base.coversSegment(k):
 			delete(l.local, k)
-		} else if !slices.Contains(res.applied, k) {
-			late = append(late, ls.seg)
 		}
 	}
 	ix := res.ix
@@ -278,8 +351,18 @@ func (l *Live) refreshLocked(ctx context.Context) error {
 		slices.SortFunc(late, func(a, b *Segment) int { return strings.Compare(a.Key, b.Key) })
 		ix = apply(ix, late)
 	}
+	var segBytes int64
+	for _, oi := range res.segments {
+		if _, ok := slices.BinarySearch(res.applied, oi.Key); ok {
+			segBytes += oi.Size
+		}
+	}
 	prev := l.state.Load()
-	l.state.Store(&liveState{ix: ix, loaded: start, snap: res.snap, base: res.base, settled: settled})
+	l.state.Store(&liveState{ix: ix, loaded: start, snap: res.snap, base: res.base, settled: settled, segBytes: segBytes})
+	select {
+	case l.refreshed <- struct{}{}:
+	default:
+	}
 	if level := slog.LevelDebug; changed || prev == nil || prev.ix != ix {
 		if changed || prev == nil {
 			level = slog.LevelInfo // a new snapshot; new segments are routine
@@ -296,6 +379,26 @@ func (l *Live) refreshLocked(ctx context.Context) error {
 		l.log.LogAttrs(ctx, level, "index loaded", attrs...)
 	}
 	return nil
+}
+
+// coversSegment reports whether the segment key is folded into ix.
+func (ix *Index) coversSegment(key string) bool {
+	if ix == nil {
+		return false
+	}
+	_, ok := slices.BinarySearch(ix.covered, key)
+	return ok
+}
+
+// listAfterLocked returns where the listing of a refresh starting at start
+// begins: "" (the whole journal) at first and every wholeEvery, else the
+// key of the time skew before the last listing started. Every segment
+// named after that time and not listed then is listed now.
+func (l *Live) listAfterLocked(start time.Time) string {
+	if l.lastList.IsZero() || l.lastWhole.IsZero() || start.Sub(l.lastWhole) >= l.wholeEvery {
+		return ""
+	}
+	return fmt.Sprintf("%s%020d", JournalPrefix, max(l.lastList.Add(-l.skew).UnixNano(), 0))
 }
 
 func outcomeOf(err error) refreshOutcome {

@@ -3,6 +3,7 @@ package index
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -410,5 +411,116 @@ func TestLiveApply(t *testing.T) {
 	l.Apply(Segment{Key: "x", Added: []Object{{Key: "b/1"}}})
 	if _, ok := l.Current().Lookup("b/1"); ok {
 		t.Error("applied a segment without a segment key")
+	}
+}
+
+// TestLiveRefreshListsWhatChanged: Run's refreshes list only the journal
+// keys named since the last listing (less SkewMargin), so their cost grows
+// with what changed; a writer whose clock lags by more than the margin is
+// found by the whole listing made every FullListEvery, and not later.
+func TestLiveRefreshListsWhatChanged(t *testing.T) {
+	ctx := context.Background()
+	s := newCounting(newStore(t))
+	saveN(t, s, 10, 1)
+	clk := testutil.NewClock(time.Unix(1_750_000_000, 0))
+	const skew, whole = 2 * time.Minute, 10 * time.Minute
+	l := NewLive(s, LiveOptions{Interval: time.Minute, Now: clk.Now, SkewMargin: skew, FullListEvery: whole})
+	// History: 50 segments from an hour ago.
+	for i := range 50 {
+		putSegment(t, s, clk.Now().Add(-time.Hour).UnixNano()+int64(i), "old", []Object{{Key: fmt.Sprintf("old/%d", i), Size: 1}})
+	}
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if lists, n := s.Listings(); len(lists) != 1 || lists[0] != "" || n != 50 {
+		t.Fatalf("first load: listings %q returning %d keys, want one whole listing of 50", lists, n)
+	}
+	has := func(key string) bool { _, ok := l.Current().Lookup(key); return ok }
+
+	// A minute later: a writer on time and one whose clock lags by a
+	// minute and a half (within the margin) are listed; one lagging by five minutes
+	// is not yet.
+	clk.Add(time.Minute)
+	putSegment(t, s, clk.Now().UnixNano(), "ontime", []Object{{Key: "new/ontime", Size: 1}})
+	putSegment(t, s, clk.Now().Add(-90*time.Second).UnixNano(), "slow", []Object{{Key: "new/slow", Size: 1}})
+	putSegment(t, s, clk.Now().Add(-5*time.Minute).UnixNano(), "lagging", []Object{{Key: "new/lagging", Size: 1}})
+	l.tick(ctx)
+	if lists, n := s.Listings(); len(lists) != 1 || lists[0] == "" || n != 2 {
+		t.Errorf("refresh: listings %q returning %d keys, want one listing after a key returning 2", lists, n)
+	}
+	if !has("new/ontime") || !has("new/slow") || !l.Fresh() {
+		t.Errorf("refresh missed a segment within the margin (fresh %v)", l.Fresh())
+	}
+	// Refreshes until FullListEvery after the first load miss the lagging
+	// writer's segment; none lists more than the last minutes.
+	for clk.Now().Sub(time.Unix(1_750_000_000, 0)) < whole-time.Minute {
+		clk.Add(time.Minute)
+		l.tick(ctx)
+		if lists, n := s.Listings(); len(lists) != 1 || lists[0] == "" || n > 2 {
+			t.Errorf("refresh at %v: listings %q returning %d keys, want one listing after a key returning at most 2",
+				clk.Now().Sub(time.Unix(1_750_000_000, 0)), lists, n)
+		}
+		if has("new/lagging") {
+			t.Fatalf("a segment named before the listing's start was found by a listing after it")
+		}
+	}
+	clk.Add(time.Minute)
+	l.tick(ctx)
+	if lists, n := s.Listings(); len(lists) != 1 || lists[0] != "" || n != 53 {
+		t.Errorf("refresh after %v: listings %q returning %d keys, want one whole listing of 53", whole, lists, n)
+	}
+	if !has("new/lagging") {
+		t.Errorf("the lagging writer's segment is still missing after a whole listing")
+	}
+	if all, err := LoadAll(ctx, s); err != nil || all.Len() != l.Current().Len() {
+		t.Errorf("Live has %d objects, LoadAll %d (%v)", l.Current().Len(), all.Len(), err)
+	}
+	// A compaction deletes the segments: the next refresh after a key
+	// reads the new snapshot and applies nothing.
+	if _, err := Compact(ctx, s, CompactOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Minute)
+	l.tick(ctx)
+	if src := l.Current().Sources(); src.Applied != 0 || l.Current().Len() != 63 || !has("new/lagging") {
+		t.Errorf("after compaction: %d objects, %+v", l.Current().Len(), src)
+	}
+}
+
+// TestLiveApplySlowUpload: a segment this process wrote and applied, whose
+// upload took longer than SkewMargin (its key is older than the next
+// listing's start), stays in the index until a listing finds it.
+func TestLiveApplySlowUpload(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	saveN(t, s, 10, 1)
+	clk := testutil.NewClock(time.Unix(1_750_000_000, 0))
+	l := NewLive(s, LiveOptions{Interval: time.Minute, Now: clk.Now, SkewMargin: 2 * time.Minute, FullListEvery: 10 * time.Minute})
+	if err := l.LoadOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(5 * time.Minute)
+	l.tick(ctx)
+	// Named three minutes ago, uploaded and applied now.
+	ns := clk.Now().Add(-3 * time.Minute).UnixNano()
+	key := putSegment(t, s, ns, "me", []Object{{Key: "mine/1", Size: 1}})
+	l.Apply(Segment{Key: key, Writer: "me", Time: time.Unix(0, ns), Added: []Object{{Key: "mine/1", Size: 1}}})
+	for i := range 4 {
+		clk.Add(time.Minute)
+		l.tick(ctx)
+		if _, ok := l.Current().Lookup("mine/1"); !ok {
+			t.Fatalf("refresh %d after Apply lost a segment this process wrote", i+1)
+		}
+	}
+	clk.Add(time.Minute) // ten minutes after the whole listing of LoadOnce
+	l.tick(ctx)
+	if _, ok := l.Current().Lookup("mine/1"); !ok {
+		t.Fatal("the whole listing lost the segment")
+	}
+	l.localMu.Lock()
+	n := len(l.local)
+	l.localMu.Unlock()
+	if n != 0 {
+		t.Errorf("%d local segments kept after a listing found them", n)
 	}
 }

@@ -1,6 +1,7 @@
 package index
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,8 +20,14 @@ const (
 	// between List and Open. A compaction deleted it after writing a
 	// snapshot that includes it, so reading again finds its records there.
 	loadAttempts = 3
-	// fetchConcurrency: segments downloaded at once.
-	fetchConcurrency = 8
+	// DefaultFetchConcurrency: segments downloaded at once. Each is one
+	// GET of a few KiB, so a load of many segments is bound by round
+	// trips: measured against versitygw at 100 ms RTT (BENCHMARKS.md,
+	// "Start-up and refresh under many writers"), 2,000 segments took
+	// 26.6 s at 8, 4.2 s at 64, 2.6 s at 128 and 2.2 s at 256; at 10 ms
+	// RTT the CPU bounds it beyond 64. 128 connections for the seconds of
+	// a start-up are nothing to an S3 server.
+	DefaultFetchConcurrency = 128
 )
 
 // errVanished: a listed segment was gone when it was opened.
@@ -40,6 +47,12 @@ type loader struct {
 	log   *slog.Logger // skipped segments are logged once each
 	cache map[string]*cachedSegment
 	memo  *loadMemo // the last index assembled, and from what
+	// fetchers: segments downloaded at once; 0 means DefaultFetchConcurrency.
+	fetchers int
+	// known: every key the listings found under JournalPrefix (segments
+	// and bad names), kept so that a listing after a key (see load) adds
+	// to it; a whole listing replaces it.
+	known map[string]backend.ObjectInfo
 }
 
 // loadMemo is what the last index was assembled from.
@@ -66,6 +79,7 @@ type loadResult struct {
 	base     *Index             // the snapshot, nil if none
 	snap     backend.ObjectInfo // its Stat, if the snapshotFunc made one
 	listed   bool               // the journal was listed (false: the store cannot list)
+	whole    bool               // the listing was of the whole journal (not after a key)
 	segments []backend.ObjectInfo
 	applied  []string // keys of the segments applied on top of base, sorted
 	skipped  []string // keys of the segments skipped as unreadable
@@ -75,39 +89,59 @@ type loadResult struct {
 // compaction writes its snapshot before deleting what it folded, so every
 // segment the listing misses is in a snapshot read after it), then applies
 // the segments it does not cover, and locals (segments this process wrote,
-// perhaps not listed yet), in key order. It starts over when a listed
-// segment has vanished.
-func (ld *loader) load(ctx context.Context, snap snapshotFunc, locals []*Segment) (*loadResult, error) {
+// perhaps not listed yet), in key order. It starts over, with a whole
+// listing, when a listed segment has vanished.
+//
+// after == "" lists the whole journal. Otherwise only the keys after it
+// are listed and added to those the earlier listings of this loader
+// found: the caller's promise that it knows every segment up to after.
+// Segments deleted since (by a compaction) stay known; they are covered
+// by the snapshot written before they were deleted, so they are neither
+// fetched nor applied.
+func (ld *loader) load(ctx context.Context, snap snapshotFunc, locals []*Segment, after string) (*loadResult, error) {
 	var err error
 	for range loadAttempts {
 		var res *loadResult
-		res, err = ld.attempt(ctx, snap, locals)
+		res, err = ld.attempt(ctx, snap, locals, after)
 		if !errors.Is(err, errVanished) {
 			return res, err
 		}
+		after = ""
 	}
 	return nil, fmt.Errorf("load index %s: %w (%d attempts: the journal changes faster than it can be read; is a compaction running without a grace period?)",
 		ld.store.Location(), err, loadAttempts)
 }
 
-func (ld *loader) attempt(ctx context.Context, snap snapshotFunc, locals []*Segment) (*loadResult, error) {
+func (ld *loader) attempt(ctx context.Context, snap snapshotFunc, locals []*Segment, after string) (*loadResult, error) {
 	res := &loadResult{}
 	var badNames []string // sorted below
-	err := ld.store.List(ctx, JournalPrefix, func(oi backend.ObjectInfo) error {
+	known := map[string]backend.ObjectInfo{}
+	if ld.known == nil {
+		after = "" // nothing known to add to
+	} else if after != "" {
+		known = ld.known
+	}
+	err := backend.ListAfter(ctx, ld.store, JournalPrefix, after, func(oi backend.ObjectInfo) error {
+		known[oi.Key] = oi
+		return nil
+	})
+	switch {
+	case err == nil:
+		res.listed, res.whole = true, after == ""
+		ld.known = known
+	case errors.Is(err, backend.ErrNotSupported):
+		// A store that cannot list (an HTTP mirror) has the snapshot only.
+		ld.known, known = nil, nil
+	default:
+		// What this listing added is kept: those keys exist.
+		return nil, fmt.Errorf("list index journal %s/%s: %w", ld.store.Location(), JournalPrefix, err)
+	}
+	for _, oi := range known {
 		if _, ok := parseSegmentKey(oi.Key); ok {
 			res.segments = append(res.segments, oi)
 		} else {
 			badNames = append(badNames, oi.Key)
 		}
-		return nil
-	})
-	switch {
-	case err == nil:
-		res.listed = true
-	case errors.Is(err, backend.ErrNotSupported):
-		// A store that cannot list (an HTTP mirror) has the snapshot only.
-	default:
-		return nil, fmt.Errorf("list index journal %s/%s: %w", ld.store.Location(), JournalPrefix, err)
 	}
 	slices.SortFunc(res.segments, func(a, b backend.ObjectInfo) int { return strings.Compare(a.Key, b.Key) })
 	slices.Sort(badNames)
@@ -249,7 +283,7 @@ func (ld *loader) fetch(ctx context.Context, keys []string) error {
 	}
 	got := make([]*cachedSegment, len(keys))
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(fetchConcurrency)
+	g.SetLimit(cmp.Or(ld.fetchers, DefaultFetchConcurrency))
 	for i, key := range keys {
 		g.Go(func() error {
 			c, err := ld.read(gctx, key)
@@ -321,7 +355,7 @@ func LoadAll(ctx context.Context, s backend.Store) (*Index, error) {
 	res, err := newLoader(s, nil).load(ctx, func(ctx context.Context) (*Index, backend.ObjectInfo, error) {
 		ix, err := LoadSnapshot(ctx, s)
 		return ix, backend.ObjectInfo{}, err
-	}, nil)
+	}, nil, "")
 	if err != nil {
 		return nil, err
 	}

@@ -1,8 +1,10 @@
 package index
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -53,36 +55,145 @@ func InitEmpty(ctx context.Context, store backend.Store, live *Live, log *slog.L
 }
 
 // compactMinSegments is how many journal segments on top of the snapshot
-// make CompactEvery fold them.
+// make CompactEvery's timer fold them.
 const compactMinSegments = 64
 
-// CompactEvery folds the journal into a new snapshot now and then, until
-// ctx ends, when enough segments have accumulated; with many mounts,
-// whichever gets the lock does it and the others skip. opt is passed to
-// Compact.
-func CompactEvery(ctx context.Context, store backend.Store, live *Live, every time.Duration, opt CompactOptions) {
-	log := opt.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// Defaults of CompactTriggers. A mount's start-up reads every segment the
+// snapshot does not cover, a GET each (BENCHMARKS.md, "Start-up and
+// refresh under many writers": 2,000 segments take about 3.5 s at 100 ms
+// RTT with 64 at once), so the journal is folded long before it reaches
+// that; 64 MiB of segments is about half a million records.
+// The configuration's defaults (index.compact_segments, index.compact_bytes)
+// are these.
+const (
+	DefaultCompactSegments = 1000
+	DefaultCompactBytes    = 64 << 20
+	// compactTriggerJitter bounds the random wait between a refresh that
+	// finds a threshold reached and the attempt, so that the mounts of a
+	// farm, which all see it within one refresh interval, do not all ask
+	// for the lock at once; whoever tries after a compaction has finished
+	// sees the new snapshot on its refresh and does not try.
+	compactTriggerJitter = 30 * time.Second
+)
+
+// CompactTriggers says when CompactEvery folds the journal.
+type CompactTriggers struct {
+	// Every: a check on a jittered timer (50%..150% of it), folding once
+	// 64 segments are applied; 0 disables the timer.
+	Every time.Duration
+	// Segments, Bytes: after each refresh of the Live, a compaction is
+	// tried when this many segments, or this many bytes of segments, are
+	// applied on top of the snapshot; 0 disables the trigger (see
+	// DefaultCompactSegments and DefaultCompactBytes). After a triggered
+	// compaction fails, the triggers wait for the timer.
+	Segments int
+	Bytes    int64
+}
+
+// CompactEvery folds the journal into a new snapshot, until ctx ends,
+// when the triggers say so; with many mounts, whichever gets the lock
+// (see Compact) does it and the others skip. opt is passed to Compact.
+func CompactEvery(ctx context.Context, store backend.Store, live *Live, t CompactTriggers, opt CompactOptions) {
+	c := &compactor{store: store, live: live, t: t, opt: opt, after: time.After,
+		rand: func(n time.Duration) time.Duration { return time.Duration(rand.Int64N(int64(n))) }}
+	c.run(ctx)
+}
+
+// compactor is CompactEvery's loop, with its clock and randomness
+// replaceable by tests, and a hook that sees each decision.
+type compactor struct {
+	store backend.Store
+	live  *Live
+	t     CompactTriggers
+	opt   CompactOptions
+	after func(time.Duration) <-chan time.Time
+	rand  func(time.Duration) time.Duration // in [0, n)
+	hook  func(compactEvent)                // nil: none
+}
+
+// compactEvent is what the compactor decided, for tests.
+type compactEvent int
+
+const (
+	eventBelow     compactEvent = iota // a refresh found no threshold reached
+	eventAttempted                     // Compact ran (whatever its outcome)
+	eventGone                          // after the jitter, the threshold was no longer reached
+	eventPaused                        // a threshold was reached, but the last triggered attempt failed
+)
+
+func (c *compactor) note(e compactEvent) {
+	if c.hook != nil {
+		c.hook(e)
 	}
-	for {
+}
+
+func (c *compactor) run(ctx context.Context) {
+	log := cmp.Or(c.opt.Logger, slog.New(slog.DiscardHandler))
+	segs, size := c.t.Segments, c.t.Bytes
+	over := func() (string, bool) {
+		n, b := c.live.journalSize()
+		switch {
+		case segs > 0 && n >= segs:
+			return fmt.Sprintf("%d segments", n), true
+		case size > 0 && b >= size:
+			return fmt.Sprintf("%d bytes of segments", b), true
+		}
+		return "", false
+	}
+	var timer <-chan time.Time
+	if c.t.Every > 0 {
 		// jitter: 50%..150% of the interval, so mounts do not line up
-		d := every/2 + time.Duration(rand.Int64N(int64(every)))
+		timer = c.after(c.t.Every/2 + c.rand(c.t.Every))
+	}
+	refreshed := c.live.refreshed
+	// paused: a triggered compaction failed (not for the lock); the
+	// triggers wait for the timer rather than fail, and warn, at every
+	// refresh.
+	paused := false
+	for {
+		var why string
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(d):
+		case <-timer:
+			timer = c.after(c.t.Every/2 + c.rand(c.t.Every))
+			paused = false
+			if ix := c.live.Current(); ix == nil || ix.Sources().Applied < compactMinSegments {
+				continue
+			}
+			why = "interval"
+		case <-refreshed:
+			reason, ok := over()
+			if !ok {
+				c.note(eventBelow)
+				continue
+			}
+			if paused {
+				c.note(eventPaused)
+				continue
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.after(c.rand(compactTriggerJitter)):
+			}
+			// Another mount may have compacted meanwhile, and a
+			// refresh of this one seen it.
+			if reason, ok = over(); !ok {
+				c.note(eventGone)
+				continue
+			}
+			why = reason
 		}
-		if ix := live.Current(); ix == nil || ix.Sources().Applied < compactMinSegments {
-			continue
-		}
-		res, err := Compact(ctx, store, opt)
+		res, err := Compact(ctx, c.store, c.opt)
+		c.note(eventAttempted)
 		switch {
 		case errors.Is(err, ErrCompactionRunning):
 		case err != nil:
-			log.Warn("index compaction failed", "error", err)
+			log.Warn("index compaction failed", "trigger", why, "error", err)
+			paused = why != "interval" && timer != nil
 		default:
-			log.Info("index compacted", "segments_folded", res.Folded, "segments_deleted", res.Deleted, "objects", res.Objects)
+			log.Info("index compacted", "trigger", why, "segments_folded", res.Folded, "segments_deleted", res.Deleted, "objects", res.Objects)
 		}
 	}
 }

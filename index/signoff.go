@@ -111,16 +111,9 @@ func appendSignoff(b []byte, s *Signoff) []byte {
 // the caller checks. buf is scratch space, returned for reuse.
 func readSignoff(br *bufio.Reader, where string, buf []byte) (Signoff, []byte, error) {
 	var s Signoff
-	n, err := binary.ReadUvarint(br)
+	buf, err := readBytes(br, where, "key", MaxKeyLen, buf)
 	if err != nil {
-		return s, buf, bodyError(where, "key length", err)
-	}
-	if n > MaxKeyLen {
-		return s, buf, corrupt("%s: absurd key length %d (limit %d)", where, n, MaxKeyLen)
-	}
-	buf = resize(buf, int(n))
-	if _, err := io.ReadFull(br, buf); err != nil {
-		return s, buf, bodyError(where, "key", err)
+		return s, buf, err
 	}
 	if !validKey(buf) {
 		return s, buf, corrupt("%s: invalid key %s", where, quoteKey(buf))
@@ -146,22 +139,31 @@ func readSignoff(br *bufio.Reader, where string, buf []byte) (Signoff, []byte, e
 		return s, buf, bodyError(where, "created", err)
 	}
 	s.Created = fromNanos(created)
-	n, err = binary.ReadUvarint(br)
-	if err != nil {
-		return s, buf, bodyError(where, "signature length", err)
+	// Read into buf before allocating: the length is only bounded.
+	if buf, err = readBytes(br, where, "signature", MaxSignatureLen, buf); err != nil {
+		return s, buf, err
 	}
-	if n > MaxSignatureLen {
-		return s, buf, corrupt("%s: absurd signature length %d (limit %d)", where, n, MaxSignatureLen)
-	}
-	// Read before allocating: the length is only bounded.
-	buf = resize(buf, int(n))
-	if _, err := io.ReadFull(br, buf); err != nil {
-		return s, buf, bodyError(where, "signature", err)
-	}
-	if n > 0 {
+	if len(buf) > 0 {
 		s.Signature = bytes.Clone(buf)
 	}
 	return s, buf, nil
+}
+
+// readBytes reads a uvarint length of at most limit and that many bytes
+// into buf, and returns them.
+func readBytes(br *bufio.Reader, where, what string, limit uint64, buf []byte) ([]byte, error) {
+	n, err := binary.ReadUvarint(br)
+	if err != nil {
+		return buf, bodyError(where, what+" length", err)
+	}
+	if n > limit {
+		return buf, corrupt("%s: absurd %s length %d (limit %d)", where, what, n, limit)
+	}
+	buf = resize(buf, int(n))
+	if _, err := io.ReadFull(br, buf); err != nil {
+		return buf, bodyError(where, what, err)
+	}
+	return buf, nil
 }
 
 // cmpSignoff orders sign-offs by key, digest and fingerprint: the identity
@@ -388,13 +390,18 @@ func decodeSignoffs(br *bufio.Reader, count, bodyLen uint64) (sigRun, int, error
 // limit even with MaxBatch large sign-offs.
 const maxBatchSignoffBytes = 4 << 20
 
-// sigBytes is the size of the signatures of b.
-func (b *batch) sigBytes() int {
+// isFull reports whether batch b is to be written without waiting for
+// more: it holds maxBatch records (objects, equivalences and sign-offs),
+// or signatures of maxBatchSignoffBytes.
+func (b *batch) isFull(maxBatch int) bool {
+	if len(b.objs)+len(b.eqs)+len(b.sigs) >= maxBatch {
+		return true
+	}
 	n := 0
 	for i := range b.sigs {
 		n += len(b.sigs[i].Signature)
 	}
-	return n
+	return n >= maxBatchSignoffBytes
 }
 
 // Signed records the sign-off s in the store's index journal; a zero
@@ -415,5 +422,22 @@ func (j *Journal) Signed(ctx context.Context, s Signoff) error {
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("index journal: sign-off not recorded: %w", err)
 	}
-	return j.enqueue(ctx, func(b *batch) { b.sigs = append(b.sigs, s) })
+	return j.enqueue(ctx, false, func(b *batch) { b.sigs = append(b.sigs, s) })
+}
+
+// Signed adds s to the open batch, as Journal.Signed does, without waiting
+// for its segment: Flush reports whether it was written (for commands that
+// sign many objects).
+func (l *Later) Signed(s Signoff) error {
+	if s.Created.IsZero() {
+		s.Created = l.j.now()
+	}
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("index journal: sign-off not recorded: %w", err)
+	}
+	b := l.j.add(context.Background(), false, func(b *batch) { b.sigs = append(b.sigs, s) })
+	l.mu.Lock()
+	l.batches[b] = struct{}{}
+	l.mu.Unlock()
+	return nil
 }

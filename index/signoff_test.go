@@ -236,12 +236,21 @@ func TestSnapshotSignoffs(t *testing.T) {
 }
 
 // TestSignoffsOutOfOrder: a snapshot whose sign-offs are not strictly
-// increasing (a duplicate) is corrupt.
+// increasing (a duplicate) is corrupt; one with a well-formed but invalid
+// sign-off is read without it, which is counted.
 func TestSignoffsOutOfOrder(t *testing.T) {
 	o := testObject(1)
 	ix := New([]Object{o}, time.Unix(1, 0))
 	ix.sigBase = sigRun{signoffOf(o, 1, "a"), signoffOf(o, 1, "a")}
 	wantCorrupt(t, encode(t, ix), "sign-offs not strictly increasing: 1")
+
+	short := signoffOf(o, 2, "b")
+	short.Fingerprint = strings.Repeat("F", 30) // 15 bytes: not an OpenPGP fingerprint
+	ix.sigBase = sigRun{signoffOf(o, 1, "a"), short}
+	got, err := Decode(bytes.NewReader(encode(t, ix)))
+	if err != nil || got.Sources().Invalid != 1 || !slices.Equal(sigsOf(got, o.Key), []string{"1:a"}) {
+		t.Errorf("decoded %q, %d invalid, %v; want the valid sign-off, 1 invalid", sigsOf(got, o.Key), got.Sources().Invalid, err)
+	}
 }
 
 // s3Store returns a store on a new bucket of a versitygw started for the
@@ -462,5 +471,42 @@ func TestDecodeSegmentV4(t *testing.T) {
 	}
 	if again := encodeSeg(t, got); !bytes.Equal(again, b) {
 		t.Error("the encoder no longer writes version 4 as it did")
+	}
+}
+
+// TestJournalSignedBatch: sign-offs count towards MaxBatch, and a batch is
+// closed early when its signatures add up to maxBatchSignoffBytes, so that
+// a segment stays within the format's limits.
+func TestJournalSignedBatch(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	j := NewJournal(s, JournalOptions{Writer: "w", MaxBatch: 10})
+	atOnce(t, 55, func(i int) error {
+		return j.Signed(ctx, signoffOf(testObject(i+1), 1, "s"))
+	})
+	segs := readJournal(t, s)
+	total := 0
+	for key, seg := range segs {
+		if len(seg.Signed) > 10 {
+			t.Errorf("%s holds %d sign-offs, MaxBatch is 10", key, len(seg.Signed))
+		}
+		total += len(seg.Signed)
+	}
+	if total != 55 {
+		t.Errorf("%d sign-offs in %d segments, want 55", total, len(segs))
+	}
+
+	// The byte bound, on the batch itself: the store's pace decides how
+	// many records a batch collects.
+	var b batch
+	large := signoffOf(testObject(1), 1, strings.Repeat("s", MaxSignatureLen))
+	for range maxBatchSignoffBytes/MaxSignatureLen - 1 {
+		b.sigs = append(b.sigs, large)
+	}
+	if b.isFull(maxMaxBatch) {
+		t.Errorf("%d bytes of signatures: full", (len(b.sigs))*MaxSignatureLen)
+	}
+	if b.sigs = append(b.sigs, large); !b.isFull(maxMaxBatch) {
+		t.Errorf("%d bytes of signatures: not full", len(b.sigs)*MaxSignatureLen)
 	}
 }

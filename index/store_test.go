@@ -30,6 +30,35 @@ type countingStore struct {
 	mu    sync.Mutex
 	opens map[string]int
 	stats int
+	// lists: the listings asked for, by where they start ("" for whole
+	// ones); listed: the keys they returned.
+	lists  []string
+	listed int
+}
+
+func (c *countingStore) List(ctx context.Context, prefix string, fn func(backend.ObjectInfo) error) error {
+	return c.ListAfter(ctx, prefix, "", fn)
+}
+
+func (c *countingStore) ListAfter(ctx context.Context, prefix, start string, fn func(backend.ObjectInfo) error) error {
+	c.mu.Lock()
+	c.lists = append(c.lists, start)
+	c.mu.Unlock()
+	return backend.ListAfter(ctx, c.Store, prefix, start, func(oi backend.ObjectInfo) error {
+		c.mu.Lock()
+		c.listed++
+		c.mu.Unlock()
+		return fn(oi)
+	})
+}
+
+// Listings returns the listings since the last call and the keys they returned.
+func (c *countingStore) Listings() ([]string, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l, n := c.lists, c.listed
+	c.lists, c.listed = nil, 0
+	return l, n
 }
 
 func newCounting(s backend.Store) *countingStore {

@@ -48,9 +48,25 @@ import (
 )
 
 // Recorder records uploaded objects in the index journal. Added returns
-// only once the record is durable in the store.
+// only once the record is durable in the store (index.Journal), or, for a
+// Recorder that is also a Flusher, possibly before (index.Later).
 type Recorder interface {
 	Added(ctx context.Context, o index.Object) error
+}
+
+// Flusher is a Recorder that holds records back to write them in batches
+// (index.Later): Flush writes what it holds and returns once that is in
+// the store. Push flushes its recorder before it returns.
+type Flusher interface {
+	Flush(ctx context.Context) error
+}
+
+// Hurrier is a Recorder whose records wait for a window to share a
+// segment (index.Journal's group commit): from Hurry until the returned
+// function is called, they do not. Drain hurries its recorder, so that
+// the records of the last uploads are written as they come.
+type Hurrier interface {
+	Hurry() (done func())
 }
 
 // Options configure a Queue.
@@ -381,8 +397,10 @@ slots:
 			defer wg.Done()
 			defer q.kick()
 			// The upload slot is given back once the bytes are in the
-			// store: waiting for the journal's group commit must not keep
-			// the next upload from starting.
+			// store: waiting for the journal's group commit (up to its
+			// window) must not keep the next upload from starting. The
+			// entry stays on disk, in state Uploaded, until the record is
+			// in the store.
 			release := sync.OnceFunc(func() { <-sem })
 			defer release()
 			q.work(ctx, e, release)
@@ -391,9 +409,14 @@ slots:
 	return wait
 }
 
-// work moves one entry on as far as it can.
-func (q *Queue) work(ctx context.Context, e Entry, uploaded func()) {
+// work moves one entry on as far as it can; release gives the upload slot
+// back.
+func (q *Queue) work(ctx context.Context, e Entry, release func()) {
 	q.log.Debug("upload starting", "object", e.Key, "state", e.State, "attempts", e.Attempts)
+	uploaded := func() {
+		release()
+		q.kick() // a slot is free: the next upload starts now, not when this record is written
+	}
 	err := q.advance(ctx, &e, uploaded)
 	q.log.Debug("upload finished", "object", e.Key, "error", err)
 	q.mu.Lock()
@@ -586,8 +609,14 @@ func (q *Queue) Len() int {
 }
 
 // Drain retries every entry at once and waits until the queue is empty or
-// ctx ends; it returns what is left. Run must be running.
+// ctx ends; it returns what is left. Run must be running. A Recorder that
+// is a Hurrier is hurried meanwhile: the records of the uploaded objects
+// (those waiting already and those to come) do not wait for the end of
+// the journal's window.
 func (q *Queue) Drain(ctx context.Context) []Entry {
+	if h, ok := q.rec.(Hurrier); ok {
+		defer h.Hurry()()
+	}
 	q.mu.Lock()
 	for _, e := range q.entries {
 		e.NextTry = time.Time{}

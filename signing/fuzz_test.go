@@ -3,8 +3,11 @@ package signing
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
@@ -117,4 +120,40 @@ func FuzzVerify(f *testing.F) {
 			}
 		}
 	})
+}
+
+// One keyring and one SignKey serve concurrent callers (the mount verifies
+// many objects at once); -race checks it.
+func TestConcurrentUse(t *testing.T) {
+	pa, sa := goKey(t, "a")
+	kr, err := LoadKeyring(pa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, ok := kr.Lookup(strings.ToLower(sa.KeyID())); !ok || k.Fingerprint != sa.Fingerprint() {
+		t.Fatalf("Lookup(%s) = %v %v", sa.KeyID(), k, ok)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := []byte(fmt.Sprintf("object %d", i))
+			sig, err := sa.Sign(bytes.NewReader(msg))
+			if err != nil {
+				errs <- err
+				return
+			}
+			valid, problems, err := kr.Verify(sig, bytes.NewReader(msg))
+			if err != nil || len(problems) != 0 || len(valid) != 1 {
+				errs <- fmt.Errorf("object %d: %v %v %v", i, valid, problems, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }

@@ -3,7 +3,6 @@ package signing
 import (
 	"bytes"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,18 +13,6 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
-)
-
-// Errors of key files. Each is wrapped with the name of the file.
-var (
-	// ErrEmptyKeyring: the paths given to LoadKeyring hold no key at all.
-	ErrEmptyKeyring = errors.New("keyring holds no public key")
-	// ErrBadKeyFile: a key file does not parse as OpenPGP keys.
-	ErrBadKeyFile = errors.New("not an OpenPGP key file")
-	// ErrSecretInKeyring: a keyring file holds secret key material; a
-	// keyring takes public keys only (`gpg --export`), so that a secret key
-	// is never left lying in a configuration directory by mistake.
-	ErrSecretInKeyring = errors.New("keyring file holds a secret key; export the public key with gpg --export")
 )
 
 // Key names a public key without any secret: its primary fingerprint and
@@ -95,13 +82,9 @@ func LoadKeyring(paths ...string) (*Keyring, error) {
 	}
 	kr := &Keyring{}
 	for _, f := range files {
-		data, err := os.ReadFile(f)
+		el, err := readKeyFile(f)
 		if err != nil {
-			return nil, fmt.Errorf("keyring: %w", err)
-		}
-		el, err := ParseKeys(data)
-		if err != nil {
-			return nil, fmt.Errorf("keyring %s: %w", f, err)
+			return nil, fmt.Errorf("keyring %w", err)
 		}
 		for _, e := range el {
 			if e.PrivateKey != nil {
@@ -116,10 +99,24 @@ func LoadKeyring(paths ...string) (*Keyring, error) {
 	return kr, nil
 }
 
-// ParseKeys parses armored or binary OpenPGP keys (public or secret). An
+// readKeyFile reads the keys of a file; its error names the file.
+func readKeyFile(file string) (openpgp.EntityList, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		// *PathError already names the file.
+		return nil, err
+	}
+	el, err := parseKeys(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return el, nil
+}
+
+// parseKeys parses armored or binary OpenPGP keys (public or secret). An
 // armored input may hold several armor blocks one after the other. The
 // error wraps ErrBadKeyFile and never quotes the input.
-func ParseKeys(data []byte) (openpgp.EntityList, error) {
+func parseKeys(data []byte) (openpgp.EntityList, error) {
 	var el openpgp.EntityList
 	err := eachPacketBlock(data, func(r io.Reader) error {
 		// Not openpgp.ReadKeyRing: it skips keys it cannot read, and a
@@ -193,6 +190,28 @@ func (kr *Keyring) Keys() []Key {
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].Fingerprint < keys[j].Fingerprint })
 	return keys
+}
+
+// Lookup finds a primary key of the keyring by its fingerprint or long key
+// id (hex, either case), or by the fingerprint or key id of one of its
+// subkeys, as SSTATE_VALID_SIGS may list either.
+func (kr *Keyring) Lookup(id string) (Key, bool) {
+	id = strings.ToUpper(strings.TrimPrefix(strings.TrimPrefix(id, "0x"), "0X"))
+	if id == "" {
+		return Key{}, false
+	}
+	for _, e := range kr.entities {
+		pubs := []*packet.PublicKey{e.PrimaryKey}
+		for _, sk := range e.Subkeys {
+			pubs = append(pubs, sk.PublicKey)
+		}
+		for _, pk := range pubs {
+			if id == upperHex(pk.Fingerprint) || id == fmt.Sprintf("%016X", pk.KeyId) {
+				return keyOf(e), true
+			}
+		}
+	}
+	return Key{}, false
 }
 
 // Issuer returns the primary key that issued sig (one binary or armored

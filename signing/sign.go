@@ -3,7 +3,6 @@ package signing
 import (
 	"bytes"
 	"crypto"
-	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -12,18 +11,6 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
-)
-
-// Errors of secret keys. Each is wrapped with the key file's name and,
-// once the key is read, its fingerprint; never with the passphrase.
-var (
-	ErrNoSecretKey       = errors.New("no secret key in file")
-	ErrSeveralKeys       = errors.New("several secret keys in file; export one with gpg --export-secret-keys FINGERPRINT")
-	ErrPassphraseNeeded  = errors.New("secret key is protected by a passphrase and no passphrase file was given")
-	ErrWrongPassphrase   = errors.New("wrong passphrase for secret key")
-	ErrCannotSign        = errors.New("key cannot sign (no usable signing key)")
-	ErrNoSecretSubkey    = errors.New("signing key's secret part is not in the file (gpg stub)")
-	errPassphraseFileBad = errors.New("passphrase file")
 )
 
 // SignKey is a secret key ready to make detached signatures. It is safe for
@@ -44,13 +31,9 @@ type SignKey struct {
 // naming its fingerprint.
 func LoadSigner(keyFile, passphraseFile string, opts ...Option) (*SignKey, error) {
 	o := newOptions(opts)
-	data, err := os.ReadFile(keyFile)
+	el, err := readKeyFile(keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
-	}
-	el, err := ParseKeys(data)
-	if err != nil {
-		return nil, fmt.Errorf("signing key %s: %w", keyFile, err)
+		return nil, fmt.Errorf("signing key %w", err)
 	}
 	var e *openpgp.Entity
 	for _, c := range el {
@@ -82,13 +65,13 @@ func LoadSigner(keyFile, passphraseFile string, opts ...Option) (*SignKey, error
 		if err != nil {
 			return nil, err
 		}
+		defer clear(pass)
 		// Only the key that signs is decrypted: the others stay sealed.
 		// The library's error is not wrapped: nothing of the attempt
 		// belongs in an error.
 		if err := signer.PrivateKey.Decrypt(pass); err != nil {
 			return nil, fmt.Errorf("signing key %s (%s): %w (passphrase file %s)", keyFile, k.Fingerprint, ErrWrongPassphrase, passphraseFile)
 		}
-		clear(pass)
 	}
 	return &SignKey{entity: e, signer: signer, key: k, now: o.now}, nil
 }
@@ -180,6 +163,7 @@ func (w *SignWriter) Write(p []byte) (int, error) {
 }
 
 // Signature returns the binary detached signature over every byte written.
+// Call it once: signing finishes the hash.
 func (w *SignWriter) Signature() ([]byte, error) {
 	if w.err != nil {
 		return nil, fmt.Errorf("signing with %s: %w", w.key.key.Fingerprint, w.err)

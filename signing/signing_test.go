@@ -85,6 +85,11 @@ func TestVerifyAcceptsGPGSignatures(t *testing.T) {
 			if k, ok := kr.Issuer(sig); !ok || k.Fingerprint != tc.key.fpr {
 				t.Errorf("Issuer = %v %v, want %s", k, ok, tc.key.fpr)
 			}
+			// SSTATE_VALID_SIGS names the key id gpg's GOODSIG prints:
+			// the signing subkey's.
+			if k, ok := kr.Lookup(tc.key.signFpr[24:]); !ok || k.Fingerprint != tc.key.fpr {
+				t.Errorf("Lookup(%s) = %v %v, want %s", tc.key.signFpr[24:], k, ok, tc.key.fpr)
+			}
 		})
 	}
 }

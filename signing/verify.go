@@ -14,17 +14,6 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 )
 
-// Reasons a signature does not count. A Problem's error wraps exactly one.
-var (
-	ErrUnknownKey       = errors.New("issuer not in the keyring")
-	ErrBadSignature     = errors.New("bad signature (other bytes, or tampered)")
-	ErrSignatureExpired = errors.New("signature expired")
-	ErrKeyExpired       = errors.New("key expired")
-	ErrKeyRevoked       = errors.New("key revoked")
-	ErrUnsupported      = errors.New("unsupported algorithm")
-	ErrCorrupt          = errors.New("corrupt signature packet")
-)
-
 // Signer is a distinct primary key with a valid signature over the bytes.
 type Signer struct {
 	Key
@@ -83,7 +72,8 @@ func newOptions(opts []Option) options {
 // the other, or armored blocks) against the bytes read from signed, which
 // is read once to its end. It returns the distinct primary keys with a valid
 // signature, in order of first appearance, and one Problem per signature
-// that does not count. err is only a failure to read signed.
+// that does not count. An empty sig has neither signers nor problems: the
+// object is unsigned. err is only a failure to read signed.
 func (kr *Keyring) Verify(sig []byte, signed io.Reader, opts ...Option) ([]Signer, []Problem, error) {
 	c := kr.Prepare(sig, opts...)
 	if c.Hashing() {

@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -30,7 +31,9 @@ import (
 	"github.com/sstatefs/sstatefs/sstate"
 )
 
-// Recorder records objects in the index journal (index.Journal).
+// Recorder records objects in the index journal: index.Journal, or
+// index.Later, which writes them in batches of up to MaxBatch records;
+// Push flushes a Recorder that is a publish.Flusher before it returns.
 type Recorder = publish.Recorder
 
 // Progress is told of work done: items and bytes so far out of the totals.
@@ -157,6 +160,17 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 				opt.Logger.Warn("not pushed: the store has other content under this name (first writer wins)", "object", o.key)
 			}
 		})
+	if fl, ok := opt.Recorder.(publish.Flusher); ok {
+		// a batching recorder (index.Later) holds the last records: they
+		// go into the store before Push returns, even when ctx has ended
+		// (the objects are in the store)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flushTimeout)
+		ferr := fl.Flush(fctx)
+		cancel()
+		if ferr != nil && err == nil {
+			err = fmt.Errorf("recording pushed objects in the index: %w", ferr)
+		}
+	}
 	if err != nil {
 		return res, err
 	}
@@ -165,6 +179,9 @@ func Push(ctx context.Context, opt PushOptions) (PushResult, error) {
 	}
 	return res, nil
 }
+
+// flushTimeout bounds the write of Push's last index records.
+const flushTimeout = time.Minute
 
 // pushOne uploads one local object by the upload rules (publish.Put).
 func pushOne(ctx context.Context, opt PushOptions, root *os.File, o localObject) (publish.Outcome, error) {

@@ -182,6 +182,18 @@ func (r *sectionReader) Close() error { return r.f.Close() }
 // List implements backend.Store. It lists regular files only and never
 // descends into a linked directory.
 func (s *Store) List(ctx context.Context, prefix string, fn func(backend.ObjectInfo) error) error {
+	return s.list(ctx, prefix, "", fn)
+}
+
+var _ backend.AfterLister = (*Store)(nil)
+
+// ListAfter implements backend.AfterLister: it walks the same directories
+// as List (reading a local directory is cheap) and skips the keys up to start.
+func (s *Store) ListAfter(ctx context.Context, prefix, start string, fn func(backend.ObjectInfo) error) error {
+	return s.list(ctx, prefix, start, fn)
+}
+
+func (s *Store) list(ctx context.Context, prefix, start string, fn func(backend.ObjectInfo) error) error {
 	root, err := beneath.OpenRoot(s.root)
 	if err != nil {
 		return fmt.Errorf("list %s/%s: %w", s.Location(), prefix, err)
@@ -205,7 +217,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(backend.ObjectI
 			return err
 		}
 		key := dir + rel
-		if !fi.Mode().IsRegular() || !strings.HasPrefix(key, prefix) || isTemp(key) {
+		if !fi.Mode().IsRegular() || !strings.HasPrefix(key, prefix) || key <= start || isTemp(key) {
 			return nil
 		}
 		if backend.CheckKey(key) != nil {

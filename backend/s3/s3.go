@@ -419,11 +419,27 @@ func rangeStart(cr string) (int64, bool) {
 // List implements backend.Store with ListObjectsV2; keys are returned
 // relative to the store's prefix.
 func (s *Store) List(ctx context.Context, prefix string, fn func(backend.ObjectInfo) error) error {
+	return s.list(ctx, prefix, "", fn)
+}
+
+var _ backend.AfterLister = (*Store)(nil)
+
+// ListAfter implements backend.AfterLister with ListObjectsV2's StartAfter:
+// the server skips the keys up to start, so only the rest cost requests.
+func (s *Store) ListAfter(ctx context.Context, prefix, start string, fn func(backend.ObjectInfo) error) error {
+	return s.list(ctx, prefix, start, fn)
+}
+
+func (s *Store) list(ctx context.Context, prefix, start string, fn func(backend.ObjectInfo) error) error {
 	strip := s.listPrefix("")
-	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{
+	in := &s3.ListObjectsV2Input{
 		Bucket: &s.bucket,
 		Prefix: aws.String(s.listPrefix(prefix)),
-	})
+	}
+	if start != "" {
+		in.StartAfter = aws.String(strip + start)
+	}
+	p := s3.NewListObjectsV2Paginator(s.client, in)
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {

@@ -175,6 +175,54 @@ func Run(t *testing.T, newStore func(t *testing.T) backend.Store, opt Options) {
 				t.Errorf("List stopped by fn: err %v after %d calls, want stop after 1", err, n)
 			}
 		})
+		t.Run("ListAfter", func(t *testing.T) {
+			s := newStore(t)
+			// Journal-like keys: time first, so key order is time order.
+			keys := []string{
+				".sstatefs/index/journal/00000000000000000100-a-1.seg",
+				".sstatefs/index/journal/00000000000000000200-b-2.seg",
+				".sstatefs/index/journal/00000000000000000200-c-3.seg",
+				".sstatefs/index/journal/00000000000000000300-a-4.seg",
+				".sstatefs/index/snapshot.v1",
+				"ab/cd/sstate:a_fetch.tar.zst",
+			}
+			for _, k := range keys {
+				put(t, s, k, []byte(k))
+			}
+			if _, ok := s.(backend.AfterLister); !ok {
+				t.Errorf("%T does not implement backend.AfterLister: a listing after a key costs a whole listing", s)
+			}
+			after := func(prefix, start string) string {
+				var got []string
+				if err := backend.ListAfter(ctx, s, prefix, start, func(oi backend.ObjectInfo) error {
+					if oi.Size != int64(len(oi.Key)) {
+						t.Errorf("ListAfter: %s has size %d, want %d", oi.Key, oi.Size, len(oi.Key))
+					}
+					got = append(got, oi.Key)
+					return nil
+				}); err != nil {
+					t.Fatalf("ListAfter(%q, %q): %v", prefix, start, err)
+				}
+				sort.Strings(got)
+				return strings.Join(got, ",")
+			}
+			j := ".sstatefs/index/journal/"
+			for _, c := range []struct{ start, want string }{
+				{"", strings.Join(keys[:4], ",")},
+				{j + "00000000000000000200", strings.Join(keys[1:4], ",")}, // a time prefix: its keys follow it
+				{keys[1], strings.Join(keys[2:4], ",")},                    // strictly after
+				{j + "00000000000000000300-a-4.seg", ""},
+				{j + "1", ""},
+				{".", strings.Join(keys[:4], ",")}, // before the prefix
+			} {
+				if got := after(j, c.start); got != c.want {
+					t.Errorf("ListAfter(%q, %q) = %v, want %v", j, c.start, got, c.want)
+				}
+			}
+			if got, want := after("", keys[3]), strings.Join(keys[4:], ","); got != want {
+				t.Errorf("ListAfter(\"\", %q) = %v, want %v", keys[3], got, want)
+			}
+		})
 	} else {
 		t.Run("ListNotSupported", func(t *testing.T) {
 			s := newStore(t)

@@ -80,11 +80,12 @@ warned about), nor are names with control characters pushed.
 		fmt.Fprintf(os.Stderr, "sstatefs push: %v\n", err)
 		return 1
 	}
-	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log})
+	// records are written in batches of up to 1,000 (Push flushes the last)
+	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log, Window: cfg.Publish.RecordInterval.Duration})
 	progress, finish := bytesBar(progressOut(*quiet), "pushing")
 	start := time.Now()
 	res, err := transfer.Push(ctx, transfer.PushOptions{
-		Dir: dir, Store: store, Recorder: journal, Known: known, Jobs: *jobs, Progress: progress, Logger: log,
+		Dir: dir, Store: store, Recorder: journal.Later(), Known: known, Jobs: *jobs, Progress: progress, Logger: log,
 	})
 	finish()
 	fmt.Printf("pushed %d objects (%s) to %s in %s; %d already known, %d already in the store, %d kept by the store (other content), %d files ignored\n",

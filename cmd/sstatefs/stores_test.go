@@ -763,12 +763,13 @@ func TestStoresEquivalenceTrust(t *testing.T) {
 			for i := range cfg.Stores {
 				cfg.Stores[i].Publish = i == tc.publish
 			}
-			_, c, _ := withHashserv(t, cfg)
+			m, c, _ := withHashserv(t, cfg)
 			t4, u4 := hexOf("T4 "+tc.name), hexOf("U4 "+tc.name)
 			got := c.call(t, fmt.Sprintf(`{"report": {"taskhash": %q, "method": %q, "outhash": %q, "unihash": %q, "PN": "trust-native", "PV": "1.0", "PR": "r0", "task": "populate_sysroot"}}`, t4, eqMethod, hexOf("O4 "+tc.name), u4))
 			if !strings.Contains(got, u4) {
 				t.Fatalf("report: %s", got)
 			}
+			m.Drain() // reports wait for the batch (publish.record_interval): write it now
 			for _, i := range []int{stProject, stCompany} {
 				ix, err := index.Load(context.Background(), s.open(t, i))
 				if err != nil {

@@ -68,7 +68,10 @@ type MetricsConfig struct {
 type PublishConfig struct {
 	Concurrency  int      `toml:"concurrency"`   // uploads at once
 	DrainTimeout Duration `toml:"drain_timeout"` // at SIGTERM: how long to keep uploading before exit
-	WriterID     string   `toml:"writer_id"`     // names this mount's journal segments; default: the host name
+	// RecordInterval: the longest a journal record waits for others to
+	// share its segment (group commit)
+	RecordInterval Duration `toml:"record_interval"`
+	WriterID       string   `toml:"writer_id"` // names this mount's journal segments; default: the host name
 	// RequireStore refuses to mount when the publish store cannot be
 	// reached at start (otherwise the mount comes up degraded).
 	RequireStore bool `toml:"require_store"`
@@ -123,6 +126,8 @@ type IndexConfig struct {
 	MaxAge          Duration `toml:"max_age"`          // fresh while the last load is younger; 0: 3 x refresh_interval
 	NegativeTTL     Duration `toml:"negative_ttl"`     // stores without a fresh index: how long an absent answer is kept
 	CompactInterval Duration `toml:"compact_interval"` // how often a mount checks whether to compact the journal; 0 disables
+	CompactSegments int      `toml:"compact_segments"` // compact once this many segments are applied on the snapshot; 0 disables
+	CompactBytes    Size     `toml:"compact_bytes"`    // or this many bytes of segments; 0 disables
 }
 
 // MountConfig is the FUSE mount.
@@ -452,6 +457,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Index.RefreshInterval.invalid == "" && c.Index.RefreshInterval.Duration <= 0 {
 		bad("index.refresh_interval must be positive, got %v", c.Index.RefreshInterval)
+	}
+	if c.Index.CompactSegments < 0 {
+		bad("index.compact_segments must be 0 (off) or a segment count, got %d", c.Index.CompactSegments)
 	}
 	if c.Publish.WriterID == "" {
 		bad("publish.writer_id is empty")

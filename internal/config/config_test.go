@@ -107,6 +107,7 @@ bearer_token_file = "/nonexistent/token"
 size = "-1"
 [index]
 refresh_interval = "0s"
+compact_segments = -5
 [mount]
 owner = "bob"
 [log]
@@ -117,7 +118,7 @@ level = "loud"
 		t.Fatal("invalid config accepted")
 	}
 	msg := err.Error()
-	for _, want := range []string{`cache.size (--cache-size): invalid size "-1"`, `unsupported scheme "ftp"`, "no bucket", "bearer_token_file applies to http or https stores only", "/nonexistent/token", "refresh_interval must be positive", "mount.owner", `log.level "loud"`} {
+	for _, want := range []string{`cache.size (--cache-size): invalid size "-1"`, `unsupported scheme "ftp"`, "no bucket", "bearer_token_file applies to http or https stores only", "/nonexistent/token", "refresh_interval must be positive", "index.compact_segments must be 0 (off) or a segment count, got -5", "mount.owner", `log.level "loud"`} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error does not mention %q:\n%s", want, msg)
 		}

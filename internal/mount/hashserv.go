@@ -20,26 +20,38 @@ import (
 // indexes: reads from the view's merged records under its trust rule (as
 // bitbake's server with BB_HASHSERVE_UPSTREAM consults its upstream),
 // reports recorded in the publish store through the journal (and applied
-// to its live index at once).
+// to its live index once written). A mount's reports go through pending
+// (durable locally, answered before their segment is written); without
+// it (`hashserv serve`) each report waits for its segment.
 type equivBackend struct {
 	view    *view.View
 	journal *index.Journal
+	pending *pendingReports // nil: Record waits for the segment
 }
 
 var _ hashserv.Backend = (*equivBackend)(nil)
 
 // NewEquivBackend serves the protocol from v and records reports through
-// journal (the publish store's).
+// journal (the publish store's), each report waiting for its segment.
 func NewEquivBackend(v *view.View, journal *index.Journal) hashserv.Backend {
 	return &equivBackend{view: v, journal: journal}
 }
 
+// The view answers first: a report is pending only if the view had no
+// record of its taskhash (or outhash) when it came, and a record the
+// view has since read from a store came first (first writer wins).
 func (b *equivBackend) Get(method, taskhash string) (index.Equivalence, bool) {
-	return b.view.Equivalence(method, taskhash)
+	if e, ok := b.view.Equivalence(method, taskhash); ok || b.pending == nil {
+		return e, ok
+	}
+	return b.pending.Get(method, taskhash)
 }
 
 func (b *equivBackend) GetByOuthash(method, outhash string) (index.Equivalence, bool) {
-	return b.view.ByOuthash(method, outhash)
+	if e, ok := b.view.ByOuthash(method, outhash); ok || b.pending == nil {
+		return e, ok
+	}
+	return b.pending.GetByOuthash(method, outhash)
 }
 
 // ObjectExists: bitbake asks only for objects that exist, so this answers
@@ -50,7 +62,12 @@ func (b *equivBackend) ObjectExists(unihash string) bool {
 }
 
 func (b *equivBackend) Record(ctx context.Context, e index.Equivalence) error {
-	err := b.journal.Reported(ctx, e)
+	var err error
+	if b.pending != nil {
+		err = b.pending.Record(ctx, e)
+	} else {
+		err = b.journal.Reported(ctx, e)
+	}
 	if errors.Is(err, index.ErrInvalidEquivalence) {
 		// the client's fault, not the store's: bitbake gets an error answer
 		return fmt.Errorf("%w: %w", hashserv.ErrInvalidRecord, err)

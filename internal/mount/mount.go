@@ -58,6 +58,7 @@ type Mount struct {
 	view       *view.View
 	obs        *observer
 	hashserv   *hashserv.Server // nil unless --hashserv
+	reports    *pendingReports  // nil when the store is read-only
 	hsAddr     string           // where hashserv listens
 	cacheDir   string
 	readyFile  string
@@ -115,11 +116,26 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 	// The write path: published objects go to a durable queue, are uploaded
 	// in the background and recorded in this mount's journal segments.
 	readOnly := pub < 0 || backend.IsReadOnly(store)
-	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log})
+	// Group commit: records wait up to the record interval to share a
+	// segment, access records too (the queue flushes the journal when it
+	// drains, Close at exit).
+	window := cfg.Publish.RecordInterval.Duration
+	journal := index.NewJournal(store, index.JournalOptions{Writer: cfg.Publish.WriterID, Logger: log, Window: window, FlushInterval: window})
 	journal.OnWrite(live.Apply) // this mount's publications show in its own index at once
+	var reports *pendingReports
 	if !readOnly {
 		index.InitEmpty(ctx, store, live, log)
+		// hash equivalence reports ride in the batches too, durable locally
+		// until then; a killed mount's are recorded again here
+		if reports, err = openReports(filepath.Join(cfg.Cache.Dir, "state", ReportsFile), journal, log); err != nil {
+			return nil, err
+		}
 	}
+	defer func() {
+		if err != nil && reports != nil {
+			reports.Close()
+		}
+	}()
 	queue, err := publish.Open(publish.Options{
 		Dir: filepath.Join(cfg.Cache.Dir, "queue"), Store: store, Recorder: journal,
 		Concurrency: cfg.Publish.Concurrency, Logger: log,
@@ -226,7 +242,7 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 	rctx, cancel := context.WithCancel(context.Background())
 	m = &Mount{
 		mountpoint: mp, server: server, fs: f, live: live, cache: c, store: store, stores: ms, pub: pub,
-		queue: queue, journal: journal, view: v, obs: obs, cacheDir: cfg.Cache.Dir,
+		queue: queue, journal: journal, reports: reports, view: v, obs: obs, cacheDir: cfg.Cache.Dir,
 		readyFile: cfg.Mount.ReadyFile, drain: cfg.Publish.DrainTimeout.Duration,
 		cancel: cancel, done: make(chan struct{}), log: log, unlock: unlock,
 	}
@@ -239,8 +255,8 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 	m.background(func() { v.RunPrefetch(rctx) })
 	if !readOnly && cfg.Index.CompactInterval.Duration > 0 {
 		m.background(func() {
-			index.CompactEvery(rctx, store, live, cfg.Index.CompactInterval.Duration,
-				index.CompactOptions{Grace: index.DefaultGrace, Writer: cfg.Publish.WriterID, Logger: log})
+			index.CompactEvery(rctx, store, live, index.CompactTriggers{Every: cfg.Index.CompactInterval.Duration,
+				Segments: cfg.Index.CompactSegments, Bytes: cfg.Index.CompactBytes.Bytes}, index.CompactOptions{Grace: index.DefaultGrace, Writer: cfg.Publish.WriterID, Logger: log})
 		})
 	}
 	go func() { server.Wait(); close(m.done) }()
@@ -253,7 +269,7 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 			m.Close()
 			return nil, err
 		}
-		hs, addr, err := StartHashserv(rctx, cfg.Hashserv.Listen, NewEquivBackend(v, journal), readOnly || cfg.Hashserv.ReadOnly, owner, rule, log)
+		hs, addr, err := StartHashserv(rctx, cfg.Hashserv.Listen, &equivBackend{view: v, journal: journal, pending: reports}, readOnly || cfg.Hashserv.ReadOnly, owner, rule, log)
 		if err != nil {
 			m.Close()
 			return nil, err
@@ -389,6 +405,9 @@ func (m *Mount) Close() error {
 	// Close returns.
 	m.cancel()
 	m.stopBackground()
+	if m.reports != nil {
+		m.reports.Close() // after Drain's flush: the file is empty unless a write failed
+	}
 	m.cache.Close()
 	if ferr := m.fs.Close(); err == nil {
 		err = ferr

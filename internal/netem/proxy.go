@@ -29,6 +29,8 @@ type Proxy struct {
 	mu    sync.Mutex // protects conns
 	conns map[net.Conn]bool
 	wg    sync.WaitGroup
+
+	count counter // requests by kind and bytes (count.go)
 }
 
 const (
@@ -50,7 +52,8 @@ func Start(target string, rtt time.Duration, rate int64) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{Addr: ln.Addr().String(), ln: ln, target: target, delay: rtt / 2, rate: rate, conns: map[net.Conn]bool{}}
+	p := &Proxy{Addr: ln.Addr().String(), ln: ln, target: target, delay: rtt / 2, rate: rate, conns: map[net.Conn]bool{},
+		count: counter{reqs: map[string]int64{}}}
 	p.wg.Add(1)
 	go p.accept()
 	return p, nil
@@ -106,8 +109,9 @@ func (p *Proxy) accept() {
 		var both sync.WaitGroup
 		both.Add(2)
 		p.wg.Add(3)
-		go func() { defer p.wg.Done(); defer both.Done(); p.pipe(up, c) }()
-		go func() { defer p.wg.Done(); defer both.Done(); p.pipe(c, up) }()
+		rp := &requestParser{c: &p.count}
+		go func() { defer p.wg.Done(); defer both.Done(); p.pipe(up, c, true, rp.write) }()
+		go func() { defer p.wg.Done(); defer both.Done(); p.pipe(c, up, false, nil) }()
 		go func() { defer p.wg.Done(); both.Wait(); closeBoth() }()
 	}
 }
@@ -120,7 +124,9 @@ type chunk struct {
 }
 
 // pipe copies src to dst, delivering each chunk delay after it was read.
-func (p *Proxy) pipe(dst, src net.Conn) {
+// up says which direction it is (for the byte counts); observe, if set,
+// sees every chunk as it is read (the client's requests, to count them).
+func (p *Proxy) pipe(dst, src net.Conn, up bool, observe func([]byte)) {
 	ch := make(chan chunk, proxyInFlight)
 	go func() {
 		defer close(ch)
@@ -128,6 +134,10 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 			b := chunkPool.Get().(*[]byte)
 			n, err := src.Read(*b)
 			if n > 0 {
+				p.count.bytes(up, n)
+				if observe != nil {
+					observe((*b)[:n])
+				}
 				ch <- chunk{buf: b, n: n, at: time.Now().Add(p.delay)}
 			} else {
 				chunkPool.Put(b)
