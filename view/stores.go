@@ -18,6 +18,9 @@ type tier struct {
 
 	hits, resolved, probes, probeHits, probeErrors, fetchErrors, fetched atomic.Int64
 
+	policy                                 *policyState // nil without a Policy
+	verified, hiddenUnsigned, hiddenBadSig atomic.Int64
+
 	// A store that does not answer (a failed probe or check) is left out
 	// until retryAt; each failure in a row doubles the wait.
 	mu       sync.Mutex // protects the fields below
@@ -156,6 +159,10 @@ type StoreStats struct {
 	Down      bool
 	DownSince time.Time
 	LastError string
+	// Under a signature policy: archives whose signatures verified, and
+	// archives hidden (distinct names): too few keyring keys signed them,
+	// or a keyring key's signature failed.
+	Verified, HiddenUnsigned, HiddenBadSignature int64
 }
 
 // StoreStats returns the counters and state of every store, in trust
@@ -169,6 +176,7 @@ func (v *View) StoreStats() []StoreStats {
 			Hits: t.hits.Load(), Resolved: t.resolved.Load(), Probes: t.probes.Load(), ProbeHits: t.probeHits.Load(), ProbeErrors: t.probeErrors.Load(),
 			FetchedBytes: t.fetched.Load(), FetchErrors: t.fetchErrors.Load(),
 			Down: t.downNow.Load(), LastError: t.lastErr,
+			Verified: t.verified.Load(), HiddenUnsigned: t.hiddenUnsigned.Load(), HiddenBadSignature: t.hiddenBadSig.Load(),
 		}
 		if s.Down {
 			s.DownSince = t.since

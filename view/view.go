@@ -6,6 +6,7 @@
 package view
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -38,6 +39,9 @@ type Object struct {
 	// Store is the position in the view's stores (trust order) of the
 	// store holding the bytes.
 	Store int
+	// Content is the whole object when the mount makes it (an archive's
+	// .sig under a signature policy); nil for store objects.
+	Content []byte
 }
 
 // Store is one store of a view. A view's stores are in trust order, the
@@ -56,6 +60,9 @@ type Store struct {
 	// (the publish store's journal batches them into its index). May be
 	// nil: nothing is recorded in the other stores.
 	OnAccess func(key string, t time.Time)
+	// Policy is the store's signature policy; nil: none (objects are
+	// shown whoever signed them, .sig files as stored).
+	Policy *Policy
 }
 
 // Options configure a View.
@@ -81,10 +88,11 @@ type Options struct {
 // View answers questions about the stores' objects. Safe for concurrent
 // use.
 type View struct {
-	stores []*tier
-	cache  *cache.Cache
-	log    *slog.Logger
-	now    func() time.Time
+	stores    []*tier
+	anyPolicy bool // some store has a Policy
+	cache     *cache.Cache
+	log       *slog.Logger
+	now       func() time.Time
 
 	mu      sync.Mutex           // protects touched
 	touched map[string]time.Time // access times recorded by utimensat/touch
@@ -133,7 +141,12 @@ func New(opt Options) *View {
 		if s.Index == nil {
 			s.Index = index.NewLive(s.Store, index.LiveOptions{})
 		}
-		v.stores = append(v.stores, &tier{Store: s, pos: i})
+		t := &tier{Store: s, pos: i}
+		if s.Policy != nil {
+			t.policy = newPolicyState()
+			v.anyPolicy = true
+		}
+		v.stores = append(v.stores, t)
 	}
 	if opt.PrefetchWorkers > 0 {
 		v.prefetch = make(chan Object, 10_000)
@@ -167,6 +180,15 @@ func (v *View) stat(ctx context.Context, key string) (o Object, probed bool, err
 	if Hidden(key) {
 		return Object{}, false, notExist(key)
 	}
+	// Under a signature policy an archive's .sig is the mount's: the
+	// signatures it holds for the archive bitbake would get.
+	isSig := v.anyPolicy && strings.HasSuffix(key, ".sig")
+	if isSig {
+		if arch, _, err := v.stat(ctx, strings.TrimSuffix(key, ".sig")); err == nil && v.stores[arch.Store].Policy != nil {
+			o, err := v.presentSig(ctx, key, arch)
+			return o, false, err
+		}
+	}
 	// The indexes, in trust order, from memory. A store that does not
 	// answer yields to a less trusted one holding the name unless the
 	// object is in the cache.
@@ -184,6 +206,9 @@ func (v *View) stat(ctx context.Context, key string) (o Object, probed bool, err
 		}
 		if io, ok := ix.Lookup(key); ok {
 			obj := objectOf(io, io.Key, t.pos)
+			if t.Policy != nil && (isSig || !v.visible(ctx, t, obj)) {
+				continue
+			}
 			if t.down(v.now()) && !v.Cached(obj) {
 				if fallback < 0 {
 					fallback, fb = t.pos, obj
@@ -202,7 +227,7 @@ func (v *View) stat(ctx context.Context, key string) (o Object, probed bool, err
 			if limit < 0 {
 				limit = len(v.stores)
 			}
-			if r, ok := v.resolve(name, limit); ok {
+			if r, ok := v.resolve(ctx, name, limit); ok {
 				r.Key = key
 				v.resolved.Add(1)
 				v.stores[r.Store].resolved.Add(1)
@@ -230,11 +255,13 @@ func (v *View) stat(ctx context.Context, key string) (o Object, probed bool, err
 			answered = true
 			continue
 		}
-		if t.down(v.now()) {
-			continue // absent until it answers again
+		if t.down(v.now()) || (isSig && t.Policy != nil) {
+			continue // absent until it answers again; the .sig is the mount's
 		}
 		obj, present, err := v.probe(ctx, t, key)
 		switch {
+		case err == nil && present && t.Policy != nil && !v.visible(ctx, t, obj):
+			answered = true
 		case err == nil && present:
 			return obj, true, nil
 		case err == nil:
@@ -299,7 +326,7 @@ func objectOf(o index.Object, key string, store int) Object {
 // trusted stores only if it accepts them (AnyEquivalences): otherwise a
 // less trusted store could redirect a name to an object of its choice.
 // The most trusted resolution wins, if it is more trusted than limit.
-func (v *View) resolve(name sstate.Name, limit int) (Object, bool) {
+func (v *View) resolve(ctx context.Context, name sstate.Name, limit int) (Object, bool) {
 	var best Object
 	found := false
 	for _, rt := range v.stores {
@@ -330,7 +357,15 @@ func (v *View) resolve(name sstate.Name, limit int) (Object, bool) {
 				continue
 			}
 			if o, ok := oix.Lookup(key); ok {
-				best, limit, found = objectOf(o, "", ot.pos), trust, true
+				obj := objectOf(o, "", ot.pos)
+				if ot.Policy != nil {
+					obj.Key = key
+					if !v.visible(ctx, ot, obj) {
+						continue
+					}
+					obj.Key = ""
+				}
+				best, limit, found = obj, trust, true
 				break
 			}
 		}
@@ -439,7 +474,16 @@ func (v *View) ReadDir(dir string) []index.Entry {
 // Open returns a handle on the object's content: the verified cache file,
 // or a download that serves bytes as they arrive and verifies them as they
 // stream (large objects with parallel ranged reads).
+//
+// Under a signature policy an archive's signatures are verified over its
+// bytes before anything is served (the whole object is downloaded first);
+// an archive they fail for is hidden (ErrHidden).
 func (v *View) Open(ctx context.Context, o Object) (cache.Handle, error) {
+	if t := v.stores[o.Store]; t.Policy != nil && t.Policy.Require > 0 && o.Content == nil && isArchive(o.Key) {
+		if err := v.verify(ctx, t, o); err != nil {
+			return nil, err
+		}
+	}
 	return v.cache.OpenStream(ctx, v.cacheObject(o))
 }
 
@@ -506,6 +550,20 @@ func (v *View) cacheObject(o Object) cache.Object {
 		src = o.Key
 	}
 	t := v.stores[o.Store]
+	if o.Content != nil {
+		// made by the mount: cached by its digest, served from memory
+		content := o.Content
+		return cache.Object{
+			ID: cache.IDFor(o.SHA256, "", o.Size, o.ModTime), Size: o.Size, SHA256: o.SHA256, Name: o.Key,
+			Fetch: func(_ context.Context, off, n int64) (io.ReadCloser, error) {
+				end := int64(len(content))
+				if n >= 0 && off+n < end {
+					end = off + n
+				}
+				return io.NopCloser(bytes.NewReader(content[off:end])), nil
+			},
+		}
+	}
 	return cache.Object{
 		// an object with a digest is cached once, whatever store it came from
 		ID:     cache.IDFor(o.SHA256, t.Store.Store.Location()+"/"+src, o.Size, o.ModTime),

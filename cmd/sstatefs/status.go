@@ -164,7 +164,7 @@ func printStoreStatus(w io.Writer, i int, s mount.StoreStatus, several bool) {
 		state = fmt.Sprintf(", DOWN since %s: %s", s.DownSince.Format(time.RFC3339), s.LastError)
 	}
 	fmt.Fprintf(w, "store %d:  %s (%s%s%s)\n", i+1, s.Name, s.Location, role, state)
-	if !several {
+	if !several && s.RequireSignoffs == 0 {
 		return
 	}
 	ix := "no index: probed"
@@ -179,6 +179,10 @@ func printStoreStatus(w io.Writer, i int, s mount.StoreStatus, several bool) {
 		ix, s.Hits, s.Resolved, s.Probes, s.ProbeHits, s.ProbeErrors, units.Bytes(s.FetchedBytes), s.FetchErrors)
 	if s.RefreshError != "" {
 		fmt.Fprintf(w, "          index refresh failing: %s\n", s.RefreshError)
+	}
+	if s.RequireSignoffs > 0 {
+		fmt.Fprintf(w, "          signatures: %d sign-offs required; %d archives verified, hidden: %d unsigned, %d bad signature\n",
+			s.RequireSignoffs, s.Verified, s.HiddenUnsigned, s.HiddenBadSignature)
 	}
 }
 

@@ -75,6 +75,10 @@ type PublishConfig struct {
 	// RequireStore refuses to mount when the publish store cannot be
 	// reached at start (otherwise the mount comes up degraded).
 	RequireStore bool `toml:"require_store"`
+	// SignKey is an OpenPGP secret key file: the mount signs what it
+	// publishes (a sign-off in the index); "" (default) signs nothing.
+	SignKey            string `toml:"sign_key"`
+	SignPassphraseFile string `toml:"sign_passphrase_file"` // of SignKey
 }
 
 // StoreConfig is one store; stores are listed in trust order.
@@ -92,16 +96,22 @@ type StoreConfig struct {
 	// EquivalencesFrom says whose hash equivalence records may lead a name
 	// to this store's objects: "trusted" (this store's and more trusted
 	// stores' records; the default) or "any" (less trusted stores' too).
-	EquivalencesFrom string   `toml:"equivalences_from"`
-	Endpoint         string   `toml:"endpoint"`          // s3: custom endpoint of an S3-compatible server
-	Region           string   `toml:"region"`            // s3
-	PathStyle        bool     `toml:"path_style"`        // s3: path-style addressing
-	Profile          string   `toml:"profile"`           // s3: shared config profile
-	CABundle         string   `toml:"ca_bundle"`         // s3, https: extra CA certificates (PEM)
-	BearerTokenFile  string   `toml:"bearer_token_file"` // https: file holding a bearer token
-	Netrc            string   `toml:"netrc"`             // https: netrc file for basic auth
-	Timeout          Duration `toml:"timeout"`           // deadline of every remote call
-	MaxConnections   int      `toml:"max_connections"`
+	EquivalencesFrom string `toml:"equivalences_from"`
+	// Keyring is a file or directory of OpenPGP public keys whose
+	// signatures count for the store's objects.
+	Keyring string `toml:"keyring"`
+	// RequireSignoffs: an object is shown only when this many distinct
+	// keyring keys signed its bytes; 0 (default) requires nothing.
+	RequireSignoffs int      `toml:"require_signoffs"`
+	Endpoint        string   `toml:"endpoint"`          // s3: custom endpoint of an S3-compatible server
+	Region          string   `toml:"region"`            // s3
+	PathStyle       bool     `toml:"path_style"`        // s3: path-style addressing
+	Profile         string   `toml:"profile"`           // s3: shared config profile
+	CABundle        string   `toml:"ca_bundle"`         // s3, https: extra CA certificates (PEM)
+	BearerTokenFile string   `toml:"bearer_token_file"` // https: file holding a bearer token
+	Netrc           string   `toml:"netrc"`             // https: netrc file for basic auth
+	Timeout         Duration `toml:"timeout"`           // deadline of every remote call
+	MaxConnections  int      `toml:"max_connections"`
 }
 
 // CacheConfig is the local disk cache.
@@ -453,6 +463,16 @@ func (c *Config) Validate() error {
 	}
 	if c.Publish.WriterID == "" {
 		bad("publish.writer_id is empty")
+	}
+	if c.Publish.SignPassphraseFile != "" && c.Publish.SignKey == "" {
+		bad("publish.sign_passphrase_file is set without publish.sign_key")
+	}
+	for _, f := range []struct{ key, path string }{{"publish.sign_key", c.Publish.SignKey}, {"publish.sign_passphrase_file", c.Publish.SignPassphraseFile}} {
+		if f.path != "" {
+			if _, err := os.Stat(f.path); err != nil {
+				bad("%s: %v", f.key, err)
+			}
+		}
 	}
 	if c.Mount.Owner != "" {
 		if _, _, err := ParseOwner(c.Mount.Owner); err != nil {

@@ -220,7 +220,10 @@ func (c *Config) validateStores() []error {
 				}
 			}
 		}
-		for _, f := range []struct{ key, path string }{{"ca_bundle", s.CABundle}, {"bearer_token_file", s.BearerTokenFile}, {"netrc", s.Netrc}} {
+		if s.RequireSignoffs > 0 && s.Keyring == "" {
+			bad("%s: require_signoffs = %d needs a keyring (the keys whose signatures count)", name, s.RequireSignoffs)
+		}
+		for _, f := range []struct{ key, path string }{{"ca_bundle", s.CABundle}, {"bearer_token_file", s.BearerTokenFile}, {"netrc", s.Netrc}, {"keyring", s.Keyring}} {
 			if f.path != "" {
 				if _, err := os.Stat(f.path); err != nil {
 					bad("%s: %s: %v", name, f.key, err)

@@ -30,6 +30,7 @@ import (
 	"github.com/sstatefs/sstatefs/internal/mountinfo"
 	"github.com/sstatefs/sstatefs/internal/stores"
 	"github.com/sstatefs/sstatefs/publish"
+	"github.com/sstatefs/sstatefs/signing"
 	"github.com/sstatefs/sstatefs/view"
 )
 
@@ -174,6 +175,9 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 			// is ever written
 			vst.OnAccess = journal.Accessed
 		}
+		if vst.Policy, err = storePolicy(cfg.Stores[i]); err != nil {
+			return nil, err
+		}
 		vs = append(vs, vst)
 	}
 	v := view.New(view.Options{
@@ -313,6 +317,8 @@ type mountStore struct {
 	name  string
 	store backend.Store
 	live  *index.Live
+	// require is the store's require_signoffs (0: none)
+	require int
 	// loadErr is the first load's failure (the store did not answer or its
 	// index could not be read); nil also for a store without an index.
 	loadErr error
@@ -329,7 +335,7 @@ func openStores(ctx context.Context, cfg config.Config, pub int, log *slog.Logge
 		if err != nil {
 			return nil, fmt.Errorf("store %s: %w", config.StoreName(sc), err)
 		}
-		ms[i] = mountStore{name: config.StoreName(sc), store: s,
+		ms[i] = mountStore{name: config.StoreName(sc), store: s, require: sc.RequireSignoffs,
 			live: index.NewLive(s, index.LiveOptions{Interval: cfg.Index.RefreshInterval.Duration, MaxAge: cfg.Index.MaxAge.Duration, Logger: log.With("store", config.StoreName(sc))})}
 	}
 	var wg sync.WaitGroup
@@ -356,6 +362,22 @@ func openStores(ctx context.Context, cfg config.Config, pub int, log *slog.Logge
 		}
 	}
 	return ms, nil
+}
+
+// storePolicy loads the signature policy of a store with a keyring (nil
+// without one).
+func storePolicy(sc config.StoreConfig) (*view.Policy, error) {
+	if sc.Keyring == "" {
+		return nil, nil
+	}
+	kr, err := signing.LoadKeyring(sc.Keyring)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: keyring: %w", config.StoreName(sc), err)
+	}
+	if n := len(kr.Keys()); sc.RequireSignoffs > n {
+		return nil, fmt.Errorf("store %s: require_signoffs = %d, but the keyring %s holds %d keys: no object could ever be shown", config.StoreName(sc), sc.RequireSignoffs, sc.Keyring, n)
+	}
+	return &view.Policy{Keyring: kr, Require: sc.RequireSignoffs}, nil
 }
 
 func storeNames(ms []mountStore) string {

@@ -121,10 +121,17 @@ type StoreStatus struct {
 	FetchedBytes, FetchErrors int64
 	// Down: the store does not answer; its objects are absent from the
 	// mount (unless cached) until it does. LastError says why.
-	Down         bool      `json:"down"`
-	DownSince    time.Time `json:"down_since,omitzero"`
-	LastError    string    `json:"last_error,omitempty"`
-	RefreshError string    `json:"index_refresh_error,omitempty"`
+	Down      bool      `json:"down"`
+	DownSince time.Time `json:"down_since,omitzero"`
+	// Under a signature policy (require_signoffs): archives verified, and
+	// archives hidden because too few keyring keys signed them or a
+	// keyring key's signature failed.
+	RequireSignoffs    int    `json:"require_signoffs,omitempty"`
+	Verified           int64  `json:"verified,omitempty"`
+	HiddenUnsigned     int64  `json:"hidden_unsigned,omitempty"`
+	HiddenBadSignature int64  `json:"hidden_bad_signature,omitempty"`
+	LastError          string `json:"last_error,omitempty"`
+	RefreshError       string `json:"index_refresh_error,omitempty"`
 }
 
 // IndexStatus describes the loaded index.
@@ -254,8 +261,10 @@ func (o *observer) attach(m *Mount) {
 	storeFetchErrors := prometheus.NewDesc("sstatefs_store_fetch_errors_total", "Failed downloads from a store.", []string{"store"}, nil)
 	storeUp := prometheus.NewDesc("sstatefs_store_up", "1 while a store answers, 0 while its objects are left out of the mount because it does not.", []string{"store"}, nil)
 	storeObjects := prometheus.NewDesc("sstatefs_store_index_objects", "Objects in a store's loaded index.", []string{"store"}, nil)
+	storeHidden := prometheus.NewDesc("sstatefs_store_hidden_objects_total", "Archives of a store its signature policy hides, by reason: unsigned (too few keyring keys signed them) or bad_signature.", []string{"store", "reason"}, nil)
+	storeVerified := prometheus.NewDesc("sstatefs_store_verified_objects_total", "Archives of a store whose signatures verified under its signature policy.", []string{"store"}, nil)
 	storeAge := prometheus.NewDesc("sstatefs_store_index_age_seconds", "Seconds since a store's index was last loaded successfully (-1: never; a store without an index).", []string{"store"}, nil)
-	o.reg.MustRegister(&funcCollector{descs: []*prometheus.Desc{storeLookups, storeFetched, storeFetchErrors, storeUp, storeObjects, storeAge}, collect: func(ch chan<- prometheus.Metric) {
+	o.reg.MustRegister(&funcCollector{descs: []*prometheus.Desc{storeLookups, storeFetched, storeFetchErrors, storeUp, storeObjects, storeAge, storeHidden, storeVerified}, collect: func(ch chan<- prometheus.Metric) {
 		for i, s := range m.view.StoreStats() {
 			name := s.Name
 			for _, v := range []struct {
@@ -278,6 +287,9 @@ func (o *observer) attach(m *Mount) {
 				age = time.Since(t).Seconds()
 			}
 			ch <- prometheus.MustNewConstMetric(storeAge, prometheus.GaugeValue, age, name)
+			ch <- prometheus.MustNewConstMetric(storeHidden, prometheus.CounterValue, float64(s.HiddenUnsigned), name, "unsigned")
+			ch <- prometheus.MustNewConstMetric(storeHidden, prometheus.CounterValue, float64(s.HiddenBadSignature), name, "bad_signature")
+			ch <- prometheus.MustNewConstMetric(storeVerified, prometheus.CounterValue, float64(s.Verified), name)
 		}
 	}})
 	if m.hashserv != nil {
@@ -372,6 +384,7 @@ func (m *Mount) storeStatus() []StoreStatus {
 			Hits: v.Hits, Resolved: v.Resolved, Probes: v.Probes, ProbeHits: v.ProbeHits, ProbeErrors: v.ProbeErrors,
 			FetchedBytes: v.FetchedBytes, FetchErrors: v.FetchErrors,
 			Down: v.Down, DownSince: v.DownSince, LastError: v.LastError, RefreshError: s.live.RefreshError(),
+			RequireSignoffs: s.require, Verified: v.Verified, HiddenUnsigned: v.HiddenUnsigned, HiddenBadSignature: v.HiddenBadSignature,
 		}
 	}
 	return out
