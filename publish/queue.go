@@ -45,6 +45,8 @@ import (
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/signing"
+	"github.com/sstatefs/sstatefs/sstate"
 )
 
 // Recorder records uploaded objects in the index journal. Added returns
@@ -69,11 +71,21 @@ type Hurrier interface {
 	Hurry() (done func())
 }
 
+// SignoffRecorder is a Recorder that also records sign-offs
+// (index.Journal): the queue of a mount with a signing key needs one.
+type SignoffRecorder interface {
+	Signed(ctx context.Context, s index.Signoff) error
+}
+
 // Options configure a Queue.
 type Options struct {
-	Dir         string
-	Store       backend.Store
-	Recorder    Recorder
+	Dir      string
+	Store    backend.Store
+	Recorder Recorder
+	// Signer, when set, signs every sstate archive the queue puts into the
+	// store or finds there with the same bytes (a rebuilder's sign-off);
+	// Recorder must then be a SignoffRecorder.
+	Signer      *signing.SignKey
 	Concurrency int           // uploads at once, default DefaultConcurrency
 	MinBackoff  time.Duration // first retry delay, default 1s
 	MaxBackoff  time.Duration // longest retry delay, default 2m
@@ -104,25 +116,35 @@ type Entry struct {
 	Attempts  int       `json:"attempts"`
 	LastError string    `json:"last_error,omitempty"`
 	NextTry   time.Time `json:"next_try,omitempty"`
+	// Signature is the Signer's detached signature over the bytes of
+	// SHA256, made in the pass that hashed them, by the key of Signer
+	// (fingerprint): recorded as a sign-off once the object is in the
+	// store, also after a restart in state Uploaded.
+	Signature []byte `json:"signature,omitempty"`
+	Signer    string `json:"signer,omitempty"`
 }
 
 // Stats are counters since the queue was opened. Changed counts entries
-// dropped because their file changed after publication (ErrChanged).
+// dropped because their file changed after publication (ErrChanged);
+// Signed the sign-offs recorded, SignFailures the archives published
+// without one because signing failed.
 type Stats struct {
 	Uploaded, UploadedBytes, Existing, Conflicts, Failures, Changed int64
+	Signed, SignFailures                                            int64
 }
 
 // Queue is the upload queue. Safe for concurrent use.
 type Queue struct {
-	dir   string
-	store backend.Store
-	rec   Recorder
-	conc  int
-	minB  time.Duration
-	maxB  time.Duration
-	log   *slog.Logger
-	now   func() time.Time
-	wake  chan struct{}
+	dir    string
+	store  backend.Store
+	rec    Recorder
+	signer *signing.SignKey
+	conc   int
+	minB   time.Duration
+	maxB   time.Duration
+	log    *slog.Logger
+	now    func() time.Time
+	wake   chan struct{}
 
 	mu       sync.Mutex // protects entries, busy, stats, idle
 	entries  map[string]*Entry
@@ -161,8 +183,11 @@ func Open(opt Options) (*Queue, error) {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	if _, ok := opt.Recorder.(SignoffRecorder); opt.Signer != nil && !ok {
+		return nil, errors.New("upload queue: a signing key needs a recorder of sign-offs")
+	}
 	q := &Queue{
-		dir: opt.Dir, store: opt.Store, rec: opt.Recorder, conc: opt.Concurrency,
+		dir: opt.Dir, store: opt.Store, rec: opt.Recorder, signer: opt.Signer, conc: opt.Concurrency,
 		minB: opt.MinBackoff, maxB: opt.MaxBackoff, log: opt.Logger, now: opt.Now,
 		wake: make(chan struct{}, 1), entries: map[string]*Entry{}, busy: map[string]bool{},
 	}
@@ -475,7 +500,9 @@ func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 		if err != nil || len(sum) != 32 {
 			return fmt.Errorf("entry %s: bad sha256 %q", e.Key, e.SHA256)
 		}
-		return record(ctx, q.store, q.rec, e.Key, [32]byte(sum), decodeChunks(e.Chunks, e.Size))
+		wait := q.signoff(ctx, e, [32]byte(sum))
+		err = record(ctx, q.store, q.rec, e.Key, [32]byte(sum), decodeChunks(e.Chunks, e.Size))
+		return wait(err)
 	}
 	f, err := os.Open(q.dataPath(e.Data))
 	if err != nil {
@@ -487,6 +514,7 @@ func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 	if err != nil {
 		return err
 	}
+	signed := func(err error) error { return err }
 	out, err := Put(ctx, q.store, q.rec, Upload{Key: e.Key, Data: f, Size: e.Size, SHA256: sum, Chunks: chunks}, func(out Outcome) {
 		switch out {
 		case Created:
@@ -499,7 +527,11 @@ func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 		e.State = Uploaded
 		q.update(e)
 		uploaded()
+		// the object is in the store with our bytes: the sign-off may be
+		// recorded, in the batch of the object's record
+		signed = q.signoff(ctx, e, sum)
 	})
+	err = signed(err)
 	if out == Conflict {
 		// Another builder published other bytes under this name (different
 		// PR service, say). Ours stays local; the index keeps the store's
@@ -510,15 +542,70 @@ func (q *Queue) advance(ctx context.Context, e *Entry, uploaded func()) error {
 	return err
 }
 
+// signoff starts recording e's sign-off over the bytes of digest sum,
+// when e has one, alongside the object's record (so that both share a
+// segment); the returned function waits for it and adds its failure to
+// the record's (the entry is then retried: a record written twice does no
+// harm).
+func (q *Queue) signoff(ctx context.Context, e *Entry, sum [32]byte) func(error) error {
+	if len(e.Signature) == 0 {
+		return func(err error) error { return err }
+	}
+	sr, ok := q.rec.(SignoffRecorder)
+	if !ok {
+		return func(err error) error { return err }
+	}
+	s := index.Signoff{Key: e.Key, SHA256: sum, Fingerprint: e.Signer, Signature: e.Signature}
+	done := make(chan error, 1)
+	go func() { done <- sr.Signed(ctx, s) }()
+	return func(err error) error {
+		serr := <-done
+		if serr != nil {
+			if err == nil {
+				err = fmt.Errorf("recording the sign-off by %s: %w", s.Fingerprint, serr)
+			}
+			return err
+		}
+		if err == nil {
+			q.count(func(st *Stats) { st.Signed++ })
+			q.log.Debug("signed off", "object", e.Key, "signer", s.Fingerprint)
+		}
+		return err
+	}
+}
+
+// signs reports whether the queue signs key: an sstate archive (not its
+// .siginfo or .sig), as a store's signature policy applies to archives.
+func (q *Queue) signs(key string) bool {
+	if q.signer == nil {
+		return false
+	}
+	n, err := sstate.Parse(key)
+	return err == nil && n.Companion == ""
+}
+
 // check hashes the queued file in one pass (its digest and chunk digests)
-// right before an upload. The first time, it records them in the entry (on
-// disk, so that a restart compares with them too); later, it compares.
-// Bytes or a size other than those published give ErrChanged.
+// right before an upload, and signs the same bytes when the queue signs
+// it. The first time, it records them in the entry (on disk, so that a
+// restart compares with them too); later, it compares. Bytes or a size
+// other than those published give ErrChanged.
 func (q *Queue) check(e *Entry, f *os.File) ([32]byte, [][32]byte, error) {
-	sum, chunks, n, err := index.Digest(f)
+	var r io.Reader = f
+	var sw *signing.SignWriter
+	if q.signs(e.Key) {
+		sw = q.signer.NewWriter()
+		r = io.TeeReader(f, sw)
+	}
+	sum, chunks, n, err := index.Digest(r)
 	if err != nil {
 		return sum, nil, err
 	}
+	defer func() {
+		// only bytes of the recorded digest are signed
+		if sw != nil && e.SHA256 == hex.EncodeToString(sum[:]) && n == e.Size {
+			q.sign(e, sw)
+		}
+	}()
 	got := hex.EncodeToString(sum[:])
 	switch {
 	case n != e.Size:
@@ -555,6 +642,19 @@ func decodeChunks(hexes []string, size int64) [][32]byte {
 		out[k] = [32]byte(b)
 	}
 	return out
+}
+
+// sign puts the signature over the bytes sw hashed into e; a failure
+// leaves e without one (published, not signed off) and is logged.
+func (q *Queue) sign(e *Entry, sw *signing.SignWriter) {
+	sig, err := sw.Signature()
+	if err != nil {
+		q.count(func(st *Stats) { st.SignFailures++ })
+		q.log.Error("published without a sign-off: signing failed", "object", e.Key, "error", err)
+		e.Signature, e.Signer = nil, ""
+		return
+	}
+	e.Signature, e.Signer = sig, q.signer.Fingerprint()
 }
 
 func (q *Queue) update(e *Entry) {

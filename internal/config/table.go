@@ -408,7 +408,7 @@ func table() []*Setting {
 			field: func(c *Config) any { return &c.Publish.WriterID }},
 		{Key: "publish.sign_key", Flag: "publish-sign-key",
 			Help:  "OpenPGP secret key file: the mount signs what it publishes, and adds its sign-off to identical objects already in the store",
-			Doc:   "OpenPGP secret key file (armored or binary, as `gpg --export-secret-keys` writes): the mount signs every object it publishes and records the signature as a sign-off in the publish store's index; publishing an object the store already has with identical bytes adds this key's sign-off (the rebuilder workflow)",
+			Doc:   "OpenPGP secret key file (armored or binary, as `gpg --export-secret-keys` writes): the mount signs every sstate archive it publishes (not .siginfo or .sig files) and records the signature as a sign-off in the publish store's index; publishing an object the store already has with identical bytes adds this key's sign-off (the rebuilder workflow)",
 			field: func(c *Config) any { return &c.Publish.SignKey }},
 		{Key: "publish.sign_passphrase_file", Flag: "publish-sign-passphrase-file",
 			Help:  "file holding the passphrase of publish.sign_key (never logged)",

@@ -90,6 +90,10 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 	if err != nil {
 		return nil, err
 	}
+	signer, err := publishSigner(cfg.Publish)
+	if err != nil {
+		return nil, err
+	}
 	// The publish store receives what bitbake publishes; without one the
 	// local files belong to the first store.
 	pub := cfg.PublishStore()
@@ -137,7 +141,7 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 		}
 	}()
 	queue, err := publish.Open(publish.Options{
-		Dir: filepath.Join(cfg.Cache.Dir, "queue"), Store: store, Recorder: journal,
+		Dir: filepath.Join(cfg.Cache.Dir, "queue"), Store: store, Recorder: journal, Signer: signer,
 		Concurrency: cfg.Publish.Concurrency, Logger: log,
 	})
 	if err != nil {
@@ -162,6 +166,9 @@ func Start(ctx context.Context, cfg config.Config, mountpoint string, log *slog.
 		log.Info("publish store is read-only: objects bitbake publishes stay in the local overlay", "store", ms[pub].name, "location", store.Location())
 	case len(ms) > 1:
 		log.Info("objects bitbake publishes go to the publish store", "store", ms[pub].name, "location", store.Location())
+	}
+	if signer != nil && !readOnly {
+		log.Info("signing off what this mount publishes", "key", signer.Fingerprint())
 	}
 	var vs []view.Store
 	for i, s := range ms {
@@ -378,6 +385,20 @@ func storePolicy(sc config.StoreConfig) (*view.Policy, error) {
 		return nil, fmt.Errorf("store %s: require_signoffs = %d, but the keyring %s holds %d keys: no object could ever be shown", config.StoreName(sc), sc.RequireSignoffs, sc.Keyring, n)
 	}
 	return &view.Policy{Keyring: kr, Require: sc.RequireSignoffs}, nil
+}
+
+// publishSigner loads the key the mount signs what it publishes with (nil
+// without publish.sign_key). The error names the files, never the
+// passphrase.
+func publishSigner(pc config.PublishConfig) (*signing.SignKey, error) {
+	if pc.SignKey == "" {
+		return nil, nil
+	}
+	k, err := signing.LoadSigner(pc.SignKey, pc.SignPassphraseFile)
+	if err != nil {
+		return nil, fmt.Errorf("publish.sign_key: %w", err)
+	}
+	return k, nil
 }
 
 func storeNames(ms []mountStore) string {

@@ -240,6 +240,8 @@ func (o *observer) attach(m *Mount) {
 	counter("sstatefs_uploaded_bytes_total", "Bytes uploaded to the store.", func() float64 { return float64(qs().UploadedBytes) })
 	counter("sstatefs_upload_failures_total", "Failed upload attempts (retried).", func() float64 { return float64(qs().Failures) })
 	counter("sstatefs_upload_conflicts_total", "Publications not uploaded because the store has other content under the name.", func() float64 { return float64(qs().Conflicts) })
+	counter("sstatefs_upload_signoffs_total", "Sign-offs recorded for published archives (publish.sign_key).", func() float64 { return float64(qs().Signed) })
+	counter("sstatefs_upload_sign_failures_total", "Archives published without a sign-off because signing failed.", func() float64 { return float64(qs().SignFailures) })
 	counter("sstatefs_upload_changed_total", "Publications not uploaded because their file changed after bitbake published it.", func() float64 { return float64(qs().Changed) })
 	gauge("sstatefs_index_age_seconds", "Seconds since the index was last loaded successfully.", func() float64 {
 		if t := m.live.LastLoad(); !t.IsZero() {
