@@ -143,6 +143,9 @@ func printLiveStatus(w io.Writer, st mount.LiveStatus, now time.Time) {
 	fmt.Fprintf(w, "uploads:  %d pending (%s), %d waiting for the index journal, %d failing; %d uploaded (%s), %d kept by the store (other content), %d dropped (file changed after publication), %d failed attempts\n",
 		st.Queue.Pending, units.Bytes(st.Queue.PendingBytes), st.Queue.Uploaded, st.Queue.Failing,
 		st.Uploads.Uploaded, units.Bytes(st.Uploads.UploadedBytes), st.Uploads.Conflicts, st.Uploads.Changed, st.Uploads.Failures)
+	if st.Uploads.Signed > 0 || st.Uploads.SignFailures > 0 {
+		fmt.Fprintf(w, "sign-offs: %d recorded for published archives, %d archives published unsigned (signing failed)\n", st.Uploads.Signed, st.Uploads.SignFailures)
+	}
 	printEntries(w, st.Entries, now)
 	if len(st.Errors) > 0 {
 		fmt.Fprintf(w, "recent warnings and errors:\n")
