@@ -368,7 +368,7 @@ func promoteSet(ctx context.Context, opt PromoteOptions, res *PromoteResult) ([]
 	default:
 		since := opt.AccessedSince
 		opt.FromIndex.Objects(func(o index.Object) bool {
-			if since.IsZero() || !o.Accessed.IsZero() && !o.Accessed.Before(since) {
+			if accessedSince(o, since) {
 				add(o)
 				add(indexedCompanions(opt.FromIndex, o.Key)...)
 			}
