@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/units"
@@ -78,7 +79,9 @@ file names, one a line; # comments), or those bitbake used since --accessed-sinc
 2026-11-01, a time 2026-11-01T08:00:00Z, or a duration ago such as 720h).
 Exit status: 0 done, 1 something failed, did not match its digest or a listed object is missing,
 2 refused.`+storeChoiceDoc(writesStore), "store", "log", "publish.writer_id")
-	c.choosesStore(writesStore)
+	// readsStore, and the store's writability checked below: the refusal
+	// then goes to stderr with the command's other refusals.
+	c.choosesStore(readsStore)
 	key := c.flags.String("key", "", "OpenPGP secret key file to sign with (armored or binary, gpg --export-secret-keys); default: publish.sign_key")
 	passFile := c.flags.String("passphrase-file", "", "file holding the key's passphrase; default: publish.sign_passphrase_file")
 	sf := selectionFlags{
@@ -102,6 +105,10 @@ Exit status: 0 done, 1 something failed, did not match its digest or a listed ob
 		if *key == "" {
 			err = errors.Join(err, errors.New("--key names the secret key to sign with (or set publish.sign_key)"))
 		}
+	}
+	if !c.sc.Writable() {
+		err = errors.Join(err, fmt.Errorf("store %s: %w (%s): sign records sign-offs in the store's index journal: pass --store NAME of a writable store",
+			storeLabel(c.sc), backend.ErrReadOnly, readOnlyWhy(c.sc)))
 	}
 	if err != nil {
 		return refuse(err)
