@@ -120,6 +120,16 @@ Exit status: 0 done, 1 something failed, did not match its digest or a listed ob
 		return refuse(err)
 	}
 	name := storeLabel(c.sc)
+	if c.sc.Keyring != "" {
+		// A sign-off counts only for a key of the store's keyring: say so
+		// before the work, not after.
+		if kr, err := signing.LoadKeyring(c.sc.Keyring); err == nil {
+			if _, ok := kr.Lookup(signer.Fingerprint()); !ok {
+				fmt.Fprintf(stderr, "sstatefs sign: warning: %s is not in the keyring of %s (%s): its sign-offs do not count for the store's policy until the keyring holds its public key\n",
+					signer.Fingerprint(), name, c.sc.Keyring)
+			}
+		}
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "sstatefs sign: %v\n", err)
 		return 1

@@ -5,6 +5,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -121,7 +123,7 @@ url = "`+projectURL+`"
 	verifyAll(1, "hidden: unsigned\t"+keys[0]+"\t0 of the 2 required keyring keys signed it", "3 hidden unsigned")
 
 	rc, out, errs := runCmd(signCmd, "--config", cfgFile, "--store", "company", "--key", k.a.Secret, "--passphrase-file", k.passFile, "--all", "--quiet")
-	if rc != 0 || !strings.Contains(out, "signed 3 archives") || !strings.Contains(out, k.a.Fingerprint) {
+	if rc != 0 || !strings.Contains(out, "signed 3 archives") || !strings.Contains(out, k.a.Fingerprint) || strings.Contains(errs, "warning") {
 		t.Fatalf("sign with a: exit %d:\n%s%s", rc, out, errs)
 	}
 	if strings.Contains(out+errs, k.a.Pass) {
@@ -189,6 +191,8 @@ url = "`+projectURL+`"
 		}
 	}
 }
+
+func sortedStrings(s ...string) []string { sort.Strings(s); return s }
 
 // writeList writes a --list file naming keys.
 func writeList(t *testing.T, keys ...string) string {
@@ -325,19 +329,20 @@ func TestSignSelects(t *testing.T) {
 	if rc != 1 || !strings.Contains(out, "signed 2 archives") || !strings.Contains(errs, "not an archive of the index: "+keys[1]+".siginfo") {
 		t.Fatalf("sign --list: exit %d:\n%s%s", rc, out, errs)
 	}
+	// A key outside the store's keyring signs, with a warning.
+	c := k.gpg.GenKey(t, "Carol <c@example.com>", "ed25519", "")
+	rc, out, errs = runCmd(signCmd, "--config", cfgFile, "--store", "store", "--key", c.Secret, "--list", writeList(t, keys[0]), "--quiet")
+	if rc != 0 || !strings.Contains(errs, "warning: "+c.Fingerprint+" is not in the keyring of store") {
+		t.Fatalf("sign with a key outside the keyring: exit %d:\n%s%s", rc, out, errs)
+	}
 	rc, out, errs = runCmd(signCmd, "--config", cfgFile, "--store", "store", "--key", k.a.Secret, "--passphrase-file", k.passFile, "--accessed-since", "24h", "--quiet")
 	if rc != 0 || !strings.Contains(out, "signed 1 archives") {
 		t.Fatalf("sign --accessed-since: exit %d:\n%s%s", rc, out, errs)
 	}
 	got := signoffsBy(t, cfgFile, "store", keys)
-	want := map[string][]string{keys[0]: {k.b.Fingerprint}, keys[1]: {k.b.Fingerprint}, keys[2]: {k.a.Fingerprint}}
-	if len(got) != len(want) {
+	want := map[string][]string{keys[0]: sortedStrings(k.b.Fingerprint, c.Fingerprint), keys[1]: {k.b.Fingerprint}, keys[2]: {k.a.Fingerprint}}
+	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("sign-offs %v, want %v", got, want)
-	}
-	for key, fprs := range want {
-		if len(got[key]) != 1 || got[key][0] != fprs[0] {
-			t.Errorf("sign-offs of %s: %v, want %v", key, got[key], fprs)
-		}
 	}
 	// verify --list checks only the listed archive.
 	rc, out, _ = runCmd(verifyCmd, "--config", cfgFile, "--store", "store", "--list", writeList(t, keys[3]), "--require", "1")
