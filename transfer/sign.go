@@ -110,10 +110,10 @@ type SignResult struct {
 	// Mismatched archives' bytes are not those the index records: never
 	// signed.
 	Mismatched []string
+	Failed     []error
 	Missing    []string // listed names the index does not hold as archives
 	// Planned is what a dry run would sign.
 	Planned []index.Object
-	Failed  []error
 }
 
 // Sign adds the key's sign-off to the selected archives of a store: each

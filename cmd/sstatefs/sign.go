@@ -95,10 +95,7 @@ Exit status: 0 done, 1 something failed, did not match its digest or a listed ob
 	if !c.parse(args, 0, 0, checkJobs(jobs)) {
 		return 2
 	}
-	refuse := func(err error) int {
-		fmt.Fprintf(stderr, "sstatefs sign: %v\n", err)
-		return 2
-	}
+	refuse, fail := exitWith("sign", stderr, 2), exitWith("sign", stderr, 1)
 	sel, badLines, err := sf.parse("sign", stderr, true)
 	if *key == "" {
 		*key, *passFile = c.cfg.Publish.SignKey, c.cfg.Publish.SignPassphraseFile
@@ -129,10 +126,6 @@ Exit status: 0 done, 1 something failed, did not match its digest or a listed ob
 					signer.Fingerprint(), name, c.sc.Keyring)
 			}
 		}
-	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "sstatefs sign: %v\n", err)
-		return 1
 	}
 	ctx, stop, store, err := c.open()
 	defer stop()
@@ -211,6 +204,15 @@ Exit status: 0 done, 1 something failed, did not match its digest or a listed ob
 	return status
 }
 
+// exitWith returns what reports an error of the command cmd on stderr and
+// gives its exit status.
+func exitWith(cmd string, stderr io.Writer, status int) func(error) int {
+	return func(err error) int {
+		fmt.Fprintf(stderr, "sstatefs %s: %v\n", cmd, err)
+		return status
+	}
+}
+
 func cmdVerify(args []string) int { return verify(args, os.Stdout, os.Stderr) }
 
 // verify is the verify command writing its verdicts to stdout and its
@@ -239,10 +241,7 @@ its digest, carries a bad signature, or a listed object is missing, 2 refused.`+
 	if !c.parse(args, 0, 0, checkJobs(jobs)) {
 		return 2
 	}
-	refuse := func(err error) int {
-		fmt.Fprintf(stderr, "sstatefs verify: %v\n", err)
-		return 2
-	}
+	refuse := exitWith("verify", stderr, 2)
 	sel, badLines, err := sf.parse("verify", stderr, false)
 	if err != nil {
 		return refuse(err)
@@ -308,19 +307,16 @@ its digest, carries a bad signature, or a listed object is missing, 2 refused.`+
 	fmt.Fprintf(stdout, "verified %d archives of %s (%d sign-offs required) in %s: %d shown, %d hidden unsigned, %d hidden for a bad signature, %d digest mismatches, %d failed; %d with a problem, %d missing\n",
 		len(res.Verdicts), name, required, time.Since(start).Round(time.Millisecond), counts[transfer.Shown], counts[view.HiddenUnsigned],
 		counts[view.HiddenBadSig], counts[transfer.DigestMismatch], counts[transfer.Unreadable], problems, len(res.Missing))
-	status := 0
-	switch {
-	case ctx.Err() != nil:
-		fmt.Fprintf(stderr, "sstatefs verify: interrupted: not every archive was checked\n")
-		status = 1
-	case err != nil:
-		fmt.Fprintf(stderr, "sstatefs verify: %v\n", err)
-		status = 1
+	if ctx.Err() != nil {
+		err = errors.New("interrupted: not every archive was checked")
+	}
+	if err != nil {
+		return exitWith("verify", stderr, 1)(err)
 	}
 	if problems > 0 || len(res.Missing) > 0 || badLines > 0 {
-		status = 1
+		return 1
 	}
-	return status
+	return 0
 }
 
 // verdictLine is one archive's line of verify: status, key, and why.
