@@ -149,6 +149,9 @@ url = "`+projectURL+`"
 		t.Fatalf("sign with b: exit %d:\n%s%s", rc, out, errs)
 	}
 	out = verifyAll(0, "3 shown, 0 hidden unsigned, 0 hidden for a bad signature, 0 digest mismatches, 0 failed")
+	if rc := run([]string{"verify", "--config", cfgFile, "--store", "company", "--quiet"}); rc != 0 {
+		t.Fatalf("sstatefs verify: exit %d", rc)
+	}
 	// Without --quiet each shown archive is listed with its signers.
 	rc, out, _ = runCmd(verifyCmd, "--config", cfgFile, "--store", "company", "--quiet=false", "--list", writeList(t, keys[1]))
 	if rc != 0 || !strings.Contains(out, "shown\t"+keys[1]+"\tsigned by ") || !strings.Contains(out, k.a.Fingerprint) || !strings.Contains(out, k.b.Fingerprint) {
