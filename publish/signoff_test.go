@@ -41,7 +41,7 @@ func (r *signRecorder) signoffs() []index.Signoff {
 // signer makes a key with real gpg and loads it as a mount does.
 func signer(t *testing.T) (*signing.SignKey, *signing.Keyring) {
 	t.Helper()
-	g := testutil.NewGPG(t)
+	g := testutil.NewGPGHome(t)
 	k := g.GenKey(t, t.TempDir(), "Builder <b@example.com>", "secret words")
 	sk, err := signing.LoadSigner(k.Secret, k.PassFile)
 	if err != nil {

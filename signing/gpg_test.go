@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sstatefs/sstatefs/internal/testutil"
 )
 
 // The gpg fixture: one temporary GNUPGHOME for the whole test binary (keys
@@ -58,9 +59,7 @@ var (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if fixHome != "" {
-		cmd := exec.Command("gpgconf", "--kill", "gpg-agent")
-		cmd.Env = append(os.Environ(), "GNUPGHOME="+fixHome)
-		_ = cmd.Run()
+		testutil.KillGPGAgent(fixHome)
 		os.RemoveAll(fixHome)
 	}
 	os.Exit(code)
@@ -68,15 +67,7 @@ func TestMain(m *testing.M) {
 
 // needGPG skips without gpg, unless SSTATEFS_REQUIRE_GPG=1 (CI) makes its
 // absence a failure.
-func needGPG(t testing.TB) {
-	t.Helper()
-	if _, err := exec.LookPath("gpg"); err != nil {
-		if os.Getenv("SSTATEFS_REQUIRE_GPG") == "1" {
-			t.Fatalf("gpg not found and SSTATEFS_REQUIRE_GPG=1: %v", err)
-		}
-		t.Skip("gpg not installed (set SSTATEFS_REQUIRE_GPG=1 to fail instead)")
-	}
-}
+func needGPG(t testing.TB) { t.Helper(); testutil.RequireGPG(t) }
 
 func gpgFix(t *testing.T) *gpgFixture {
 	t.Helper()
@@ -94,17 +85,7 @@ func (f *gpgFixture) gpg(stdin []byte, args ...string) ([]byte, error) {
 }
 
 func runGPG(home string, stdin []byte, args ...string) ([]byte, error) {
-	cmd := exec.Command("gpg", append([]string{"--batch", "--no-tty", "--pinentry-mode", "loopback"}, args...)...)
-	cmd.Env = append(os.Environ(), "GNUPGHOME="+home)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.Bytes(), fmt.Errorf("gpg %s: %v: %s", strings.Join(args, " "), err, stderr.String())
-	}
-	return stdout.Bytes(), nil
+	return testutil.RunGPG(home, stdin, args...)
 }
 
 func makeFixture() (*gpgFixture, error) {

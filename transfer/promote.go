@@ -25,9 +25,10 @@ var (
 	ErrNoSourceIndex = errors.New("the source store has no index")
 	// ErrSameStore: source and destination are the same store.
 	ErrSameStore = errors.New("source and destination are the same store")
-	// ErrDigestMismatch: the bytes read from the source are not those its
-	// index records; nothing was created at the destination.
-	ErrDigestMismatch = errors.New("bytes do not match the source index")
+	// ErrDigestMismatch: the bytes read from a store are not those its
+	// index records: nothing was created at a promote's destination, and
+	// nothing is signed.
+	ErrDigestMismatch = errors.New("bytes do not match the index")
 )
 
 // PromoteRecorder records in the destination's index journal
@@ -368,7 +369,7 @@ func promoteSet(ctx context.Context, opt PromoteOptions, res *PromoteResult) ([]
 	default:
 		since := opt.AccessedSince
 		opt.FromIndex.Objects(func(o index.Object) bool {
-			if since.IsZero() || !o.Accessed.IsZero() && !o.Accessed.Before(since) {
+			if accessedSince(o, since) {
 				add(o)
 				add(indexedCompanions(opt.FromIndex, o.Key)...)
 			}

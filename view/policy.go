@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/sstatefs/sstatefs/backend"
+	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/signing"
 	"github.com/sstatefs/sstatefs/sstate"
 )
@@ -79,26 +80,52 @@ func isArchive(key string) bool {
 // if a keyring key issued it, then the sign-offs of keyring keys over o's
 // bytes; and the distinct keyring keys that claim to have signed.
 func (v *View) signatures(ctx context.Context, t *tier, o Object) ([]byte, int, error) {
-	kr := t.Policy.Keyring
-	claimed := map[string]bool{}
-	var out []byte
 	stored, err := v.storedSig(ctx, t, o.Source)
 	if err != nil {
 		return nil, 0, err
 	}
+	sigs, n := Presented(t.Policy.Keyring, stored, t.Index.Current().Signoffs(o.Source))
+	return sigs, n, nil
+}
+
+// Presented is the rule of what a store with keyring kr presents as an
+// archive's .sig: the stored .sig (nil if none) if a keyring key issued
+// it, then the sign-offs whose issuer is a keyring key. n is the number of
+// distinct keyring keys that claim to have signed: what a lookup compares
+// with Policy.Require before anything is verified. `sstatefs verify`
+// applies the same rule.
+func Presented(kr *signing.Keyring, stored []byte, signoffs []index.Signoff) (sigs []byte, n int) {
+	claimed := map[string]bool{}
 	if stored != nil {
 		if k, ok := kr.Issuer(stored); ok {
-			out = append(out, stored...)
+			sigs = append(sigs, stored...)
 			claimed[k.Fingerprint] = true
 		}
 	}
-	for _, s := range t.Index.Current().Signoffs(o.Source) {
+	for _, s := range signoffs {
 		if k, ok := kr.Issuer(s.Signature); ok {
-			out = append(out, s.Signature...)
+			sigs = append(sigs, s.Signature...)
 			claimed[k.Fingerprint] = true
 		}
 	}
-	return out, len(claimed), nil
+	return sigs, len(claimed)
+}
+
+// Judge is the verdict on the presented signatures once verified over the
+// object's bytes: "" when the object is shown under require, else why it
+// is hidden (as a bad signature): a keyring key's signature that fails,
+// or fewer valid signers than required. A signature by a key outside the
+// keyring is not presented, so it never counts either way.
+func Judge(signers []signing.Signer, problems []signing.Problem, require int) string {
+	for _, p := range problems {
+		if p.Key.Fingerprint != "" {
+			return p.Error()
+		}
+	}
+	if len(signers) < require {
+		return fmt.Sprintf("%d valid signatures of keyring keys, %d required", len(signers), require)
+	}
+	return ""
 }
 
 // storedSig returns the bytes of the .sig the store holds beside src, nil
@@ -198,16 +225,7 @@ func (v *View) verify(ctx context.Context, t *tier, o Object) error {
 			return "", fmt.Errorf("%s: reading for the signature check: %w", o.Key, err)
 		}
 		signers, problems := check.Result()
-		why := ""
-		for _, p := range problems {
-			if p.Key.Fingerprint != "" {
-				why = p.Error()
-				break
-			}
-		}
-		if why == "" && len(signers) < t.Policy.Require {
-			why = fmt.Sprintf("%d valid signatures of keyring keys, %d required", len(signers), t.Policy.Require)
-		}
+		why := Judge(signers, problems, t.Policy.Require)
 		t.policy.verdicts.Add(vk, why)
 		if why == "" {
 			t.verified.Add(1)

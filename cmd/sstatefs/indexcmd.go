@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -157,9 +158,53 @@ func indexShow(ctx context.Context, sc config.StoreConfig, out io.Writer) error 
 	if s.Accessed > 0 {
 		fmt.Fprintf(out, "accessed: %d objects have access records, last %s\n", s.Accessed, s.LastAccess.UTC().Format(time.RFC3339))
 	}
+	sg := countSignatures(ix)
+	fmt.Fprintf(out, "signed:   %d packages with a .sig, %d with sign-offs (%d with both), %d unsigned\n", sg.withSig, sg.withSignoffs, sg.withBoth, sg.unsigned)
+	if len(sg.byKey) > 0 {
+		fmt.Fprintf(out, "sign-offs: %d by %d keys (not verified here: sstatefs verify checks them)\n", sg.signoffs, len(sg.byKey))
+	}
+	printCounts(out, "sign-offs by key fingerprint", sg.byKey, nil)
 	printCounts(out, "by prefix", s.ByPrefix, map[string]string{"": "(top level)"})
 	printCounts(out, "by task", s.ByTask, nil)
 	return nil
+}
+
+// signatureCounts counts the packages of an index by what vouches for
+// them: a stored .sig beside them, sign-offs over their bytes, both or
+// neither; and the sign-offs by key.
+type signatureCounts struct {
+	withSig, withSignoffs, withBoth, unsigned, signoffs int
+	byKey                                               map[string]int
+}
+
+func countSignatures(ix *index.Index) signatureCounts {
+	c := signatureCounts{byKey: map[string]int{}}
+	ix.Objects(func(o index.Object) bool {
+		if !strings.HasSuffix(o.Key, ".tar.zst") && !strings.HasSuffix(o.Key, ".tgz") {
+			return true
+		}
+		_, sig := ix.Lookup(o.Key + ".sig")
+		offs := len(ix.Signoffs(o.Key)) > 0
+		switch {
+		case sig && offs:
+			c.withBoth++
+		case !sig && !offs:
+			c.unsigned++
+		}
+		if sig {
+			c.withSig++
+		}
+		if offs {
+			c.withSignoffs++
+		}
+		return true
+	})
+	ix.EachSignoff(func(s index.Signoff) bool {
+		c.signoffs++
+		c.byKey[s.Fingerprint]++
+		return true
+	})
+	return c
 }
 
 func printCounts(out io.Writer, title string, m map[string]int, rename map[string]string) {

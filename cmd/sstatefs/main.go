@@ -22,6 +22,8 @@ Usage:
   sstatefs push [flags] DIR             upload a local sstate-cache to the publish store
   sstatefs export [flags] DIR           write a plain SSTATE_DIR copy of the stores, merged (or of --store NAME, or --list)
   sstatefs promote --from NAME --to NAME copy objects into a more trusted store, verified
+  sstatefs sign --store NAME --key FILE add an OpenPGP sign-off to archives of a store (--list, --all, --accessed-since)
+  sstatefs verify --store NAME          check a store's archives against its signature policy; what a mount would hide
   sstatefs status [flags] [MOUNTPOINT]  show the live state of a mount (or the queue it left on disk)
   sstatefs hashserv serve [flags]       serve bitbake's hash equivalence protocol from the store's index
   sstatefs hashserv import [flags]      import equivalences from a bitbake-hashserv database or server
@@ -78,6 +80,10 @@ func run(args []string) int {
 		return cmdExport(args[1:])
 	case "promote":
 		return cmdPromote(args[1:])
+	case "sign":
+		return cmdSign(args[1:])
+	case "verify":
+		return cmdVerify(args[1:])
 	case "status":
 		return cmdStatus(args[1:])
 	case "hashserv":

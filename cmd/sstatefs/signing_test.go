@@ -24,15 +24,15 @@ import (
 // bitbake do.
 type signedStore struct {
 	cfg     config.Config
-	gpg     *testutil.GPG
-	a, b    testutil.GPGKey
+	gpg     *testutil.GPGHome
+	a, b    testutil.HomeKey
 	keyring string // a directory holding A's and B's public keys
 }
 
 func newSignedStore(t *testing.T) *signedStore {
 	t.Helper()
 	testutil.RequireFUSE(t)
-	g := testutil.NewGPG(t)
+	g := testutil.NewGPGHome(t)
 	keys := t.TempDir()
 	s := &signedStore{gpg: g, keyring: filepath.Join(keys, "keyring")}
 	s.a = g.GenKey(t, keys, "Builder A <a@example.com>", "pass of A")
@@ -40,7 +40,7 @@ func newSignedStore(t *testing.T) *signedStore {
 	if err := os.Mkdir(s.keyring, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []testutil.GPGKey{s.a, s.b} {
+	for _, k := range []testutil.HomeKey{s.a, s.b} {
 		pub, err := os.ReadFile(k.Public)
 		if err != nil {
 			t.Fatal(err)
@@ -57,7 +57,7 @@ func newSignedStore(t *testing.T) *signedStore {
 // config is a mount's configuration: the store requires k sign-offs of A
 // and B; the mount signs what it publishes with signer (nil: it does not
 // sign).
-func (s *signedStore) config(t *testing.T, k int, signer *testutil.GPGKey) config.Config {
+func (s *signedStore) config(t *testing.T, k int, signer *testutil.HomeKey) config.Config {
 	t.Helper()
 	cfg := s.cfg
 	cfg.Stores = slices.Clone(s.cfg.Stores)
@@ -75,7 +75,7 @@ func (s *signedStore) config(t *testing.T, k int, signer *testutil.GPGKey) confi
 // siginfo), and closes the mount, which uploads and records everything.
 // The mount requires two sign-offs, as a rebuilder's would: an archive
 // with fewer is absent, so bitbake builds and publishes it.
-func (s *signedStore) publish(t *testing.T, signer *testutil.GPGKey, key string, data []byte) *mount.Mount {
+func (s *signedStore) publish(t *testing.T, signer *testutil.HomeKey, key string, data []byte) *mount.Mount {
 	t.Helper()
 	m, closeMount := startStoresMount(t, s.config(t, 2, signer))
 	publishBytes(t, m.Mountpoint(), key, data)

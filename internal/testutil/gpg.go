@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,163 +11,126 @@ import (
 )
 
 // RequireGPG skips the test without gpg, or fails it when
-// SSTATEFS_REQUIRE_GPG=1 (scripts/test sets it where gpg must work).
+// SSTATEFS_REQUIRE_GPG=1 (CI) makes its absence a failure.
 func RequireGPG(t testing.TB) {
 	t.Helper()
 	if _, err := exec.LookPath("gpg"); err != nil {
 		if os.Getenv("SSTATEFS_REQUIRE_GPG") == "1" {
-			t.Fatalf("gpg required (SSTATEFS_REQUIRE_GPG=1) but not found: %v", err)
+			t.Fatalf("gpg not found and SSTATEFS_REQUIRE_GPG=1: %v", err)
 		}
 		t.Skip("gpg not installed (set SSTATEFS_REQUIRE_GPG=1 to fail instead)")
 	}
 }
 
-// GPG is a throw-away GNUPGHOME in which tests make keys and signatures
-// with the real gpg, as a user and bitbake's SSTATE_SIG_KEY do. Its agent
-// is killed and the home removed at cleanup.
+// RunGPG runs gpg in batch mode with loopback pinentry in the GNUPGHOME
+// home; stdin may be nil. The error holds gpg's stderr.
+func RunGPG(home string, stdin []byte, args ...string) ([]byte, error) {
+	cmd := exec.Command("gpg", append([]string{"--batch", "--no-tty", "--pinentry-mode", "loopback"}, args...)...)
+	cmd.Env = append(os.Environ(), "GNUPGHOME="+home)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), fmt.Errorf("gpg %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.Bytes(), nil
+}
+
+// KillGPGAgent stops the gpg-agent of the GNUPGHOME home.
+func KillGPGAgent(home string) {
+	cmd := exec.Command("gpgconf", "--kill", "gpg-agent")
+	cmd.Env = append(os.Environ(), "GNUPGHOME="+home)
+	_ = cmd.Run()
+}
+
+// GPG is a temporary GNUPGHOME for one test.
 type GPG struct {
 	Home string
 }
 
-// GPGKey is a key made by GPG.GenKey, exported to files.
-type GPGKey struct {
-	Fingerprint string // primary, upper-case hex
-	Public      string // armored public key file
-	Secret      string // armored secret key file
-	Passphrase  string // "" for an unprotected key
-	PassFile    string // the passphrase in a file, "" without one
-}
-
-// NewGPG makes an empty GNUPGHOME for t.
+// NewGPG makes a GNUPGHOME (skipping the test without gpg, see RequireGPG);
+// its agent is killed and the home removed at cleanup.
 func NewGPG(t testing.TB) *GPG {
 	t.Helper()
 	RequireGPG(t)
-	// a short path: gpg-agent's socket lives there, and socket paths are
-	// limited to about 100 bytes
+	// A short path: gpg-agent's socket lives in the home and socket paths
+	// are limited to about 100 bytes.
 	home, err := os.MkdirTemp("", "sgpg")
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &GPG{Home: home}
 	t.Cleanup(func() {
-		kill := exec.Command("gpgconf", "--kill", "gpg-agent")
-		kill.Env = append(os.Environ(), "GNUPGHOME="+home)
-		_ = kill.Run()
+		KillGPGAgent(home)
 		os.RemoveAll(home)
 	})
 	if err := os.Chmod(home, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	return g
+	return &GPG{Home: home}
 }
 
-// Run runs gpg in batch mode in the home and returns its standard output;
-// stdin may be nil.
-func (g *GPG) Run(t testing.TB, stdin []byte, args ...string) ([]byte, error) {
+// GPGKey is a key made by GPG.GenKey.
+type GPGKey struct {
+	UID, Fingerprint, Pass string
+	// Public and Secret are files of the exported key (binary).
+	Public, Secret string
+}
+
+// GenKey makes a signing key (algo as gpg --quick-gen-key takes it:
+// ed25519, rsa3072) protected by pass ("" for none) and exports its public
+// and secret parts into files.
+func (g *GPG) GenKey(t testing.TB, uid, algo, pass string) GPGKey {
 	t.Helper()
-	cmd := exec.Command("gpg", append([]string{"--batch", "--no-tty", "--pinentry-mode", "loopback"}, args...)...)
-	cmd.Env = append(os.Environ(), "GNUPGHOME="+g.Home)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
+	if _, err := RunGPG(g.Home, nil, "--passphrase", pass, "--quick-gen-key", uid, algo, "sign", "0"); err != nil {
+		t.Fatal(err)
 	}
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Run(); err != nil {
-		return out.Bytes(), &GPGError{Args: args, Err: err, Stderr: errOut.String()}
-	}
-	return out.Bytes(), nil
-}
-
-// GPGError is a failed gpg run.
-type GPGError struct {
-	Args   []string
-	Err    error
-	Stderr string
-}
-
-func (e *GPGError) Error() string {
-	return "gpg " + strings.Join(e.Args, " ") + ": " + e.Err.Error() + ": " + e.Stderr
-}
-
-// must runs gpg and fails the test on an error.
-func (g *GPG) must(t testing.TB, stdin []byte, args ...string) []byte {
-	t.Helper()
-	out, err := g.Run(t, stdin, args...)
+	out, err := RunGPG(g.Home, nil, "--with-colons", "--list-keys", uid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return out
-}
-
-// GenKey makes an ed25519 signing key for uid, protected by pass unless
-// it is "", and exports it into dir.
-func (g *GPG) GenKey(t testing.TB, dir, uid, pass string) GPGKey {
-	t.Helper()
-	g.must(t, nil, "--passphrase", pass, "--quick-gen-key", uid, "ed25519", "sign", "0")
-	var k GPGKey
-	for _, line := range strings.Split(string(g.must(t, nil, "--with-colons", "--list-keys", uid)), "\n") {
-		if f := strings.Split(line, ":"); len(f) > 9 && f[0] == "fpr" {
-			k.Fingerprint = f[9]
+	k := GPGKey{UID: uid, Pass: pass}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "fpr:") {
+			k.Fingerprint = strings.Split(l, ":")[9]
 			break
 		}
 	}
 	if k.Fingerprint == "" {
-		t.Fatalf("gpg: no fingerprint listed for %s", uid)
+		t.Fatalf("no fingerprint for %s", uid)
 	}
-	base := filepath.Join(dir, k.Fingerprint[len(k.Fingerprint)-16:])
-	k.Public, k.Secret, k.Passphrase = base+".pub.asc", base+".sec.asc", pass
-	if err := os.WriteFile(k.Public, g.must(t, nil, "--armor", "--export", k.Fingerprint), 0o644); err != nil {
+	dir := filepath.Join(g.Home, "out")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(k.Secret, g.must(t, nil, "--passphrase", pass, "--armor", "--export-secret-keys", k.Fingerprint), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if pass != "" {
-		k.PassFile = base + ".pass"
-		if err := os.WriteFile(k.PassFile, []byte(pass+"\n"), 0o600); err != nil {
+	for _, e := range []struct {
+		file *string
+		arg  string
+	}{{&k.Public, "--export"}, {&k.Secret, "--export-secret-keys"}} {
+		b, err := RunGPG(g.Home, nil, "--passphrase", pass, e.arg, k.Fingerprint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		*e.file = filepath.Join(dir, k.Fingerprint+e.arg)
+		if err := os.WriteFile(*e.file, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return k
 }
 
-// DetachSign signs data with k as bitbake's SSTATE_SIG_KEY does (`gpg
-// --detach-sign`, binary): the .sig beside an archive.
-func (g *GPG) DetachSign(t testing.TB, k GPGKey, data []byte) []byte {
+// DetachSign signs file with k as OE-core's gpg_sign.py detach_sign does
+// for SSTATE_SIG_KEY (binary, passphrase on fd 0, loopback pinentry).
+func (g *GPG) DetachSign(t testing.TB, k GPGKey, file string) []byte {
 	t.Helper()
-	in := filepath.Join(t.TempDir(), "data")
-	if err := os.WriteFile(in, data, 0o600); err != nil {
+	out := filepath.Join(t.TempDir(), "x.sig")
+	if _, err := RunGPG(g.Home, []byte(k.Pass+"\n"), "--detach-sign", "--no-permission-warning", "--yes", "--passphrase-fd", "0", "-u", k.Fingerprint, "-o", out, file); err != nil {
 		t.Fatal(err)
 	}
-	return g.must(t, nil, "--passphrase", k.Passphrase, "--local-user", k.Fingerprint, "--detach-sign", "--output", "-", in)
-}
-
-// VerifyStatus runs `gpg --verify --status-fd 1 SIG DATA`, as OE-core's
-// gpg_sign.py verify() does, and returns the fingerprints of the GOODSIG
-// lines' keys (the primary key's, from VALIDSIG) and the whole status.
-func (g *GPG) VerifyStatus(t testing.TB, sig, data []byte) (good []string, status string, err error) {
-	t.Helper()
-	dir := t.TempDir()
-	sf, df := filepath.Join(dir, "x.sig"), filepath.Join(dir, "x")
-	if err := os.WriteFile(sf, sig, 0o600); err != nil {
+	b, err := os.ReadFile(out)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(df, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := g.Run(t, nil, "--status-fd", "1", "--verify", sf, df)
-	goods := 0
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		switch {
-		case len(f) >= 3 && f[0] == "[GNUPG:]" && f[1] == "GOODSIG":
-			goods++
-		case len(f) >= 12 && f[0] == "[GNUPG:]" && f[1] == "VALIDSIG":
-			good = append(good, f[11]) // the primary key's fingerprint
-		}
-	}
-	if goods != len(good) {
-		t.Fatalf("gpg --verify: %d GOODSIG but %d VALIDSIG lines:\n%s", goods, len(good), out)
-	}
-	return good, string(out), err
+	return b
 }
