@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sstatefs/sstatefs/internal/testutil"
 )
@@ -264,6 +265,11 @@ func gpgVerify(t *testing.T, home string, sig []byte, file string) (goodsig, val
 	stdout, err := runGPG(home, nil, "--verify", "--no-permission-warning", "--status-fd", "1", sigFile, file)
 	if err != nil {
 		t.Fatalf("gpg --verify: %v\n%s", err, stdout)
+	}
+	// verify() decodes the status as UTF-8 (a notation's raw value, such
+	// as go-crypto's random salt, makes it raise UnicodeDecodeError)
+	if !utf8.Valid(stdout) {
+		t.Fatalf("gpg --verify status is not UTF-8, OE-core's verify() would fail:\n%q", stdout)
 	}
 	for _, l := range strings.Split(string(stdout), "\n") {
 		fields := strings.Fields(l)

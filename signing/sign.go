@@ -129,7 +129,13 @@ func (s *SignKey) Sign(r io.Reader) ([]byte, error) {
 func (s *SignKey) NewWriter() *SignWriter {
 	// SHA-256: every OpenPGP implementation has it, and gpg 2.2 checks it
 	// with any key algorithm.
-	cfg := &packet.Config{DefaultHash: crypto.SHA256, Time: s.now}
+	// No salt notation (go-crypto adds a random binary one by default):
+	// gpg prints a notation's value raw in its --status-fd output, and
+	// OE-core's verify() decodes that output as UTF-8, so one salted
+	// signature in a .sig fails bitbake's SSTATE_VERIFY_SIG with a
+	// UnicodeDecodeError. gpg's own signatures carry none either.
+	noSalt := false
+	cfg := &packet.Config{DefaultHash: crypto.SHA256, Time: s.now, NonDeterministicSignaturesViaNotation: &noSalt}
 	pub := s.signer.PublicKey
 	sig := &packet.Signature{
 		Version:           pub.Version,
