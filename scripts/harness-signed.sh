@@ -75,6 +75,7 @@ echo "== 3. restore with require_signoffs = 2: what bob did not sign is rebuilt"
 mount_run half "${POLICY[@]}"
 logged=$(grep -c "object hidden by the store's signature policy" "$W/mount-half.log")
 check "bitbake missed exactly the unsigned archives ($(missed half) of $(wanted half), $((n - half)) unsigned)" '[ "$(missed half)" = $((n - half)) ]'
+check "no setscene task failed (the hidden ones are simply missed)" '! grep -q "Setscene task.*failed" "$W/bitbake-half.txt"'
 check "the mount logged them hidden ($logged)" '[ "$logged" -ge $((n - half)) ]'
 for a in $(comm -23 <(echo "$archives") <(sort "$W/half.txt")); do
     b=$(basename "$a")
@@ -91,5 +92,6 @@ echo "== 5. restore on a fresh cache: everything restored, bitbake verifying the
 mount_run all "${POLICY[@]}"
 check "restore complete (Missed $(missed all), Wanted $(wanted all))" '[ "$(missed all)" = 0 ] && [ -n "$(wanted all)" ]'
 check "bitbake raised no signature warning" '! grep -q "Cannot verify signature\|No signature file" "$W/bitbake-all.txt"'
+check "no setscene task failed, bitbake exit 0" '! grep -q "Setscene task.*failed" "$W/bitbake-all.txt" && grep -q "bitbake exit=0" "$W/bitbake-all.txt"'
 echo "work directory: $W"
 [ $fails = 0 ] && echo "ALL OK" || { echo "$fails FAILED"; exit 1; }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // GPGHome is a throw-away GNUPGHOME in which tests make keys and signatures
@@ -143,6 +144,10 @@ func (g *GPGHome) VerifyStatus(t testing.TB, sig, data []byte) (good []string, s
 		t.Fatal(err)
 	}
 	out, err := g.Run(t, nil, "--status-fd", "1", "--verify", sf, df)
+	if !utf8.Valid(out) {
+		// OE-core's verify() decodes the status as UTF-8
+		t.Fatalf("gpg --verify status is not UTF-8, bitbake's SSTATE_VERIFY_SIG would fail:\n%q", out)
+	}
 	goods := 0
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
