@@ -56,9 +56,13 @@ type loader struct {
 	log   *slog.Logger // skipped segments are logged once each
 	cache map[string]*cachedSegment
 	// acc: the access times of the segments in folded, which holds every
-	// decoded segment in cache (and perhaps some forgotten since: their
-	// times are in the snapshot that covers them, or their objects are
-	// gone, so taking them again changes nothing). Emptied when folded is.
+	// decoded segment in cache, and of segments forgotten since, which
+	// cannot be taken out of it. Taking those again changes nothing: the
+	// snapshot that covers them holds their times already, and objects
+	// gone since drop them; only an object deleted and published again
+	// without an access time of its own gets its old time back. acc is
+	// emptied when folded is, and otherwise grows with the keys accessed
+	// (about 60 bytes each), never with the records.
 	acc    *accessFold
 	folded map[string]bool
 	memo   *loadMemo // the last index assembled, and from what

@@ -171,19 +171,26 @@ func (s eqSeen) add(base *Index, e *Equivalence, reps []pendingEq) []pendingEq {
 func withAccess(r run, acc map[string]uint32) run {
 	copied := false
 	for key, at := range acc {
-		i, ok := r.find(key)
-		if !ok || r.atime(i) >= at {
-			continue
+		if i, ok := r.find(key); ok {
+			r.later(i, at, &copied)
 		}
-		if !copied {
-			nat := make([]uint32, r.len())
-			copy(nat, r.at)
-			r.at = nat
-			copied = true
-		}
-		r.at[i] = at
 	}
 	return r
+}
+
+// later sets the access time of entry i to at if that is later, copying
+// the access times first unless *copied (r's own are shared).
+func (r *run) later(i int, at uint32, copied *bool) {
+	if r.atime(i) >= at {
+		return
+	}
+	if !*copied {
+		nat := make([]uint32, r.len())
+		copy(nat, r.at)
+		r.at = nat
+		*copied = true
+	}
+	r.at[i] = at
 }
 
 // mergeRuns merges two sorted runs with disjoint keys. The result is
@@ -305,17 +312,9 @@ func withFoldedAccess(r run, f *accessFold) run {
 	var buf []byte
 	for i := range r.len() {
 		buf = r.appendKey(buf[:0], i)
-		at, ok := f.at[accessHash{maphash.Bytes(f.s0, buf), maphash.Bytes(f.s1, buf)}]
-		if !ok || r.atime(i) >= at {
-			continue
+		if at, ok := f.at[accessHash{maphash.Bytes(f.s0, buf), maphash.Bytes(f.s1, buf)}]; ok {
+			r.later(i, at, &copied)
 		}
-		if !copied {
-			nat := make([]uint32, r.len())
-			copy(nat, r.at)
-			r.at = nat
-			copied = true
-		}
-		r.at[i] = at
 	}
 	return r
 }
