@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/sstatefs/sstatefs/backend"
 )
@@ -28,12 +29,20 @@ const (
 	// RTT the CPU bounds it beyond 64. 128 connections for the seconds of
 	// a start-up are nothing to an S3 server.
 	DefaultFetchConcurrency = 128
+	// fetchBytes bounds the listed bytes of the segments being downloaded
+	// and decoded at once (one larger segment is read alone). Segments
+	// are a few KiB, but one of 400,000 access records is ~10 MB
+	// compressed and its records many times that while decoded; 128 of
+	// them at once took gigabytes.
+	fetchBytes = 32 << 20
 )
 
 // errVanished: a listed segment was gone when it was opened.
 var errVanished = errors.New("journal segment vanished while loading")
 
 // cachedSegment is a segment as read: decoded, or skipped with the reason.
+// A decoded segment's access times (its Accessed records and the times of
+// its Added ones) are not in seg but in the loader's fold.
 type cachedSegment struct {
 	seg *Segment // nil if skipped
 	err error    // why it was skipped, naming the segment
@@ -46,7 +55,17 @@ type loader struct {
 	store backend.Store
 	log   *slog.Logger // skipped segments are logged once each
 	cache map[string]*cachedSegment
-	memo  *loadMemo // the last index assembled, and from what
+	// acc: the access times of the segments in folded, which holds every
+	// decoded segment in cache, and of segments forgotten since, which
+	// cannot be taken out of it. Taking those again changes nothing: the
+	// snapshot that covers them holds their times already, and objects
+	// gone since drop them; only an object deleted and published again
+	// without an access time of its own gets its old time back. acc is
+	// emptied when folded is, and otherwise grows with the keys accessed
+	// (about 60 bytes each), never with the records.
+	acc    *accessFold
+	folded map[string]bool
+	memo   *loadMemo // the last index assembled, and from what
 	// fetchers: segments downloaded at once; 0 means DefaultFetchConcurrency.
 	fetchers int
 	// known: every key the listings found under JournalPrefix (segments
@@ -66,7 +85,8 @@ func newLoader(s backend.Store, log *slog.Logger) *loader {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &loader{store: s, log: log, cache: map[string]*cachedSegment{}}
+	return &loader{store: s, log: log, cache: map[string]*cachedSegment{},
+		acc: newAccessFold(), folded: map[string]bool{}}
 }
 
 // snapshotFunc reads the snapshot. When the store has none it returns an
@@ -164,7 +184,10 @@ func (ld *loader) attempt(ctx context.Context, snap snapshotFunc, locals []*Segm
 			local[seg.Key] = seg
 		}
 	}
-	var todo, fetch []string
+	var (
+		todo  []string
+		fetch []backend.ObjectInfo
+	)
 	for _, oi := range res.segments {
 		if isCovered(oi.Key) {
 			continue
@@ -175,9 +198,9 @@ func (ld *loader) attempt(ctx context.Context, snap snapshotFunc, locals []*Segm
 		case local[oi.Key] != nil:
 			// Listed now: cache it, so that it is not downloaded once
 			// the caller stops passing it.
-			ld.cache[oi.Key] = &cachedSegment{seg: local[oi.Key]}
+			ld.cache[oi.Key] = &cachedSegment{seg: ld.foldLocal(local[oi.Key])}
 		default:
-			fetch = append(fetch, oi.Key)
+			fetch = append(fetch, oi)
 		}
 	}
 	listedTodo := len(todo)
@@ -251,7 +274,7 @@ func (ld *loader) attempt(ctx context.Context, snap snapshotFunc, locals []*Segm
 		slices.Equal(m.badNames, badNames) && slices.Equal(m.covered, covered) {
 		ix = m.ix
 	} else {
-		ix = apply(base, segs)
+		ix = applyFolded(base, segs, ld.acc)
 		ix.covered = covered
 		ix.skipped = skipped
 		ld.memo = &loadMemo{base: base, todo: todo, badNames: badNames, covered: covered, ix: ix}
@@ -269,24 +292,54 @@ func (ld *loader) attempt(ctx context.Context, snap snapshotFunc, locals []*Segm
 		for k := range ld.cache {
 			if !keep[k] {
 				delete(ld.cache, k)
+				delete(ld.folded, k)
 			}
+		}
+		if len(ld.folded) == 0 && len(ld.acc.at) > 0 {
+			ld.acc = newAccessFold()
 		}
 	}
 	res.ix = ix
 	return res, nil
 }
 
-// fetch reads the segments keys into the cache, several at once.
-func (ld *loader) fetch(ctx context.Context, keys []string) error {
-	if len(keys) == 0 {
+// foldLocal folds the access times of a segment this process wrote into
+// the fold and returns a copy without them (the caller keeps seg).
+func (ld *loader) foldLocal(seg *Segment) *Segment {
+	b := &foldBatch{f: ld.acc}
+	cp := *seg
+	cp.Added = slices.Clone(seg.Added)
+	for i := range cp.Added {
+		b.add(cp.Added[i].Key, toSecs(cp.Added[i].Accessed))
+		cp.Added[i].Accessed = time.Time{}
+	}
+	for _, a := range seg.Accessed {
+		b.add(a.Key, toSecs(a.Time))
+	}
+	cp.Accessed = nil
+	b.flush()
+	ld.folded[seg.Key] = true
+	return &cp
+}
+
+// fetch reads the segments into the cache, several at once (at most
+// fetchBytes of them, by listed size, unless one is larger).
+func (ld *loader) fetch(ctx context.Context, segs []backend.ObjectInfo) error {
+	if len(segs) == 0 {
 		return nil
 	}
-	got := make([]*cachedSegment, len(keys))
+	got := make([]*cachedSegment, len(segs))
+	sem := semaphore.NewWeighted(fetchBytes)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(cmp.Or(ld.fetchers, DefaultFetchConcurrency))
-	for i, key := range keys {
+	for i, oi := range segs {
 		g.Go(func() error {
-			c, err := ld.read(gctx, key)
+			w := min(max(oi.Size, 1), fetchBytes)
+			if err := sem.Acquire(gctx, w); err != nil {
+				return err
+			}
+			defer sem.Release(w)
+			c, err := ld.read(gctx, oi.Key)
 			got[i] = c
 			return err
 		})
@@ -296,20 +349,25 @@ func (ld *loader) fetch(ctx context.Context, keys []string) error {
 	// attempt need not read it again.
 	for i, c := range got {
 		if c != nil {
-			ld.cache[keys[i]] = c
+			key := segs[i].Key
+			ld.cache[key] = c
 			if c.err != nil {
-				ld.logSkipped(ctx, keys[i], c.err)
+				ld.logSkipped(ctx, key, c.err)
+			}
+			if c.seg != nil {
+				ld.folded[key] = true
 			}
 			if c.seg != nil && c.seg.Invalid > 0 {
 				ld.log.LogAttrs(ctx, slog.LevelWarn, "index journal segment holds invalid equivalence records; they are ignored",
-					slog.String("segment", keys[i]), slog.Int("records", c.seg.Invalid))
+					slog.String("segment", key), slog.Int("records", c.seg.Invalid))
 			}
 		}
 	}
 	return err
 }
 
-// read downloads and decodes one segment. A corrupt one is returned as
+// read downloads and decodes one segment and folds its access times into
+// ld.acc (once it has decoded whole). A corrupt one is returned as
 // skipped, not as an error: one writer's garbage must not keep everybody's
 // index from loading.
 func (ld *loader) read(ctx context.Context, key string) (*cachedSegment, error) {
@@ -322,13 +380,19 @@ func (ld *loader) read(ctx context.Context, key string) (*cachedSegment, error) 
 		return nil, fmt.Errorf("read journal segment %s: %w", loc, err)
 	}
 	defer rc.Close()
-	seg, err := DecodeSegment(rc)
+	b := &foldBatch{f: ld.acc}
+	seg, err := decodeSegment(rc, b.add)
 	if errors.Is(err, ErrCorrupt) {
 		return &cachedSegment{err: fmt.Errorf("journal segment %s: %w", loc, err)}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read journal segment %s: %w", loc, err)
 	}
+	for i := range seg.Added {
+		b.add(seg.Added[i].Key, toSecs(seg.Added[i].Accessed))
+		seg.Added[i].Accessed = time.Time{}
+	}
+	b.flush()
 	name, _ := parseSegmentKey(key)
 	seg.Key, seg.Writer, seg.Time = key, name.writer, time.Unix(0, name.time)
 	return &cachedSegment{seg: seg}, nil

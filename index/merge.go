@@ -1,8 +1,10 @@
 package index
 
 import (
+	"hash/maphash"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -38,7 +40,12 @@ import (
 // The result shares base's entries and keys: only the objects the segments
 // add are new (in the extra run), and the access times are copied when a
 // segment changes one; new equivalences make a new extra run of them.
-func apply(base *Index, segs []*Segment) *Index {
+func apply(base *Index, segs []*Segment) *Index { return applyFolded(base, segs, nil) }
+
+// applyFolded is apply with the access times of folded taken as recorded
+// too: those of segments the loader decoded without keeping their access
+// records (see accessFold).
+func applyFolded(base *Index, segs []*Segment, folded *accessFold) *Index {
 	if base == nil {
 		base = &Index{created: noTime}
 	}
@@ -116,6 +123,8 @@ func apply(base *Index, segs []*Segment) *Index {
 		out.base = withAccess(out.base, acc)
 		out.extra = withAccess(out.extra, acc)
 	}
+	out.base = withFoldedAccess(out.base, folded)
+	out.extra = withFoldedAccess(out.extra, folded)
 	return &out
 }
 
@@ -162,19 +171,26 @@ func (s eqSeen) add(base *Index, e *Equivalence, reps []pendingEq) []pendingEq {
 func withAccess(r run, acc map[string]uint32) run {
 	copied := false
 	for key, at := range acc {
-		i, ok := r.find(key)
-		if !ok || r.atime(i) >= at {
-			continue
+		if i, ok := r.find(key); ok {
+			r.later(i, at, &copied)
 		}
-		if !copied {
-			nat := make([]uint32, r.len())
-			copy(nat, r.at)
-			r.at = nat
-			copied = true
-		}
-		r.at[i] = at
 	}
 	return r
+}
+
+// later sets the access time of entry i to at if that is later, copying
+// the access times first unless *copied (r's own are shared).
+func (r *run) later(i int, at uint32, copied *bool) {
+	if r.atime(i) >= at {
+		return
+	}
+	if !*copied {
+		nat := make([]uint32, r.len())
+		copy(nat, r.at)
+		r.at = nat
+		*copied = true
+	}
+	r.at[i] = at
 }
 
 // mergeRuns merges two sorted runs with disjoint keys. The result is
@@ -215,4 +231,90 @@ func unionSorted(a, b []string) []string {
 	out = append(out, b...)
 	slices.SortFunc(out, strings.Compare)
 	return slices.Compact(out)
+}
+
+// accessFold is the latest access time of each key recorded in a set of
+// segments, folded as they are decoded: a journal of 10 million access
+// records (a farm's day) decoded and kept as records took gigabytes, the
+// fold takes about 24 bytes a distinct key. Keys are held as a 128-bit
+// hash (two maphash seeds of this process), not as strings: collisions
+// are as unlikely as a random 128-bit match, and every key that matters
+// is one the index holds, whose key gives the hash again.
+type accessFold struct {
+	s0, s1 maphash.Seed
+	mu     sync.Mutex // protects at while segments are decoded at once
+	at     map[accessHash]uint32
+}
+
+type accessHash [2]uint64
+
+func newAccessFold() *accessFold {
+	return &accessFold{s0: maphash.MakeSeed(), s1: maphash.MakeSeed(), at: map[accessHash]uint32{}}
+}
+
+func (f *accessFold) hash(key string) accessHash {
+	return accessHash{maphash.String(f.s0, key), maphash.String(f.s1, key)}
+}
+
+// foldBatch collects the (hash, time) pairs of one segment being decoded,
+// for the fold to take once the segment has decoded whole (a corrupt one
+// is skipped, with none of its records), under one lock. Pairs are kept
+// in blocks, not one slice grown by copying: a segment may hold a million.
+type foldBatch struct {
+	f      *accessFold
+	blocks [][]foldPair
+}
+
+type foldPair struct {
+	h  accessHash
+	at uint32
+}
+
+const foldBlock = 1 << 14
+
+func (b *foldBatch) add(key string, at uint32) {
+	if at == 0 {
+		return
+	}
+	if n := len(b.blocks); n == 0 || len(b.blocks[n-1]) == foldBlock {
+		b.blocks = append(b.blocks, make([]foldPair, 0, foldBlock))
+	}
+	last := &b.blocks[len(b.blocks)-1]
+	*last = append(*last, foldPair{b.f.hash(key), at})
+}
+
+// flush folds the pairs in and forgets them.
+func (b *foldBatch) flush() {
+	if len(b.blocks) == 0 {
+		return
+	}
+	f := b.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, blk := range b.blocks {
+		for _, p := range blk {
+			if p.at > f.at[p.h] {
+				f.at[p.h] = p.at
+			}
+		}
+	}
+	b.blocks = nil
+}
+
+// withFoldedAccess returns r with the access times of f that are later
+// than its own, copying the access times (never r's) if any changes. It
+// visits every entry of r: a fold is of many keys, about as many as r.
+func withFoldedAccess(r run, f *accessFold) run {
+	if f == nil || len(f.at) == 0 {
+		return r
+	}
+	copied := false
+	var buf []byte
+	for i := range r.len() {
+		buf = r.appendKey(buf[:0], i)
+		if at, ok := f.at[accessHash{maphash.Bytes(f.s0, buf), maphash.Bytes(f.s1, buf)}]; ok {
+			r.later(i, at, &copied)
+		}
+	}
+	return r
 }

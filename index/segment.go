@@ -80,6 +80,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -403,7 +404,13 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 // A well-formed equivalence or sign-off record that fails Validate is
 // dropped and counted in Invalid. Memory is bounded by what is actually read and by
 // the format's limits.
-func DecodeSegment(r io.Reader) (*Segment, error) {
+func DecodeSegment(r io.Reader) (*Segment, error) { return decodeSegment(r, nil) }
+
+// decodeSegment is DecodeSegment that, if accessed is not nil, passes the
+// access records to it instead of keeping them in Accessed. The key it
+// is passed is valid only during the call (no string is allocated): the
+// loader folds millions of them into one access time a key.
+func decodeSegment(r io.Reader, accessed func(key string, at uint32)) (*Segment, error) {
 	hdr, body, err := readFrame(r, &segmentSpec)
 	if err != nil {
 		return nil, err
@@ -422,9 +429,11 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 	br := bufio.NewReaderSize(&boundedReader{r: zstdReader{zr}, n: maxSegmentBody}, 16<<10)
 
 	var (
-		buf   = make([]byte, 0, 256)
-		sha   [32]byte
-		added = make([]Object, 0, min(count, bodyLen/32+16))
+		buf = make([]byte, 0, 256)
+		sha [32]byte
+		// Not count: a segment of 400,000 access records would
+		// allocate as many objects it never holds.
+		added = make([]Object, 0, min(count, bodyLen/32+16, 4096))
 	)
 	bad := func(i uint64, what string, err error) error {
 		if errors.Is(err, io.EOF) && what == "record kind" {
@@ -432,7 +441,8 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 		}
 		return bodyError(fmt.Sprintf("record %d", i), what, err)
 	}
-	readKey := func(i uint64) (string, error) {
+	// readKeyAs reads a key; borrowed, it is valid until the next read.
+	readKeyAs := func(i uint64, borrow bool) (string, error) {
 		n, err := binary.ReadUvarint(br)
 		if err != nil {
 			return "", bad(i, "key length", err)
@@ -446,12 +456,18 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 		}
 		// One allocation per key, no arena: Live keeps decoded segments,
 		// most of them small, and an arena block each would dwarf them.
-		key := string(buf)
+		var key string
+		if borrow {
+			key = unsafe.String(unsafe.SliceData(buf), len(buf))
+		} else {
+			key = string(buf)
+		}
 		if !validKey(key) {
 			return "", corrupt("record %d: invalid key %s", i, quoteKey(key))
 		}
 		return key, nil
 	}
+	readKey := func(i uint64) (string, error) { return readKeyAs(i, false) }
 	readSecs := func(i uint64, what string) (uint32, error) {
 		s, err := binary.ReadUvarint(br)
 		if err != nil {
@@ -544,7 +560,7 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 			}
 			added = append(added, o)
 		case recAccessed:
-			key, err := readKey(i)
+			key, err := readKeyAs(i, accessed != nil)
 			if err != nil {
 				return nil, err
 			}
@@ -555,7 +571,11 @@ func DecodeSegment(r io.Reader) (*Segment, error) {
 			if at == 0 {
 				return nil, corrupt("record %d: access record without a time", i)
 			}
-			seg.Accessed = append(seg.Accessed, Access{Key: key, Time: fromSecs(at)})
+			if accessed != nil {
+				accessed(key, at)
+			} else {
+				seg.Accessed = append(seg.Accessed, Access{Key: key, Time: fromSecs(at)})
+			}
 		case recReported:
 			var e Equivalence
 			if e.Method, err = readString(i, "method"); err != nil {
