@@ -399,7 +399,7 @@ func table() []*Setting {
 		{Key: "publish.drain_timeout", Flag: "publish-drain-timeout", Default: "30s",
 			Help:  "at SIGTERM, how long to keep uploading before exiting",
 			field: func(c *Config) any { return &c.Publish.DrainTimeout }},
-		{Key: "publish.record_interval", Flag: "publish-record-interval", Default: "10s",
+		{Key: "publish.record_interval", Flag: "publish-record-interval", Default: "30s",
 			Help:  "longest an index record waits to share a journal segment with others (at most 1000 a segment; the mount's hash equivalence reports too, answered at once and kept in a local file until written)",
 			Doc:   "longest an index record (published object, report to the mount's hash equivalence server, access) waits to share a journal segment with others; a segment also closes at 1,000 records, at exit and when the upload queue drains. A report is answered at once and kept in `<cache-dir>/state/hashserv-reports.wal` until its segment is written. Other mounts see records at their next index refresh (`index.refresh_interval`) anyway. `0`: only records written at the same moment share a segment",
 			field: func(c *Config) any { return &c.Publish.RecordInterval }},
