@@ -1,11 +1,12 @@
 package publish
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sstatefs/sstatefs/index/indextest"
 
 	"github.com/sstatefs/sstatefs/backend"
 	"github.com/sstatefs/sstatefs/index"
@@ -15,28 +16,14 @@ import (
 // per key over all of them.
 func journalRecords(t *testing.T, s backend.Store) (segments int, records map[string]int) {
 	t.Helper()
-	ctx := context.Background()
 	records = map[string]int{}
-	err := s.List(ctx, index.JournalPrefix, func(oi backend.ObjectInfo) error {
-		rc, err := s.Open(ctx, oi.Key, 0, -1)
-		if err != nil {
-			return err
-		}
-		defer rc.Close()
-		seg, err := index.DecodeSegment(rc)
-		if err != nil {
-			return fmt.Errorf("%s: %w", oi.Key, err)
-		}
-		segments++
+	segs := indextest.Journal(t, s)
+	for _, seg := range segs {
 		for _, o := range seg.Added {
 			records[o.Key]++
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	return segments, records
+	return len(segs), records
 }
 
 // TestQueueGroupCommit: with the real journal and a window longer than the

@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sstatefs/sstatefs/index/indextest"
+
 	"golang.org/x/sys/unix"
 
-	"github.com/sstatefs/sstatefs/backend"
-	"github.com/sstatefs/sstatefs/index"
 	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/mount"
 	"github.com/sstatefs/sstatefs/internal/stores"
@@ -25,32 +25,18 @@ import (
 // key how many records (over all segments).
 func journalOf(t *testing.T, cfg config.Config) (segments int, records map[string]int) {
 	t.Helper()
-	ctx := context.Background()
-	store, err := stores.Open(ctx, cfg.Stores[0])
+	store, err := stores.Open(context.Background(), cfg.Stores[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	records = map[string]int{}
-	err = store.List(ctx, index.JournalPrefix, func(oi backend.ObjectInfo) error {
-		rc, err := store.Open(ctx, oi.Key, 0, -1)
-		if err != nil {
-			return err
-		}
-		defer rc.Close()
-		seg, err := index.DecodeSegment(rc)
-		if err != nil {
-			return fmt.Errorf("%s: %w", oi.Key, err)
-		}
-		segments++
+	segs := indextest.Journal(t, store)
+	for _, seg := range segs {
 		for _, o := range seg.Added {
 			records[o.Key]++
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	return segments, records
+	return len(segs), records
 }
 
 // checkRecordedOnce fails unless every key of want has exactly one record

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sstatefs/sstatefs/backend"
-	"github.com/sstatefs/sstatefs/index"
+	"github.com/sstatefs/sstatefs/index/indextest"
+
 	"github.com/sstatefs/sstatefs/internal/config"
 	"github.com/sstatefs/sstatefs/internal/mount"
 	"github.com/sstatefs/sstatefs/internal/stores"
@@ -31,32 +31,18 @@ func reportLine(i int) (line, taskhash string) {
 // taskhash how many equivalence records (over all segments).
 func reportsOf(t *testing.T, cfg config.Config) (segments int, records map[string]int) {
 	t.Helper()
-	ctx := context.Background()
-	store, err := stores.Open(ctx, cfg.Stores[0])
+	store, err := stores.Open(context.Background(), cfg.Stores[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	records = map[string]int{}
-	err = store.List(ctx, index.JournalPrefix, func(oi backend.ObjectInfo) error {
-		rc, err := store.Open(ctx, oi.Key, 0, -1)
-		if err != nil {
-			return err
-		}
-		defer rc.Close()
-		seg, err := index.DecodeSegment(rc)
-		if err != nil {
-			return fmt.Errorf("%s: %w", oi.Key, err)
-		}
-		segments++
+	segs := indextest.Journal(t, store)
+	for _, seg := range segs {
 		for _, e := range seg.Reported {
 			records[e.Taskhash]++
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	return segments, records
+	return len(segs), records
 }
 
 // checkReportedOnce fails unless each taskhash has exactly one record in

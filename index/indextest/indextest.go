@@ -4,6 +4,7 @@ package indextest
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -36,4 +37,28 @@ func Write(t testing.TB, s backend.Store, writer string, eqs []index.Equivalence
 	if err := j.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Journal reads every journal segment of s, in key order.
+func Journal(t testing.TB, s backend.Store) []*index.Segment {
+	t.Helper()
+	ctx := context.Background()
+	var segs []*index.Segment
+	err := s.List(ctx, index.JournalPrefix, func(oi backend.ObjectInfo) error {
+		rc, err := s.Open(ctx, oi.Key, 0, -1)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		seg, err := index.DecodeSegment(rc)
+		if err != nil {
+			return fmt.Errorf("%s: %w", oi.Key, err)
+		}
+		segs = append(segs, seg)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return segs
 }
