@@ -1,14 +1,12 @@
 package view
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -140,12 +138,11 @@ func (v *View) storedSig(ctx context.Context, t *tier, src string) ([]byte, erro
 	} else if ix != nil && t.Index.Fresh() {
 		return nil, nil
 	} else {
-		_, present, err := v.probe(ctx, t, key)
+		po, present, err := v.probe(ctx, t, key)
 		if err != nil || !present {
 			return nil, err
 		}
-		info, _, _ := t.Probes.Get(key)
-		size, id = info.Size, fmt.Sprint(key, info.Size, info.ModTime.UnixNano())
+		size, id = po.Size, fmt.Sprint(key, po.Size, po.ModTime.UnixNano())
 	}
 	if size > maxSigSize {
 		return nil, fmt.Errorf("%s: %d bytes is no signature", key, size)
@@ -182,13 +179,12 @@ func (v *View) visible(ctx context.Context, t *tier, o Object) bool {
 	if t.Policy == nil || t.Policy.Require == 0 || !isArchive(o.Key) {
 		return true
 	}
-	sigs, n, err := v.signatures(ctx, t, o)
-	switch {
-	case err != nil:
+	sigs, enough, err := v.claimed(ctx, t, o)
+	if err != nil {
 		v.hide(t, o, HiddenUnsigned, fmt.Sprintf("its signature could not be read: %v", err))
 		return false
-	case n < t.Policy.Require:
-		v.hide(t, o, HiddenUnsigned, fmt.Sprintf("%d of the %d required keyring keys signed it", n, t.Policy.Require))
+	}
+	if !enough {
 		return false
 	}
 	if why, ok := t.policy.verdicts.Get(verdictKey(o, sigs)); ok && why != "" {
@@ -197,17 +193,31 @@ func (v *View) visible(ctx context.Context, t *tier, o Object) bool {
 	return true
 }
 
+// claimed returns the signatures presented for o and whether enough
+// keyring keys claim to have signed it (Policy.Require); an archive with
+// too few is hidden as unsigned.
+func (v *View) claimed(ctx context.Context, t *tier, o Object) (sigs []byte, enough bool, err error) {
+	sigs, n, err := v.signatures(ctx, t, o)
+	if err != nil {
+		return nil, false, err
+	}
+	if n < t.Policy.Require {
+		v.hide(t, o, HiddenUnsigned, fmt.Sprintf("%d of the %d required keyring keys signed it", n, t.Policy.Require))
+		return nil, false, nil
+	}
+	return sigs, true, nil
+}
+
 // verify checks every signature the mount presents for o over o's bytes,
 // once per object and signatures, before its first byte is served: the
 // whole object is downloaded (verified against its digest) and read once
 // more through the signature check.
 func (v *View) verify(ctx context.Context, t *tier, o Object) error {
-	sigs, n, err := v.signatures(ctx, t, o)
+	sigs, enough, err := v.claimed(ctx, t, o)
 	if err != nil {
 		return err
 	}
-	if n < t.Policy.Require {
-		v.hide(t, o, HiddenUnsigned, fmt.Sprintf("%d of the %d required keyring keys signed it", n, t.Policy.Require))
+	if !enough {
 		return fmt.Errorf("%s: %w (%s)", o.Key, ErrHidden, HiddenUnsigned)
 	}
 	vk := verdictKey(o, sigs)
@@ -274,5 +284,5 @@ func (v *View) presentSig(ctx context.Context, key string, arch Object) (Object,
 		return Object{}, notExist(key)
 	}
 	return Object{Key: key, Size: int64(len(sigs)), ModTime: arch.ModTime, SHA256: sha256.Sum256(sigs),
-		Source: strings.TrimSuffix(arch.Source, "") + ".sig", Store: arch.Store, Content: bytes.Clone(sigs)}, nil
+		Source: arch.Source + ".sig", Store: arch.Store, Content: sigs}, nil
 }
